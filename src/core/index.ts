@@ -1,0 +1,5 @@
+// The replication core's public surface: pure, sans-IO, shared by every guest and driver.
+export * from './types.js';
+export { assert, assertNever, AssertionError } from './assert.js';
+export { validateMessage, isView } from './validate.js';
+export { createReplica, step, canAppend, status, type Replica, type ReplicaStatus } from './replica.js';

@@ -1,0 +1,798 @@
+// One replica of the primary/backup protocol, as a sans-IO state machine (DESIGN.md §2).
+//
+// `step(replica, input, nowMs)` is the only entry point that changes a replica; it returns
+// the actions the driver must carry out, in order. Nothing here does I/O, reads a clock,
+// draws randomness or waits: the same inputs give the same actions, which is what lets the
+// simulator reproduce a whole cluster run from one seed.
+//
+// Where the paper lives (Scales et al. 2010):
+//   §2.1 logging channel      sendFrames / onFrame / onAck: frames of consecutive entries,
+//                             cumulative acks, heartbeats when idle, go-back-N retransmit.
+//   §2.2 output rule          hold / tryRelease: an output waits until every guard (the
+//                             backup, or a recruit being handed over) acked its index; a
+//                             read-like output also waits for the ack of a frame sent after it.
+//   §2.3 detecting failure    tick: no frame (backup) or ack (primary) for failureTimeoutMs.
+//                             Suspicion never changes roles; only the test-and-set does.
+//   §2.3 shared-storage       startCas / onArbiterResult: go live when won, halt when lost,
+//        test-and-set         wait (retrying) while the arbiter does not answer.
+//   §3.1 FT VMotion           startRecruit / advanceRecruit: snapshot at i while serving,
+//        (new backup)         entries after i, handover (hold outputs for the recruit too,
+//                             wait until it holds everything released), then the test-and-set.
+//   §3.3 flow control         canAppend: bounded unacked entries and bytes.
+
+import { assert, assertNever } from './assert.js';
+import {
+  NO_VIEW,
+  formatView,
+  sameView,
+  type Action,
+  type CoreConfig,
+  type Entry,
+  type Input,
+  type LogLevel,
+  type NodeId,
+  type PeerMessage,
+  type Role,
+  type View,
+} from './types.js';
+import { validateMessage } from './validate.js';
+
+/** The primary's record of one follower on its logging channel. */
+interface Follower {
+  readonly id: NodeId;
+  /** backup: in the view. recruit: a spare being made a backup. */
+  kind: 'backup' | 'recruit';
+  /** Recruits only: snapshot sent, catching up on entries, or handover (outputs wait for it). */
+  phase: 'snapshot' | 'catchup' | 'handover';
+  /** The next index to send. */
+  nextIndex: number;
+  /** The highest index the follower acked (cumulative). */
+  ackedIndex: number;
+  /** The highest frame seq the follower acked. */
+  ackedSeq: number;
+  /** The highest frame seq sent to the follower (0: not even the snapshot yet). */
+  sentSeq: number;
+  lastSendMs: number;
+  lastAckMs: number;
+  /** When ackedIndex last grew (or entries were last resent): drives retransmission. */
+  lastProgressMs: number;
+  /** Gap acks for frames older than this are ignored (a resend is already under way). */
+  rewindSeq: number;
+  /** Recruits: the index of the snapshot they started from (entries before it are not needed). */
+  readonly snapshotIndex: number;
+  /** Recruits in handover: the seq of the first frame that told them of the pending view. */
+  handoverSeq: number;
+}
+
+interface Held {
+  readonly outputId: number;
+  /** The last index appended when the output was produced. */
+  readonly index: number;
+  /** 0, or the frame seq a guard must have acked (a frame sent after the output was produced). */
+  readonly freshSeq: number;
+}
+
+type CasPurpose = 'bootstrap' | 'goLive' | 'dropBackup' | 'addBackup';
+
+interface PendingCas {
+  readonly purpose: CasPurpose;
+  readonly expected: View;
+  readonly next: View;
+  /** Every retry of this proposal has a request id >= this one. */
+  readonly firstRequestId: number;
+  retryAtMs: number;
+}
+
+/** A backup's or recruit's record of the primary it takes frames from. */
+interface Following {
+  readonly primary: NodeId;
+  epoch: number;
+  lastHeardMs: number;
+  /** Set during a recruit's handover: the view its primary is proposing with it as backup. */
+  pendingView: View | null;
+}
+
+export interface Replica {
+  readonly config: CoreConfig;
+  role: Role;
+  /** The view this replica acts in (primary, backup) or last acted in. */
+  view: View;
+  /** The highest epoch this replica has heard of. */
+  knownEpoch: number;
+  nowMs: number;
+  /** The highest log index this replica holds (appended as primary, received as follower). */
+  lastIndex: number;
+  haltReason: string | null;
+
+  // Primary.
+  readonly followers: Map<NodeId, Follower>;
+  /** Entries retained for followers' acks: log[logHead] is the oldest. */
+  log: Entry[];
+  logHead: number;
+  retainedBytes: number;
+  /** The seq of the last frame (or snapshot) sent, to any follower. */
+  frameSeq: number;
+  held: Held[];
+  heldHead: number;
+  /** The highest index any released output was tagged with. */
+  releasedIndexMax: number;
+  /** The highest freshSeq among held outputs: a frame with seq >= this must reach each guard. */
+  freshSeqWanted: number;
+  /** The recruit a takeSnapshot was asked for. */
+  snapshotFor: NodeId | null;
+
+  // Backup and recruit.
+  following: Following | null;
+
+  // Spare.
+  lastJoinMs: number;
+
+  // The arbiter.
+  cas: PendingCas | null;
+  nextRequestId: number;
+}
+
+export function createReplica(config: CoreConfig, nowMs: number): Replica {
+  assert(config.nodes.includes(config.id), `config.nodes must include this node (${config.id})`);
+  assert(config.failureTimeoutMs > config.heartbeatMs, 'failureTimeoutMs must exceed heartbeatMs');
+  return {
+    config,
+    role: 'booting',
+    view: NO_VIEW,
+    knownEpoch: 0,
+    nowMs,
+    lastIndex: 0,
+    haltReason: null,
+    followers: new Map(),
+    log: [],
+    logHead: 0,
+    retainedBytes: 0,
+    frameSeq: 0,
+    held: [],
+    heldHead: 0,
+    releasedIndexMax: 0,
+    freshSeqWanted: 0,
+    snapshotFor: null,
+    following: null,
+    lastJoinMs: -Infinity,
+    cas: null,
+    nextRequestId: 1,
+  };
+}
+
+/** Flow control (§3.3 of the paper): may the primary append another entry now? */
+export function canAppend(r: Replica): boolean {
+  if (r.role !== 'primary') return false;
+  if (r.followers.size === 0) return true;
+  return r.log.length - r.logHead < r.config.unackedEntriesMax && r.retainedBytes < r.config.unackedBytesMax;
+}
+
+export interface ReplicaStatus {
+  readonly id: NodeId;
+  readonly role: Role;
+  readonly view: View;
+  readonly knownEpoch: number;
+  readonly lastIndex: number;
+  /** Primary: what its backup acked (= lastIndex when it has none). Follower: lastIndex. */
+  readonly ackedIndex: number;
+  /** Entries appended but not yet acked by the backup. */
+  readonly lagEntries: number;
+  readonly heldOutputs: number;
+  readonly retainedEntries: number;
+  readonly retainedBytes: number;
+  readonly recruit: { readonly id: NodeId; readonly phase: string; readonly ackedIndex: number } | null;
+  readonly haltReason: string | null;
+}
+
+export function status(r: Replica): ReplicaStatus {
+  let ackedIndex = r.lastIndex;
+  let recruit: ReplicaStatus['recruit'] = null;
+  for (const f of r.followers.values()) {
+    if (f.kind === 'backup') ackedIndex = f.ackedIndex;
+    else recruit = { id: f.id, phase: f.phase, ackedIndex: f.ackedIndex };
+  }
+  return {
+    id: r.config.id,
+    role: r.role,
+    view: r.view,
+    knownEpoch: r.knownEpoch,
+    lastIndex: r.lastIndex,
+    ackedIndex,
+    lagEntries: r.lastIndex - ackedIndex,
+    heldOutputs: r.held.length - r.heldHead,
+    retainedEntries: r.log.length - r.logHead,
+    retainedBytes: r.retainedBytes,
+    recruit,
+    haltReason: r.haltReason,
+  };
+}
+
+/** Feed one input to the replica at time `nowMs`; returns the actions to carry out, in order. */
+export function step(r: Replica, input: Input, nowMs: number): Action[] {
+  assert(nowMs >= r.nowMs, `time went back from ${r.nowMs} to ${nowMs}`);
+  r.nowMs = nowMs;
+  const out: Action[] = [];
+  if (r.role === 'halted') return out;
+  switch (input.type) {
+    case 'start':
+      assert(r.role === 'booting' && r.cas === null, 'start given twice');
+      startCas(r, out, 'bootstrap', NO_VIEW, { epoch: 1, primary: r.config.id, backup: null });
+      break;
+    case 'tick':
+      onTick(r, out);
+      break;
+    case 'message':
+      onMessage(r, out, input.from, input.msg);
+      break;
+    case 'arbiterResult':
+      onArbiterResult(r, out, input.requestId, input.ok, input.view);
+      break;
+    case 'arbiterFailed':
+      if (r.cas && input.requestId >= r.cas.firstRequestId) {
+        log(out, 'warn', 'arbiter-unavailable', { requestId: input.requestId, reason: input.reason, retryInMs: r.cas.retryAtMs - r.nowMs });
+      }
+      break;
+    case 'append':
+      onAppend(r, input.payload);
+      break;
+    case 'hold':
+      onHold(r, out, input.outputId, input.fresh);
+      break;
+    case 'snapshot':
+      onSnapshotTaken(r, out, input.index, input.data);
+      break;
+    case 'flush':
+      if (r.role === 'primary') sendFrames(r, out);
+      break;
+    default:
+      assertNever(input, 'input');
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Roles and the arbiter
+
+function log(out: Action[], level: LogLevel, event: string, fields: Record<string, string | number | boolean | null>): void {
+  out.push({ type: 'log', level, event, fields });
+}
+
+function setRole(r: Replica, out: Action[], role: Role, reason: string): void {
+  r.role = role;
+  out.push({ type: 'role', role, view: r.view, reason });
+  log(out, 'info', 'role', { role, view: formatView(r.view), reason });
+}
+
+function startCas(r: Replica, out: Action[], purpose: CasPurpose, expected: View, next: View): void {
+  assert(r.cas === null, `a test-and-set is already pending (${r.cas?.purpose})`);
+  assert(next.epoch === expected.epoch + 1, 'a new view must have the next epoch');
+  const requestId = r.nextRequestId++;
+  r.cas = { purpose, expected, next, firstRequestId: requestId, retryAtMs: r.nowMs + r.config.arbiterRetryMs };
+  log(out, 'info', 'cas-attempt', { purpose, expected: formatView(expected), next: formatView(next), requestId });
+  out.push({ type: 'arbiterCas', requestId, expected, next });
+}
+
+function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boolean, view: View): void {
+  r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
+  const cas = r.cas;
+  if (cas === null || requestId < cas.firstRequestId) {
+    log(out, 'info', 'ignoring', { reason: 'answer to an old test-and-set', requestId, view: formatView(view) });
+    return;
+  }
+  r.cas = null;
+  // A retry of a proposal that had already landed is refused with our own view: that is a win.
+  const won = ok || sameView(view, cas.next);
+  log(out, won ? 'info' : 'warn', 'cas-result', { purpose: cas.purpose, won, view: formatView(view), requestId });
+  switch (cas.purpose) {
+    case 'bootstrap':
+      if (won) becomePrimary(r, out, view, 'won the bootstrap test-and-set');
+      else setRole(r, out, 'spare', `a view exists (${formatView(view)}): joining as a spare`);
+      return;
+    case 'goLive':
+      if (won) becomePrimary(r, out, view, 'won the test-and-set after suspecting the primary');
+      else if (r.role === 'spare') stopFollowing(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
+      else halt(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
+      return;
+    case 'dropBackup': {
+      if (!won) return halt(r, out, `lost the test-and-set to drop the backup; the view is ${formatView(view)}`);
+      const old = r.view.backup;
+      r.view = view;
+      if (old !== null) r.followers.delete(old);
+      setRole(r, out, 'primary', `carrying on without backup ${old ?? '-'}`);
+      trimLog(r);
+      tryRelease(r, out);
+      return;
+    }
+    case 'addBackup': {
+      if (!won) return halt(r, out, `lost the test-and-set to add a backup; the view is ${formatView(view)}`);
+      r.view = view;
+      const f = view.backup === null ? undefined : r.followers.get(view.backup);
+      assert(f !== undefined && f.kind === 'recruit', 'the recruit left while its test-and-set was pending');
+      f.kind = 'backup';
+      setRole(r, out, 'primary', `recruit ${f.id} is now the backup`);
+      log(out, 'info', 'recruit-done', { recruit: f.id, epoch: view.epoch, ackedIndex: f.ackedIndex });
+      return;
+    }
+    default:
+      assertNever(cas.purpose, 'cas purpose');
+  }
+}
+
+function becomePrimary(r: Replica, out: Action[], view: View, reason: string): void {
+  assert(view.primary === r.config.id, 'becoming primary of a view that names another primary');
+  r.view = view;
+  r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
+  r.following = null;
+  r.followers.clear();
+  r.log = [];
+  r.logHead = 0;
+  r.retainedBytes = 0;
+  r.held = [];
+  r.heldHead = 0;
+  r.freshSeqWanted = 0;
+  r.releasedIndexMax = r.lastIndex;
+  setRole(r, out, 'primary', reason);
+}
+
+function becomeBackup(r: Replica, out: Action[], view: View): void {
+  assert(r.following !== null && view.primary === r.following.primary, 'becoming backup of a primary not followed');
+  r.view = view;
+  r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
+  r.following.epoch = view.epoch;
+  r.following.pendingView = null;
+  setRole(r, out, 'backup', `named backup by ${view.primary ?? '-'}`);
+}
+
+/** Stop: this replica's state can no longer be trusted to be current. Held outputs never go. */
+function halt(r: Replica, out: Action[], reason: string): void {
+  const ids = r.held.slice(r.heldHead).map((h) => h.outputId);
+  if (ids.length > 0) out.push({ type: 'discard', outputIds: ids, reason });
+  r.held = [];
+  r.heldHead = 0;
+  r.followers.clear();
+  r.log = [];
+  r.logHead = 0;
+  r.retainedBytes = 0;
+  r.following = null;
+  r.cas = null;
+  r.haltReason = reason;
+  setRole(r, out, 'halted', reason);
+}
+
+/**
+ * A peer says epoch `epoch` exists and this replica is not in it. Halt, unless a test-and-set
+ * of ours for that very epoch is pending: the newer view may be our own (its answer was lost
+ * or is late), and halting the only replica that holds the state would lose it. The arbiter's
+ * answer decides.
+ */
+function deposed(r: Replica, out: Action[], epoch: number, reason: string): void {
+  if (r.cas !== null && r.cas.next.epoch >= epoch) {
+    log(out, 'warn', 'deferring', { reason: `${reason}; our test-and-set for epoch ${r.cas.next.epoch} is pending`, epoch });
+    return;
+  }
+  halt(r, out, `deposed: ${reason}`);
+}
+
+/** A recruit whose primary went away: back to an empty spare that asks to be recruited. */
+function stopFollowing(r: Replica, out: Action[], reason: string): void {
+  r.following = null;
+  r.lastIndex = 0;
+  r.lastJoinMs = -Infinity;
+  setRole(r, out, 'spare', reason);
+}
+
+// ---------------------------------------------------------------------------------------
+// Time: failure detection, retransmission, retries, joins
+
+function onTick(r: Replica, out: Action[]): void {
+  const now = r.nowMs;
+  const c = r.config;
+  if (r.cas !== null && now >= r.cas.retryAtMs) {
+    const requestId = r.nextRequestId++;
+    r.cas.retryAtMs = now + c.arbiterRetryMs;
+    log(out, 'warn', 'cas-retry', { purpose: r.cas.purpose, next: formatView(r.cas.next), requestId });
+    out.push({ type: 'arbiterCas', requestId, expected: r.cas.expected, next: r.cas.next });
+  }
+  switch (r.role) {
+    case 'booting':
+    case 'halted':
+      return;
+    case 'primary':
+      for (const f of [...r.followers.values()]) {
+        if (now - f.lastAckMs >= c.failureTimeoutMs) {
+          if (f.kind === 'backup') {
+            if (r.cas === null) {
+              log(out, 'warn', 'suspect', { peer: f.id, role: 'backup', silentMs: now - f.lastAckMs });
+              startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: c.id, backup: null });
+            }
+          } else if (r.cas?.purpose !== 'addBackup') {
+            abandonRecruit(r, out, f, `no ack for ${now - f.lastAckMs} ms`);
+          }
+          continue;
+        }
+        const resendFrom = Math.max(f.ackedIndex, f.snapshotIndex) + 1;
+        if (f.nextIndex > resendFrom && now - f.lastProgressMs >= c.retransmitMs) rewind(r, f, resendFrom);
+      }
+      sendFrames(r, out);
+      return;
+    case 'backup': {
+      const f = r.following;
+      assert(f !== null, 'a backup follows its primary');
+      if (r.cas === null && now - f.lastHeardMs >= c.failureTimeoutMs) {
+        log(out, 'warn', 'suspect', { peer: f.primary, role: 'primary', silentMs: now - f.lastHeardMs });
+        const next: View = { epoch: r.view.epoch + 1, primary: c.id, backup: null };
+        if (c.bugs?.liveWithoutArbiter) becomePrimary(r, out, next, 'PLANTED BUG: went live without the arbiter');
+        else startCas(r, out, 'goLive', r.view, next);
+      }
+      return;
+    }
+    case 'spare': {
+      const f = r.following;
+      if (f === null) {
+        if (now - r.lastJoinMs >= c.joinIntervalMs) {
+          r.lastJoinMs = now;
+          for (const id of c.nodes) if (id !== c.id) out.push({ type: 'send', to: id, msg: { type: 'join' } });
+        }
+      } else if (r.cas === null && now - f.lastHeardMs >= c.failureTimeoutMs) {
+        if (f.pendingView !== null) {
+          // Our primary was handing over to us and went silent: its test-and-set may have
+          // landed, making us the backup of a dead primary. Only the arbiter knows.
+          log(out, 'warn', 'suspect', { peer: f.primary, role: 'primary (handing over)', silentMs: now - f.lastHeardMs });
+          startCas(r, out, 'goLive', f.pendingView, { epoch: f.pendingView.epoch + 1, primary: c.id, backup: null });
+        } else {
+          stopFollowing(r, out, `recruiting primary ${f.primary} silent for ${now - f.lastHeardMs} ms`);
+        }
+      }
+      return;
+    }
+    default:
+      assertNever(r.role, 'role');
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages
+
+function onMessage(r: Replica, out: Action[], from: NodeId, raw: unknown): void {
+  if (from === r.config.id || !r.config.nodes.includes(from)) {
+    log(out, 'warn', 'ignoring', { reason: 'message from a node not in the cluster', from: String(from).slice(0, 64) });
+    return;
+  }
+  const msg = validateMessage(raw);
+  if (typeof msg === 'string') {
+    log(out, 'warn', 'ignoring', { reason: `malformed message: ${msg}`, from });
+    return;
+  }
+  if (r.role === 'booting') return;
+  switch (msg.type) {
+    case 'frame':
+    case 'snapshot':
+      onFromPrimary(r, out, from, msg);
+      return;
+    case 'ack':
+      onAck(r, out, from, msg);
+      return;
+    case 'refuse': {
+      const mine = r.role === 'spare' ? (r.following?.epoch ?? Infinity) : r.view.epoch;
+      if (msg.epoch > mine) {
+        r.knownEpoch = Math.max(r.knownEpoch, msg.epoch);
+        if (r.role === 'spare') stopFollowing(r, out, `${from} knows newer epoch ${msg.epoch}`);
+        else deposed(r, out, msg.epoch, `${from} knows newer epoch ${msg.epoch} (${msg.reason})`);
+      }
+      return;
+    }
+    case 'join':
+      onJoin(r, out, from);
+      return;
+    default:
+      assertNever(msg, 'message');
+  }
+}
+
+type FromPrimary = Extract<PeerMessage, { type: 'frame' | 'snapshot' }>;
+
+function refuse(out: Action[], to: NodeId, epoch: number, reason: string): void {
+  log(out, 'warn', 'refused-frame', { from: to, myEpoch: epoch, reason });
+  out.push({ type: 'send', to, msg: { type: 'refuse', epoch, reason } });
+}
+
+function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary): void {
+  const epoch = m.view.epoch;
+  if (m.view.primary !== from) {
+    log(out, 'warn', 'ignoring', { reason: `${m.type} from a node that is not the primary of its view`, from, view: formatView(m.view) });
+    return;
+  }
+  if (r.role === 'primary') {
+    if (epoch > r.view.epoch) deposed(r, out, epoch, `${from} is primary of newer epoch ${epoch}`);
+    else refuse(out, from, r.view.epoch, `${m.type} of epoch ${epoch}, I am primary of epoch ${r.view.epoch}`);
+    return;
+  }
+  r.knownEpoch = Math.max(r.knownEpoch, epoch);
+  const f = r.following;
+  if (m.type === 'snapshot') {
+    if (r.role === 'backup') {
+      if (epoch < r.view.epoch) refuse(out, from, r.view.epoch, `snapshot of epoch ${epoch}`);
+      else log(out, 'warn', 'ignoring', { reason: 'snapshot sent to a backup', from, epoch });
+      return;
+    }
+    if (f !== null && epoch < f.epoch) {
+      refuse(out, from, f.epoch, `snapshot of epoch ${epoch}, following epoch ${f.epoch}`);
+      return;
+    }
+    r.following = { primary: from, epoch, lastHeardMs: r.nowMs, pendingView: null };
+    r.lastIndex = m.index;
+    out.push({ type: 'installSnapshot', index: m.index, data: m.data });
+    log(out, 'info', 'recruit-snapshot-installed', { primary: from, epoch, index: m.index, bytes: m.data.length });
+    out.push({ type: 'send', to: from, msg: { type: 'ack', epoch, seq: m.seq, ackedIndex: r.lastIndex, gap: false } });
+    return;
+  }
+  // A frame.
+  const mine = f?.epoch ?? r.knownEpoch;
+  if (f === null || f.primary !== from || epoch < f.epoch) {
+    if (epoch < mine) refuse(out, from, mine, `frame of epoch ${epoch}`);
+    else if (r.role === 'backup' && epoch > r.view.epoch) deposed(r, out, epoch, `${from} is primary of newer epoch ${epoch}`);
+    else log(out, 'info', 'ignoring', { reason: 'frame from a primary this replica does not follow', from, epoch });
+    return;
+  }
+  if (r.cas?.purpose === 'goLive') {
+    // We asked the arbiter to make us primary. Acking now could let the old primary release
+    // an output after our new view exists; it must wait for the arbiter's verdict like us.
+    log(out, 'info', 'ignoring', { reason: 'frame while asking the arbiter to go live', from, epoch });
+    return;
+  }
+  if (epoch > f.epoch) {
+    if (m.view.backup !== r.config.id) {
+      if (r.role === 'backup') deposed(r, out, epoch, `view ${formatView(m.view)} has another backup`);
+      else stopFollowing(r, out, `primary moved to ${formatView(m.view)} without this recruit`);
+      return;
+    }
+    f.epoch = epoch;
+  }
+  if (m.view.backup === r.config.id && (r.role !== 'backup' || r.view.epoch !== epoch)) becomeBackup(r, out, m.view);
+  f.lastHeardMs = r.nowMs;
+  f.pendingView = r.role === 'spare' ? m.pendingView : null;
+  const gap = m.prevIndex > r.lastIndex;
+  if (!gap) {
+    const entries: Entry[] = [];
+    for (let i = r.lastIndex - m.prevIndex; i < m.payloads.length; i++) {
+      const payload = m.payloads[i];
+      assert(payload !== undefined, 'frame payload index in range');
+      entries.push({ index: m.prevIndex + 1 + i, payload });
+    }
+    if (entries.length > 0) {
+      r.lastIndex += entries.length;
+      out.push({ type: 'apply', entries });
+    }
+  }
+  out.push({ type: 'send', to: from, msg: { type: 'ack', epoch, seq: m.seq, ackedIndex: r.lastIndex, gap } });
+}
+
+function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'ack' }>): void {
+  if (r.role !== 'primary') return;
+  if (m.epoch > r.view.epoch) return deposed(r, out, m.epoch, `${from} acked in newer epoch ${m.epoch}`);
+  const f = r.followers.get(from);
+  if (f === undefined || m.epoch < r.view.epoch) {
+    log(out, 'info', 'ignoring', { reason: f === undefined ? 'ack from a node that is not a follower' : 'ack from an older epoch', from, epoch: m.epoch });
+    return;
+  }
+  if (m.ackedIndex > r.lastIndex || m.seq > r.frameSeq) {
+    log(out, 'warn', 'ignoring', { reason: 'ack beyond what was sent', from, ackedIndex: m.ackedIndex, seq: m.seq });
+    return;
+  }
+  f.lastAckMs = r.nowMs;
+  f.ackedSeq = Math.max(f.ackedSeq, m.seq);
+  if (m.ackedIndex > f.ackedIndex) {
+    f.ackedIndex = m.ackedIndex;
+    f.lastProgressMs = r.nowMs;
+  }
+  if (m.gap && m.seq >= f.rewindSeq) rewind(r, f, Math.max(f.ackedIndex, f.snapshotIndex) + 1);
+  if (f.kind === 'recruit') advanceRecruit(r, out, f);
+  tryRelease(r, out);
+  trimLog(r);
+}
+
+function onJoin(r: Replica, out: Action[], from: NodeId): void {
+  if (r.role !== 'primary') return;
+  if (from === r.view.backup) {
+    // Our backup restarted empty: it holds nothing. Suspect it now rather than after the timeout.
+    if (r.cas === null) {
+      log(out, 'warn', 'suspect', { peer: from, role: 'backup', reason: 'it rejoined as an empty spare' });
+      startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backup: null });
+    }
+    return;
+  }
+  const f = r.followers.get(from);
+  if (f !== undefined) {
+    if (r.cas?.purpose !== 'addBackup') abandonRecruit(r, out, f, 'it rejoined as an empty spare');
+    return;
+  }
+  if (r.view.backup === null && r.followers.size === 0 && r.cas === null) startRecruit(r, out, from);
+}
+
+// ---------------------------------------------------------------------------------------
+// Recruiting a new backup (FT VMotion, §3.1)
+
+function startRecruit(r: Replica, out: Action[], id: NodeId): void {
+  r.followers.set(id, {
+    id,
+    kind: 'recruit',
+    phase: 'snapshot',
+    nextIndex: r.lastIndex + 1,
+    ackedIndex: 0,
+    ackedSeq: 0,
+    sentSeq: 0,
+    lastSendMs: r.nowMs,
+    lastAckMs: r.nowMs,
+    lastProgressMs: r.nowMs,
+    rewindSeq: 0,
+    snapshotIndex: r.lastIndex,
+    handoverSeq: 0,
+  });
+  r.snapshotFor = id;
+  log(out, 'info', 'recruit-start', { recruit: id, snapshotIndex: r.lastIndex, epoch: r.view.epoch });
+  out.push({ type: 'takeSnapshot' });
+}
+
+function onSnapshotTaken(r: Replica, out: Action[], index: number, data: Uint8Array): void {
+  const id = r.snapshotFor;
+  r.snapshotFor = null;
+  const f = id === null ? undefined : r.followers.get(id);
+  assert(r.role === 'primary' && f !== undefined, 'a snapshot that nobody asked for');
+  assert(index === f.snapshotIndex && index === r.lastIndex, `snapshot at ${index}, asked at ${f.snapshotIndex}`);
+  const seq = ++r.frameSeq;
+  f.sentSeq = seq;
+  f.lastSendMs = r.nowMs;
+  out.push({ type: 'send', to: f.id, msg: { type: 'snapshot', view: r.view, seq, index, data } });
+  log(out, 'info', 'recruit-snapshot-sent', { recruit: f.id, index, bytes: data.length });
+  if (r.config.bugs?.earlyBackup && r.cas === null) {
+    // PLANTED BUG: hand over at once, without waiting for the recruit to hold what was released.
+    f.phase = 'handover';
+    startCas(r, out, 'addBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backup: f.id });
+  }
+}
+
+function advanceRecruit(r: Replica, out: Action[], f: Follower): void {
+  if (f.phase === 'snapshot' && f.ackedIndex >= f.snapshotIndex) {
+    f.phase = 'catchup';
+    log(out, 'info', 'recruit-catchup', { recruit: f.id, ackedIndex: f.ackedIndex, lastIndex: r.lastIndex });
+  }
+  if (f.phase === 'catchup' && r.lastIndex - f.ackedIndex <= r.config.catchupEntriesMax && r.cas === null) {
+    // From now on every output also waits for the recruit's ack (it is a guard).
+    f.phase = 'handover';
+    log(out, 'info', 'recruit-handover', { recruit: f.id, ackedIndex: f.ackedIndex, releasedIndexMax: r.releasedIndexMax });
+  }
+  if (f.phase === 'handover' && r.cas === null && f.ackedIndex >= r.releasedIndexMax && f.handoverSeq > 0 && f.ackedSeq >= f.handoverSeq) {
+    // The recruit holds every entry any released output depends on, and knows the view we
+    // are about to propose (so it can go live if we die right after the test-and-set lands).
+    startCas(r, out, 'addBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backup: f.id });
+  }
+}
+
+function abandonRecruit(r: Replica, out: Action[], f: Follower, reason: string): void {
+  r.followers.delete(f.id);
+  if (r.snapshotFor === f.id) r.snapshotFor = null;
+  log(out, 'warn', 'recruit-abandoned', { recruit: f.id, reason });
+  trimLog(r);
+  tryRelease(r, out);
+}
+
+// ---------------------------------------------------------------------------------------
+// The log, the logging channel and the output rule
+
+function onAppend(r: Replica, payload: Uint8Array): void {
+  assert(canAppend(r), 'append while not primary or while flow control is closed');
+  r.lastIndex++;
+  if (r.followers.size > 0) {
+    r.log.push({ index: r.lastIndex, payload });
+    r.retainedBytes += payload.length;
+  }
+}
+
+function onHold(r: Replica, out: Action[], outputId: number, fresh: boolean): void {
+  assert(r.role === 'primary', 'an output held by a replica that is not primary');
+  const freshSeq = fresh && !r.config.bugs?.staleReads ? r.frameSeq + 1 : 0;
+  r.held.push({ outputId, index: r.lastIndex, freshSeq });
+  r.freshSeqWanted = Math.max(r.freshSeqWanted, freshSeq);
+  tryRelease(r, out);
+}
+
+function isGuard(r: Replica, f: Follower): boolean {
+  return f.kind === 'backup' || (f.phase === 'handover' && !r.config.bugs?.earlyBackup);
+}
+
+/** §2.2: release, in order, every held output that every guard has acked. */
+function tryRelease(r: Replica, out: Action[]): void {
+  if (r.heldHead === r.held.length) return;
+  const guards = [...r.followers.values()].filter((f) => isGuard(r, f));
+  const ignoreRule = r.config.bugs?.noOutputRule === true;
+  const ids: number[] = [];
+  while (r.heldHead < r.held.length) {
+    const h = r.held[r.heldHead];
+    assert(h !== undefined, 'held output in range');
+    if (!ignoreRule && !guards.every((g) => g.ackedIndex >= h.index && g.ackedSeq >= h.freshSeq)) break;
+    ids.push(h.outputId);
+    r.releasedIndexMax = Math.max(r.releasedIndexMax, h.index);
+    r.heldHead++;
+  }
+  if (r.heldHead === r.held.length) {
+    r.held = [];
+    r.heldHead = 0;
+    r.freshSeqWanted = 0;
+  } else if (r.heldHead > 1024 && r.heldHead * 2 > r.held.length) {
+    r.held = r.held.slice(r.heldHead);
+    r.heldHead = 0;
+  }
+  if (ids.length > 0) out.push({ type: 'release', outputIds: ids });
+}
+
+/** Drop retained entries that every follower has acked (or never needs). */
+function trimLog(r: Replica): void {
+  let keepFrom = r.lastIndex + 1;
+  for (const f of r.followers.values()) keepFrom = Math.min(keepFrom, Math.max(f.ackedIndex, f.snapshotIndex) + 1);
+  while (r.logHead < r.log.length) {
+    const e = r.log[r.logHead];
+    assert(e !== undefined, 'retained entry in range');
+    if (e.index >= keepFrom) break;
+    r.retainedBytes -= e.payload.length;
+    r.logHead++;
+  }
+  if (r.logHead === r.log.length) {
+    r.log = [];
+    r.logHead = 0;
+  } else if (r.logHead > 1024 && r.logHead * 2 > r.log.length) {
+    r.log = r.log.slice(r.logHead);
+    r.logHead = 0;
+  }
+}
+
+function rewind(r: Replica, f: Follower, from: number): void {
+  f.nextIndex = from;
+  f.rewindSeq = r.frameSeq + 1;
+  f.lastProgressMs = r.nowMs;
+}
+
+function retained(r: Replica, index: number): Entry {
+  const first = r.log[r.logHead];
+  assert(first !== undefined, `entry ${index} needed but nothing is retained`);
+  const e = r.log[r.logHead + (index - first.index)];
+  assert(e !== undefined && e.index === index, `entry ${index} is not retained`);
+  return e;
+}
+
+/** Send each follower its pending entries, a heartbeat when idle, a probe for waiting reads. */
+function sendFrames(r: Replica, out: Action[]): void {
+  const c = r.config;
+  for (const f of r.followers.values()) {
+    if (f.sentSeq === 0) continue; // the snapshot goes first
+    let sent = false;
+    while (f.nextIndex <= r.lastIndex) {
+      const payloads: Uint8Array[] = [];
+      let bytes = 0;
+      while (f.nextIndex + payloads.length <= r.lastIndex && payloads.length < c.frameEntriesMax) {
+        const e = retained(r, f.nextIndex + payloads.length);
+        if (payloads.length > 0 && bytes + e.payload.length > c.frameBytesMax) break;
+        payloads.push(e.payload);
+        bytes += e.payload.length;
+      }
+      sendFrame(r, out, f, payloads);
+      sent = true;
+    }
+    const probe = (isGuard(r, f) && r.freshSeqWanted > f.sentSeq) || (f.phase === 'handover' && f.handoverSeq === 0);
+    if (!sent && (probe || r.nowMs - f.lastSendMs >= c.heartbeatMs)) sendFrame(r, out, f, []);
+  }
+}
+
+function sendFrame(r: Replica, out: Action[], f: Follower, payloads: Uint8Array[]): void {
+  const seq = ++r.frameSeq;
+  const pendingView: View | null =
+    f.kind === 'recruit' && f.phase === 'handover' ? { epoch: r.view.epoch + 1, primary: r.config.id, backup: f.id } : null;
+  out.push({
+    type: 'send',
+    to: f.id,
+    msg: { type: 'frame', view: r.view, seq, prevIndex: f.nextIndex - 1, payloads, primaryIndex: r.lastIndex, pendingView },
+  });
+  if (pendingView !== null && f.handoverSeq === 0) f.handoverSeq = seq;
+  f.nextIndex += payloads.length;
+  f.sentSeq = seq;
+  f.lastSendMs = r.nowMs;
+}

@@ -1,0 +1,173 @@
+// The vocabulary of the replication core: views, entries, peer messages, the inputs the core
+// accepts and the actions it asks its driver to carry out (DESIGN.md §2, §4).
+//
+// The core is sans-IO. A driver (the simulator, or a real node process) owns the network,
+// the arbiter, the clock and the guest. It feeds the core Inputs, with the current time, and
+// carries out the Actions the core returns, in order. Completed I/O (an arbiter answer, a
+// message) comes back as a new Input, never as a callback into the core.
+
+export type NodeId = string;
+
+/**
+ * A view: who is primary and who is backup in an epoch. Views live in the arbiter, the
+ * shared storage of VMware FT; the only way to change one is the arbiter's test-and-set
+ * `compareAndSet(expected, next)`. Epoch 0 is "no view yet".
+ */
+export interface View {
+  readonly epoch: number;
+  readonly primary: NodeId | null;
+  readonly backup: NodeId | null;
+}
+
+export const NO_VIEW: View = { epoch: 0, primary: null, backup: null };
+
+export function sameView(a: View, b: View): boolean {
+  return a.epoch === b.epoch && a.primary === b.primary && a.backup === b.backup;
+}
+
+export function formatView(v: View): string {
+  return `{epoch ${v.epoch}, primary ${v.primary ?? '-'}, backup ${v.backup ?? '-'}}`;
+}
+
+/** A log entry: an opaque guest payload at a log index (indexes start at 1). */
+export interface Entry {
+  readonly index: number;
+  readonly payload: Uint8Array;
+}
+
+/**
+ * Messages between replicas on the logging channel. The transport supplies the sender's id.
+ *
+ * frame     primary -> backup or recruit. Entries have consecutive indexes from prevIndex+1.
+ *           An empty frame is a heartbeat (and the probe a waiting read needs an ack of).
+ *           pendingView: the view the primary is about to propose that makes the receiver
+ *           the backup (handover of a recruit), so the receiver can go live if the primary
+ *           dies after the test-and-set but before it could say so.
+ * snapshot  primary -> recruit: the guest state at `index`.
+ * ack       backup/recruit -> primary: cumulative, the highest index held; `gap` when the
+ *           frame acked could not be taken because entries before it are missing.
+ * refuse    the answer to a frame or ack from an older epoch: "you are stale, I know epoch N".
+ * join      a spare with no state, asking to be recruited.
+ */
+export type PeerMessage =
+  | {
+      readonly type: 'frame';
+      readonly view: View;
+      readonly seq: number;
+      readonly prevIndex: number;
+      readonly payloads: readonly Uint8Array[];
+      readonly primaryIndex: number;
+      readonly pendingView: View | null;
+    }
+  | { readonly type: 'snapshot'; readonly view: View; readonly seq: number; readonly index: number; readonly data: Uint8Array }
+  | { readonly type: 'ack'; readonly epoch: number; readonly seq: number; readonly ackedIndex: number; readonly gap: boolean }
+  | { readonly type: 'refuse'; readonly epoch: number; readonly reason: string }
+  | { readonly type: 'join' };
+
+export type Role = 'booting' | 'spare' | 'backup' | 'primary' | 'halted';
+
+/**
+ * Switches that plant known bugs, for proving that the simulator's checks catch them. Never
+ * set in production; the real node refuses a config that sets them.
+ */
+export interface PlantedBugs {
+  /** Release every output at once, ignoring the backup's acks (§2.2 switched off). */
+  readonly noOutputRule?: boolean;
+  /** A backup that suspects its primary goes live without winning the test-and-set. */
+  readonly liveWithoutArbiter?: boolean;
+  /** Reads wait for the backup to ack their index but not for a fresh ack. */
+  readonly staleReads?: boolean;
+  /** A recruit is made backup as soon as its snapshot is sent, before it holds what was released. */
+  readonly earlyBackup?: boolean;
+}
+
+export interface CoreConfig {
+  readonly id: NodeId;
+  /** Every replica of the cluster, this one included. */
+  readonly nodes: readonly NodeId[];
+  /** An idle primary sends a heartbeat frame this often. */
+  readonly heartbeatMs: number;
+  /** No frame (backup) or ack (primary) for this long = suspected failure. */
+  readonly failureTimeoutMs: number;
+  /** Resend unacked entries when acks make no progress for this long. */
+  readonly retransmitMs: number;
+  /** Repeat an unanswered test-and-set after this long. */
+  readonly arbiterRetryMs: number;
+  /** A spare announces itself (join) this often. */
+  readonly joinIntervalMs: number;
+  /** Flow control: at most this many entries held for a follower's ack. */
+  readonly unackedEntriesMax: number;
+  /** Flow control: at most this many payload bytes held for a follower's ack. */
+  readonly unackedBytesMax: number;
+  /** At most this many entries in one frame. */
+  readonly frameEntriesMax: number;
+  /** At most this many payload bytes in one frame (a single larger entry goes alone). */
+  readonly frameBytesMax: number;
+  /** A recruit this close (in entries) to the primary's log starts the handover. */
+  readonly catchupEntriesMax: number;
+  readonly bugs?: PlantedBugs;
+}
+
+export const DEFAULT_TIMING = {
+  heartbeatMs: 50,
+  failureTimeoutMs: 500,
+  retransmitMs: 150,
+  arbiterRetryMs: 250,
+  joinIntervalMs: 200,
+  unackedEntriesMax: 10_000,
+  unackedBytesMax: 16 * 1024 * 1024,
+  frameEntriesMax: 1024,
+  frameBytesMax: 1024 * 1024,
+  catchupEntriesMax: 64,
+} as const;
+
+/** What a driver feeds the core. Every input is given with the current time. */
+export type Input =
+  /** Boot: try the bootstrap test-and-set 0 -> 1; the loser becomes a spare. */
+  | { readonly type: 'start' }
+  /** Time passed: run the failure detector, heartbeats, retransmission, retries. */
+  | { readonly type: 'tick' }
+  /** A message from a peer, not yet trusted: the core validates it. */
+  | { readonly type: 'message'; readonly from: NodeId; readonly msg: unknown }
+  /** The arbiter's answer to arbiterCas `requestId`: `view` is the view it now holds. */
+  | { readonly type: 'arbiterResult'; readonly requestId: number; readonly ok: boolean; readonly view: View }
+  /** The arbiter could not be asked (unreachable, timed out). The core retries later. */
+  | { readonly type: 'arbiterFailed'; readonly requestId: number; readonly reason: string }
+  /** Primary: append a guest entry. Only when `canAppend` (flow control). */
+  | { readonly type: 'append'; readonly payload: Uint8Array }
+  /**
+   * Primary: an output was produced; it is tagged with the last index appended and released
+   * when the output rule allows. `fresh`: a read (or any output computed from state without
+   * appending): it also waits for the ack of a frame sent after it was produced.
+   */
+  | { readonly type: 'hold'; readonly outputId: number; readonly fresh: boolean }
+  /** The answer to takeSnapshot: the guest state at `index` (= the last index appended). */
+  | { readonly type: 'snapshot'; readonly index: number; readonly data: Uint8Array }
+  /** The end of a batch of inputs: send what is pending (frames are coalesced until then). */
+  | { readonly type: 'flush' };
+
+export type LogLevel = 'info' | 'warn';
+
+/** What the core asks its driver to do, in the order given. */
+export type Action =
+  | { readonly type: 'send'; readonly to: NodeId; readonly msg: PeerMessage }
+  /**
+   * The arbiter's atomic test-and-set: if the arbiter holds exactly `expected`, replace it by
+   * `next` (whose epoch is expected.epoch + 1). Views are immutable once written, so this is
+   * "create epoch N+1 if epoch N is the newest and is the view I think it is".
+   */
+  | { readonly type: 'arbiterCas'; readonly requestId: number; readonly expected: View; readonly next: View }
+  /** These held outputs may now be released, in this order. */
+  | { readonly type: 'release'; readonly outputIds: readonly number[] }
+  /** These held outputs will never be released (this node stopped being primary). */
+  | { readonly type: 'discard'; readonly outputIds: readonly number[]; readonly reason: string }
+  /** Follower: apply these entries to the guest, in order. */
+  | { readonly type: 'apply'; readonly entries: readonly Entry[] }
+  /** Follower: replace the guest's state with this snapshot, taken at `index`. */
+  | { readonly type: 'installSnapshot'; readonly index: number; readonly data: Uint8Array }
+  /** Primary: take a snapshot of the guest now and give it back as a `snapshot` input, before any other input. */
+  | { readonly type: 'takeSnapshot' }
+  /** The role or view changed. On 'primary' a follower's guest goes live; on 'halted' the driver discards this replica (it may rejoin later as a fresh spare). */
+  | { readonly type: 'role'; readonly role: Role; readonly view: View; readonly reason: string }
+  /** A structured log record. */
+  | { readonly type: 'log'; readonly level: LogLevel; readonly event: string; readonly fields: Readonly<Record<string, string | number | boolean | null>> };

@@ -1,0 +1,74 @@
+// Validation of peer messages. A peer's message is input from outside the core's trust: a
+// malformed one is dropped with a reason, never thrown (the node keeps serving). The checks
+// are structural; whether a well-formed message makes sense now (its epoch, its sender) is
+// the replica's business.
+
+import type { PeerMessage, View } from './types.js';
+
+function isIndex(x: unknown): x is number {
+  return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+}
+
+function isNodeIdOrNull(x: unknown): x is string | null {
+  return x === null || (typeof x === 'string' && x.length > 0 && x.length <= 256);
+}
+
+function viewProblem(v: unknown): string | null {
+  if (typeof v !== 'object' || v === null) return 'view is not an object';
+  const o = v as Record<string, unknown>;
+  if (!isIndex(o.epoch) || o.epoch === 0) return 'view.epoch is not a positive integer';
+  if (!isNodeIdOrNull(o.primary) || o.primary === null) return 'view.primary is not a node id';
+  if (!isNodeIdOrNull(o.backup)) return 'view.backup is not a node id or null';
+  if (o.backup === o.primary) return 'view names one node as primary and backup';
+  return null;
+}
+
+/** Returns the message if it is well formed, or the reason it is not. */
+export function validateMessage(msg: unknown): PeerMessage | string {
+  if (typeof msg !== 'object' || msg === null) return 'message is not an object';
+  const m = msg as Record<string, unknown>;
+  switch (m.type) {
+    case 'frame': {
+      const vp = viewProblem(m.view);
+      if (vp) return `frame: ${vp}`;
+      if (!isIndex(m.seq) || m.seq === 0) return 'frame: seq is not a positive integer';
+      if (!isIndex(m.prevIndex)) return 'frame: prevIndex is not an index';
+      if (!isIndex(m.primaryIndex)) return 'frame: primaryIndex is not an index';
+      if (!Array.isArray(m.payloads) || !m.payloads.every((p) => p instanceof Uint8Array)) {
+        return 'frame: payloads is not an array of byte arrays';
+      }
+      if (m.prevIndex + m.payloads.length > m.primaryIndex) return 'frame: entries beyond primaryIndex';
+      if (m.pendingView !== null) {
+        const pp = viewProblem(m.pendingView);
+        if (pp) return `frame: pendingView: ${pp}`;
+      }
+      return msg as PeerMessage;
+    }
+    case 'snapshot': {
+      const vp = viewProblem(m.view);
+      if (vp) return `snapshot: ${vp}`;
+      if (!isIndex(m.seq) || m.seq === 0) return 'snapshot: seq is not a positive integer';
+      if (!isIndex(m.index)) return 'snapshot: index is not an index';
+      if (!(m.data instanceof Uint8Array)) return 'snapshot: data is not a byte array';
+      return msg as PeerMessage;
+    }
+    case 'ack':
+      if (!isIndex(m.epoch) || m.epoch === 0) return 'ack: epoch is not a positive integer';
+      if (!isIndex(m.seq) || m.seq === 0) return 'ack: seq is not a positive integer';
+      if (!isIndex(m.ackedIndex)) return 'ack: ackedIndex is not an index';
+      if (typeof m.gap !== 'boolean') return 'ack: gap is not a boolean';
+      return msg as PeerMessage;
+    case 'refuse':
+      if (!isIndex(m.epoch)) return 'refuse: epoch is not an index';
+      if (typeof m.reason !== 'string') return 'refuse: reason is not a string';
+      return msg as PeerMessage;
+    case 'join':
+      return msg as PeerMessage;
+    default:
+      return `unknown message type ${JSON.stringify(String(m.type)).slice(0, 40)}`;
+  }
+}
+
+export function isView(v: unknown): v is View {
+  return viewProblem(v) === null;
+}

@@ -1,0 +1,32 @@
+// The one registry of user-facing errors. Every error a user can see (bad config, bad CLI
+// flag, bad input file, a refused client request) is a LockstepError with a stable code from
+// ERROR_CODES; docs/ERRORS.md lists the same codes and test/errors.test.ts keeps the two in
+// step. Peer garbage is not here: it is logged and dropped. Broken invariants are not here:
+// they are assertion failures (src/core/assert.ts).
+
+export const ERROR_CODES = {
+  E_USAGE: 'the command line is wrong: an unknown command, flag or a missing argument',
+  E_BAD_FLAG_VALUE: 'a flag has a value of the wrong kind (a number expected, say)',
+  E_FILE_READ: 'a file named on the command line cannot be read',
+  E_HISTORY_PARSE: 'a line of a history file is not valid JSON',
+  E_HISTORY_EVENT: 'a history event is missing a field or has a field of the wrong kind',
+  E_HISTORY_ORDER: 'a history breaks process order (a completion with no invoke, two invokes in a row, time going back)',
+  E_DEDUP_STALE: 'a client retried a request whose reply it already acknowledged',
+  E_DEDUP_WINDOW: 'a client has too many requests in flight for the duplicate filter',
+  E_CORRUPT_ENTRY: 'a log entry or snapshot could not be decoded',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class LockstepError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.name = 'LockstepError';
+    this.code = code;
+  }
+}
+
+export function isLockstepError(e: unknown): e is LockstepError {
+  return e instanceof LockstepError;
+}

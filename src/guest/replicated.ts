@@ -1,0 +1,319 @@
+// ReplicatedService: a StateMachine run in one replication mode, with the replicated
+// duplicate filter that gives clients at-most-once execution across failover (DESIGN.md §2).
+//
+// The primary calls `execute` and appends the returned `entry` to the log; the backup calls
+// `applyEntry` with it. The filter (client id -> floor + recorded replies by seq) is part of
+// the replicated state: it changes only in logged steps, identically on both sides, and is in
+// every snapshot and digest. Anything that does not produce an entry (reads, refusals,
+// duplicates, commands that changed nothing) leaves the filter untouched, so the primary never
+// drifts from its backup.
+//
+// Entry encoding (opaque to the core):
+//   u8 mode tag (1 rsm, 2 state-transfer)
+//   u8 has-client (0 plain client, 1 deduplicated); if 1: text clientId, varuint seq,
+//     varuint ackedBelow
+//   rsm:            bytes command
+//   state-transfer: [bytes reply, only if has-client] bytes change
+//
+// Bounds: a client may hold at most repliesPerClientMax unacknowledged replies (a new request
+// beyond that is refused with E_DEDUP_WINDOW); at most clientsMax clients are remembered, the
+// least recently used (by logged step) being evicted. An evicted client loses its at-most-once
+// guarantee: a retry of one of its old requests would execute again.
+
+import type { ReplicationMode, StateMachine } from './types.js';
+import { ByteReader, ByteWriter, Hash64, SumDigest } from './bytes.js';
+
+export interface ClientRequest<C> {
+  /** null = plain client: no deduplication (at-least-once on retry). */
+  readonly clientId: string | null;
+  /** >= 1, per client. */
+  readonly seq: number;
+  /** The client holds replies for every seq < ackedBelow: the filter may forget them. */
+  readonly ackedBelow: number;
+  readonly command: C;
+}
+
+export interface ServiceResult<R> {
+  readonly reply: R;
+  /** What to append to the log; null = nothing to log. */
+  readonly entry: Uint8Array | null;
+  /** The reply was recorded earlier for this (clientId, seq); nothing executed. */
+  readonly duplicate: boolean;
+  readonly readOnly: boolean;
+}
+
+export interface DedupLimits {
+  readonly clientsMax?: number;
+  readonly repliesPerClientMax?: number;
+}
+
+const TAG_RSM = 1;
+const TAG_STATE_TRANSFER = 2;
+const SNAPSHOT_VERSION = 1;
+const TWO32 = 0x1_0000_0000;
+
+interface Recorded {
+  readonly bytes: Uint8Array; // the encoded reply
+  readonly a: number; // its digest hash lanes
+  readonly b: number;
+}
+
+interface ClientState {
+  /** Lowest seq still accepted; replies below it were acknowledged and forgotten. */
+  floor: number;
+  readonly replies: Map<number, Recorded>;
+}
+
+type Refusal<R> = { readonly reply: R; readonly duplicate: boolean };
+
+function newFloor(floor: number, seq: number, ackedBelow: number): number {
+  return Math.max(floor, Math.min(ackedBelow, seq));
+}
+
+function positiveInt(v: number | undefined, dflt: number, what: string): number {
+  if (v === undefined) return dflt;
+  if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`${what} must be a positive integer, got ${v}`);
+  return v;
+}
+
+export class ReplicatedService<C, R, X> {
+  readonly clientsMax: number;
+  readonly repliesPerClientMax: number;
+
+  /** Clients in least-recently-used-first order (Map delete + reinsert on each logged use). */
+  private clients = new Map<string, ClientState>();
+  private readonly filterSum = new SumDigest();
+  private readonly h = new Hash64();
+  private readonly w = new ByteWriter(256); // reused for every entry
+  private applied = 0;
+
+  constructor(
+    readonly machine: StateMachine<C, R, X>,
+    readonly mode: ReplicationMode,
+    limits: DedupLimits = {},
+  ) {
+    if (mode !== 'rsm' && mode !== 'state-transfer') throw new RangeError(`unknown replication mode ${String(mode)}`);
+    this.clientsMax = positiveInt(limits.clientsMax, 100_000, 'clientsMax');
+    this.repliesPerClientMax = positiveInt(limits.repliesPerClientMax, 1024, 'repliesPerClientMax');
+  }
+
+  /** Entries executed or applied so far (logged steps only). */
+  get appliedEntries(): number {
+    return this.applied;
+  }
+
+  /** Clients currently remembered by the duplicate filter. */
+  get clientCount(): number {
+    return this.clients.size;
+  }
+
+  /** Primary side: run the request now. */
+  execute(req: ClientRequest<C>): ServiceResult<R> {
+    const { clientId: id, seq, ackedBelow, command } = req;
+    if (!Number.isSafeInteger(seq) || seq < 1) throw new RangeError(`seq must be an integer >= 1, got ${seq}`);
+    if (!Number.isSafeInteger(ackedBelow) || ackedBelow < 0) {
+      throw new RangeError(`ackedBelow must be an integer >= 0, got ${ackedBelow}`);
+    }
+    const m = this.machine;
+    if (m.isReadOnly(command)) {
+      const { reply, change } = m.execute(command);
+      if (change !== null) throw new Error(`${m.name}: a read-only command changed the state`);
+      return { reply, entry: null, duplicate: false, readOnly: true };
+    }
+    if (id !== null) {
+      const refused = this.refusal(id, seq, ackedBelow);
+      if (refused !== null) return { ...refused, entry: null, readOnly: false };
+    }
+    const { reply, change } = m.execute(command);
+    if (change === null) return { reply, entry: null, duplicate: false, readOnly: false };
+
+    const w = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER);
+    if (id === null) w.u8(0);
+    else w.u8(1).text(id).varuint(seq).varuint(ackedBelow);
+    let replyBytes: Uint8Array | null = null;
+    if (this.mode === 'rsm') {
+      w.bytes(m.codec.encodeCommand(command));
+    } else {
+      if (id !== null) w.bytes((replyBytes = m.codec.encodeReply(reply)));
+      w.bytes(m.codec.encodeChange(change));
+    }
+    if (id !== null) this.commit(id, seq, ackedBelow, replyBytes ?? m.codec.encodeReply(reply));
+    this.applied++;
+    return { reply, entry: w.finish(), duplicate: false, readOnly: false };
+  }
+
+  /** Backup side: apply an entry made by `execute` on a primary in the same mode. */
+  applyEntry(entry: Uint8Array): void {
+    const m = this.machine;
+    const r = new ByteReader(entry, 'log entry');
+    const tag = r.u8();
+    const want = this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER;
+    if (tag !== want) r.corrupt(`entry tag ${tag}, but this service runs in ${this.mode} mode (tag ${want})`);
+    const hasClient = r.u8();
+    if (hasClient > 1) r.corrupt(`bad client flag ${hasClient}`);
+    let id: string | null = null;
+    let seq = 0;
+    let ackedBelow = 0;
+    if (hasClient === 1) {
+      id = r.text();
+      seq = r.varuint();
+      ackedBelow = r.varuint();
+      if (seq < 1) r.corrupt('seq 0');
+    }
+    // Decode everything before touching any state: a corrupt entry changes nothing.
+    if (this.mode === 'rsm') {
+      const command = m.codec.decodeCommand(r.bytes());
+      r.end();
+      if (id !== null && this.refusal(id, seq, ackedBelow) !== null) {
+        throw new Error(`replica divergence: entry for client seq ${seq} is refused here but was executed on the primary`);
+      }
+      const { reply, change } = m.execute(command);
+      if (change === null) throw new Error('replica divergence: the command changed nothing here but did on the primary');
+      if (id !== null) this.commit(id, seq, ackedBelow, m.codec.encodeReply(reply));
+    } else {
+      let replyBytes: Uint8Array | null = null;
+      if (id !== null) {
+        replyBytes = r.bytes().slice();
+        m.codec.decodeReply(replyBytes); // validate
+      }
+      const change = m.codec.decodeChange(r.bytes());
+      r.end();
+      m.applyChange(change);
+      if (id !== null) this.commit(id, seq, ackedBelow, replyBytes!);
+    }
+    this.applied++;
+  }
+
+  /** Machine state + the whole duplicate filter (LRU order included) + appliedEntries. */
+  snapshot(): Uint8Array {
+    const machine = this.machine.snapshot();
+    const w = new ByteWriter(machine.length + 64 + this.clients.size * 32);
+    w.u8(SNAPSHOT_VERSION).bytes(machine).varuint(this.applied).varuint(this.clients.size);
+    for (const [id, c] of this.clients) {
+      w.text(id).varuint(c.floor).varuint(c.replies.size);
+      for (const [seq, rec] of c.replies) w.varuint(seq).bytes(rec.bytes);
+    }
+    return w.finish();
+  }
+
+  /** Replace machine state and filter with a snapshot; on a corrupt snapshot nothing changes. */
+  restore(bytes: Uint8Array): void {
+    const r = new ByteReader(bytes, 'snapshot');
+    const version = r.u8();
+    if (version !== SNAPSHOT_VERSION) r.corrupt(`unknown snapshot version ${version}`);
+    const machine = r.bytes();
+    const applied = r.varuint();
+    const n = r.varuint();
+    if (n > r.remaining) r.corrupt('client count larger than the snapshot');
+    const clients = new Map<string, ClientState>();
+    for (let i = 0; i < n; i++) {
+      const id = r.text();
+      if (clients.has(id)) r.corrupt('duplicate client id');
+      const floor = r.varuint();
+      const k = r.varuint();
+      if (k > r.remaining) r.corrupt('reply count larger than the snapshot');
+      const replies = new Map<number, Recorded>();
+      for (let j = 0; j < k; j++) {
+        const seq = r.varuint();
+        if (seq < floor || seq < 1 || replies.has(seq)) r.corrupt(`bad recorded seq ${seq}`);
+        const reply = r.bytes().slice();
+        this.machine.codec.decodeReply(reply); // validate
+        replies.set(seq, this.recorded(id, seq, reply));
+      }
+      clients.set(id, { floor, replies });
+    }
+    r.end();
+    this.machine.restore(machine);
+    this.clients = clients;
+    this.applied = applied;
+    this.filterSum.clear();
+    for (const [id, c] of clients) {
+      this.addFloor(id, c.floor, 1);
+      for (const rec of c.replies.values()) this.filterSum.addPair(rec.a, rec.b, 1);
+    }
+  }
+
+  /** Machine digest + duplicate-filter digest; both incremental, O(1). */
+  digest(): string {
+    return `${this.machine.digest()}/${this.filterSum.hex()}`;
+  }
+
+  // ---- the filter ------------------------------------------------------------------------
+
+  /** Why a deduplicated request must not execute (stale, duplicate, window full), or null. */
+  private refusal(id: string, seq: number, ackedBelow: number): Refusal<R> | null {
+    const c = this.clients.get(id);
+    if (c === undefined) return null;
+    const m = this.machine;
+    if (seq < c.floor) {
+      return {
+        reply: m.errorReply(`E_DEDUP_STALE request ${seq} was already acknowledged (the filter keeps seq >= ${c.floor})`),
+        duplicate: false,
+      };
+    }
+    const rec = c.replies.get(seq);
+    if (rec !== undefined) return { reply: m.codec.decodeReply(rec.bytes), duplicate: true };
+    const max = this.repliesPerClientMax;
+    if (c.replies.size >= max) {
+      const floor = newFloor(c.floor, seq, ackedBelow);
+      let live = 0;
+      for (const s of c.replies.keys()) if (s >= floor) live++;
+      if (live >= max) {
+        return {
+          reply: m.errorReply(
+            `E_DEDUP_WINDOW ${live} replies await acknowledgement (limit ${max}); raise ackedBelow before sending more`,
+          ),
+          duplicate: false,
+        };
+      }
+    }
+    return null;
+  }
+
+  /** The logged part of a deduplicated request: touch, prune by ackedBelow, record, evict. */
+  private commit(id: string, seq: number, ackedBelow: number, replyBytes: Uint8Array): void {
+    let c = this.clients.get(id);
+    if (c === undefined) {
+      c = { floor: 1, replies: new Map() };
+      this.addFloor(id, c.floor, 1);
+    } else {
+      this.clients.delete(id);
+    }
+    this.clients.set(id, c);
+    const floor = newFloor(c.floor, seq, ackedBelow);
+    if (floor > c.floor) {
+      this.addFloor(id, c.floor, -1);
+      for (const [s, rec] of c.replies) {
+        if (s < floor) {
+          c.replies.delete(s);
+          this.filterSum.addPair(-rec.a, -rec.b, -1);
+        }
+      }
+      c.floor = floor;
+      this.addFloor(id, floor, 1);
+    }
+    const rec = this.recorded(id, seq, replyBytes);
+    c.replies.set(seq, rec);
+    this.filterSum.addPair(rec.a, rec.b, 1);
+    if (this.clients.size > this.clientsMax) this.evictOldest();
+  }
+
+  private evictOldest(): void {
+    const first = this.clients.entries().next();
+    if (first.done === true) return;
+    const [id, c] = first.value;
+    this.clients.delete(id);
+    this.addFloor(id, c.floor, -1);
+    for (const rec of c.replies.values()) this.filterSum.addPair(-rec.a, -rec.b, -1);
+  }
+
+  private recorded(id: string, seq: number, bytes: Uint8Array): Recorded {
+    const h = this.h.reset().u32(1).str(id).u32(seq % TWO32).u32(Math.floor(seq / TWO32)).bytes(bytes);
+    return { bytes, a: h.a, b: h.b };
+  }
+
+  private addFloor(id: string, floor: number, sign: 1 | -1): void {
+    const h = this.h.reset().u32(2).str(id).u32(floor % TWO32).u32(Math.floor(floor / TWO32));
+    this.filterSum.addPair(sign * h.a, sign * h.b, sign);
+  }
+}

@@ -1,0 +1,290 @@
+// Tests for ReplicatedService (src/guest/replicated.ts): a primary and a backup fed the
+// primary's entries stay identical in both modes, both modes give the same replies, and the
+// duplicate filter gives at-most-once execution across failover and snapshot transfer.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { REPLICATION_MODES, ReplicatedService, createKv } from '../src/guest/index.js';
+import type { ClientRequest, KvChange, KvCommand, KvReply, ReplicationMode, ServiceResult } from '../src/guest/index.js';
+import { LockstepError } from '../src/errors.js';
+
+type Kv = ReplicatedService<KvCommand, KvReply, KvChange>;
+
+function prng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function service(mode: ReplicationMode, limits?: { clientsMax?: number; repliesPerClientMax?: number }): Kv {
+  return new ReplicatedService(createKv(), mode, limits);
+}
+
+function req(clientId: string | null, seq: number, command: KvCommand, ackedBelow = 0): ClientRequest<KvCommand> {
+  return { clientId, seq, ackedBelow, command };
+}
+
+/** Execute on the primary and ship the entry (if any) to the backups. */
+function step(primary: Kv, backups: readonly Kv[], r: ClientRequest<KvCommand>): ServiceResult<KvReply> {
+  const res = primary.execute(r);
+  if (res.entry !== null) for (const b of backups) b.applyEntry(res.entry);
+  return res;
+}
+
+function assertSame(a: Kv, b: Kv, why: string): void {
+  assert.equal(a.digest(), b.digest(), why);
+  assert.deepEqual(a.snapshot(), b.snapshot(), why);
+  assert.equal(a.appliedEntries, b.appliedEntries, why);
+}
+
+const isStale = (r: KvReply): boolean => r.kind === 'error' && r.message.startsWith('ERR E_DEDUP_STALE');
+const isWindow = (r: KvReply): boolean => r.kind === 'error' && r.message.startsWith('ERR E_DEDUP_WINDOW');
+
+/**
+ * A seeded workload: 4 deduplicating clients and a plain one, random commands over a few keys,
+ * retries of recent requests (the reply was "lost"), ackedBelow trailing behind, and a
+ * failover (backup takes over, a new backup is recruited by snapshot) every 150 requests.
+ * Returns every reply in order.
+ */
+function runWorkload(mode: ReplicationMode, seed: number): { replies: KvReply[]; final: Kv; duplicates: number } {
+  const rnd = prng(seed);
+  let primary = service(mode, { repliesPerClientMax: 64 });
+  let backup = service(mode, { repliesPerClientMax: 64 });
+  const clients = ['alice', 'bob', 'carol', 'dave'];
+  const next = new Map<string, number>(clients.map((c) => [c, 1]));
+  const acked = new Map<string, number>(clients.map((c) => [c, 0]));
+  const sent = new Map<string, Map<number, { command: KvCommand; reply: KvReply | null }>>(clients.map((c) => [c, new Map()]));
+  const replies: KvReply[] = [];
+  let duplicates = 0;
+  const key = (): string => `k${Math.floor(rnd() * 6)}`;
+  const command = (): KvCommand => {
+    switch (Math.floor(rnd() * 8)) {
+      case 0: return ['SET', key(), String(Math.floor(rnd() * 10))];
+      case 1: return ['APPEND', key(), String.fromCharCode(97 + Math.floor(rnd() * 26))];
+      case 2: return ['INCR', key()];
+      case 3: return ['DEL', key()];
+      case 4: return ['MSET', key(), 'x', key(), '7'];
+      case 5: return ['GET', key()];
+      case 6: return ['INCRBY', key(), String(Math.floor(rnd() * 9) - 4)];
+      default: return ['MGET', key(), key()];
+    }
+  };
+  for (let i = 1; i <= 1500; i++) {
+    const who = Math.floor(rnd() * 5);
+    if (who === 4) {
+      replies.push(step(primary, [backup], req(null, 1, command())).reply);
+    } else {
+      const id = clients[who]!;
+      const mine = sent.get(id)!;
+      let seq: number;
+      if (rnd() < 0.25 && next.get(id)! > 1) {
+        // retry one of the last few requests
+        seq = Math.max(1, next.get(id)! - 1 - Math.floor(rnd() * 6));
+      } else {
+        seq = next.get(id)!;
+        next.set(id, seq + 1);
+        mine.set(seq, { command: command(), reply: null });
+      }
+      const prev = mine.get(seq)!;
+      const res = step(primary, [backup], req(id, seq, prev.command, acked.get(id)!));
+      replies.push(res.reply);
+      if (isStale(res.reply)) {
+        assert.ok(seq < acked.get(id)!, 'stale only below what the client acknowledged');
+      } else if (res.duplicate) {
+        assert.ok(prev.reply !== null, 'a duplicate was executed before');
+        assert.deepEqual(res.reply, prev.reply, 'a duplicate gets the first reply');
+        duplicates++;
+      } else if (!res.readOnly && res.entry !== null && prev.reply !== null) {
+        assert.fail(`client ${id} seq ${seq} executed twice`);
+      }
+      if (res.entry !== null) prev.reply = res.reply;
+      // the client learns replies and acknowledges them a while later
+      if (rnd() < 0.3) acked.set(id, Math.max(acked.get(id)!, next.get(id)! - 3));
+    }
+    if (i % 50 === 0) assertSame(primary, backup, `${mode} step ${i}`);
+    if (i % 150 === 0) {
+      // failover: the backup goes live, a fresh spare is recruited from a snapshot
+      primary = backup;
+      backup = service(mode, { repliesPerClientMax: 64 });
+      backup.restore(primary.snapshot());
+      assertSame(primary, backup, `${mode} recruit at ${i}`);
+    }
+  }
+  assertSame(primary, backup, `${mode} end`);
+  return { replies, final: primary, duplicates };
+}
+
+test('primary and backup stay identical, and both modes give the same replies and state', () => {
+  for (const seed of [1, 2, 99]) {
+    const rsm = runWorkload('rsm', seed);
+    const st = runWorkload('state-transfer', seed);
+    assert.deepEqual(rsm.replies, st.replies, `seed ${seed}: replies`);
+    assert.equal(rsm.final.digest(), st.final.digest(), `seed ${seed}: digest`);
+    assert.deepEqual(rsm.final.snapshot(), st.final.snapshot(), `seed ${seed}: snapshot`);
+    assert.ok(rsm.final.appliedEntries > 500);
+    assert.ok(rsm.replies.some(isStale), 'the workload exercises stale retries');
+    assert.ok(rsm.duplicates > 50 && st.duplicates === rsm.duplicates, `duplicates ${rsm.duplicates}`);
+  }
+});
+
+test('a retried mutating request returns the first reply and executes once', () => {
+  for (const mode of REPLICATION_MODES) {
+    const p = service(mode);
+    const b = service(mode);
+    const first = step(p, [b], req('c', 1, ['APPEND', 'k', 'x']));
+    assert.deepEqual(first.reply, { kind: 'integer', value: 1n });
+    assert.ok(first.entry !== null);
+    assert.equal(first.duplicate, false);
+    const again = step(p, [b], req('c', 1, ['APPEND', 'k', 'x']));
+    assert.deepEqual(again, { reply: first.reply, entry: null, duplicate: true, readOnly: false });
+    assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: 'x' });
+    // failover to the backup: the retry is still a duplicate there
+    const onBackup = b.execute(req('c', 1, ['APPEND', 'k', 'x']));
+    assert.equal(onBackup.duplicate, true);
+    assert.deepEqual(onBackup.reply, first.reply);
+    // a new replica from a snapshot knows it too
+    const fresh = service(mode);
+    fresh.restore(b.snapshot());
+    assertSame(fresh, b, mode);
+    const onFresh = fresh.execute(req('c', 1, ['APPEND', 'k', 'x']));
+    assert.equal(onFresh.duplicate, true);
+    assert.deepEqual(onFresh.reply, first.reply);
+    assert.deepEqual(fresh.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: 'x' });
+    // the next seq executes
+    assert.deepEqual(fresh.execute(req('c', 2, ['APPEND', 'k', 'x'])).reply, { kind: 'integer', value: 2n });
+  }
+});
+
+test('plain clients and reads are not deduplicated', () => {
+  for (const mode of REPLICATION_MODES) {
+    const p = service(mode);
+    const b = service(mode);
+    step(p, [b], req(null, 1, ['APPEND', 'k', 'x']));
+    step(p, [b], req(null, 1, ['APPEND', 'k', 'x']));
+    assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: 'xx' }, 'at-least-once');
+    const read = step(p, [b], req('c', 1, ['GET', 'k']));
+    assert.deepEqual(read, { reply: { kind: 'bulk', value: 'xx' }, entry: null, duplicate: false, readOnly: true });
+    step(p, [b], req('d', 1, ['APPEND', 'k', 'y']));
+    const reread = step(p, [b], req('c', 1, ['GET', 'k']));
+    assert.deepEqual(reread.reply, { kind: 'bulk', value: 'xxy' }, 'a retried read reads again');
+    assert.equal(p.clientCount, 1, 'only d is in the filter');
+    assertSame(p, b, mode);
+  }
+});
+
+test('a mutating command that changes nothing is neither logged nor recorded', () => {
+  for (const mode of REPLICATION_MODES) {
+    const p = service(mode);
+    const digest = p.digest();
+    for (const command of [['DEL', 'missing'], ['INCR', 'n', 'extra'], ['SET', 'k', 'v', 'EX', '1'], ['NOPE']]) {
+      const res = p.execute(req('c', 1, command));
+      assert.equal(res.entry, null, command.join(' '));
+      assert.equal(res.duplicate, false);
+    }
+    assert.equal(p.digest(), digest);
+    assert.equal(p.appliedEntries, 0);
+    assert.equal(p.clientCount, 0);
+  }
+});
+
+test('stale requests are refused', () => {
+  for (const mode of REPLICATION_MODES) {
+    const p = service(mode);
+    const b = service(mode);
+    for (let seq = 1; seq <= 5; seq++) step(p, [b], req('c', seq, ['INCR', 'n']));
+    // seq 6 acknowledges everything below 4: the filter forgets 1..3
+    step(p, [b], req('c', 6, ['INCR', 'n'], 4));
+    assertSame(p, b, mode);
+    const stale = step(p, [b], req('c', 2, ['INCR', 'n'], 4));
+    assert.equal(stale.entry, null);
+    assert.equal(stale.duplicate, false);
+    assert.ok(isStale(stale.reply), JSON.stringify(stale.reply));
+    const stillThere = step(p, [b], req('c', 4, ['INCR', 'n'], 4));
+    assert.equal(stillThere.duplicate, true);
+    assert.deepEqual(stillThere.reply, { kind: 'integer', value: 4n });
+    assert.deepEqual(p.machine.execute(['GET', 'n']).reply, { kind: 'bulk', value: '6' });
+    // ackedBelow beyond the request's own seq is clamped to it
+    step(p, [b], req('c', 7, ['INCR', 'n'], 100));
+    assert.equal(step(p, [b], req('c', 7, ['INCR', 'n'], 100)).duplicate, true);
+    assert.ok(isStale(step(p, [b], req('c', 6, ['INCR', 'n'])).reply));
+    assertSame(p, b, mode);
+  }
+});
+
+test('the per-client reply window is bounded', () => {
+  for (const mode of REPLICATION_MODES) {
+    const p = service(mode, { repliesPerClientMax: 3 });
+    const b = service(mode, { repliesPerClientMax: 3 });
+    for (let seq = 1; seq <= 3; seq++) assert.ok(step(p, [b], req('c', seq, ['INCR', 'n'])).entry !== null);
+    const full = step(p, [b], req('c', 4, ['INCR', 'n']));
+    assert.ok(isWindow(full.reply), JSON.stringify(full.reply));
+    assert.equal(full.entry, null);
+    assert.equal(step(p, [b], req('c', 2, ['INCR', 'n'])).duplicate, true, 'duplicates are still answered');
+    assert.ok(step(p, [b], req('other', 1, ['INCR', 'n'])).entry !== null, 'other clients are unaffected');
+    const acked = step(p, [b], req('c', 4, ['INCR', 'n'], 2));
+    assert.deepEqual(acked.reply, { kind: 'integer', value: 5n });
+    assert.ok(isWindow(step(p, [b], req('c', 5, ['INCR', 'n'], 2)).reply));
+    assertSame(p, b, mode);
+  }
+});
+
+test('the least recently used client is evicted (and loses at-most-once)', () => {
+  for (const mode of REPLICATION_MODES) {
+    const p = service(mode, { clientsMax: 2 });
+    const b = service(mode, { clientsMax: 2 });
+    step(p, [b], req('a', 1, ['APPEND', 'k', 'a']));
+    step(p, [b], req('b', 1, ['APPEND', 'k', 'b']));
+    step(p, [b], req('a', 2, ['APPEND', 'k', 'a'])); // a is now the most recent
+    step(p, [b], req('c', 1, ['APPEND', 'k', 'c'])); // evicts b
+    assert.equal(p.clientCount, 2);
+    assert.equal(step(p, [b], req('a', 1, ['APPEND', 'k', 'a'])).duplicate, true);
+    const lost = step(p, [b], req('b', 1, ['APPEND', 'k', 'b']));
+    assert.equal(lost.duplicate, false, 'b was forgotten: its retry executes again');
+    assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: 'abacb' });
+    assertSame(p, b, mode);
+    const fresh = service(mode, { clientsMax: 2 });
+    fresh.restore(p.snapshot());
+    assertSame(fresh, p, `${mode} LRU order survives a snapshot`);
+    step(p, [b, fresh], req('d', 1, ['APPEND', 'k', 'd']));
+    assertSame(fresh, p, mode);
+    assertSame(b, p, mode);
+  }
+});
+
+test('corrupt or foreign entries and snapshots are refused and change nothing', () => {
+  const isCorrupt = (e: unknown): boolean => e instanceof LockstepError && e.code === 'E_CORRUPT_ENTRY';
+  const rsm = service('rsm');
+  const st = service('state-transfer');
+  const eRsm = rsm.execute(req('c', 1, ['SET', 'k', 'v'])).entry!;
+  const eSt = st.execute(req('c', 1, ['SET', 'k', 'v'])).entry!;
+  for (const [svc, entry, foreign] of [[service('rsm'), eRsm, eSt], [service('state-transfer'), eSt, eRsm]] as const) {
+    const digest = svc.digest();
+    assert.throws(() => svc.applyEntry(foreign), isCorrupt, 'entry from the other mode');
+    for (let n = 0; n < entry.length; n++) assert.throws(() => svc.applyEntry(entry.subarray(0, n)), isCorrupt);
+    assert.throws(() => svc.applyEntry(new Uint8Array([...entry, 0])), isCorrupt);
+    assert.equal(svc.digest(), digest);
+    assert.equal(svc.appliedEntries, 0);
+    svc.applyEntry(entry);
+    assert.equal(svc.appliedEntries, 1);
+  }
+  const snap = rsm.snapshot();
+  const target = service('rsm');
+  const digest = target.digest();
+  for (let n = 0; n < snap.length; n++) assert.throws(() => target.restore(snap.subarray(0, n)), isCorrupt);
+  assert.equal(target.digest(), digest);
+  target.restore(snap);
+  assertSame(target, rsm, 'restored');
+});
+
+test('requests with a bad seq are a caller bug', () => {
+  const p = service('rsm');
+  assert.throws(() => p.execute(req('c', 0, ['SET', 'k', 'v'])), RangeError);
+  assert.throws(() => p.execute(req('c', 1.5, ['SET', 'k', 'v'])), RangeError);
+  assert.throws(() => p.execute(req('c', 1, ['SET', 'k', 'v'], -1)), RangeError);
+  assert.throws(() => service('rsm', { clientsMax: 0 }), RangeError);
+});
