@@ -7,17 +7,12 @@ import assert from 'node:assert/strict';
 import { ByteReader, ByteWriter, createKv, kvCodec, parseInt64 } from '../src/guest/index.js';
 import type { KvChange, KvCommand, KvMachine, KvReply } from '../src/guest/index.js';
 import { LockstepError } from '../src/errors.js';
+import { Rng } from '../src/sim/rng.js';
 
-/** mulberry32: a tiny seeded PRNG. */
+/** The project's seeded PRNG, as a float source. */
 function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rng = new Rng(seed);
+  return () => rng.float();
 }
 
 const ok: KvReply = { kind: 'status', value: 'OK' };

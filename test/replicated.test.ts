@@ -7,18 +7,14 @@ import assert from 'node:assert/strict';
 import { REPLICATION_MODES, ReplicatedService, createKv } from '../src/guest/index.js';
 import type { ClientRequest, KvChange, KvCommand, KvReply, ReplicationMode, ServiceResult } from '../src/guest/index.js';
 import { LockstepError } from '../src/errors.js';
+import { Rng } from '../src/sim/rng.js';
 
 type Kv = ReplicatedService<KvCommand, KvReply, KvChange>;
 
+/** The project's seeded PRNG, as a float source. */
 function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rng = new Rng(seed);
+  return () => rng.float();
 }
 
 function service(mode: ReplicationMode, limits?: { clientsMax?: number; repliesPerClientMax?: number }): Kv {

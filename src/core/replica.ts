@@ -603,7 +603,9 @@ function onJoin(r: Replica, out: Action[], from: NodeId): void {
   }
   const f = r.followers.get(from);
   if (f !== undefined) {
-    if (r.cas?.purpose !== 'addBackup') abandonRecruit(r, out, f, 'it rejoined as an empty spare');
+    // Joins sent before the snapshot arrived come before its ack (one ordered channel); a
+    // join after the ack means the recruit restarted empty.
+    if (f.phase !== 'snapshot' && r.cas?.purpose !== 'addBackup') abandonRecruit(r, out, f, 'it rejoined as an empty spare');
     return;
   }
   if (r.view.backup === null && r.followers.size === 0 && r.cas === null) startRecruit(r, out, from);
@@ -792,6 +794,8 @@ function sendFrame(r: Replica, out: Action[], f: Follower, payloads: Uint8Array[
     msg: { type: 'frame', view: r.view, seq, prevIndex: f.nextIndex - 1, payloads, primaryIndex: r.lastIndex, pendingView },
   });
   if (pendingView !== null && f.handoverSeq === 0) f.handoverSeq = seq;
+  // The retransmission clock starts when entries go out to a follower that had none pending.
+  if (payloads.length > 0 && f.ackedIndex >= f.nextIndex - 1) f.lastProgressMs = r.nowMs;
   f.nextIndex += payloads.length;
   f.sentSeq = seq;
   f.lastSendMs = r.nowMs;

@@ -1,0 +1,55 @@
+#!/usr/bin/env node
+// The `lockstep` command: a thin dispatcher. Each subcommand lives in its own module and
+// returns an exit code; user errors are LockstepErrors printed as `error CODE: message`.
+
+import { isLockstepError } from '../errors.js';
+import { checkCommand, type CheckOutput } from './check.js';
+import { simCommand } from './sim.js';
+
+const USAGE = `usage: lockstep <command> [options]
+
+commands:
+  sim     run the deterministic simulator over many seeds (lockstep sim --help)
+  check   check that a key/value history is linearizable (lockstep check --help)
+  help    print this help
+
+Not yet: node, cluster, status, run (real replicas and the WebAssembly guest come next).
+`;
+
+const io: CheckOutput = {
+  stdout: (s) => void process.stdout.write(s),
+  stderr: (s) => void process.stderr.write(s),
+};
+
+async function main(argv: readonly string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case 'sim':
+      return simCommand(rest, io);
+    case 'check':
+      return checkCommand(rest, io);
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      io.stdout(USAGE);
+      return cmd === undefined ? 2 : 0;
+    default:
+      io.stderr(`error E_USAGE: unknown command ${JSON.stringify(cmd)}\n${USAGE}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    if (isLockstepError(e)) {
+      io.stderr(`error ${e.code}: ${e.message}\n`);
+      process.exitCode = 2;
+    } else {
+      throw e;
+    }
+  },
+);

@@ -1,0 +1,95 @@
+// Table tests of the core's pure parts: message validation, views, the replica's guards.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  AssertionError,
+  DEFAULT_TIMING,
+  NO_VIEW,
+  createReplica,
+  isView,
+  sameView,
+  step,
+  validateMessage,
+} from '../src/core/index.js';
+
+const view = { epoch: 3, primary: 'n1', backup: 'n2' };
+const frame = { type: 'frame', view, seq: 1, prevIndex: 0, payloads: [new Uint8Array(2)], primaryIndex: 1, pendingView: null };
+
+test('validateMessage accepts well-formed messages and names what is wrong with the rest', () => {
+  const cases: [unknown, string | null][] = [
+    [frame, null],
+    [{ ...frame, payloads: [] }, null],
+    [{ ...frame, pendingView: { epoch: 4, primary: 'n1', backup: 'n3' } }, null],
+    [{ type: 'snapshot', view, seq: 2, index: 7, data: new Uint8Array(0) }, null],
+    [{ type: 'ack', epoch: 3, seq: 1, ackedIndex: 0, gap: false }, null],
+    [{ type: 'refuse', epoch: 4, reason: 'stale' }, null],
+    [{ type: 'join' }, null],
+    [null, 'message is not an object'],
+    [[], 'unknown message type'],
+    [{ type: 'frame', view: null }, 'frame: view is not an object'],
+    [{ ...frame, view: { epoch: 0, primary: 'n1', backup: null } }, 'frame: view.epoch is not a positive integer'],
+    [{ ...frame, view: { epoch: 1, primary: null, backup: null } }, 'frame: view.primary is not a node id'],
+    [{ ...frame, view: { epoch: 1, primary: 'n1', backup: 'n1' } }, 'frame: view names one node as primary and backup'],
+    [{ ...frame, seq: 0 }, 'frame: seq is not a positive integer'],
+    [{ ...frame, seq: 1.5 }, 'frame: seq is not a positive integer'],
+    [{ ...frame, prevIndex: -1 }, 'frame: prevIndex is not an index'],
+    [{ ...frame, prevIndex: 2 ** 60 }, 'frame: prevIndex is not an index'],
+    [{ ...frame, payloads: 'x' }, 'frame: payloads is not an array of byte arrays'],
+    [{ ...frame, payloads: [[1, 2]] }, 'frame: payloads is not an array of byte arrays'],
+    [{ ...frame, primaryIndex: 0 }, 'frame: entries beyond primaryIndex'],
+    [{ ...frame, pendingView: 7 }, 'frame: pendingView: view is not an object'],
+    [{ type: 'snapshot', view, seq: 2, index: 7, data: [1] }, 'snapshot: data is not a byte array'],
+    [{ type: 'ack', epoch: 3, seq: 1, ackedIndex: 0 }, 'ack: gap is not a boolean'],
+    [{ type: 'ack', epoch: 0, seq: 1, ackedIndex: 0, gap: false }, 'ack: epoch is not a positive integer'],
+    [{ type: 'refuse', epoch: 1 }, 'refuse: reason is not a string'],
+    [{ type: 'toString' }, 'unknown message type'],
+  ];
+  for (const [msg, problem] of cases) {
+    const got = validateMessage(msg);
+    if (problem === null) assert.equal(got, msg, JSON.stringify(msg));
+    else assert.ok(typeof got === 'string' && got.startsWith(problem), `${String(got)} should start with ${problem}`);
+  }
+});
+
+test('views: equality and shape', () => {
+  assert.ok(sameView(view, { ...view }));
+  assert.ok(!sameView(view, { ...view, backup: null }));
+  assert.ok(!sameView(view, NO_VIEW));
+  assert.ok(isView(view));
+  assert.ok(!isView(NO_VIEW), 'epoch 0 is not a view a peer may send');
+});
+
+const config = { ...DEFAULT_TIMING, id: 'n1', nodes: ['n1', 'n2'] };
+
+test('a replica refuses a config it cannot run with (an invariant, not peer input)', () => {
+  assert.throws(() => createReplica({ ...config, id: 'x' }, 0), AssertionError);
+  assert.throws(() => createReplica({ ...config, failureTimeoutMs: 10, heartbeatMs: 10 }, 0), AssertionError);
+});
+
+test('time never goes back; inputs that break the caller contract are assertion failures', () => {
+  const r = createReplica(config, 100);
+  assert.throws(() => step(r, { type: 'tick' }, 99), AssertionError);
+  assert.throws(() => step(r, { type: 'append', payload: new Uint8Array(1) }, 100), AssertionError, 'not primary');
+  step(r, { type: 'start' }, 100);
+  assert.throws(() => step(r, { type: 'start' }, 100), AssertionError);
+});
+
+test('the bootstrap test-and-set: won -> primary, lost -> spare, late answers ignored', () => {
+  const won = createReplica(config, 0);
+  const [cas] = step(won, { type: 'start' }, 0).filter((a) => a.type === 'arbiterCas');
+  assert.ok(cas?.type === 'arbiterCas');
+  assert.deepEqual(cas.expected, NO_VIEW);
+  assert.deepEqual(cas.next, { epoch: 1, primary: 'n1', backup: null });
+  step(won, { type: 'arbiterResult', requestId: cas.requestId, ok: true, view: cas.next }, 1);
+  assert.equal(won.role, 'primary');
+
+  const lost = createReplica(config, 0);
+  step(lost, { type: 'start' }, 0);
+  step(lost, { type: 'arbiterResult', requestId: 1, ok: false, view: { epoch: 5, primary: 'n2', backup: null } }, 1);
+  assert.equal(lost.role, 'spare');
+  assert.equal(lost.knownEpoch, 5);
+  const late = step(lost, { type: 'arbiterResult', requestId: 1, ok: true, view: { epoch: 1, primary: 'n1', backup: null } }, 2);
+  assert.equal(lost.role, 'spare');
+  assert.ok(late.some((a) => a.type === 'log' && a.event === 'ignoring'));
+});

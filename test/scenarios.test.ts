@@ -1,0 +1,336 @@
+// Scenario tests: the paper's cases, each scripted message by message on the real core.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Harness, between, except, type Envelope } from '../src/sim/harness.js';
+import { canAppend, status } from '../src/core/index.js';
+
+/** Everything but the n1-n2 link, and no joins (so no recruiting yet). */
+const cutNoJoins = (e: Envelope): boolean => except('n1', 'n2')(e) && e.msg.type !== 'join';
+
+/** n1 primary, n2 its backup, n3 a spare: the steady state of a three-node cluster. */
+function steady(): Harness {
+  const h = new Harness();
+  h.boot('n1');
+  h.settle(300);
+  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backup: 'n2' });
+  assert.equal(h.role('n1'), 'primary');
+  assert.equal(h.role('n2'), 'backup');
+  assert.equal(h.role('n3'), 'spare');
+  return h;
+}
+
+test('boot: the first to win the test-and-set 0 -> 1 is primary; it recruits a backup', () => {
+  const h = new Harness();
+  h.boot('n2');
+  assert.equal(h.role('n2'), 'primary');
+  assert.equal(h.role('n1'), 'spare');
+  h.settle(300);
+  assert.equal(h.arbiterView.primary, 'n2');
+  assert.notEqual(h.arbiterView.backup, null);
+  assert.equal(h.role(h.arbiterView.backup!), 'backup');
+});
+
+test('output rule: a write is released only once the backup acked its entry', () => {
+  const h = steady();
+  const [out] = h.write('n1', 1);
+  assert.equal(h.isReleased('n1', out!), false, 'not before the ack');
+  h.deliver((e) => e.from === 'n1'); // the frame reaches the backup, its ack is still queued
+  assert.equal(h.isReleased('n1', out!), false, 'not while the ack is in flight');
+  h.deliver();
+  assert.equal(h.isReleased('n1', out!), true);
+  assert.deepEqual(h.applied.get('n2'), [1]);
+});
+
+test('output rule: a primary with no backup releases at once', () => {
+  const h = new Harness(['n1']);
+  h.boot('n1');
+  const [out] = h.write('n1', 1);
+  assert.equal(h.isReleased('n1', out!), true);
+  assert.equal(h.isReleased('n1', h.read('n1')), true);
+});
+
+test('reads wait for the ack of a frame sent after them, even when everything is acked', () => {
+  const h = steady();
+  h.write('n1', 2);
+  h.deliver();
+  assert.equal(status(h.replica('n1')).lagEntries, 0);
+  const r = h.read('n1');
+  assert.equal(h.isReleased('n1', r), false, 'a read is not answered from the acked state alone');
+  const probe = h.net.find((e) => e.from === 'n1' && e.to === 'n2' && e.msg.type === 'frame');
+  assert.ok(probe, 'the read makes the primary send a frame at once');
+  h.deliver();
+  assert.equal(h.isReleased('n1', r), true);
+});
+
+test('the backup fails: the primary suspects it, wins the test-and-set, releases and carries on alone', () => {
+  const h = steady();
+  h.crash('n2');
+  const outs = h.write('n1', 3);
+  h.advance(150, { deliver: cutNoJoins, arbiter: true });
+  assert.equal(h.arbiterView.epoch, 3);
+  assert.equal(h.arbiterView.backup, null);
+  for (const o of outs) assert.equal(h.isReleased('n1', o), true);
+  assert.equal(h.role('n1'), 'primary');
+  // ... and recruits the spare, which becomes the backup with every entry.
+  h.settle(300);
+  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n1', backup: 'n3' });
+  assert.equal(h.role('n3'), 'backup');
+  assert.equal(h.replica('n3').lastIndex, h.replica('n1').lastIndex);
+});
+
+test('the primary fails: the backup goes live with every entry whose output was released', () => {
+  const h = steady();
+  const outs = h.write('n1', 5);
+  h.deliver();
+  for (const o of outs) assert.equal(h.isReleased('n1', o), true);
+  h.write('n1', 2); // appended, never sent: their outputs were never released
+  h.crash('n1');
+  h.advance(200, { deliver: () => true, arbiter: true });
+  assert.equal(h.role('n2'), 'primary');
+  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n2', backup: 'n3' });
+  assert.equal(h.replica('n2').lastIndex, 5, 'holds the five released entries, not the two unsent ones');
+});
+
+test('both sides suspect each other: exactly one wins the test-and-set, the other halts', () => {
+  for (const first of ['n1', 'n2']) {
+    const h = steady();
+    const held = h.write('n1', 2);
+    h.drop(between('n1', 'n2'));
+    // Cut between the two; each still reaches the arbiter. Requests queue there together.
+    h.advance(120, { deliver: except('n1', 'n2') });
+    h.drop(between('n1', 'n2'));
+    assert.equal(h.casQueue.length, 2, 'both asked the arbiter');
+    h.casQueue.sort((a, b) => (a.from === first ? -1 : b.from === first ? 1 : 0));
+    h.answerArbiter();
+    const loser = first === 'n1' ? 'n2' : 'n1';
+    assert.equal(h.role(first), 'primary', `${first} won`);
+    assert.equal(h.role(loser), 'halted', `${loser} lost and halted`);
+    assert.equal(h.arbiterView.primary, first);
+    if (first === 'n1') for (const o of held) assert.equal(h.isReleased('n1', o), true);
+    else assert.deepEqual(h.discarded.get('n1'), held, 'the deposed primary discards what it held');
+  }
+});
+
+test('a deposed primary wakes up: it releases nothing and learns it is deposed', () => {
+  const h = steady();
+  h.write('n1', 2);
+  h.deliver();
+  h.pause('n1');
+  h.advance(200, { deliver: (e) => e.from !== 'n1', arbiter: true });
+  assert.equal(h.role('n2'), 'primary');
+  const releasedBefore = (h.released.get('n1') ?? []).length;
+  h.resume('n1');
+  // It still believes it is primary of epoch 2: a read and a write it takes now must never go out.
+  const r = h.read('n1');
+  const [w] = h.write('n1', 1);
+  h.deliver();
+  h.advance(50, { deliver: () => true, arbiter: true });
+  assert.equal(h.isReleased('n1', r), false);
+  assert.equal(h.isReleased('n1', w!), false);
+  assert.equal((h.released.get('n1') ?? []).length, releasedBefore);
+  assert.equal(h.role('n1'), 'halted');
+  assert.ok(h.logs.some((l) => l.node === 'n1' && l.event === 'role' && String(l.fields.reason).includes('deposed')));
+});
+
+test('a stale frame that arrives after a view change is refused with the newer epoch', () => {
+  const h = steady();
+  h.write('n1', 1);
+  const stale = h.net.find((e) => e.from === 'n1' && e.to === 'n2' && e.msg.type === 'frame');
+  assert.ok(stale);
+  h.drop(() => true);
+  h.crash('n1');
+  h.advance(200, { deliver: () => true, arbiter: true });
+  assert.equal(h.role('n2'), 'primary');
+  const before = h.replica('n2').lastIndex;
+  h.input('n2', { type: 'message', from: 'n1', msg: stale.msg });
+  assert.equal(h.replica('n2').lastIndex, before, 'not applied');
+  const answer = h.net.find((e) => e.from === 'n2' && e.to === 'n1');
+  assert.equal(answer?.msg.type, 'refuse');
+  assert.equal(answer?.msg.type === 'refuse' && answer.msg.epoch, h.arbiterView.epoch);
+});
+
+test('an ack from an older epoch is ignored by the new primary', () => {
+  const h = steady();
+  h.crash('n1');
+  h.advance(200, { deliver: () => true, arbiter: true });
+  const epoch = h.replica('n2').view.epoch;
+  const held = h.write('n2', 1);
+  h.input('n2', { type: 'message', from: 'n3', msg: { type: 'ack', epoch: epoch - 1, seq: 1, ackedIndex: 99, gap: false } });
+  assert.equal(h.isReleased('n2', held[0]!), false);
+});
+
+test('the arbiter does not answer: the backup waits and retries, and never goes live on its own', () => {
+  const h = steady();
+  h.crash('n1');
+  h.arbiterUp = false;
+  h.advance(2000, { deliver: () => true });
+  assert.equal(h.role('n2'), 'backup', 'waiting, not guessing');
+  assert.ok(h.events('n2', 'cas-retry') > 10);
+  h.arbiterUp = true;
+  h.advance(100, { deliver: () => true, arbiter: true });
+  assert.equal(h.role('n2'), 'primary');
+});
+
+test('a lost answer to a test-and-set that did land: the retry is refused with our own view, which is a win', () => {
+  const h = steady();
+  h.crash('n2');
+  h.advance(110, { deliver: cutNoJoins });
+  assert.equal(h.casQueue.length, 1);
+  const req = h.casQueue[0]!;
+  h.arbiterView = req.next; // it landed; the answer is lost
+  h.casQueue = [];
+  h.advance(60, { deliver: cutNoJoins, arbiter: true });
+  assert.equal(h.role('n1'), 'primary');
+  assert.deepEqual(h.replica('n1').view, req.next);
+});
+
+test('primary and backup both lost: the empty spare never becomes primary', () => {
+  const h = steady();
+  h.write('n1', 3);
+  h.deliver();
+  h.crash('n1');
+  h.crash('n2');
+  h.advance(3000, { deliver: () => true, arbiter: true });
+  assert.equal(h.role('n3'), 'spare');
+  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backup: 'n2' });
+});
+
+test('recruiting: during the handover outputs wait for the recruit too, then it becomes backup', () => {
+  const h = steady();
+  h.crash('n2');
+  h.advance(150, { deliver: cutNoJoins, arbiter: true });
+  assert.equal(h.arbiterView.backup, null);
+  h.write('n1', 3); // released at once: no backup
+  // n3 joins and gets a snapshot; deliver only the snapshot and its ack.
+  h.advance(25, { deliver: (e) => e.msg.type === 'join' });
+  const f = status(h.replica('n1')).recruit;
+  assert.equal(f?.id, 'n3');
+  h.deliver();
+  assert.deepEqual(h.snapshots.get('n3'), [3]);
+  // Snapshot acked, caught up, told of the pending view: the test-and-set is at the arbiter.
+  assert.equal(status(h.replica('n1')).recruit?.phase, 'handover');
+  assert.deepEqual(h.casQueue.map((c) => c.next), [{ epoch: 4, primary: 'n1', backup: 'n3' }]);
+  // While the handover is under way, a write waits for n3 as well.
+  const [w] = h.write('n1', 1);
+  assert.equal(h.isReleased('n1', w!), false);
+  h.deliver();
+  assert.equal(h.isReleased('n1', w!), true);
+  h.answerArbiter();
+  h.settle(100);
+  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n1', backup: 'n3' });
+  assert.equal(h.role('n3'), 'backup');
+});
+
+test('a recruit whose primary dies right after the handover test-and-set goes live', () => {
+  const h = new Harness();
+  h.boot('n1');
+  h.write('n1', 4);
+  h.advance(30, { deliver: (e) => e.msg.type !== 'ack' || e.to !== 'n1' || true });
+  h.deliver();
+  // The addBackup test-and-set is queued at the arbiter: it lands, then n1 dies.
+  const pending = h.casQueue.find((r) => r.from === 'n1');
+  assert.ok(pending, 'n1 proposed a backup');
+  const recruit = pending.next.backup!;
+  h.crash('n1');
+  h.answerArbiter();
+  assert.equal(h.arbiterView.backup, recruit);
+  h.advance(300, { deliver: () => true, arbiter: true });
+  assert.equal(h.role(recruit), 'primary', 'the recruit knew the pending view and went live');
+  assert.equal(h.replica(recruit).lastIndex, 4);
+});
+
+test('flow control: the primary stops taking input when the unacked log is full, and resumes on acks', () => {
+  const h = new Harness(['n1', 'n2', 'n3'], { unackedEntriesMax: 4 });
+  h.boot('n1');
+  h.settle(300);
+  h.write('n1', 4);
+  assert.equal(canAppend(h.replica('n1')), false);
+  assert.throws(() => h.write('n1', 1), /cannot append/);
+  h.deliver();
+  assert.equal(canAppend(h.replica('n1')), true);
+  assert.equal(status(h.replica('n1')).retainedEntries, 0);
+});
+
+test('flow control counts bytes too', () => {
+  const h = new Harness(['n1', 'n2', 'n3'], { unackedBytesMax: 100 });
+  h.boot('n1');
+  h.settle(300);
+  h.write('n1', 2, 60);
+  assert.equal(canAppend(h.replica('n1')), false);
+  h.deliver();
+  assert.equal(canAppend(h.replica('n1')), true);
+});
+
+test('a frame after a gap is acked with the gap flag and the primary resends from the last ack', () => {
+  const h = steady();
+  const outs = h.write('n1', 3);
+  h.drop(between('n1', 'n2'));
+  h.write('n1', 2);
+  h.deliver((e) => e.from === 'n1');
+  assert.equal(h.replica('n2').lastIndex, 0, 'entries 4-5 are not taken after a gap');
+  const gapAck = h.net.find((e) => e.from === 'n2' && e.msg.type === 'ack');
+  assert.ok(gapAck?.msg.type === 'ack' && gapAck.msg.gap);
+  h.deliver();
+  assert.equal(h.replica('n2').lastIndex, 5);
+  for (const o of outs) assert.equal(h.isReleased('n1', o), true);
+});
+
+test('lost frames are found by the next heartbeat, lost acks repaired by the next cumulative ack', () => {
+  const h = steady();
+  const outs = h.write('n1', 3);
+  h.drop(between('n1', 'n2'));
+  assert.equal(h.replica('n2').lastIndex, 0);
+  h.advance(30, { deliver: () => true, arbiter: true });
+  assert.equal(h.replica('n2').lastIndex, 3, 'the heartbeat showed the gap; the entries were resent');
+  const more = h.write('n1', 2);
+  h.deliver((e) => e.from === 'n1');
+  h.drop((e) => e.from === 'n2' && e.msg.type === 'ack');
+  assert.equal(h.isReleased('n1', more[1]!), false);
+  h.advance(20, { deliver: () => true, arbiter: true });
+  for (const o of [...outs, ...more]) assert.equal(h.isReleased('n1', o), true);
+});
+
+test('a backup restarted empty is suspected at once when it asks to join', () => {
+  const h = steady();
+  h.input('n1', { type: 'message', from: 'n2', msg: { type: 'join' } });
+  assert.equal(h.casQueue.length, 1);
+  assert.equal(h.casQueue[0]!.next.backup, null);
+});
+
+test('a spare never acks frames of a primary it does not follow', () => {
+  const h = steady();
+  h.write('n1', 1);
+  const frame = h.net.find((e) => e.from === 'n1' && e.to === 'n2' && e.msg.type === 'frame')!;
+  h.input('n3', { type: 'message', from: 'n1', msg: frame.msg });
+  assert.equal(h.net.some((e) => e.from === 'n3' && e.msg.type === 'ack'), false);
+});
+
+test('garbage from a peer is dropped with a logged reason; the replica carries on', () => {
+  const h = steady();
+  const garbage: unknown[] = [
+    null,
+    42,
+    'frame',
+    { type: 'frame' },
+    { type: 'frame', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, prevIndex: -1, payloads: [], primaryIndex: 0, pendingView: null },
+    { type: 'frame', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, prevIndex: 0, payloads: ['x'], primaryIndex: 1, pendingView: null },
+    { type: 'frame', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, prevIndex: 5, payloads: [new Uint8Array(1)], primaryIndex: 2, pendingView: null },
+    { type: 'ack', epoch: 2, seq: 1, ackedIndex: 1e300, gap: false },
+    { type: 'ack', epoch: 2, seq: 99999, ackedIndex: 0, gap: false },
+    { type: 'snapshot', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, index: 0, data: 'x' },
+    { type: 'refuse', epoch: 'x', reason: '' },
+    { type: 'nope' },
+    { type: '__proto__' },
+  ];
+  for (const g of garbage) {
+    for (const to of ['n1', 'n2', 'n3']) h.input(to, { type: 'message', from: 'n1' === to ? 'n2' : 'n1', msg: g });
+  }
+  h.input('n1', { type: 'message', from: 'stranger', msg: { type: 'join' } });
+  assert.ok(h.logs.filter((l) => l.event === 'ignoring').length >= garbage.length);
+  assert.equal(h.role('n1'), 'primary');
+  assert.equal(h.role('n2'), 'backup');
+  const [w] = h.write('n1', 1);
+  h.deliver();
+  assert.equal(h.isReleased('n1', w!), true, 'still replicating');
+});
