@@ -334,3 +334,29 @@ test('garbage from a peer is dropped with a logged reason; the replica carries o
   h.deliver();
   assert.equal(h.isReleased('n1', w!), true, 'still replicating');
 });
+
+test('a recruit refused because the view it expects does not exist yet keeps its state and asks again', () => {
+  const h = new Harness();
+  h.boot('n1');
+  h.write('n1', 3);
+  h.advance(30, { deliver: () => true }); // recruit, hand over; the arbiter answers nothing yet
+  const proposal = h.casQueue.find((r) => r.from === 'n1');
+  assert.ok(proposal, 'n1 proposed its recruit as backup');
+  const recruit = proposal.next.backup!;
+  // n1 dies; its proposal is slow to reach the arbiter.
+  h.casQueue = h.casQueue.filter((r) => r !== proposal);
+  h.crash('n1');
+  h.advance(120, { deliver: () => true });
+  const early = h.casQueue.filter((r) => r.from === recruit);
+  assert.ok(early.length > 0, 'the recruit asked to go live from the pending view');
+  h.answerArbiter(); // refused: the arbiter still holds epoch 1
+  assert.equal(h.arbiterView.epoch, 1);
+  assert.equal(h.role(recruit), 'spare');
+  assert.equal(h.replica(recruit).lastIndex, 3, 'the refusal was not final: the recruit kept its state');
+  assert.ok(h.events(recruit, 'cas-not-yet') > 0);
+  // The dead primary's proposal lands at last; the recruit's next attempt wins.
+  h.casQueue.unshift(proposal);
+  h.advance(100, { deliver: () => true, arbiter: true });
+  assert.equal(h.role(recruit), 'primary');
+  assert.equal(h.arbiterView.primary, recruit);
+});

@@ -279,9 +279,16 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
     log(out, 'info', 'ignoring', { reason: 'answer to an old test-and-set', requestId, view: formatView(view) });
     return;
   }
-  r.cas = null;
   // A retry of a proposal that had already landed is refused with our own view: that is a win.
   const won = ok || sameView(view, cas.next);
+  if (!won && view.epoch < cas.expected.epoch) {
+    // The view we expect does not exist yet (a recruit going live from the view its primary
+    // was proposing). It may still appear, and then an attempt of ours still in flight may
+    // land: this "no" is not final. Keep the state and keep asking.
+    log(out, 'warn', 'cas-not-yet', { purpose: cas.purpose, expected: formatView(cas.expected), view: formatView(view), requestId });
+    return;
+  }
+  r.cas = null;
   log(out, won ? 'info' : 'warn', 'cas-result', { purpose: cas.purpose, won, view: formatView(view), requestId });
   switch (cas.purpose) {
     case 'bootstrap':
