@@ -173,18 +173,37 @@ test('plain clients and reads are not deduplicated', () => {
   }
 });
 
-test('a mutating command that changes nothing is neither logged nor recorded', () => {
+test('a plain client\'s write that changes nothing is neither logged nor recorded', () => {
   for (const mode of REPLICATION_MODES) {
     const p = service(mode);
     const digest = p.digest();
     for (const command of [['DEL', 'missing'], ['INCR', 'n', 'extra'], ['SET', 'k', 'v', 'EX', '1'], ['NOPE']]) {
-      const res = p.execute(req('c', 1, command));
+      const res = p.execute(req(null, 1, command));
       assert.equal(res.entry, null, command.join(' '));
       assert.equal(res.duplicate, false);
     }
     assert.equal(p.digest(), digest);
     assert.equal(p.appliedEntries, 0);
-    assert.equal(p.clientCount, 0);
+  }
+});
+
+test('a client\'s write that changes nothing is logged and recorded: a late duplicate cannot run it again', () => {
+  // Regression (simulator seeds 203026, 212429): DEL of a missing key went unrecorded; a
+  // delayed copy of the request arrived after the key was set again and deleted it, after
+  // the client already had its reply.
+  for (const mode of REPLICATION_MODES) {
+    const p = service(mode);
+    const b = service(mode);
+    const first = step(p, [b], req('c', 1, ['DEL', 'k']));
+    assert.notEqual(first.entry, null, 'logged');
+    assert.deepEqual(first.reply, { kind: 'integer', value: 0n });
+    step(p, [b], req('d', 1, ['SET', 'k', 'v']));
+    const late = step(p, [b], req('c', 1, ['DEL', 'k']));
+    assert.equal(late.duplicate, true);
+    assert.equal(late.entry, null);
+    assert.deepEqual(late.reply, first.reply);
+    assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: 'v' });
+    assertSame(p, b, mode);
   }
 });
 

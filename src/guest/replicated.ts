@@ -5,15 +5,17 @@
 // `applyEntry` with it. The filter (client id -> floor + recorded replies by seq) is part of
 // the replicated state: it changes only in logged steps, identically on both sides, and is in
 // every snapshot and digest. Anything that does not produce an entry (reads, refusals,
-// duplicates, commands that changed nothing) leaves the filter untouched, so the primary never
-// drifts from its backup.
+// duplicates, a plain client's write that changed nothing) leaves the filter untouched, so the
+// primary never drifts from its backup. A write from a client with an id is always logged,
+// even when it changed nothing: a late duplicate of it must find its recorded reply.
 //
 // Entry encoding (opaque to the core):
 //   u8 mode tag (1 rsm, 2 state-transfer)
 //   u8 has-client (0 plain client, 1 deduplicated); if 1: text clientId, varuint seq,
 //     varuint ackedBelow
 //   rsm:            bytes command
-//   state-transfer: [bytes reply, only if has-client] bytes change
+//   state-transfer: [bytes reply, only if has-client] u8 has-change (0 only with a client)
+//                   [bytes change, if has-change]
 //
 // Bounds: a client may hold at most repliesPerClientMax unacknowledged replies (a new request
 // beyond that is refused with E_DEDUP_WINDOW); at most clientsMax clients are remembered, the
@@ -125,7 +127,10 @@ export class ReplicatedService<C, R, X> {
       if (refused !== null) return { ...refused, entry: null, readOnly: false };
     }
     const { reply, change } = m.execute(command);
-    if (change === null) return { reply, entry: null, duplicate: false, readOnly: false };
+    // A write that changed nothing need not be logged for a plain client. For a client with an
+    // id it must be: otherwise a delayed duplicate of it, arriving after the client moved on,
+    // would execute again when it no longer changes nothing (DEL of a key set since).
+    if (change === null && id === null) return { reply, entry: null, duplicate: false, readOnly: false };
 
     const w = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER);
     if (id === null) w.u8(0);
@@ -135,7 +140,8 @@ export class ReplicatedService<C, R, X> {
       w.bytes(m.codec.encodeCommand(command));
     } else {
       if (id !== null) w.bytes((replyBytes = m.codec.encodeReply(reply)));
-      w.bytes(m.codec.encodeChange(change));
+      if (change === null) w.u8(0);
+      else w.u8(1).bytes(m.codec.encodeChange(change));
     }
     if (id !== null) this.commit(id, seq, ackedBelow, replyBytes ?? m.codec.encodeReply(reply));
     this.applied++;
@@ -168,7 +174,7 @@ export class ReplicatedService<C, R, X> {
         throw new Error(`replica divergence: entry for client seq ${seq} is refused here but was executed on the primary`);
       }
       const { reply, change } = m.execute(command);
-      if (change === null) throw new Error('replica divergence: the command changed nothing here but did on the primary');
+      if (change === null && id === null) throw new Error('replica divergence: the command changed nothing here but did on the primary');
       if (id !== null) this.commit(id, seq, ackedBelow, m.codec.encodeReply(reply));
     } else {
       let replyBytes: Uint8Array | null = null;
@@ -176,9 +182,11 @@ export class ReplicatedService<C, R, X> {
         replyBytes = r.bytes().slice();
         m.codec.decodeReply(replyBytes); // validate
       }
-      const change = m.codec.decodeChange(r.bytes());
+      const hasChange = r.u8();
+      if (hasChange > 1 || (hasChange === 0 && id === null)) r.corrupt(`bad change flag ${hasChange}`);
+      const change = hasChange === 1 ? m.codec.decodeChange(r.bytes()) : null;
       r.end();
-      m.applyChange(change);
+      if (change !== null) m.applyChange(change);
       if (id !== null) this.commit(id, seq, ackedBelow, replyBytes!);
     }
     this.applied++;
