@@ -483,8 +483,8 @@ function onMessage(r: Replica, out: Action[], from: NodeId, raw: unknown): void 
       const mine = r.role === 'spare' ? (r.following?.epoch ?? Infinity) : r.view.epoch;
       if (msg.epoch > mine) {
         r.knownEpoch = Math.max(r.knownEpoch, msg.epoch);
-        if (r.role === 'spare') stopFollowing(r, out, `${from} knows newer epoch ${msg.epoch}`);
-        else deposed(r, out, msg.epoch, `${from} knows newer epoch ${msg.epoch} (${msg.reason})`);
+        if (r.role !== 'spare') deposed(r, out, msg.epoch, `${from} knows newer epoch ${msg.epoch} (${msg.reason})`);
+        else if (r.cas === null) stopFollowing(r, out, `${from} knows newer epoch ${msg.epoch}`);
       }
       return;
     }
@@ -515,6 +515,13 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
     return;
   }
   r.knownEpoch = Math.max(r.knownEpoch, epoch);
+  if (r.cas?.purpose === 'goLive') {
+    // We asked the arbiter to make us primary. Acking now could let the old primary release
+    // an output after our new view exists, and taking a snapshot would swap the state the
+    // request is about: wait for the arbiter's verdict.
+    log(out, 'info', 'ignoring', { reason: `${m.type} while asking the arbiter to go live`, from, epoch });
+    return;
+  }
   const f = r.following;
   if (m.type === 'snapshot') {
     if (r.role === 'backup') {
@@ -539,12 +546,6 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
     if (epoch < mine) refuse(out, from, mine, `frame of epoch ${epoch}`);
     else if (r.role === 'backup' && epoch > r.view.epoch) deposed(r, out, epoch, `${from} is primary of newer epoch ${epoch}`);
     else log(out, 'info', 'ignoring', { reason: 'frame from a primary this replica does not follow', from, epoch });
-    return;
-  }
-  if (r.cas?.purpose === 'goLive') {
-    // We asked the arbiter to make us primary. Acking now could let the old primary release
-    // an output after our new view exists; it must wait for the arbiter's verdict like us.
-    log(out, 'info', 'ignoring', { reason: 'frame while asking the arbiter to go live', from, epoch });
     return;
   }
   if (epoch > f.epoch) {
