@@ -360,3 +360,37 @@ test('a recruit refused because the view it expects does not exist yet keeps its
   assert.equal(h.role(recruit), 'primary');
   assert.equal(h.arbiterView.primary, recruit);
 });
+
+test('fuzz: mutated and random peer messages never throw out of the core, whatever its role', async () => {
+  const { Rng } = await import('../src/sim/rng.js');
+  const rng = new Rng(7);
+  const pick = <T>(xs: readonly T[]): T => rng.pick(xs);
+  const numbers = [0, 1, 2, 3, -1, 1.5, 2 ** 53, Number.MAX_SAFE_INTEGER, NaN, Infinity, 1e9];
+  const values: unknown[] = [...numbers, null, undefined, '', 'n1', 'n9', [], {}, new Uint8Array(3), [new Uint8Array(1)], true];
+  let thrown = 0;
+  for (let round = 0; round < 40; round++) {
+    const h = steady();
+    h.write('n1', rng.int(0, 5));
+    const samples = h.net.map((e) => e.msg as unknown as Record<string, unknown>);
+    samples.push({ type: 'ack', epoch: 2, seq: 1, ackedIndex: 0, gap: false }, { type: 'join' }, { type: 'refuse', epoch: 3, reason: 'x' });
+    for (let i = 0; i < 200; i++) {
+      const base = { ...pick(samples) };
+      const keys = Object.keys(base);
+      for (let k = rng.int(1, 3); k > 0; k--) {
+        const key = rng.chance(0.8) && keys.length > 0 ? pick(keys) : pick(['type', 'view', 'extra']);
+        base[key] = rng.chance(0.3) ? { epoch: pick(numbers), primary: pick(['n1', 'n2', 'n3', null]), backup: pick(['n1', 'n2', 'n3', null]) } : pick(values);
+      }
+      const to = pick(['n1', 'n2', 'n3']);
+      const from = pick(['n1', 'n2', 'n3', 'x']);
+      try {
+        h.input(to, { type: 'message', from, msg: base });
+        h.input(to, { type: 'flush' });
+      } catch (e) {
+        thrown++;
+        assert.fail(`${to} threw on ${JSON.stringify(base, (_k, v) => (v instanceof Uint8Array ? `bytes(${v.length})` : v))} from ${from}: ${(e as Error).message}`);
+      }
+    }
+    h.advance(50, { deliver: () => true, arbiter: true });
+  }
+  assert.equal(thrown, 0);
+});

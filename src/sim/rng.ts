@@ -48,9 +48,8 @@ export class Rng {
   }
 
   pick<T>(items: readonly T[]): T {
-    const x = items[Math.floor(this.float() * items.length)];
-    if (x === undefined) throw new RangeError('pick from an empty list');
-    return x;
+    if (items.length === 0) throw new RangeError('pick from an empty list');
+    return items[Math.floor(this.float() * items.length)] as T;
   }
 
   /** An exponentially distributed delay with the given mean. */
