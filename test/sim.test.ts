@@ -24,12 +24,22 @@ for (const mode of ['rsm', 'state-transfer'] as ReplicationMode[]) {
         const r = simulate({ seed, mode });
         assert.ok(r.ok, describeFailure(r));
         assert.ok(r.stats.opsCompleted > 50, `seed ${seed} did real work (${r.stats.opsCompleted} ops)`);
+        assert.equal(r.stats.linearizabilityUnknownKeys, 0, `seed ${seed}: the checker gave up on a key`);
         failovers += r.stats.goLives;
       }
       assert.ok(failovers > 0, 'some seed in the block had the backup go live');
     });
   }
 }
+
+test('simulator: seeds that once failed stay fixed (regressions found by long sweeps)', () => {
+  // 113608 and six more: a recruit gave up its state on a refusal that was not final.
+  // 203026, 212429: a no-op DEL from a client went unrecorded and a late duplicate ran it.
+  for (const seed of [100296, 102356, 105989, 113608, 116141, 116816, 118990, 203026, 212429, 224, 412, 19, 2]) {
+    const r = simulate({ seed });
+    assert.ok(r.ok, describeFailure(r));
+  }
+});
 
 test('simulator: one seed, one run (the trace hash replays)', () => {
   const a = simulate({ seed: 4242 });

@@ -20,7 +20,8 @@ node that was not the primary, replica divergence and liveness.
   --mode M      replication mode for every seed (default: drawn per seed)
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup
   --tail LINES  trace lines to print for a failing seed (default 40)
-  --history     print each failing seed's client history as JSON lines (for lockstep check)
+  --history     print the client history as JSON lines (for lockstep check): each failing
+                seed's, or the single seed's
 
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
@@ -121,6 +122,7 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
   let failed = 0;
   let ops = 0;
   let goLives = 0;
+  let unknownKeys = 0;
   for (let seed = args.first; seed < args.first + args.count; seed++) {
     const r = simulate({ seed, mode: args.mode, bugs: args.bugs, traceTailLines: Math.max(args.tail, 1) });
     ops += r.stats.opsCompleted;
@@ -130,11 +132,13 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
       report(r, args, out);
     } else if (args.single) {
       out.stdout(`seed ${seed} ok (mode ${r.mode}, faults ${r.faults.join(',')}, trace ${r.traceHash}, ${r.stats.opsCompleted} ops, ${r.stats.goLives} go-lives, ${r.stats.views} views)\n`);
+      if (args.history) out.stdout(r.history.map((e) => JSON.stringify(e)).join('\n') + '\n');
     }
+    unknownKeys += r.stats.linearizabilityUnknownKeys;
     // Yield now and then so a long run can be interrupted.
     if (seed % 50 === 0) await new Promise((res) => setImmediate(res));
   }
   const secs = (performance.now() - started) / 1000;
-  out.stdout(`${args.count - failed} passed, ${failed} failed (seeds ${args.first}..${args.first + args.count - 1}, ${ops} client ops, ${goLives} go-lives, ${secs.toFixed(1)} s)\n`);
+  out.stdout(`${args.count - failed} passed, ${failed} failed (seeds ${args.first}..${args.first + args.count - 1}, ${ops} client ops, ${goLives} go-lives, ${secs.toFixed(1)} s${unknownKeys > 0 ? `, ${unknownKeys} keys whose linearizability search gave up` : ''})\n`);
   return failed === 0 ? 0 : 1;
 }

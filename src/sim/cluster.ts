@@ -79,6 +79,8 @@ export interface SimStats {
   readonly partitions: number;
   readonly views: number;
   readonly simMs: number;
+  /** Keys whose linearizability search gave up (unknown, not a failure). */
+  readonly linearizabilityUnknownKeys: number;
 }
 
 export interface SimResult {
@@ -307,7 +309,7 @@ class Simulation {
   private healAt = Infinity;
 
   private readonly releases: Release[] = [];
-  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, partitions: 0 };
+  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, partitions: 0, linearizabilityUnknownKeys: 0 };
 
   constructor(opts: SimOptions) {
     this.seed = opts.seed;
@@ -893,6 +895,7 @@ class Simulation {
     this.checkReleases();
     this.checkAppends();
     const lin = checkHistory(this.history, { maxStatesPerKey: 200_000 });
+    this.stats.linearizabilityUnknownKeys = lin.keys.filter((k) => k.timedOut).length;
     if (lin.failure) {
       const f = lin.failure;
       const ops = (f.unplaced ?? [])
