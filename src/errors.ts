@@ -14,6 +14,12 @@ export const ERROR_CODES = {
   E_DEDUP_STALE: 'a client retried a request whose reply it already acknowledged',
   E_DEDUP_WINDOW: 'a client has too many requests in flight for the duplicate filter',
   E_CORRUPT_ENTRY: 'a log entry or snapshot could not be decoded',
+  E_CONFIG_PARSE: 'the config file is not valid JSON',
+  E_CONFIG_INVALID: 'the config file has a missing, unknown or wrong field (the message names it)',
+  E_UNKNOWN_NODE: 'the node id given on the command line is not in the config',
+  E_NOT_IMPLEMENTED: 'a feature named in the config or on the command line is not built yet',
+  E_ARBITER_UNAVAILABLE: 'the arbiter cannot be read or written (its directory is missing or unusable)',
+  E_LISTEN: 'a port in the config cannot be listened on (in use, or no such address)',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
