@@ -5,15 +5,21 @@
 import { isLockstepError } from '../errors.js';
 import { checkCommand, type CheckOutput } from './check.js';
 import { simCommand } from './sim.js';
+import { nodeCommand } from './node.js';
+import { clusterCommand } from './cluster.js';
+import { statusCommand } from './status.js';
 
 const USAGE = `usage: lockstep <command> [options]
 
 commands:
-  sim     run the deterministic simulator over many seeds (lockstep sim --help)
-  check   check that a key/value history is linearizable (lockstep check --help)
-  help    print this help
+  cluster  start a local replicated kv cluster (the main job; npm start)
+  node     run one replica: lockstep node --config FILE --id ID
+  status   the view and every node's state: lockstep status --config FILE
+  sim      run the deterministic simulator over many seeds
+  check    check that a key/value history is linearizable
+  help     print this help
 
-Not yet: node, cluster, status, run (real replicas and the WebAssembly guest come next).
+Each command takes --help. Not yet: run (the WebAssembly guest comes with a later issue).
 `;
 
 const io: CheckOutput = {
@@ -28,6 +34,12 @@ async function main(argv: readonly string[]): Promise<number> {
       return simCommand(rest, io);
     case 'check':
       return checkCommand(rest, io);
+    case 'node':
+      return nodeCommand(rest, io);
+    case 'cluster':
+      return clusterCommand(rest, io);
+    case 'status':
+      return statusCommand(rest, io);
     case undefined:
     case 'help':
     case '--help':

@@ -1,0 +1,47 @@
+// Reading a node's admin port: GET /status as JSON, with a timeout. A node that does not
+// answer is reported as down, never as an error of the command asking.
+
+import http from 'node:http';
+import type { NodeAddress } from '../node/config.js';
+
+export interface NodeStatus {
+  readonly id: string;
+  readonly role: string;
+  readonly epoch: number;
+  readonly logIndex: number;
+  readonly ackedIndex: number;
+  readonly appliedIndex: number;
+  readonly lag: number;
+  readonly opsPerSec: number;
+  readonly clients: number;
+  readonly heldOutputs: number;
+  /** The guest state's digest (equal on replicas at the same log index). */
+  readonly digest: string;
+  readonly view: { epoch: number; primary: string | null; backup: string | null };
+  readonly pid: number;
+}
+
+export function fetchStatus(addr: NodeAddress, timeoutMs = 1000): Promise<NodeStatus | null> {
+  return new Promise((resolve) => {
+    const req = http.get({ host: addr.host, port: addr.port, path: '/status', timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        try {
+          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as NodeStatus);
+        } catch {
+          resolve(null);
+        }
+      });
+      res.on('error', () => resolve(null));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(null));
+  });
+}
+
+export function formatStatusLine(id: string, client: string, s: NodeStatus | null): string {
+  if (s === null) return `${id.padEnd(4)} ${'down'.padEnd(8)} ${client}`;
+  const view = `view {${s.view.epoch}, ${s.view.primary ?? '-'}, ${s.view.backup ?? '-'}}`;
+  return `${id.padEnd(4)} ${s.role.padEnd(8)} epoch ${String(s.epoch).padEnd(4)} log ${String(s.logIndex).padEnd(9)} lag ${String(s.lag).padEnd(6)} ops/s ${String(s.opsPerSec).padEnd(7)} ${client.padEnd(16)} ${view}`;
+}

@@ -1,0 +1,311 @@
+// The lockstep client library (`lockstep/client`): finds the primary, follows failover, and
+// gives every command exactly-once execution.
+//
+// Each command gets a sequence number and travels as `LOCKSTEP.EXEC <clientId> <seq>
+// <ackedBelow> CMD args...`. The replicated duplicate filter on the server records the reply
+// of every executed (clientId, seq), so when the primary fails and the client resends a
+// command to the new primary, a command that already executed is answered from the filter and
+// not run again. `ackedBelow` tells the filter which replies the client holds, so it can
+// forget them.
+//
+// Many commands may be in flight at once: they are pipelined on one connection to the
+// primary, and replies come back in order. When the connection breaks, times out, or the node
+// says it is not the primary (naming the one it believes is), the client connects to the
+// named node or the next one and resends every unanswered command, in order, with its
+// original sequence number.
+//
+// Plain Redis clients (redis-cli, ioredis) do not send ids: a retry of theirs may execute
+// twice (at-least-once). Use this library where that matters.
+
+import net from 'node:net';
+import { randomUUID } from 'node:crypto';
+import { RespReplyParser, encodeCommand } from '../net/resp.js';
+import type { KvReply } from '../guest/index.js';
+
+export interface Address {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface ClientOptions {
+  /** The client addresses of the cluster's nodes ("host:port" or {host, port}). */
+  readonly nodes: readonly (string | Address)[];
+  /** The id the duplicate filter knows this client by (default: a random UUID). */
+  readonly clientId?: string;
+  /** Give up on one connection attempt, or on a reply, after this long and try another node. */
+  readonly attemptTimeoutMs?: number;
+  /** Reject a command that has not completed after this long (its outcome is then unknown). */
+  readonly commandTimeoutMs?: number;
+  /** At most this many commands in flight (the server's filter keeps 1024 per client). */
+  readonly maxInFlight?: number;
+}
+
+/** An error reply from the server (the command ran, or was refused, and said so). */
+export class ReplyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ReplyError';
+  }
+}
+
+/** The command did not complete in time; it may or may not have executed. */
+export class CommandTimeoutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CommandTimeoutError';
+  }
+}
+
+export type Value = string | number | bigint | null | Value[];
+
+interface Pending {
+  readonly seq: number;
+  readonly args: readonly string[];
+  readonly resolve: (v: KvReply) => void;
+  readonly reject: (e: Error) => void;
+  readonly deadline: NodeJS.Timeout;
+}
+
+function parseAddress(a: string | Address): Address {
+  if (typeof a !== 'string') return a;
+  const i = a.lastIndexOf(':');
+  const port = Number(a.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`not a host:port address: ${a}`);
+  return { host: a.slice(0, i).replace(/^\[|\]$/g, ''), port };
+}
+
+/** latin1 wire string from a user value (strings are sent as UTF-8 bytes). */
+function toWire(v: string | number | Buffer): string {
+  if (Buffer.isBuffer(v)) return v.toString('latin1');
+  return Buffer.from(String(v), 'utf8').toString('latin1');
+}
+
+/** A server reply as a plain value: bulk strings decoded as UTF-8, integers as numbers when exact. */
+export function toValue(r: KvReply): Value {
+  switch (r.kind) {
+    case 'status':
+      return r.value;
+    case 'error':
+      throw new ReplyError(r.message);
+    case 'integer':
+      return r.value >= BigInt(Number.MIN_SAFE_INTEGER) && r.value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(r.value) : r.value;
+    case 'bulk':
+      return r.value === null ? null : Buffer.from(r.value, 'latin1').toString('utf8');
+    case 'array':
+      return r.items.map(toValue);
+  }
+}
+
+export class LockstepClient {
+  readonly clientId: string;
+  private readonly nodes: Address[];
+  private readonly attemptTimeoutMs: number;
+  private readonly commandTimeoutMs: number;
+  private readonly maxInFlight: number;
+  private nextSeq = 1;
+  /** Sent (or to be sent) and not yet answered, in seq order. */
+  private readonly inflight: Pending[] = [];
+  /** Waiting for room (maxInFlight). */
+  private readonly queued: (() => void)[] = [];
+  private socket: net.Socket | null = null;
+  private parser = new RespReplyParser();
+  /** Commands on the current connection whose replies are due, in order. */
+  private onWire: Pending[] = [];
+  private target = 0;
+  private connecting = false;
+  private attemptTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+  /** How many times the client moved to another node (for tests and metrics). */
+  reconnects = 0;
+
+  constructor(opts: ClientOptions) {
+    if (opts.nodes.length === 0) throw new RangeError('ClientOptions.nodes is empty');
+    this.nodes = opts.nodes.map(parseAddress);
+    this.clientId = opts.clientId ?? randomUUID();
+    this.attemptTimeoutMs = opts.attemptTimeoutMs ?? 2000;
+    this.commandTimeoutMs = opts.commandTimeoutMs ?? 30_000;
+    this.maxInFlight = Math.min(opts.maxInFlight ?? 512, 1000);
+  }
+
+  /** Run one command exactly once; resolves with its reply as a plain value. */
+  async call(...args: (string | number | Buffer)[]): Promise<Value> {
+    return toValue(await this.callRaw(args.map(toWire)));
+  }
+
+  /** Run one command exactly once; `args` are latin1 wire strings; resolves with the raw reply. */
+  callRaw(args: readonly string[]): Promise<KvReply> {
+    if (this.closed) return Promise.reject(new Error('the client is closed'));
+    if (args.length === 0) return Promise.reject(new RangeError('a command needs a name'));
+    return new Promise<KvReply>((resolve, reject) => {
+      const go = (): void => {
+        const seq = this.nextSeq++;
+        const deadline = setTimeout(() => this.expire(seq), this.commandTimeoutMs);
+        const p: Pending = { seq, args, resolve, reject, deadline };
+        this.inflight.push(p);
+        this.sendOrConnect([p]);
+      };
+      if (this.inflight.length >= this.maxInFlight) this.queued.push(go);
+      else go();
+    });
+  }
+
+  get(key: string): Promise<string | null> {
+    return this.call('GET', key) as Promise<string | null>;
+  }
+  set(key: string, value: string | number | Buffer): Promise<string> {
+    return this.call('SET', key, value) as Promise<string>;
+  }
+  append(key: string, value: string | number | Buffer): Promise<number> {
+    return this.call('APPEND', key, value) as Promise<number>;
+  }
+  del(...keys: string[]): Promise<number> {
+    return this.call('DEL', ...keys) as Promise<number>;
+  }
+  incr(key: string): Promise<number> {
+    return this.call('INCR', key) as Promise<number>;
+  }
+  incrby(key: string, by: number): Promise<number> {
+    return this.call('INCRBY', key, by) as Promise<number>;
+  }
+  mget(...keys: string[]): Promise<(string | null)[]> {
+    return this.call('MGET', ...keys) as Promise<(string | null)[]>;
+  }
+  mset(...kv: string[]): Promise<string> {
+    return this.call('MSET', ...kv) as Promise<string>;
+  }
+  exists(...keys: string[]): Promise<number> {
+    return this.call('EXISTS', ...keys) as Promise<number>;
+  }
+  dbsize(): Promise<number> {
+    return this.call('DBSIZE') as Promise<number>;
+  }
+
+  /** Fail every unfinished command and close the connection. */
+  close(): void {
+    this.closed = true;
+    if (this.attemptTimer) clearTimeout(this.attemptTimer);
+    this.socket?.destroy();
+    this.socket = null;
+    for (const p of this.inflight.splice(0)) {
+      clearTimeout(p.deadline);
+      p.reject(new Error('the client was closed'));
+    }
+    this.queued.length = 0;
+  }
+
+  // ---- internals -------------------------------------------------------------------------
+
+  /** The lowest seq whose reply this client does not hold: the filter may forget the rest. */
+  private ackedBelow(): number {
+    return this.inflight[0]?.seq ?? this.nextSeq;
+  }
+
+  private wire(p: Pending): Buffer {
+    return encodeCommand(['LOCKSTEP.EXEC', this.clientId, String(p.seq), String(this.ackedBelow()), ...p.args]);
+  }
+
+  private sendOrConnect(ps: Pending[]): void {
+    if (this.socket !== null && !this.connecting) {
+      this.onWire.push(...ps);
+      this.socket.write(ps.length === 1 ? this.wire(ps[0]!) : Buffer.concat(ps.map((p) => this.wire(p))));
+      this.armAttemptTimer();
+    } else if (!this.connecting) {
+      this.connect();
+    }
+  }
+
+  private armAttemptTimer(): void {
+    if (this.attemptTimer || this.onWire.length === 0) return;
+    this.attemptTimer = setTimeout(() => {
+      this.attemptTimer = null;
+      this.moveOn('no reply in time');
+    }, this.attemptTimeoutMs);
+  }
+
+  private connect(): void {
+    if (this.closed) return;
+    this.connecting = true;
+    const addr = this.nodes[this.target % this.nodes.length]!;
+    const socket = net.connect({ host: addr.host, port: addr.port });
+    socket.setNoDelay(true);
+    this.socket = socket;
+    this.parser = new RespReplyParser();
+    this.onWire = [];
+    const timer = setTimeout(() => socket.destroy(), this.attemptTimeoutMs);
+    socket.on('connect', () => {
+      clearTimeout(timer);
+      if (this.socket !== socket) return;
+      this.connecting = false;
+      // Resend everything unanswered, in seq order, with the original seqs.
+      const todo = this.inflight.slice();
+      if (todo.length > 0) this.sendOrConnect(todo);
+    });
+    socket.on('data', (chunk: Buffer) => {
+      if (this.socket !== socket) return;
+      try {
+        this.parser.push(chunk);
+        for (let r = this.parser.next(); r !== null; r = this.parser.next()) this.onReply(r);
+      } catch (e) {
+        this.moveOn(`bad reply: ${(e as Error).message}`);
+      }
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(timer);
+      if (this.socket === socket) this.moveOn('connection closed');
+    });
+  }
+
+  private onReply(r: KvReply): void {
+    const p = this.onWire.shift();
+    if (p === undefined) return this.moveOn('a reply nobody asked for');
+    if (this.attemptTimer) {
+      clearTimeout(this.attemptTimer);
+      this.attemptTimer = null;
+    }
+    this.armAttemptTimer();
+    if (r.kind === 'error' && r.message.startsWith('NOTPRIMARY')) {
+      const hinted = /at (\S+):(\d+) /.exec(r.message);
+      if (hinted) {
+        const i = this.nodes.findIndex((n) => n.host === hinted[1] && n.port === Number(hinted[2]));
+        if (i >= 0) this.target = i - 1; // moveOn steps to it
+      }
+      return this.moveOn('not the primary');
+    }
+    const i = this.inflight.indexOf(p);
+    if (i < 0) return; // already expired
+    this.inflight.splice(i, 1);
+    clearTimeout(p.deadline);
+    p.resolve(r);
+    this.queued.shift()?.();
+  }
+
+  /** Drop this connection and try the next node (or the hinted one), resending what is unanswered. */
+  private moveOn(_why: string): void {
+    if (this.attemptTimer) {
+      clearTimeout(this.attemptTimer);
+      this.attemptTimer = null;
+    }
+    const old = this.socket;
+    this.socket = null;
+    this.connecting = false;
+    this.onWire = [];
+    old?.destroy();
+    if (this.closed) return;
+    this.target = (this.target + 1) % this.nodes.length;
+    this.reconnects++;
+    if (this.inflight.length > 0) {
+      // Back off a little once every node has been tried.
+      const delay = this.reconnects % this.nodes.length === 0 ? 50 : 0;
+      setTimeout(() => !this.socket && !this.connecting && this.connect(), delay);
+    }
+  }
+
+  private expire(seq: number): void {
+    const i = this.inflight.findIndex((p) => p.seq === seq);
+    if (i < 0) return;
+    const [p] = this.inflight.splice(i, 1);
+    p!.reject(new CommandTimeoutError(`command ${p!.args[0]} (seq ${seq}) did not complete in ${this.commandTimeoutMs} ms; it may or may not have executed`));
+    this.queued.shift()?.();
+  }
+}

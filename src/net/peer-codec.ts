@@ -1,0 +1,185 @@
+// The binary encoding of the logging channel: the connection handshake and the core's
+// PeerMessages (one message per frame, see framing.ts).
+//
+// Built on the guest's ByteWriter/ByteReader (varint lengths and integers, node ids and
+// reasons as lossless `text`). A message is a tag byte and its fields in a fixed order; a
+// View is varuint epoch, a presence byte (bit 0 primary, bit 1 backup), then the ids present.
+// Decoding checks structure only (truncation, unknown tags, bad flag bytes, trailing bytes
+// all throw PeerCodecError); whether the values make sense is validateMessage's job in the
+// core. Encoding is one pass into a reused writer, so a frame of many small payloads costs
+// one copy. Decoded payloads and snapshot data are VIEWS into the input (no copy): they alias
+// the frame buffer, which the caller must keep alive and leave unmodified.
+//
+// Handshake: magic 'LSTP', varuint protocolVersion, text cluster, text nodeId, varuint epoch.
+// This layout is frozen across protocol versions, so a peer of another version is still
+// decoded and can be told why it is refused; the magic tells a stray client apart.
+
+import { ByteReader, ByteWriter } from '../guest/bytes.js';
+import type { PeerMessage, View } from '../core/types.js';
+
+export const PROTOCOL_VERSION = 1;
+
+export interface Handshake {
+  readonly cluster: string;
+  readonly nodeId: string;
+  readonly protocolVersion: number;
+  readonly epoch: number;
+}
+
+export class PeerCodecError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PeerCodecError';
+  }
+}
+
+const MAGIC = [0x4c, 0x53, 0x54, 0x50]; // 'LSTP'
+const enum Tag {
+  Frame = 1,
+  Snapshot = 2,
+  Ack = 3,
+  Refuse = 4,
+  Join = 5,
+}
+
+/** Writers keep their grown buffer; one that grew past this is dropped after use. */
+const KEEP_WRITER_BYTES = 1 << 20;
+let shared = new ByteWriter(4096);
+
+function encodeWith(write: (w: ByteWriter) => void): Uint8Array {
+  const w = shared.reset();
+  write(w);
+  const out = w.finish();
+  if (out.length > KEEP_WRITER_BYTES) shared = new ByteWriter(4096);
+  return out;
+}
+
+/** Run a decoder, turning the reader's errors (and any other slip) into PeerCodecError. */
+function decodeWith<T>(bytes: Uint8Array, what: string, read: (r: ByteReader) => T): T {
+  // A Buffer's subarrays are Buffers: view the same memory as a plain Uint8Array so decoded
+  // payloads have exactly the type the core and its tests expect.
+  const plain = Object.getPrototypeOf(bytes) === Uint8Array.prototype ? bytes : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const r = new ByteReader(plain, what);
+  try {
+    const v = read(r);
+    r.end();
+    return v;
+  } catch (e) {
+    if (e instanceof PeerCodecError) throw e;
+    throw new PeerCodecError(e instanceof Error ? e.message : String(e));
+  }
+}
+
+function bool(r: ByteReader): boolean {
+  const b = r.u8();
+  if (b > 1) r.corrupt(`bad boolean byte ${b}`);
+  return b === 1;
+}
+
+export function encodeHandshake(h: Handshake): Uint8Array {
+  return encodeWith((w) => {
+    for (const b of MAGIC) w.u8(b);
+    w.varuint(h.protocolVersion).text(h.cluster).text(h.nodeId).varuint(h.epoch);
+  });
+}
+
+export function decodeHandshake(bytes: Uint8Array): Handshake {
+  if (bytes.length < 4 || MAGIC.some((b, i) => bytes[i] !== b)) throw new PeerCodecError('not a lockstep peer (bad magic)');
+  return decodeWith(bytes, 'handshake', (r) => {
+    r.u32();
+    const protocolVersion = r.varuint();
+    const cluster = r.text();
+    const nodeId = r.text();
+    const epoch = r.varuint();
+    return { cluster, nodeId, protocolVersion, epoch };
+  });
+}
+
+function writeView(w: ByteWriter, v: View): void {
+  w.varuint(v.epoch).u8((v.primary !== null ? 1 : 0) | (v.backup !== null ? 2 : 0));
+  if (v.primary !== null) w.text(v.primary);
+  if (v.backup !== null) w.text(v.backup);
+}
+
+function readView(r: ByteReader): View {
+  const epoch = r.varuint();
+  const flags = r.u8();
+  if (flags > 3) r.corrupt(`bad view flags ${flags}`);
+  const primary = flags & 1 ? r.text() : null;
+  const backup = flags & 2 ? r.text() : null;
+  return { epoch, primary, backup };
+}
+
+export function encodePeerMessage(msg: PeerMessage): Uint8Array {
+  return encodeWith((w) => {
+    switch (msg.type) {
+      case 'frame':
+        w.u8(Tag.Frame);
+        writeView(w, msg.view);
+        w.varuint(msg.seq).varuint(msg.prevIndex).varuint(msg.primaryIndex);
+        if (msg.pendingView === null) w.u8(0);
+        else writeView(w.u8(1), msg.pendingView);
+        w.varuint(msg.payloads.length);
+        for (const p of msg.payloads) w.bytes(p);
+        return;
+      case 'snapshot':
+        w.u8(Tag.Snapshot);
+        writeView(w, msg.view);
+        w.varuint(msg.seq).varuint(msg.index).bytes(msg.data);
+        return;
+      case 'ack':
+        w.u8(Tag.Ack).varuint(msg.epoch).varuint(msg.seq).varuint(msg.ackedIndex).u8(msg.gap ? 1 : 0);
+        return;
+      case 'refuse':
+        w.u8(Tag.Refuse).varuint(msg.epoch).text(msg.reason);
+        return;
+      case 'join':
+        w.u8(Tag.Join);
+        return;
+    }
+  });
+}
+
+/**
+ * Decode a message's structure into the shape the core expects; the core's validateMessage
+ * checks the rest. Payloads and snapshot data alias `bytes`.
+ */
+export function decodePeerMessage(bytes: Uint8Array): unknown {
+  return decodeWith(bytes, 'peer message', (r) => {
+    const tag = r.u8();
+    switch (tag) {
+      case Tag.Frame: {
+        const view = readView(r);
+        const seq = r.varuint();
+        const prevIndex = r.varuint();
+        const primaryIndex = r.varuint();
+        const pendingView = bool(r) ? readView(r) : null;
+        const count = r.varuint();
+        if (count > r.remaining) r.corrupt(`${count} payloads in ${r.remaining} bytes`); // each takes >= 1
+        const payloads: Uint8Array[] = new Array<Uint8Array>(count);
+        for (let i = 0; i < count; i++) payloads[i] = r.bytes();
+        return { type: 'frame', view, seq, prevIndex, payloads, primaryIndex, pendingView };
+      }
+      case Tag.Snapshot: {
+        const view = readView(r);
+        const seq = r.varuint();
+        const index = r.varuint();
+        return { type: 'snapshot', view, seq, index, data: r.bytes() };
+      }
+      case Tag.Ack: {
+        const epoch = r.varuint();
+        const seq = r.varuint();
+        const ackedIndex = r.varuint();
+        return { type: 'ack', epoch, seq, ackedIndex, gap: bool(r) };
+      }
+      case Tag.Refuse: {
+        const epoch = r.varuint();
+        return { type: 'refuse', epoch, reason: r.text() };
+      }
+      case Tag.Join:
+        return { type: 'join' };
+      default:
+        return r.corrupt(`unknown message tag ${tag}`);
+    }
+  });
+}

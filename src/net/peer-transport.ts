@@ -1,0 +1,241 @@
+// The logging channel over TCP: length-prefixed binary frames between replicas.
+//
+// Each replica listens on its peer address and dials every other replica; a dialled
+// connection carries this replica's messages to that peer, an accepted one carries the
+// peer's messages here. So each pair has two connections, each one-way, each ordered — what
+// the core assumes of a channel. A connection opens with a handshake both ways (cluster name,
+// node id, protocol version, epoch); a peer of another cluster or version, or an unknown
+// node, is refused with a logged reason and the connection closed. Garbage after the
+// handshake (a bad length, an undecodable message) closes that connection only.
+//
+// Sending never blocks and never queues without bound: if there is no connection the message
+// is dropped (the core resends from the last ack); while one is being opened, messages wait
+// (bounded) for its handshake; writes of one event-loop turn are coalesced into one socket
+// write (`flush`).
+
+import net from 'node:net';
+import { FrameDecoder, frame } from './framing.js';
+import { PROTOCOL_VERSION, decodeHandshake, decodePeerMessage, encodeHandshake, encodePeerMessage, type Handshake } from './peer-codec.js';
+import type { PeerMessage } from '../core/index.js';
+
+export interface PeerAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface PeerTransportOptions {
+  readonly cluster: string;
+  readonly self: string;
+  readonly listen: PeerAddress;
+  readonly peers: ReadonlyMap<string, PeerAddress>;
+  /** The largest frame accepted (a snapshot is one frame). */
+  readonly maxFrameBytes: number;
+  /** Above this many bytes waiting in a socket, new messages to that peer are dropped. */
+  readonly maxQueuedBytes: number;
+  readonly epoch: () => number;
+  readonly onMessage: (from: string, msg: unknown) => void;
+  readonly log: (level: 'info' | 'warn', event: string, fields: Record<string, unknown>) => void;
+}
+
+interface Outbound {
+  socket: net.Socket | null;
+  ready: boolean;
+  pending: Buffer[];
+  pendingBytes: number;
+  retryTimer: NodeJS.Timeout | null;
+  backoffMs: number;
+}
+
+const HANDSHAKE_TIMEOUT_MS = 5000;
+const RECONNECT_MIN_MS = 20;
+const RECONNECT_MAX_MS = 1000;
+
+export class PeerTransport {
+  private server: net.Server | null = null;
+  private readonly out = new Map<string, Outbound>();
+  private readonly inbound = new Set<net.Socket>();
+  private closed = false;
+  private flushScheduled = false;
+  /** Counters for /metrics. */
+  readonly stats = { framesSent: 0, bytesSent: 0, framesReceived: 0, bytesReceived: 0, dropped: 0, refused: 0 };
+
+  constructor(private readonly o: PeerTransportOptions) {}
+
+  /** Listen on the peer address and start dialling every peer. */
+  async start(): Promise<void> {
+    const server = net.createServer((socket) => this.accept(socket));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.o.listen.port, this.o.listen.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    for (const id of this.o.peers.keys()) this.dial(id);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const o of this.out.values()) {
+      if (o.retryTimer) clearTimeout(o.retryTimer);
+      o.socket?.destroy();
+    }
+    for (const s of this.inbound) s.destroy();
+    const server = this.server;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  /** Queue a message for `to`; it goes out at the next flush. Dropped if the link is down or full. */
+  send(to: string, msg: PeerMessage): void {
+    const o = this.out.get(to);
+    if (!o || !o.socket) {
+      this.stats.dropped++;
+      return;
+    }
+    if (o.socket.writableLength + o.pendingBytes > this.o.maxQueuedBytes) {
+      this.stats.dropped++;
+      this.o.log('warn', 'peer-backlog-full', { peer: to, queuedBytes: o.socket.writableLength + o.pendingBytes });
+      return;
+    }
+    const buf = frame(encodePeerMessage(msg));
+    o.pending.push(buf);
+    o.pendingBytes += buf.length;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /** Write everything queued, one socket write per peer. */
+  flush(): void {
+    this.flushScheduled = false;
+    for (const o of this.out.values()) {
+      if (o.pending.length === 0 || !o.socket || !o.ready) continue; // held until the handshake is done
+      const data = o.pending.length === 1 ? o.pending[0]! : Buffer.concat(o.pending, o.pendingBytes);
+      this.stats.framesSent += o.pending.length;
+      this.stats.bytesSent += data.length;
+      o.pending = [];
+      o.pendingBytes = 0;
+      o.socket.write(data);
+    }
+  }
+
+  isConnected(to: string): boolean {
+    return this.out.get(to)?.ready === true;
+  }
+
+  private handshake(): Buffer {
+    const h: Handshake = { cluster: this.o.cluster, nodeId: this.o.self, protocolVersion: PROTOCOL_VERSION, epoch: this.o.epoch() };
+    return frame(encodeHandshake(h));
+  }
+
+  /** Why a peer's handshake is refused, or null. */
+  private refusal(h: Handshake, expectedId: string | null): string | null {
+    if (h.protocolVersion !== PROTOCOL_VERSION) return `protocol version ${h.protocolVersion}, this node speaks ${PROTOCOL_VERSION}`;
+    if (h.cluster !== this.o.cluster) return `cluster ${JSON.stringify(h.cluster)}, this node is in ${JSON.stringify(this.o.cluster)}`;
+    if (h.nodeId === this.o.self) return `node id ${h.nodeId} is this node's own`;
+    if (!this.o.peers.has(h.nodeId)) return `unknown node id ${JSON.stringify(h.nodeId)}`;
+    if (expectedId !== null && h.nodeId !== expectedId) return `dialled ${expectedId} but ${h.nodeId} answered`;
+    return null;
+  }
+
+  // ---- inbound: the peer's messages to us ------------------------------------------------
+
+  private accept(socket: net.Socket): void {
+    if (this.closed) return void socket.destroy();
+    this.inbound.add(socket);
+    socket.setNoDelay(true);
+    const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    const decoder = new FrameDecoder(this.o.maxFrameBytes);
+    let peer: string | null = null;
+    const timer = setTimeout(() => {
+      this.o.log('warn', 'peer-refused', { remote, reason: 'no handshake within 5 s' });
+      socket.destroy();
+    }, HANDSHAKE_TIMEOUT_MS);
+    const fail = (reason: string): void => {
+      this.stats.refused++;
+      this.o.log('warn', peer === null ? 'peer-refused' : 'peer-garbage', { remote, peer, reason });
+      socket.destroy();
+    };
+    socket.on('data', (chunk: Buffer) => {
+      this.stats.bytesReceived += chunk.length;
+      try {
+        decoder.push(chunk);
+        for (let f = decoder.next(); f !== null; f = decoder.next()) {
+          if (socket.destroyed) return;
+          if (peer === null) {
+            const h = decodeHandshake(f);
+            const why = this.refusal(h, null);
+            if (why !== null) return fail(why);
+            clearTimeout(timer);
+            peer = h.nodeId;
+            socket.write(this.handshake());
+            this.o.log('info', 'peer-accepted', { peer, remote, peerEpoch: h.epoch });
+            continue;
+          }
+          this.stats.framesReceived++;
+          this.o.onMessage(peer, decodePeerMessage(f));
+        }
+      } catch (e) {
+        fail((e as Error).message);
+      }
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(timer);
+      this.inbound.delete(socket);
+    });
+  }
+
+  // ---- outbound: our messages to the peer ------------------------------------------------
+
+  private dial(id: string): void {
+    if (this.closed) return;
+    const addr = this.o.peers.get(id)!;
+    let o = this.out.get(id);
+    if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS }));
+    const state = o;
+    const socket = net.connect({ host: addr.host, port: addr.port });
+    state.socket = socket;
+    state.ready = false;
+    socket.setNoDelay(true);
+    const decoder = new FrameDecoder(64 * 1024);
+    socket.on('connect', () => socket.write(this.handshake()));
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        decoder.push(chunk);
+        for (let f = decoder.next(); f !== null; f = decoder.next()) {
+          if (state.ready) throw new Error('the peer sent data on a one-way connection');
+          const h = decodeHandshake(f);
+          const why = this.refusal(h, id);
+          if (why !== null) throw new Error(why);
+          state.ready = true;
+          state.backoffMs = RECONNECT_MIN_MS;
+          this.o.log('info', 'peer-connected', { peer: id, peerEpoch: h.epoch });
+          this.flush();
+        }
+      } catch (e) {
+        this.stats.refused++;
+        this.o.log('warn', 'peer-refused', { peer: id, reason: (e as Error).message });
+        socket.destroy();
+      }
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      if (state.socket !== socket) return;
+      if (state.ready) this.o.log('warn', 'peer-disconnected', { peer: id });
+      state.socket = null;
+      state.ready = false;
+      state.pending = [];
+      state.pendingBytes = 0;
+      if (this.closed) return;
+      const delay = state.backoffMs;
+      state.backoffMs = Math.min(RECONNECT_MAX_MS, state.backoffMs * 2);
+      state.retryTimer = setTimeout(() => {
+        state.retryTimer = null;
+        this.dial(id);
+      }, delay);
+    });
+  }
+}

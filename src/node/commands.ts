@@ -1,0 +1,176 @@
+// The client port's own commands: the ones that are not the guest's and never touch its
+// state (PING, ECHO, SELECT 0, COMMAND, QUIT, CLIENT, INFO, ROLE, SENTINEL). They are
+// answered at once on any replica, primary or not, so that redis-cli connects to every node
+// and ioredis in sentinel mode can ask any node where the primary is.
+//
+// SENTINEL is answered in the shape Redis Sentinel uses, with the cluster name as the master
+// name: every lockstep node is its own sentinel. ioredis configured with every node's client
+// address as `sentinels` and `name: <cluster>` follows failover with no custom code: it asks
+// get-master-addr-by-name, connects, checks `role:master` in INFO, and asks again when the
+// connection drops or the role is wrong.
+
+import { status as coreStatus, type Replica } from '../core/index.js';
+import type { KvReply } from '../guest/index.js';
+import type { ClusterConfig, NodeConfig } from './config.js';
+
+export interface NodeView {
+  readonly id: string;
+  readonly clusterConfig: ClusterConfig;
+  readonly replicaState: Replica;
+  readonly clientCount: number;
+}
+
+export interface MetaReply {
+  readonly reply: KvReply;
+  /** Close the connection after this reply (QUIT). */
+  readonly close?: boolean;
+}
+
+const ok: KvReply = { kind: 'status', value: 'OK' };
+const nil: KvReply = { kind: 'bulk', value: null };
+const bulk = (value: string): KvReply => ({ kind: 'bulk', value });
+const int = (n: number): KvReply => ({ kind: 'integer', value: BigInt(n) });
+const arr = (items: KvReply[]): KvReply => ({ kind: 'array', items });
+const err = (message: string): KvReply => ({ kind: 'error', message });
+const arity = (name: string): KvReply => err(`ERR wrong number of arguments for '${name.toLowerCase()}' command`);
+
+/** The reply to a meta command, or null if `name` is not one (a guest command). */
+export function metaCommand(node: NodeView, name: string, args: readonly string[]): MetaReply | null {
+  switch (name) {
+    case 'PING':
+      if (args.length > 2) return { reply: arity(name) };
+      return { reply: args.length === 2 ? bulk(args[1]!) : { kind: 'status', value: 'PONG' } };
+    case 'ECHO':
+      return { reply: args.length === 2 ? bulk(args[1]!) : arity(name) };
+    case 'SELECT':
+      if (args.length !== 2) return { reply: arity(name) };
+      return { reply: args[1] === '0' ? ok : err('ERR DB index is out of range') };
+    case 'QUIT':
+      return { reply: ok, close: true };
+    case 'COMMAND': {
+      const sub = (args[1] ?? '').toUpperCase();
+      return { reply: sub === 'COUNT' ? int(0) : arr([]) };
+    }
+    case 'CLIENT': {
+      const sub = (args[1] ?? '').toUpperCase();
+      if (sub === 'SETNAME' || sub === 'SETINFO') return { reply: ok };
+      if (sub === 'GETNAME') return { reply: nil };
+      return { reply: err(`ERR CLIENT ${sub.toLowerCase() || '(no subcommand)'} is not supported by lockstep`) };
+    }
+    case 'INFO':
+      return { reply: bulk(info(node, (args[1] ?? 'all').toLowerCase())) };
+    case 'ROLE':
+      return { reply: role(node) };
+    case 'SENTINEL':
+      return { reply: sentinel(node, args) };
+    default:
+      return null;
+  }
+}
+
+function member(config: ClusterConfig, id: string | null): NodeConfig | undefined {
+  return id === null ? undefined : config.nodes.find((n) => n.id === id);
+}
+
+/** The primary as this replica believes it (itself when it is primary). */
+function primaryOf(node: NodeView): NodeConfig | undefined {
+  const r = node.replicaState;
+  if (r.role === 'primary') return member(node.clusterConfig, node.id);
+  return member(node.clusterConfig, r.view.primary);
+}
+
+function info(node: NodeView, section: string): string {
+  const r = node.replicaState;
+  const s = coreStatus(r);
+  const config = node.clusterConfig;
+  const out: string[] = [];
+  const want = (name: string): boolean => section === 'all' || section === 'default' || section === 'everything' || section === name;
+  if (want('server')) {
+    out.push('# Server', 'redis_version:7.0.0-lockstep', 'redis_mode:standalone', `lockstep_cluster:${config.cluster}`, `lockstep_node:${node.id}`, `process_id:${process.pid}`, '');
+  }
+  if (want('clients')) out.push('# Clients', `connected_clients:${node.clientCount}`, '');
+  if (want('persistence')) out.push('# Persistence', 'loading:0', '');
+  if (want('replication')) {
+    const primary = primaryOf(node);
+    const backup = member(config, r.view.backup);
+    out.push('# Replication', `role:${r.role === 'primary' ? 'master' : 'slave'}`, `lockstep_role:${r.role}`, `epoch:${r.view.epoch}`);
+    out.push(`log_index:${s.lastIndex}`, `acked_index:${s.ackedIndex}`, `backup_lag:${s.lagEntries}`, `held_outputs:${s.heldOutputs}`);
+    if (r.role === 'primary') {
+      out.push(`connected_slaves:${backup ? 1 : 0}`);
+      if (backup) out.push(`slave0:ip=${backup.client.host},port=${backup.client.port},state=online,offset=${s.ackedIndex},lag=${s.lagEntries}`);
+      out.push(`master_repl_offset:${s.lastIndex}`);
+    } else {
+      out.push(`master_host:${primary?.client.host ?? ''}`, `master_port:${primary?.client.port ?? 0}`);
+      out.push(`master_link_status:${r.role === 'backup' ? 'up' : 'down'}`, `slave_repl_offset:${s.lastIndex}`);
+    }
+    out.push('');
+  }
+  return out.join('\r\n');
+}
+
+/** ROLE in Redis's reply format. */
+function role(node: NodeView): KvReply {
+  const r = node.replicaState;
+  const s = coreStatus(r);
+  if (r.role === 'primary') {
+    const backup = member(node.clusterConfig, r.view.backup);
+    const replicas = backup ? [arr([bulk(backup.client.host), bulk(String(backup.client.port)), bulk(String(s.ackedIndex))])] : [];
+    return arr([bulk('master'), int(s.lastIndex), arr(replicas)]);
+  }
+  const primary = primaryOf(node);
+  const state = r.role === 'backup' ? 'connected' : r.role === 'spare' && r.following ? 'sync' : 'connect';
+  return arr([bulk('slave'), bulk(primary?.client.host ?? ''), int(primary?.client.port ?? 0), bulk(state), int(r.role === 'backup' ? s.lastIndex : -1)]);
+}
+
+function flat(fields: [string, string][]): KvReply {
+  return arr(fields.flatMap(([k, v]) => [bulk(k), bulk(v)]));
+}
+
+function sentinel(node: NodeView, args: readonly string[]): KvReply {
+  const config = node.clusterConfig;
+  const sub = (args[1] ?? '').toLowerCase();
+  const name = args[2];
+  const masterFields = (p: NodeConfig): [string, string][] => [
+    ['name', config.cluster],
+    ['ip', p.client.host],
+    ['port', String(p.client.port)],
+    ['runid', p.id],
+    ['flags', 'master'],
+    ['num-slaves', node.replicaState.view.backup ? '1' : '0'],
+    ['num-other-sentinels', String(config.nodes.length - 1)],
+    ['quorum', '1'],
+    ['config-epoch', String(node.replicaState.view.epoch)],
+  ];
+  switch (sub) {
+    case 'get-master-addr-by-name': {
+      if (name !== config.cluster) return nil;
+      const p = primaryOf(node);
+      return p ? arr([bulk(p.client.host), bulk(String(p.client.port))]) : nil;
+    }
+    case 'masters': {
+      const p = primaryOf(node);
+      return arr(p ? [flat(masterFields(p))] : []);
+    }
+    case 'master': {
+      if (name !== config.cluster) return err('ERR No such master with that name');
+      const p = primaryOf(node);
+      return p ? flat(masterFields(p)) : err('ERR no primary known to this node');
+    }
+    case 'sentinels': {
+      if (name !== config.cluster) return err('ERR No such master with that name');
+      return arr(
+        config.nodes
+          .filter((n) => n.id !== node.id)
+          .map((n) => flat([['name', n.id], ['ip', n.client.host], ['port', String(n.client.port)], ['runid', n.id], ['flags', 'sentinel']])),
+      );
+    }
+    case 'replicas':
+    case 'slaves': {
+      if (name !== config.cluster) return err('ERR No such master with that name');
+      const b = member(config, node.replicaState.view.backup);
+      return arr(b ? [flat([['name', `${b.client.host}:${b.client.port}`], ['ip', b.client.host], ['port', String(b.client.port)], ['runid', b.id], ['flags', 'slave'], ['master-link-status', 'ok']])] : []);
+    }
+    default:
+      return err(`ERR unknown or unsupported SENTINEL subcommand '${sub}' (lockstep answers get-master-addr-by-name, masters, master, sentinels, replicas)`);
+  }
+}

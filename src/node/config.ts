@@ -1,0 +1,209 @@
+// The cluster config file: one JSON file shared by every node of a cluster. It is validated
+// completely before anything starts, and every complaint names the JSON path (`nodes[1].client`)
+// and what to do, because a node that starts on a half-understood config fails later and far
+// from the cause. Unknown keys are refused (a typo must not silently fall back to a default),
+// which also refuses `bugs`: planted bugs exist for the simulator only, never for a real node.
+
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { isIPv4, isIPv6 } from 'node:net';
+import { LockstepError, isLockstepError } from '../errors.js';
+import { DEFAULT_TIMING, type CoreConfig } from '../core/types.js';
+import { parseArbiterSpec } from '../arbiter/types.js';
+
+export interface NodeAddress { readonly host: string; readonly port: number }
+export interface NodeConfig { readonly id: string; readonly peer: NodeAddress; readonly client: NodeAddress; readonly admin: NodeAddress }
+export interface ServiceConfig { readonly kind: 'kv'; readonly mode: 'rsm' | 'state-transfer' }
+export interface ClusterConfig {
+  readonly cluster: string;
+  readonly arbiter: string;
+  readonly service: ServiceConfig;
+  readonly heartbeatMs: number;
+  readonly failureTimeoutMs: number;
+  readonly retransmitMs: number;
+  readonly arbiterRetryMs: number;
+  readonly joinIntervalMs: number;
+  readonly unackedEntriesMax: number;
+  readonly unackedBytesMax: number;
+  readonly frameEntriesMax: number;
+  readonly frameBytesMax: number;
+  readonly catchupEntriesMax: number;
+  readonly maxClientConnections: number;
+  readonly nodes: readonly NodeConfig[];
+  /** The directory the config file is in (relative arbiter paths resolve against it). */
+  readonly baseDir: string;
+}
+
+const MAX_NODES = 16;
+const NAME = /^[A-Za-z0-9._-]{1,64}$/;
+const ROLES = ['peer', 'client', 'admin'] as const;
+const TOP_REQUIRED = ['cluster', 'arbiter', 'service', 'nodes'] as const;
+const INTS = [
+  'heartbeatMs', 'failureTimeoutMs', 'retransmitMs', 'arbiterRetryMs', 'joinIntervalMs', 'unackedEntriesMax',
+  'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections',
+] as const;
+type IntKey = (typeof INTS)[number];
+
+export function parseConfig(text: string, source: string, baseDir: string): ClusterConfig {
+  function fail(path: string, msg: string, code: 'E_CONFIG_INVALID' | 'E_NOT_IMPLEMENTED' = 'E_CONFIG_INVALID'): never {
+    throw new LockstepError(code, `${source}: ${path}: ${msg}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new LockstepError('E_CONFIG_PARSE', `${source}: not valid JSON${jsonErrorWhere(text, (e as Error).message)}`);
+  }
+
+  const object = (v: unknown, path: string, known: readonly string[], required: readonly string[]): Record<string, unknown> => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(path, `must be a JSON object, got ${describe(v)}`);
+    const o = v as Record<string, unknown>;
+    for (const k of Object.keys(o)) {
+      if (!known.includes(k)) {
+        const where = path === '(top level)' ? k : `${path}.${k}`;
+        const hint = k === 'bugs' ? ' (planted bugs are for the simulator only; a real node never runs with them)' : '';
+        throw new LockstepError('E_CONFIG_INVALID', `${source}: unknown key ${where}${hint}; known keys: ${known.join(', ')}`);
+      }
+    }
+    for (const k of required) if (!(k in o)) fail(path === '(top level)' ? k : `${path}.${k}`, 'missing; it is required');
+    return o;
+  };
+  const name = (v: unknown, path: string): string => {
+    if (typeof v !== 'string' || !NAME.test(v)) fail(path, `must be 1 to 64 letters, digits, '.', '_' or '-', got ${describe(v)}`);
+    return v;
+  };
+
+  const top = object(json, '(top level)', [...TOP_REQUIRED, ...INTS], TOP_REQUIRED);
+  const cluster = name(top.cluster, 'cluster');
+
+  if (typeof top.arbiter !== 'string') fail('arbiter', `must be a string such as "file:.lockstep/arbiter", got ${describe(top.arbiter)}`);
+  const arbiter = top.arbiter;
+  try {
+    parseArbiterSpec(arbiter);
+  } catch (e) {
+    if (isLockstepError(e)) fail('arbiter', e.message, e.code === 'E_NOT_IMPLEMENTED' ? e.code : 'E_CONFIG_INVALID');
+    throw e;
+  }
+
+  const svc = object(top.service, 'service', ['kind', 'mode'], ['kind', 'mode']);
+  if (svc.kind === 'wasm') fail('service.kind', 'the WebAssembly service is not built yet; use "kv"', 'E_NOT_IMPLEMENTED');
+  if (svc.kind !== 'kv') fail('service.kind', `must be "kv", got ${describe(svc.kind)}`);
+  if (svc.mode !== 'rsm' && svc.mode !== 'state-transfer') fail('service.mode', `must be "rsm" or "state-transfer", got ${describe(svc.mode)}`);
+  const service: ServiceConfig = { kind: 'kv', mode: svc.mode };
+
+  const int = (key: IntKey, dflt: number): number => {
+    const v = top[key];
+    if (v === undefined) return dflt;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) fail(key, `must be a positive integer, got ${describe(v)}`);
+    return v;
+  };
+  const heartbeatMs = int('heartbeatMs', DEFAULT_TIMING.heartbeatMs);
+  const failureTimeoutMs = int('failureTimeoutMs', DEFAULT_TIMING.failureTimeoutMs);
+  if (failureTimeoutMs <= 3 * heartbeatMs) {
+    fail('failureTimeoutMs', `failure timeout ${failureTimeoutMs} ms is not above 3 heartbeats of ${heartbeatMs} ms: a single late heartbeat would trigger a failover; raise failureTimeoutMs above ${3 * heartbeatMs} or lower heartbeatMs`);
+  }
+  const retransmitMs = int('retransmitMs', 3 * heartbeatMs);
+  if (retransmitMs >= failureTimeoutMs) fail('retransmitMs', `retransmit interval ${retransmitMs} ms must be below the failure timeout ${failureTimeoutMs} ms, or a lost frame is retransmitted only after a failover`);
+
+  if (!Array.isArray(top.nodes) || top.nodes.length < 1 || top.nodes.length > MAX_NODES) {
+    fail('nodes', `must be an array of 1 to ${MAX_NODES} nodes, got ${Array.isArray(top.nodes) ? `${top.nodes.length} nodes` : describe(top.nodes)}`);
+  }
+  const ids = new Map<string, string>();
+  const used: { host: string; port: number; path: string }[] = [];
+  const nodes = top.nodes.map((raw, i): NodeConfig => {
+    const path = `nodes[${i}]`;
+    const o = object(raw, path, ['id', ...ROLES], ['id', ...ROLES]);
+    const id = name(o.id, `${path}.id`);
+    const twin = ids.get(id);
+    if (twin !== undefined) fail(`${path}.id`, `node id ${id} is already used by ${twin}; node ids must be unique`);
+    ids.set(id, `${path}.id`);
+    const addr = (role: (typeof ROLES)[number]): NodeAddress => {
+      const p = `${path}.${role}`;
+      const a = parseAddress(o[role]);
+      if (typeof a === 'string') return fail(p, a);
+      const host = a.host.toLowerCase();
+      const clash = used.find((u) => u.port === a.port && (u.host === host || WILDCARD.has(u.host) || WILDCARD.has(host)));
+      if (clash) fail(p, `address ${formatAddress(a)} is already used by ${clash.path}; every node and role needs its own address`);
+      used.push({ host, port: a.port, path: p });
+      return a;
+    };
+    return { id, peer: addr('peer'), client: addr('client'), admin: addr('admin') };
+  });
+
+  return {
+    cluster, arbiter, service, heartbeatMs, failureTimeoutMs, retransmitMs,
+    arbiterRetryMs: int('arbiterRetryMs', Math.max(1, Math.floor(failureTimeoutMs / 2))),
+    joinIntervalMs: int('joinIntervalMs', 4 * heartbeatMs),
+    unackedEntriesMax: int('unackedEntriesMax', DEFAULT_TIMING.unackedEntriesMax),
+    unackedBytesMax: int('unackedBytesMax', DEFAULT_TIMING.unackedBytesMax),
+    frameEntriesMax: int('frameEntriesMax', DEFAULT_TIMING.frameEntriesMax),
+    frameBytesMax: int('frameBytesMax', DEFAULT_TIMING.frameBytesMax),
+    catchupEntriesMax: int('catchupEntriesMax', DEFAULT_TIMING.catchupEntriesMax),
+    maxClientConnections: int('maxClientConnections', 10_000),
+    nodes, baseDir,
+  };
+}
+
+export async function loadConfig(path: string): Promise<ClusterConfig> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new LockstepError('E_FILE_READ', `cannot read the config file ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return parseConfig(text, path, dirname(resolve(path)));
+}
+
+export function nodeOf(config: ClusterConfig, id: string): NodeConfig {
+  const node = config.nodes.find((n) => n.id === id);
+  if (!node) throw new LockstepError('E_UNKNOWN_NODE', `node ${id} is not in cluster ${config.cluster}; valid ids: ${config.nodes.map((n) => n.id).join(', ')}`);
+  return node;
+}
+
+export function coreConfigFor(config: ClusterConfig, id: string): CoreConfig {
+  nodeOf(config, id);
+  const { heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs } = config;
+  const { unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax } = config;
+  return {
+    id, nodes: config.nodes.map((n) => n.id), heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs,
+    unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax,
+  };
+}
+
+export function formatAddress(a: NodeAddress): string {
+  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+}
+
+/** Hosts that listen on every address: they clash with any host on the same port. */
+const WILDCARD = new Set(['0.0.0.0', '::']);
+const HOSTNAME = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+
+/** "host:port" or "[v6]:port" -> the address, or a message saying what is wrong. */
+function parseAddress(v: unknown): NodeAddress | string {
+  const usage = `must be "host:port" (IPv4 or hostname; "[::1]:port" for IPv6), got ${describe(v)}`;
+  if (typeof v !== 'string') return usage;
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(v) ?? /^([^:[\]]+):(\d{1,5})$/.exec(v);
+  if (!m) return usage;
+  const host = m[1]!;
+  const port = Number(m[2]);
+  const bracketed = v.startsWith('[');
+  if (bracketed ? !isIPv6(host) : !(isIPv4(host) || (HOSTNAME.test(host) && !/^[\d.]+$/.test(host)))) return usage;
+  if (port < 1 || port > 65535) return `port ${port} in ${JSON.stringify(v)} is out of range; use 1 to 65535`;
+  return { host, port };
+}
+
+function describe(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  const s = JSON.stringify(v);
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}
+
+/** " at line L, column C" from V8's "... in JSON at position N", when it gives one. */
+function jsonErrorWhere(text: string, message: string): string {
+  const reason = message.replace(/\s*in JSON at position \d+.*$/s, '').replace(/\s*\(line \d+ column \d+\)\s*$/, '');
+  const m = /at position (\d+)/.exec(message);
+  const pos = m ? Number(m[1]) : /end of JSON input/.test(message) ? text.length : null;
+  if (pos === null) return `: ${reason}`;
+  const before = text.slice(0, pos).split('\n');
+  return ` at line ${before.length}, column ${before[before.length - 1]!.length + 1}: ${reason}`;
+}

@@ -1,0 +1,185 @@
+// A real cluster for tests: every replica a child process (`lockstep node`), real TCP on
+// loopback, the file arbiter in a temp directory, real signals (kill -9, SIGSTOP, SIGCONT).
+// `stop()` kills every child and removes the directory; tests call it in `after` so nothing
+// is left behind even when an assertion fails.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { fetchStatus, type NodeStatus } from '../cli/admin-client.js';
+
+const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+
+export interface ProcessClusterOptions {
+  readonly nodes?: number;
+  readonly mode?: 'rsm' | 'state-transfer';
+  readonly heartbeatMs?: number;
+  readonly failureTimeoutMs?: number;
+  /** Extra top-level config fields. */
+  readonly extra?: Record<string, unknown>;
+}
+
+export interface ProcessNode {
+  readonly id: string;
+  readonly client: { host: string; port: number };
+  readonly peer: { host: string; port: number };
+  readonly admin: { host: string; port: number };
+  child: ChildProcess | null;
+}
+
+/** Ports that were free a moment ago (bind to 0, read, close). */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise<net.Server>((resolve, reject) => {
+      const s = net.createServer();
+      s.once('error', reject);
+      s.listen(0, '127.0.0.1', () => resolve(s));
+    })),
+  );
+  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  return ports;
+}
+
+export class ProcessCluster {
+  readonly dir: string;
+  readonly configPath: string;
+  readonly nodes: ProcessNode[] = [];
+  readonly cluster = 'test';
+
+  private constructor(dir: string) {
+    this.dir = dir;
+    this.configPath = join(dir, 'cluster.json');
+  }
+
+  static async start(opts: ProcessClusterOptions = {}): Promise<ProcessCluster> {
+    const count = opts.nodes ?? 3;
+    const c = new ProcessCluster(mkdtempSync(join(tmpdir(), 'lockstep-test-')));
+    try {
+      const ports = await freePorts(count * 3);
+      for (let i = 0; i < count; i++) {
+        c.nodes.push({
+          id: `n${i + 1}`,
+          client: { host: '127.0.0.1', port: ports[i * 3]! },
+          peer: { host: '127.0.0.1', port: ports[i * 3 + 1]! },
+          admin: { host: '127.0.0.1', port: ports[i * 3 + 2]! },
+          child: null,
+        });
+      }
+      const config = {
+        cluster: c.cluster,
+        arbiter: 'file:arbiter',
+        service: { kind: 'kv', mode: opts.mode ?? 'rsm' },
+        heartbeatMs: opts.heartbeatMs ?? 30,
+        failureTimeoutMs: opts.failureTimeoutMs ?? 300,
+        ...opts.extra,
+        nodes: c.nodes.map((n) => ({
+          id: n.id,
+          client: `${n.client.host}:${n.client.port}`,
+          peer: `${n.peer.host}:${n.peer.port}`,
+          admin: `${n.admin.host}:${n.admin.port}`,
+        })),
+      };
+      writeFileSync(c.configPath, JSON.stringify(config, null, 2));
+      // The first node starts first so that it wins the bootstrap; the rest are spares.
+      c.spawn('n1');
+      await c.waitFor(async () => (await c.status('n1'))?.role === 'primary', 30_000, 'n1 to become primary');
+      for (const n of c.nodes.slice(1)) c.spawn(n.id);
+      if (count > 1) await c.waitFor(async () => (await c.statuses()).some((s) => s?.role === 'backup'), 30_000, 'a backup to be recruited');
+      return c;
+    } catch (e) {
+      await c.stop();
+      throw e;
+    }
+  }
+
+  node(id: string): ProcessNode {
+    const n = this.nodes.find((x) => x.id === id);
+    if (!n) throw new Error(`no node ${id}`);
+    return n;
+  }
+
+  /** Start (or start again, as an empty spare) node `id`. */
+  spawn(id: string): ChildProcess {
+    const n = this.node(id);
+    const log = createWriteStream(join(this.dir, `${id}.log`), { flags: 'a' });
+    const child = spawn(process.execPath, [MAIN, 'node', '--config', this.configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout?.pipe(log);
+    child.stderr?.pipe(log);
+    n.child = child;
+    return child;
+  }
+
+  /** Send a signal to node `id` (SIGKILL, SIGSTOP, SIGCONT, SIGTERM). */
+  signal(id: string, sig: NodeJS.Signals): void {
+    const child = this.node(id).child;
+    if (!child || child.pid === undefined) throw new Error(`${id} is not running`);
+    process.kill(child.pid, sig);
+  }
+
+  async kill9(id: string): Promise<void> {
+    const child = this.node(id).child;
+    if (!child) return;
+    const exited = new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())));
+    this.signal(id, 'SIGKILL');
+    await exited;
+    this.node(id).child = null;
+  }
+
+  status(id: string): Promise<NodeStatus | null> {
+    return fetchStatus(this.node(id).admin, 1000);
+  }
+
+  statuses(): Promise<(NodeStatus | null)[]> {
+    return Promise.all(this.nodes.map((n) => fetchStatus(n.admin, 1000)));
+  }
+
+  async primary(): Promise<NodeStatus | null> {
+    return (await this.statuses()).find((s) => s?.role === 'primary') ?? null;
+  }
+
+  clientAddresses(): string[] {
+    return this.nodes.map((n) => `${n.client.host}:${n.client.port}`);
+  }
+
+  log(id: string): string {
+    try {
+      return readFileSync(join(this.dir, `${id}.log`), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** Poll `pred` until it holds, or fail after `timeoutMs` naming what was awaited. */
+  async waitFor(pred: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      if (await pred()) return;
+      if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  /** Kill every child (SIGCONT first, in case one is stopped) and remove the directory. */
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.nodes.map(async (n) => {
+        const child = n.child;
+        n.child = null;
+        if (!child || child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
+        const exited = new Promise<void>((r) => child.once('exit', () => r()));
+        try {
+          process.kill(child.pid, 'SIGCONT');
+          process.kill(child.pid, 'SIGKILL');
+        } catch {
+          return;
+        }
+        await exited;
+      }),
+    );
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}

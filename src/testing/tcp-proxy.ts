@@ -1,0 +1,81 @@
+// A TCP proxy for fault tests: forwards between a listening port and a target, and can cut
+// the traffic (both ways or one way) or, as 6.824's "unreliable" network does, drop a reply
+// after the request went through (then close the connection, so the client must retry).
+
+import net from 'node:net';
+
+export type Direction = 'both' | 'to-target' | 'from-target';
+
+export class TcpProxy {
+  private server: net.Server | null = null;
+  private readonly pairs = new Set<[net.Socket, net.Socket]>();
+  /** Traffic in these directions is dropped (connections stay open: a silent cut). */
+  cut: Direction | null = null;
+  /** Probability that a chunk from the target is dropped and the connection closed. */
+  dropReplies = 0;
+  private rng: () => number;
+  port = 0;
+
+  constructor(
+    private readonly target: { host: string; port: number },
+    seed = 1,
+  ) {
+    let s = seed >>> 0;
+    this.rng = () => {
+      s = (s + 0x6d2b79f5) >>> 0;
+      let z = s;
+      z = Math.imul(z ^ (z >>> 15), z | 1);
+      z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
+      return ((z ^ (z >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+
+  async start(port = 0): Promise<number> {
+    const server = net.createServer((client) => this.accept(client));
+    this.server = server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => resolve());
+    });
+    this.port = (server.address() as net.AddressInfo).port;
+    return this.port;
+  }
+
+  private accept(client: net.Socket): void {
+    const upstream = net.connect(this.target);
+    const pair: [net.Socket, net.Socket] = [client, upstream];
+    this.pairs.add(pair);
+    const close = (): void => {
+      client.destroy();
+      upstream.destroy();
+      this.pairs.delete(pair);
+    };
+    client.on('data', (d) => {
+      if (this.cut !== 'both' && this.cut !== 'to-target') upstream.write(d);
+    });
+    upstream.on('data', (d) => {
+      if (this.cut === 'both' || this.cut === 'from-target') return;
+      if (this.dropReplies > 0 && this.rng() < this.dropReplies) return close();
+      client.write(d);
+    });
+    client.on('error', close);
+    upstream.on('error', close);
+    client.on('close', close);
+    upstream.on('close', close);
+  }
+
+  /** Close every proxied connection now (a broken cable). */
+  reset(): void {
+    for (const [a, b] of this.pairs) {
+      a.destroy();
+      b.destroy();
+    }
+    this.pairs.clear();
+  }
+
+  async stop(): Promise<void> {
+    this.reset();
+    const s = this.server;
+    if (s) await new Promise<void>((r) => s.close(() => r()));
+  }
+}

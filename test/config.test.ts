@@ -1,0 +1,182 @@
+// The cluster config file: a valid file parses with every default filled in, and each kind of
+// mistake is refused before anything starts, with the right code and a message naming the
+// JSON path. Table-driven: each case is a small edit of one valid config.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_TIMING } from '../src/core/types.js';
+import { isLockstepError } from '../src/errors.js';
+import { coreConfigFor, formatAddress, loadConfig, nodeOf, parseConfig } from '../src/node/config.js';
+
+type Json = Record<string, unknown>;
+
+function base(): Json {
+  return {
+    cluster: 'demo',
+    arbiter: 'file:.lockstep/arbiter',
+    service: { kind: 'kv', mode: 'rsm' },
+    heartbeatMs: 50,
+    failureTimeoutMs: 500,
+    nodes: [1, 2, 3].map((i) => ({ id: `n${i}`, peer: `127.0.0.1:710${i}`, client: `127.0.0.1:700${i}`, admin: `127.0.0.1:720${i}` })),
+  };
+}
+const parse = (j: Json) => parseConfig(JSON.stringify(j, null, 2), 'cluster.json', '/etc/lockstep');
+const node = (j: Json, i: number) => (j.nodes as Json[])[i]!;
+
+test('a valid config parses with the defaults filled in', () => {
+  const c = parse(base());
+  assert.equal(c.cluster, 'demo');
+  assert.equal(c.arbiter, 'file:.lockstep/arbiter');
+  assert.equal(c.baseDir, '/etc/lockstep');
+  assert.deepEqual(c.service, { kind: 'kv', mode: 'rsm' });
+  assert.deepEqual(c.nodes[1], { id: 'n2', peer: { host: '127.0.0.1', port: 7102 }, client: { host: '127.0.0.1', port: 7002 }, admin: { host: '127.0.0.1', port: 7202 } });
+  assert.equal(c.retransmitMs, 150);
+  assert.equal(c.arbiterRetryMs, 250);
+  assert.equal(c.joinIntervalMs, 200);
+  assert.equal(c.maxClientConnections, 10_000);
+  assert.equal(c.unackedBytesMax, DEFAULT_TIMING.unackedBytesMax);
+  assert.equal(c.catchupEntriesMax, DEFAULT_TIMING.catchupEntriesMax);
+
+  const j = base();
+  delete j.heartbeatMs;
+  delete j.failureTimeoutMs;
+  Object.assign(j, { frameEntriesMax: 7, arbiterRetryMs: 99, service: { kind: 'kv', mode: 'state-transfer' } });
+  const d = parse(j);
+  assert.equal(d.heartbeatMs, DEFAULT_TIMING.heartbeatMs);
+  assert.equal(d.failureTimeoutMs, DEFAULT_TIMING.failureTimeoutMs);
+  assert.equal(d.frameEntriesMax, 7);
+  assert.equal(d.arbiterRetryMs, 99);
+  assert.equal(d.service.mode, 'state-transfer');
+
+  const h = base();
+  Object.assign(h, { heartbeatMs: 20, failureTimeoutMs: 101 });
+  const e = parse(h);
+  assert.deepEqual([e.retransmitMs, e.arbiterRetryMs, e.joinIntervalMs], [60, 50, 80]);
+});
+
+test('addresses: hostnames, IPv6 in brackets, formatAddress round-trips', () => {
+  const j = base();
+  Object.assign(node(j, 0), { peer: 'db-1.example.com:7101', client: '[::1]:7001', admin: '[fe80::1]:7201' });
+  const c = parse(j);
+  assert.deepEqual(c.nodes[0]!.client, { host: '::1', port: 7001 });
+  assert.equal(formatAddress(c.nodes[0]!.client), '[::1]:7001');
+  assert.equal(formatAddress(c.nodes[0]!.peer), 'db-1.example.com:7101');
+  // The same port on different hosts is fine (one node per machine).
+  const k = base();
+  Object.assign(node(k, 1), { peer: '10.0.0.2:7101', client: '10.0.0.2:7001', admin: '10.0.0.2:7201' });
+  Object.assign(node(k, 0), { peer: '10.0.0.1:7101', client: '10.0.0.1:7001', admin: '10.0.0.1:7201' });
+  assert.equal(parse(k).nodes.length, 3);
+});
+
+test('nodeOf and coreConfigFor', () => {
+  const c = parse(base());
+  assert.equal(nodeOf(c, 'n3').client.port, 7003);
+  assert.throws(() => nodeOf(c, 'n9'), (e) => isLockstepError(e) && e.code === 'E_UNKNOWN_NODE' && e.message.includes('n9') && e.message.includes('n1, n2, n3'));
+  assert.throws(() => coreConfigFor(c, 'n9'), (e) => isLockstepError(e) && e.code === 'E_UNKNOWN_NODE');
+  const core = coreConfigFor(c, 'n2');
+  assert.deepEqual(core, {
+    id: 'n2', nodes: ['n1', 'n2', 'n3'], heartbeatMs: 50, failureTimeoutMs: 500, retransmitMs: 150, arbiterRetryMs: 250, joinIntervalMs: 200,
+    unackedEntriesMax: DEFAULT_TIMING.unackedEntriesMax, unackedBytesMax: DEFAULT_TIMING.unackedBytesMax,
+    frameEntriesMax: DEFAULT_TIMING.frameEntriesMax, frameBytesMax: DEFAULT_TIMING.frameBytesMax, catchupEntriesMax: DEFAULT_TIMING.catchupEntriesMax,
+  });
+  assert.ok(!('bugs' in core));
+});
+
+// [name, edit of the base config, code, substrings the message must contain]
+const cases: [string, (j: Json) => void, string, string[]][] = [
+  ['unknown top-level key', (j) => { j.heartbeatMS = 5; }, 'E_CONFIG_INVALID', ['unknown key heartbeatMS', 'known keys: cluster, arbiter']],
+  ['unknown node key', (j) => { node(j, 0).clinet = 'x'; }, 'E_CONFIG_INVALID', ['unknown key nodes[0].clinet', 'known keys: id, peer, client, admin']],
+  ['unknown service key', (j) => { (j.service as Json).size = 1; }, 'E_CONFIG_INVALID', ['unknown key service.size']],
+  ['bugs is refused', (j) => { j.bugs = { noOutputRule: true }; }, 'E_CONFIG_INVALID', ['unknown key bugs', 'simulator only']],
+  ['missing cluster', (j) => { delete j.cluster; }, 'E_CONFIG_INVALID', ['cluster: missing']],
+  ['missing nodes', (j) => { delete j.nodes; }, 'E_CONFIG_INVALID', ['nodes: missing']],
+  ['missing node address', (j) => { delete node(j, 2).admin; }, 'E_CONFIG_INVALID', ['nodes[2].admin: missing']],
+  ['missing service mode', (j) => { j.service = { kind: 'kv' }; }, 'E_CONFIG_INVALID', ['service.mode: missing']],
+  ['service not an object', (j) => { j.service = 'kv'; }, 'E_CONFIG_INVALID', ['service: must be a JSON object', '"kv"']],
+  ['node not an object', (j) => { (j.nodes as unknown[])[1] = 'n2'; }, 'E_CONFIG_INVALID', ['nodes[1]: must be a JSON object']],
+  ['cluster name', (j) => { j.cluster = 'my cluster'; }, 'E_CONFIG_INVALID', ['cluster: must be 1 to 64 letters', '"my cluster"']],
+  ['cluster name too long', (j) => { j.cluster = 'x'.repeat(65); }, 'E_CONFIG_INVALID', ['cluster:']],
+  ['cluster not a string', (j) => { j.cluster = 7; }, 'E_CONFIG_INVALID', ['cluster:', 'got 7']],
+  ['node id', (j) => { node(j, 1).id = 'n/2'; }, 'E_CONFIG_INVALID', ['nodes[1].id: must be']],
+  ['duplicate node id', (j) => { node(j, 2).id = 'n1'; }, 'E_CONFIG_INVALID', ['nodes[2].id', 'already used by nodes[0].id']],
+  ['no port', (j) => { node(j, 1).client = '127.0.0.1'; }, 'E_CONFIG_INVALID', ['nodes[1].client: must be "host:port"']],
+  ['port 0', (j) => { node(j, 1).client = '127.0.0.1:0'; }, 'E_CONFIG_INVALID', ['nodes[1].client: port 0', '1 to 65535']],
+  ['port too big', (j) => { node(j, 1).peer = '127.0.0.1:65536'; }, 'E_CONFIG_INVALID', ['nodes[1].peer: port 65536']],
+  ['port not a number', (j) => { node(j, 1).peer = 'localhost:http'; }, 'E_CONFIG_INVALID', ['nodes[1].peer: must be "host:port"']],
+  ['bad IPv4', (j) => { node(j, 0).admin = '300.1.1.1:7201'; }, 'E_CONFIG_INVALID', ['nodes[0].admin']],
+  ['bare IPv6', (j) => { node(j, 0).admin = '::1:7201'; }, 'E_CONFIG_INVALID', ['nodes[0].admin', '[::1]:port']],
+  ['bad host', (j) => { node(j, 0).admin = 'a_b:7201'; }, 'E_CONFIG_INVALID', ['nodes[0].admin']],
+  ['address not a string', (j) => { node(j, 0).peer = 7101; }, 'E_CONFIG_INVALID', ['nodes[0].peer', 'got 7101']],
+  ['duplicate address across nodes', (j) => { node(j, 1).client = '127.0.0.1:7001'; }, 'E_CONFIG_INVALID', ['nodes[1].client', '127.0.0.1:7001', 'already used by nodes[0].client']],
+  ['duplicate address across roles', (j) => { node(j, 0).admin = '127.0.0.1:7101'; }, 'E_CONFIG_INVALID', ['nodes[0].admin', 'already used by nodes[0].peer']],
+  ['duplicate port with a wildcard host', (j) => { node(j, 2).peer = '0.0.0.0:7001'; }, 'E_CONFIG_INVALID', ['nodes[2].peer', 'already used by nodes[0].client']],
+  ['duplicate address, host case', (j) => { node(j, 0).peer = 'Host:9000'; node(j, 1).peer = 'host:9000'; }, 'E_CONFIG_INVALID', ['nodes[1].peer']],
+  ['no nodes', (j) => { j.nodes = []; }, 'E_CONFIG_INVALID', ['nodes: must be an array of 1 to 16']],
+  ['17 nodes', (j) => { j.nodes = Array.from({ length: 17 }, (_, i) => ({ id: `n${i}`, peer: `h:${8000 + i}`, client: `h:${9000 + i}`, admin: `h:${10000 + i}` })); }, 'E_CONFIG_INVALID', ['nodes: must be an array of 1 to 16', '17 nodes']],
+  ['nodes not an array', (j) => { j.nodes = { n1: {} }; }, 'E_CONFIG_INVALID', ['nodes: must be an array']],
+  ['heartbeat not an integer', (j) => { j.heartbeatMs = 12.5; }, 'E_CONFIG_INVALID', ['heartbeatMs: must be a positive integer', '12.5']],
+  ['heartbeat zero', (j) => { j.heartbeatMs = 0; }, 'E_CONFIG_INVALID', ['heartbeatMs: must be a positive integer']],
+  ['heartbeat a string', (j) => { j.heartbeatMs = '50'; }, 'E_CONFIG_INVALID', ['heartbeatMs: must be a positive integer', '"50"']],
+  ['negative limit', (j) => { j.unackedBytesMax = -1; }, 'E_CONFIG_INVALID', ['unackedBytesMax: must be a positive integer']],
+  ['maxClientConnections zero', (j) => { j.maxClientConnections = 0; }, 'E_CONFIG_INVALID', ['maxClientConnections']],
+  ['failure timeout too short', (j) => { j.failureTimeoutMs = 100; }, 'E_CONFIG_INVALID', ['failureTimeoutMs: failure timeout 100 ms is not above 3 heartbeats of 50 ms: a single late heartbeat would trigger a failover']],
+  ['failure timeout exactly 3 heartbeats', (j) => { j.failureTimeoutMs = 150; }, 'E_CONFIG_INVALID', ['failureTimeoutMs']],
+  ['retransmit not below the failure timeout', (j) => { j.retransmitMs = 500; }, 'E_CONFIG_INVALID', ['retransmitMs: retransmit interval 500 ms must be below the failure timeout 500 ms']],
+  ['wasm service', (j) => { j.service = { kind: 'wasm', mode: 'rsm' }; }, 'E_NOT_IMPLEMENTED', ['service.kind: the WebAssembly service is not built yet']],
+  ['unknown service kind', (j) => { j.service = { kind: 'sql', mode: 'rsm' }; }, 'E_CONFIG_INVALID', ['service.kind: must be "kv"', '"sql"']],
+  ['bad mode', (j) => { j.service = { kind: 'kv', mode: 'lockstep' }; }, 'E_CONFIG_INVALID', ['service.mode: must be "rsm" or "state-transfer"']],
+  ['arbiter not a string', (j) => { j.arbiter = { file: 'x' }; }, 'E_CONFIG_INVALID', ['arbiter: must be a string']],
+  ['arbiter file: empty', (j) => { j.arbiter = 'file:'; }, 'E_CONFIG_INVALID', ['arbiter:', 'names no directory']],
+  ['arbiter unknown', (j) => { j.arbiter = '/var/lib/arb'; }, 'E_CONFIG_INVALID', ['arbiter:', 'use file:DIR']],
+  ['arbiter etcd', (j) => { j.arbiter = 'etcd://10.0.0.1:2379'; }, 'E_NOT_IMPLEMENTED', ['arbiter:', 'etcd arbiter is not built yet']],
+];
+
+for (const [name, edit, code, parts] of cases) {
+  test(`refused: ${name}`, () => {
+    const j = base();
+    edit(j);
+    assert.throws(() => parse(j), (e: unknown) => {
+      assert.ok(isLockstepError(e), `not a LockstepError: ${String(e)}`);
+      assert.equal(e.code, code, e.message);
+      assert.ok(e.message.startsWith('cluster.json: '), e.message);
+      for (const p of parts) assert.ok(e.message.includes(p), `${JSON.stringify(e.message)} lacks ${JSON.stringify(p)}`);
+      return true;
+    });
+  });
+}
+
+test('memory: is an accepted arbiter', () => {
+  const j = base();
+  j.arbiter = 'memory:';
+  assert.equal(parse(j).arbiter, 'memory:');
+});
+
+test('invalid JSON: E_CONFIG_PARSE with line and column', () => {
+  const bad: [string, string][] = [
+    ['{\n  "cluster": "demo",\n}', 'at line 3, column 1'],
+    ['{\n  "cluster" "demo"\n}', 'at line 2, column 13'],
+    ['{"cluster":', 'at line 1, column 12'],
+    ['', 'at line 1, column 1'],
+  ];
+  for (const [text, where] of bad) {
+    assert.throws(() => parseConfig(text, 'c.json', '/'), (e) => isLockstepError(e) && e.code === 'E_CONFIG_PARSE' && e.message.startsWith('c.json: not valid JSON') && e.message.includes(where), text);
+  }
+  assert.throws(() => parseConfig('[]', 'c.json', '/'), (e) => isLockstepError(e) && e.code === 'E_CONFIG_INVALID' && e.message.includes('must be a JSON object'));
+});
+
+test('loadConfig: reads the file, baseDir is its directory; a missing file is E_FILE_READ', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-config-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'cluster.json');
+  writeFileSync(path, JSON.stringify(base()));
+  const c = await loadConfig(path);
+  assert.equal(c.baseDir, dir);
+  assert.equal(c.nodes.length, 3);
+  await assert.rejects(loadConfig(join(dir, 'nope.json')), (e) => isLockstepError(e) && e.code === 'E_FILE_READ' && e.message.includes('nope.json') && e.message.includes('ENOENT'));
+  await assert.rejects(loadConfig(dir), (e) => isLockstepError(e) && e.code === 'E_FILE_READ' && e.message.includes('EISDIR'));
+  writeFileSync(path, '{"cluster": "demo"');
+  await assert.rejects(loadConfig(path), (e) => isLockstepError(e) && e.code === 'E_CONFIG_PARSE' && e.message.startsWith(`${path}: `));
+});

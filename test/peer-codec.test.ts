@@ -1,0 +1,211 @@
+// Tests for the logging channel's wire format: the peer codec (src/net/peer-codec.ts) round
+// trips every message kind exactly, refuses truncated and garbage input with PeerCodecError
+// (fuzzed), and the framing (src/net/framing.ts) survives any split and refuses an oversize
+// length before buffering its body.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  PROTOCOL_VERSION,
+  PeerCodecError,
+  decodeHandshake,
+  decodePeerMessage,
+  encodeHandshake,
+  encodePeerMessage,
+  type Handshake,
+} from '../src/net/peer-codec.js';
+import { FrameDecoder, FramingError, frame } from '../src/net/framing.js';
+import { validateMessage } from '../src/core/validate.js';
+import type { PeerMessage, View } from '../src/core/types.js';
+import { Rng } from '../src/sim/rng.js';
+
+const rng = new Rng(4242);
+const bytes = (n: number): Uint8Array => Uint8Array.from({ length: n }, () => rng.u32() & 0xff);
+
+const V1: View = { epoch: 1, primary: 'a', backup: null };
+const V2: View = { epoch: 7, primary: 'node-b', backup: 'node-c' };
+const V3: View = { epoch: 2 ** 40, primary: 'ünïcødé ☃', backup: 'z' };
+
+const MESSAGES: PeerMessage[] = [
+  { type: 'frame', view: V1, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null },
+  { type: 'frame', view: V2, seq: 99, prevIndex: 10, payloads: [new Uint8Array(0), bytes(1), bytes(300)], primaryIndex: 13, pendingView: V1 },
+  { type: 'frame', view: V3, seq: 2 ** 53 - 1, prevIndex: 0, payloads: Array.from({ length: 5000 }, () => bytes(rng.int(0, 40))), primaryIndex: 5000, pendingView: V2 },
+  { type: 'frame', view: V2, seq: 3, prevIndex: 5, payloads: [bytes(200_000), bytes(3)], primaryIndex: 7, pendingView: null },
+  { type: 'snapshot', view: V2, seq: 5, index: 1234, data: bytes(1 << 20) },
+  { type: 'snapshot', view: V1, seq: 1, index: 0, data: new Uint8Array(0) },
+  { type: 'ack', epoch: 7, seq: 99, ackedIndex: 13, gap: false },
+  { type: 'ack', epoch: 1, seq: 1, ackedIndex: 0, gap: true },
+  { type: 'refuse', epoch: 12, reason: 'stale epoch: I know epoch 12 ☃' },
+  { type: 'refuse', epoch: 0, reason: '' },
+  { type: 'join' },
+];
+
+test('every message kind round-trips exactly, from a Uint8Array and from a Buffer', () => {
+  for (const msg of MESSAGES) {
+    const enc = encodePeerMessage(msg);
+    assert.deepEqual(decodePeerMessage(enc), msg);
+    // As the transport hands it over: a Buffer cut out of a socket chunk. Payloads still
+    // come out as plain Uint8Arrays (deepEqual checks the prototype).
+    const framed = frame(enc);
+    const d = new FrameDecoder(4 << 20);
+    d.push(framed);
+    const f = d.next();
+    assert.ok(f !== null && Buffer.isBuffer(f));
+    const dec = decodePeerMessage(f);
+    assert.deepEqual(dec, msg);
+    assert.equal(validateMessage(dec), dec, `${msg.type} validates`);
+  }
+  // Structure only: values the core would refuse still round-trip.
+  const odd = { type: 'frame', view: { epoch: 0, primary: null, backup: '' }, seq: 0, prevIndex: 9, payloads: [], primaryIndex: 0, pendingView: null } as const;
+  assert.deepEqual(decodePeerMessage(encodePeerMessage(odd as unknown as PeerMessage)), odd);
+  assert.equal(encodePeerMessage({ type: 'join' }).length, 1);
+  assert.equal(encodePeerMessage({ type: 'ack', epoch: 3, seq: 4, ackedIndex: 100, gap: false }).length, 5);
+});
+
+test('decoded payloads are views into the frame buffer (no copy)', () => {
+  const msg: PeerMessage = { type: 'frame', view: V2, seq: 2, prevIndex: 0, payloads: [bytes(10), bytes(10)], primaryIndex: 2, pendingView: null };
+  const enc = encodePeerMessage(msg);
+  const dec = decodePeerMessage(enc) as { payloads: Uint8Array[] };
+  assert.equal(dec.payloads[0]!.buffer, enc.buffer);
+});
+
+test('truncated input, trailing bytes, unknown tags and bad flag bytes throw PeerCodecError', () => {
+  const isCodecError = (e: unknown): boolean => e instanceof PeerCodecError;
+  for (const msg of MESSAGES) {
+    const enc = encodePeerMessage(msg);
+    if (enc.length > 2000) continue; // the big ones: a few cut points below
+    for (let n = 0; n < enc.length; n++) assert.throws(() => decodePeerMessage(enc.subarray(0, n)), isCodecError, `${msg.type} cut at ${n}`);
+    assert.throws(() => decodePeerMessage(Uint8Array.from([...enc, 0])), isCodecError, `${msg.type} + trailing byte`);
+  }
+  const big = encodePeerMessage(MESSAGES[4]!);
+  for (const n of [0, 1, 5, big.length - 1]) assert.throws(() => decodePeerMessage(big.subarray(0, n)), isCodecError);
+  assert.throws(() => decodePeerMessage(Uint8Array.of(0)), /unknown message tag 0/);
+  assert.throws(() => decodePeerMessage(Uint8Array.of(200)), /unknown message tag 200/);
+  assert.throws(() => decodePeerMessage(Uint8Array.of(3, 1, 1, 1, 2)), /bad boolean/); // ack, gap = 2
+  assert.throws(() => decodePeerMessage(Uint8Array.of(2, 1, 4)), /bad view flags/); // snapshot, view flags 4
+  // A payload count larger than the bytes left is refused before allocating for it.
+  const w = Uint8Array.of(1, 1, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f);
+  assert.throws(() => decodePeerMessage(w), /payloads in/);
+});
+
+test('fuzz: garbage and mutated messages throw PeerCodecError or decode to something validateMessage handles', () => {
+  const small = MESSAGES.filter((m) => encodePeerMessage(m).length < 2000).map(encodePeerMessage);
+  let decoded = 0;
+  let refused = 0;
+  for (let iter = 0; iter < 20_000; iter++) {
+    let input: Uint8Array;
+    if (iter % 2 === 0) {
+      input = Uint8Array.from({ length: rng.int(0, 40) }, () => (rng.chance(0.5) ? rng.int(0, 6) : rng.u32() & 0xff));
+    } else {
+      input = Uint8Array.from(rng.pick(small));
+      for (let k = rng.int(1, 4); k > 0; k--) input[rng.int(0, input.length - 1)] = rng.u32() & 0xff;
+      if (rng.chance(0.2)) input = input.subarray(0, rng.int(0, input.length));
+    }
+    let out: unknown;
+    try {
+      out = decodePeerMessage(input);
+    } catch (e) {
+      if (!(e instanceof PeerCodecError)) throw e;
+      refused++;
+      continue;
+    }
+    decoded++;
+    const v = validateMessage(out);
+    if (typeof v !== 'string') assert.deepEqual(decodePeerMessage(encodePeerMessage(v)), out, 'a valid decode re-encodes to itself');
+  }
+  assert.ok(decoded > 1000 && refused > 1000, `decoded ${decoded}, refused ${refused}`);
+});
+
+test('handshake: round trip, a foreign version still decodes, garbage and stray clients refused', () => {
+  const hs: Handshake[] = [
+    { cluster: 'prod', nodeId: 'a', protocolVersion: PROTOCOL_VERSION, epoch: 0 },
+    { cluster: 'ünï ☃', nodeId: 'node-with-a-long-name-'.repeat(10), protocolVersion: 9, epoch: 2 ** 50 },
+  ];
+  for (const h of hs) {
+    const enc = encodeHandshake(h);
+    assert.equal(Buffer.from(enc.subarray(0, 4)).toString('latin1'), 'LSTP');
+    assert.deepEqual(decodeHandshake(enc), h);
+    assert.deepEqual(decodeHandshake(Buffer.from(enc)), h);
+    for (let n = 0; n < enc.length; n++) assert.throws(() => decodeHandshake(enc.subarray(0, n)), PeerCodecError);
+    assert.throws(() => decodeHandshake(Uint8Array.from([...enc, 1])), /trailing/);
+  }
+  assert.throws(() => decodeHandshake(Buffer.from('*1\r\n$4\r\nPING\r\n')), /bad magic/);
+  assert.throws(() => decodeHandshake(Buffer.from('GET / HTTP/1.1\r\n')), /bad magic/);
+  assert.throws(() => decodeHandshake(encodePeerMessage({ type: 'join' })), /bad magic/);
+  for (let i = 0; i < 2000; i++) {
+    const g = Uint8Array.from([0x4c, 0x53, 0x54, 0x50, ...Array.from({ length: rng.int(0, 20) }, () => rng.u32() & 0xff)]);
+    try {
+      decodeHandshake(g);
+    } catch (e) {
+      assert.ok(e instanceof PeerCodecError);
+    }
+  }
+});
+
+function drain(d: FrameDecoder): Buffer[] {
+  const out: Buffer[] = [];
+  for (let f = d.next(); f !== null; f = d.next()) out.push(f);
+  return out;
+}
+
+test('framing: a stream of frames split at every boundary, and one byte at a time', () => {
+  const payloads = [bytes(0), bytes(1), bytes(5), bytes(300), bytes(0), bytes(17)];
+  const wire = Buffer.concat(payloads.map(frame));
+  const expected = payloads.map((p) => Buffer.from(p));
+  for (let i = 0; i <= wire.length; i++) {
+    for (const j of [i, Math.min(wire.length, i + 1), Math.min(wire.length, i + 4), wire.length]) {
+      const d = new FrameDecoder(1000);
+      const got: Buffer[] = [];
+      for (const c of [wire.subarray(0, i), wire.subarray(i, j), wire.subarray(j)]) {
+        d.push(c);
+        got.push(...drain(d));
+      }
+      assert.deepEqual(got, expected, `split at ${i},${j}`);
+      assert.equal(d.bufferedBytes, 0);
+    }
+  }
+  const d = new FrameDecoder(1000);
+  const got: Buffer[] = [];
+  for (let i = 0; i < wire.length; i++) {
+    d.push(wire.subarray(i, i + 1));
+    got.push(...drain(d));
+  }
+  assert.deepEqual(got, expected);
+});
+
+test('framing: many small frames in one chunk are views; a big frame in many chunks is joined once', () => {
+  const many = Array.from({ length: 10_000 }, (_, i) => bytes(i % 20));
+  const chunk = Buffer.concat(many.map(frame));
+  const d = new FrameDecoder(1 << 20);
+  d.push(chunk);
+  const got = drain(d);
+  assert.deepEqual(got, many.map((p) => Buffer.from(p)));
+  assert.ok(got.every((f) => f.length === 0 || f.buffer === chunk.buffer), 'no copies');
+
+  const big = bytes(3 << 20);
+  const wire = frame(big);
+  const d2 = new FrameDecoder(4 << 20);
+  let out: Buffer[] = [];
+  for (let i = 0; i < wire.length; i += 4099) {
+    d2.push(wire.subarray(i, i + 4099));
+    const fs = drain(d2);
+    if (i + 4099 < wire.length) assert.equal(fs.length, 0);
+    out = out.concat(fs);
+  }
+  assert.equal(out.length, 1);
+  assert.ok(Buffer.from(big).equals(out[0]!));
+});
+
+test('framing: an oversize length is refused as soon as its header is in', () => {
+  const d = new FrameDecoder(1000);
+  d.push(Buffer.from([0, 0]));
+  assert.equal(d.next(), null);
+  d.push(Buffer.from([3, 0xe9])); // 1001
+  assert.throws(() => d.next(), (e: unknown) => e instanceof FramingError && /1001 bytes exceeds the maximum of 1000/.test(e.message));
+  const d2 = new FrameDecoder(64 * 1024);
+  d2.push(Buffer.from('*1\r\n$4\r\nPING\r\n')); // a stray RESP client: its first 4 bytes read as ~700 MB
+  assert.throws(() => d2.next(), FramingError);
+  const d3 = new FrameDecoder(1000);
+  d3.push(frame(new Uint8Array(1000)));
+  assert.equal(drain(d3)[0]!.length, 1000, 'exactly the maximum is fine');
+});
