@@ -17,6 +17,7 @@ export interface NodeStatus {
   readonly heldOutputs: number;
   /** The guest state's digest (equal on replicas at the same log index). */
   readonly digest: string;
+  readonly rssBytes: number;
   readonly view: { epoch: number; primary: string | null; backup: string | null };
   readonly pid: number;
 }

@@ -12,7 +12,16 @@ import { DEFAULT_TIMING, type CoreConfig } from '../core/types.js';
 import { parseArbiterSpec } from '../arbiter/types.js';
 
 export interface NodeAddress { readonly host: string; readonly port: number }
-export interface NodeConfig { readonly id: string; readonly peer: NodeAddress; readonly client: NodeAddress; readonly admin: NodeAddress }
+export interface NodeConfig {
+  readonly id: string;
+  /** Where the other replicas reach this one's logging channel. */
+  readonly peer: NodeAddress;
+  /** Where this replica listens for its logging channel: `peer` unless the config sets
+   *  `peerListen` (a proxy or NAT between them; the fault tests put a TCP proxy there). */
+  readonly peerListen: NodeAddress;
+  readonly client: NodeAddress;
+  readonly admin: NodeAddress;
+}
 export interface ServiceConfig { readonly kind: 'kv'; readonly mode: 'rsm' | 'state-transfer' }
 export interface ClusterConfig {
   readonly cluster: string;
@@ -112,12 +121,12 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
   const used: { host: string; port: number; path: string }[] = [];
   const nodes = top.nodes.map((raw, i): NodeConfig => {
     const path = `nodes[${i}]`;
-    const o = object(raw, path, ['id', ...ROLES], ['id', ...ROLES]);
+    const o = object(raw, path, ['id', ...ROLES, 'peerListen'], ['id', ...ROLES]);
     const id = name(o.id, `${path}.id`);
     const twin = ids.get(id);
     if (twin !== undefined) fail(`${path}.id`, `node id ${id} is already used by ${twin}; node ids must be unique`);
     ids.set(id, `${path}.id`);
-    const addr = (role: (typeof ROLES)[number]): NodeAddress => {
+    const addr = (role: (typeof ROLES)[number] | 'peerListen'): NodeAddress => {
       const p = `${path}.${role}`;
       const a = parseAddress(o[role]);
       if (typeof a === 'string') return fail(p, a);
@@ -127,7 +136,9 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
       used.push({ host, port: a.port, path: p });
       return a;
     };
-    return { id, peer: addr('peer'), client: addr('client'), admin: addr('admin') };
+    const peer = addr('peer');
+    const peerListen = o.peerListen === undefined ? peer : addr('peerListen');
+    return { id, peer, peerListen, client: addr('client'), admin: addr('admin') };
   });
 
   return {

@@ -100,7 +100,7 @@ export class ReplicaNode implements NodeView {
     this.transport = new PeerTransport({
       cluster: config.cluster,
       self: id,
-      listen: self.peer,
+      listen: self.peerListen,
       peers: new Map(config.nodes.filter((n) => n.id !== id).map((n) => [n.id, n.peer])),
       maxFrameBytes: PEER_MAX_FRAME_BYTES,
       maxQueuedBytes: PEER_MAX_QUEUED_BYTES,
@@ -128,7 +128,7 @@ export class ReplicaNode implements NodeView {
 
   async start(): Promise<void> {
     const self = nodeOf(this.config, this.id);
-    await this.listen('peer', self.peer, () => this.transport.start());
+    await this.listen('peer', self.peerListen, () => this.transport.start());
     const clientServer = net.createServer((s) => this.acceptClient(s));
     this.clientServer = clientServer;
     await this.listen('client', self.client, () => listenOn(clientServer, self.client));
@@ -432,6 +432,7 @@ export class ReplicaNode implements NodeView {
       retainedEntries: s.retainedEntries,
       recruit: s.recruit,
       digest: this.service.digest(),
+      rssBytes: process.memoryUsage.rss(),
       clients: this.conns.size,
       opsPerSec: this.counters.opsLastSecond,
       mode: this.config.service.mode,
