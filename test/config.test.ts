@@ -32,7 +32,13 @@ test('a valid config parses with the defaults filled in', () => {
   assert.equal(c.arbiter, 'file:.lockstep/arbiter');
   assert.equal(c.baseDir, '/etc/lockstep');
   assert.deepEqual(c.service, { kind: 'kv', mode: 'rsm' });
-  assert.deepEqual(c.nodes[1], { id: 'n2', peer: { host: '127.0.0.1', port: 7102 }, client: { host: '127.0.0.1', port: 7002 }, admin: { host: '127.0.0.1', port: 7202 } });
+  assert.deepEqual(c.nodes[1], {
+    id: 'n2',
+    peer: { host: '127.0.0.1', port: 7102 },
+    peerListen: { host: '127.0.0.1', port: 7102 },
+    client: { host: '127.0.0.1', port: 7002 },
+    admin: { host: '127.0.0.1', port: 7202 },
+  });
   assert.equal(c.retransmitMs, 150);
   assert.equal(c.arbiterRetryMs, 250);
   assert.equal(c.joinIntervalMs, 200);
@@ -179,4 +185,20 @@ test('loadConfig: reads the file, baseDir is its directory; a missing file is E_
   await assert.rejects(loadConfig(dir), (e) => isLockstepError(e) && e.code === 'E_FILE_READ' && e.message.includes('EISDIR'));
   writeFileSync(path, '{"cluster": "demo"');
   await assert.rejects(loadConfig(path), (e) => isLockstepError(e) && e.code === 'E_CONFIG_PARSE' && e.message.startsWith(`${path}: `));
+});
+
+test('peerListen: a node may listen for peers on another address than the one peers dial', () => {
+  const text = JSON.stringify({
+    cluster: 'c',
+    arbiter: 'file:a',
+    service: { kind: 'kv', mode: 'rsm' },
+    nodes: [
+      { id: 'n1', peer: '127.0.0.1:7101', peerListen: '127.0.0.1:7111', client: '127.0.0.1:7001', admin: '127.0.0.1:7201' },
+      { id: 'n2', peer: '127.0.0.1:7102', peerListen: '127.0.0.1:7101', client: '127.0.0.1:7002', admin: '127.0.0.1:7202' },
+    ],
+  });
+  assert.throws(() => parseConfig(text, 'c.json', '/tmp'), /nodes\[1\]\.peerListen: address 127\.0\.0\.1:7101 is already used by nodes\[0\]\.peer/);
+  const ok = parseConfig(text.replace('"peerListen":"127.0.0.1:7101"', '"peerListen":"127.0.0.1:7112"'), 'c.json', '/tmp');
+  assert.deepEqual(ok.nodes[0]!.peerListen, { host: '127.0.0.1', port: 7111 });
+  assert.deepEqual(ok.nodes[0]!.peer, { host: '127.0.0.1', port: 7101 });
 });
