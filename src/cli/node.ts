@@ -22,7 +22,12 @@ export async function nodeCommand(argv: readonly string[], out: CheckOutput): Pr
   }
   const config = await loadConfig(required(flags, 'node', '--config'));
   const node = new ReplicaNode(config, required(flags, 'node', '--id'), (rec) => out.stdout(JSON.stringify(rec) + '\n'));
-  await node.start();
+  try {
+    await node.start();
+  } catch (e) {
+    await node.stop(); // close whatever did open, so the process can exit
+    throw e;
+  }
   await new Promise<void>((resolve) => {
     const stop = (): void => resolve();
     process.once('SIGTERM', stop);

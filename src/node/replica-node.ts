@@ -61,6 +61,8 @@ class ClientConn {
 export const EXEC_COMMAND = 'LOCKSTEP.EXEC';
 
 const PEER_MAX_FRAME_BYTES = 512 * 1024 * 1024;
+/** Replies held by the output rule at most; beyond it clients wait (their sockets pause). */
+const MAX_HELD_REPLIES = 100_000;
 const PEER_MAX_QUEUED_BYTES = 256 * 1024 * 1024;
 
 export class ReplicaNode implements NodeView {
@@ -323,7 +325,7 @@ export class ReplicaNode implements NodeView {
       this.reply(conn, { kind: 'error', message: this.notPrimaryMessage() });
       return;
     }
-    if (!canAppend(this.replica)) {
+    if (!this.flowOpen()) {
       conn.waiting.push(args);
       conn.socket.pause();
       this.blocked.add(conn);
@@ -385,12 +387,20 @@ export class ReplicaNode implements NodeView {
     else conn.socket.write(data);
   }
 
+  /**
+   * May the primary take another command? The core bounds the unacked log (entries, bytes);
+   * replies waiting for the output rule are bounded here too, since reads append nothing.
+   */
+  private flowOpen(): boolean {
+    return canAppend(this.replica) && this.outputs.size < MAX_HELD_REPLIES;
+  }
+
   /** Flow control reopened: run parked commands, in order, while there is room. */
   private drainBlocked(): void {
     if (this.blocked.size === 0) return;
     for (const conn of [...this.blocked]) {
       while (conn.waiting.length > 0 && !conn.closed) {
-        if (this.replica.role !== 'primary' || !canAppend(this.replica)) break;
+        if (this.replica.role !== 'primary' || !this.flowOpen()) break;
         this.command(conn, conn.waiting.shift()!);
       }
       if (conn.waiting.length === 0) {

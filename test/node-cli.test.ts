@@ -1,0 +1,128 @@
+// The node-facing commands as a user runs them: lockstep node refusing a bad config,
+// lockstep status, the admin port's /status and /metrics, and lockstep cluster (npm start)
+// starting three nodes and leaving none behind on Ctrl-C.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
+import { LockstepClient } from '../src/client/index.js';
+
+const bin = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+
+function run(args: string[], timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [bin, ...args], { timeout: timeoutMs }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stdout, stderr });
+    });
+  });
+}
+
+function get(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    }).on('error', reject);
+  });
+}
+
+test('lockstep node refuses a bad config before starting, naming the field', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-cfg-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'c.json');
+  const node = (id: string, p: number) => ({ id, peer: `127.0.0.1:${p}`, client: `127.0.0.1:${p + 1}`, admin: `127.0.0.1:${p + 2}` });
+  const cases: [unknown, RegExp][] = [
+    [{ cluster: 'c', arbiter: 'file:a', service: { kind: 'kv', mode: 'rsm' }, nodes: [node('n1', 9000)], heartbeatMs: 100, failureTimeoutMs: 200 }, /E_CONFIG_INVALID.*failureTimeoutMs/],
+    [{ cluster: 'c', arbiter: 'file:a', service: { kind: 'kv', mode: 'rsm' }, nodes: [node('n1', 9000), node('n1', 9010)] }, /E_CONFIG_INVALID.*nodes\[1\]\.id/],
+    [{ cluster: 'c', arbiter: 'file:a', service: { kind: 'kv', mode: 'rsm' }, nodes: [node('n1', 9000)], colour: 'red' }, /E_CONFIG_INVALID.*unknown key colour/],
+    [{ cluster: 'c', arbiter: 'etcd://127.0.0.1:2379', service: { kind: 'kv', mode: 'rsm' }, nodes: [node('n1', 9000)] }, /E_NOT_IMPLEMENTED/],
+  ];
+  for (const [config, pattern] of cases) {
+    writeFileSync(path, JSON.stringify(config));
+    const r = await run(['node', '--config', path, '--id', 'n1']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, pattern);
+  }
+  writeFileSync(path, '{ "cluster": ');
+  assert.match((await run(['node', '--config', path, '--id', 'n1'])).stderr, /E_CONFIG_PARSE/);
+  writeFileSync(path, JSON.stringify(cases[0]![0]).replace('"failureTimeoutMs":200', '"failureTimeoutMs":900'));
+  assert.match((await run(['node', '--config', path, '--id', 'n7'])).stderr, /E_UNKNOWN_NODE.*valid ids: n1/);
+});
+
+test('lockstep node refuses a port that is taken', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-cfg-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const net = await import('node:net');
+  const [p1, p2, p3] = await freePorts(3);
+  const blocker = net.createServer().listen(p2!, '127.0.0.1');
+  t.after(() => blocker.close());
+  const path = join(dir, 'c.json');
+  writeFileSync(path, JSON.stringify({ cluster: 'c', arbiter: 'file:a', service: { kind: 'kv', mode: 'rsm' }, nodes: [{ id: 'n1', peer: `127.0.0.1:${p1}`, client: `127.0.0.1:${p2}`, admin: `127.0.0.1:${p3}` }] }));
+  const r = await run(['node', '--config', path, '--id', 'n1']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /E_LISTEN.*client address 127\.0\.0\.1:\d+: EADDRINUSE/);
+});
+
+test('/status, /metrics and lockstep status describe the cluster', async (t) => {
+  const cluster = await ProcessCluster.start({ nodes: 3 });
+  t.after(() => cluster.stop());
+  const client = new LockstepClient({ nodes: cluster.clientAddresses() });
+  t.after(() => client.close());
+  for (let i = 0; i < 20; i++) await client.set(`k${i}`, 'v');
+  const primary = (await cluster.primary())!;
+  const p = cluster.node(primary.id);
+  const status = JSON.parse((await get(p.admin.port, '/status')).body) as Record<string, unknown>;
+  for (const key of ['id', 'role', 'epoch', 'view', 'logIndex', 'ackedIndex', 'appliedIndex', 'lag']) assert.ok(key in status, key);
+  assert.equal(status.role, 'primary');
+  assert.ok((status.logIndex as number) >= 20);
+  const metrics = (await get(p.admin.port, '/metrics')).body;
+  for (const line of metrics.split('\n').filter((l) => l && !l.startsWith('#'))) {
+    assert.match(line, /^[a-z_]+(\{[a-z]+="[a-z]+"\})? -?\d+(\.\d+)?$/, `a Prometheus sample line: ${line}`);
+  }
+  assert.match(metrics, /^lockstep_role\{role="primary"\} 1$/m);
+  assert.match(metrics, /^# TYPE lockstep_client_commands_total counter$/m);
+  assert.equal((await get(p.admin.port, '/nope')).status, 404);
+  const r = await run(['status', '--config', cluster.configPath]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`arbiter view \\{epoch ${primary.view.epoch}, primary ${primary.id}`));
+  assert.match(r.stdout, new RegExp(`^${primary.id} +primary`, 'm'));
+  assert.match(r.stdout, /^n\d +backup/m);
+});
+
+test('lockstep cluster starts three nodes, serves, and leaves no process on Ctrl-C', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-cluster-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const [base] = await freePorts(1);
+  const basePort = Math.min(60_000, Math.max(20_000, base! - (base! % 1000)));
+  const child = spawn(process.execPath, [bin, 'cluster', '--dir', dir, '--base-port', String(basePort)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => child.kill('SIGKILL'));
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  const deadline = Date.now() + 30_000;
+  const ready = (): boolean => /primary/.test(out.split('kill -9')[1] ?? '') && /backup/.test(out.split('kill -9')[1] ?? '') && new Set(out.match(/pid \d+/g)).size >= 3;
+  while (!ready() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  assert.match(out, /connect: redis-cli -p \d+/);
+  const client = new LockstepClient({ nodes: [1, 2, 3].map((i) => `127.0.0.1:${basePort + i}`) });
+  try {
+    assert.equal(await client.set('hello', 'world'), 'OK');
+    assert.equal(await client.get('hello'), 'world');
+  } finally {
+    client.close();
+  }
+  const pids = [...out.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
+  assert.ok(pids.length >= 3, out);
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  child.kill('SIGINT');
+  assert.equal(await exited, 0);
+  assert.match(out, /stopped; no node is left running/);
+  for (const pid of new Set(pids)) {
+    assert.throws(() => process.kill(pid, 0), /ESRCH/, `node pid ${pid} is gone`);
+  }
+});
