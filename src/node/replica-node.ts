@@ -85,6 +85,8 @@ export class ReplicaNode implements NodeView {
   private nextConnId = 1;
   /** Connections whose commands wait for flow control to open. */
   private readonly blocked = new Set<ClientConn>();
+  /** Connections with replies ready to write at the end of this turn. */
+  private readonly dirty = new Set<ClientConn>();
   private stopped = false;
   readonly counters = { commands: 0, releases: 0, discards: 0, viewChanges: 0, clientErrors: 0, opsLastSecond: 0, opsThisSecond: 0 };
 
@@ -195,15 +197,20 @@ export class ReplicaNode implements NodeView {
     const actions = step(this.replica, input, this.nowMs());
     for (const a of actions) this.act(a);
     if (input.type === 'message' || input.type === 'arbiterResult' || input.type === 'tick') this.drainBlocked();
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(() => {
-        this.flushScheduled = false;
-        if (this.stopped) return;
-        for (const a of step(this.replica, { type: 'flush' }, this.nowMs())) this.act(a);
-        this.transport.flush();
-      });
-    }
+    this.scheduleFlush();
+  }
+
+  /** At the end of this event-loop turn: send pending frames, then write released replies. */
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      if (this.stopped) return;
+      for (const a of step(this.replica, { type: 'flush' }, this.nowMs())) this.act(a);
+      this.transport.flush();
+      this.writeReplies();
+    });
   }
 
   private act(a: Action): void {
@@ -366,6 +373,18 @@ export class ReplicaNode implements NodeView {
 
   /** Write the replies at the head of the connection's queue that are ready (released). */
   private flushConn(conn: ClientConn): void {
+    if (conn.closed) return;
+    this.dirty.add(conn);
+    this.scheduleFlush();
+  }
+
+  /** Write every dirty connection's ready replies: one socket write per connection per turn. */
+  private writeReplies(): void {
+    for (const conn of this.dirty) this.writeReady(conn);
+    this.dirty.clear();
+  }
+
+  private writeReady(conn: ClientConn): void {
     if (conn.closed) return;
     const ready: Buffer[] = [];
     let close = false;
