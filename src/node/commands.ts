@@ -1,5 +1,5 @@
 // The client port's own commands: the ones that are not the guest's and never touch its
-// state (PING, ECHO, SELECT 0, COMMAND, QUIT, CLIENT, INFO, ROLE, SENTINEL). They are
+// state (PING, ECHO, SELECT 0, COMMAND, QUIT, CLIENT, INFO, ROLE, SENTINEL, WAIT, CONFIG GET). They are
 // answered at once on any replica, primary or not, so that redis-cli connects to every node
 // and ioredis in sentinel mode can ask any node where the primary is.
 //
@@ -63,6 +63,15 @@ export function metaCommand(node: NodeView, name: string, args: readonly string[
       return { reply: role(node) };
     case 'SENTINEL':
       return { reply: sentinel(node, args) };
+    case 'WAIT':
+      // Every reply of lockstep already waited for the backup's ack (the output rule), so
+      // the writes before this WAIT are on as many replicas as the view has backups.
+      if (args.length !== 3) return { reply: arity(name) };
+      return { reply: int(node.replicaState.role === 'primary' && node.replicaState.view.backup !== null ? 1 : 0) };
+    case 'CONFIG':
+      // No runtime-settable config; redis-benchmark asks for `save` and `appendonly`.
+      if ((args[1] ?? '').toUpperCase() === 'GET') return { reply: arr([]) };
+      return { reply: err('ERR lockstep has no runtime configuration; edit the cluster config file') };
     default:
       return null;
   }
