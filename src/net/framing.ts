@@ -32,7 +32,8 @@ export class FrameDecoder {
   private avail = 0; // unread bytes
   private need = -1; // body length of the frame whose header was read; -1: reading a header
 
-  constructor(private readonly maxFrameBytes: number) {}
+  /** The largest frame accepted; may be raised later (after a peer's handshake, say). */
+  constructor(public maxFrameBytes: number) {}
 
   /** Bytes pushed and not yet returned in a frame. */
   get bufferedBytes(): number {

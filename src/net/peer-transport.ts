@@ -47,6 +47,7 @@ interface Outbound {
 }
 
 const HANDSHAKE_TIMEOUT_MS = 5000;
+const HANDSHAKE_MAX_BYTES = 64 * 1024;
 const RECONNECT_MIN_MS = 20;
 const RECONNECT_MAX_MS = 1000;
 
@@ -147,7 +148,9 @@ export class PeerTransport {
     this.inbound.add(socket);
     socket.setNoDelay(true);
     const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-    const decoder = new FrameDecoder(this.o.maxFrameBytes);
+    // Until the peer has identified itself, only a handshake-sized frame is accepted: a
+    // stranger must not make this node buffer a snapshot-sized frame.
+    const decoder = new FrameDecoder(HANDSHAKE_MAX_BYTES);
     let peer: string | null = null;
     const timer = setTimeout(() => {
       this.o.log('warn', 'peer-refused', { remote, reason: 'no handshake within 5 s' });
@@ -170,6 +173,7 @@ export class PeerTransport {
             if (why !== null) return fail(why);
             clearTimeout(timer);
             peer = h.nodeId;
+            decoder.maxFrameBytes = this.o.maxFrameBytes;
             socket.write(this.handshake());
             this.o.log('info', 'peer-accepted', { peer, remote, peerEpoch: h.epoch });
             continue;
@@ -200,7 +204,7 @@ export class PeerTransport {
     state.socket = socket;
     state.ready = false;
     socket.setNoDelay(true);
-    const decoder = new FrameDecoder(64 * 1024);
+    const decoder = new FrameDecoder(HANDSHAKE_MAX_BYTES);
     socket.on('connect', () => socket.write(this.handshake()));
     socket.on('data', (chunk: Buffer) => {
       try {

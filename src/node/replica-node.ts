@@ -50,6 +50,8 @@ class ClientConn {
   readonly slots: Slot[] = [];
   /** Commands parsed but not yet run: flow control is closed. */
   readonly waiting: string[][] = [];
+  /** Bytes of replies in `slots` not yet handed to the socket. */
+  slotBytes = 0;
   closed = false;
   constructor(
     readonly socket: net.Socket,
@@ -63,6 +65,8 @@ export const EXEC_COMMAND = 'LOCKSTEP.EXEC';
 const PEER_MAX_FRAME_BYTES = 512 * 1024 * 1024;
 /** Replies held by the output rule at most; beyond it clients wait (their sockets pause). */
 const MAX_HELD_REPLIES = 100_000;
+/** Unread reply bytes per client connection at most; beyond it that client's commands wait. */
+const MAX_CLIENT_OUTPUT_BYTES = 8 * 1024 * 1024;
 const PEER_MAX_QUEUED_BYTES = 256 * 1024 * 1024;
 
 export class ReplicaNode implements NodeView {
@@ -300,7 +304,7 @@ export class ReplicaNode implements NodeView {
           if (conn.closed) return;
           this.counters.commands++;
           this.counters.opsThisSecond++;
-          if (conn.waiting.length > 0) conn.waiting.push(cmd);
+          if (conn.waiting.length > 0 || this.outputFull(conn)) this.park(conn, cmd);
           else this.command(conn, cmd);
         }
       } catch (e) {
@@ -323,8 +327,9 @@ export class ReplicaNode implements NodeView {
     const name = (args[0] ?? '').toUpperCase();
     const meta = metaCommand(this, name, args);
     if (meta !== null) {
-      const slot: Slot = { bytes: encodeReply(meta.reply), close: meta.close === true };
-      conn.slots.push(slot);
+      const bytes = encodeReply(meta.reply);
+      conn.slots.push({ bytes, close: meta.close === true });
+      conn.slotBytes += bytes.length;
       this.flushConn(conn);
       return;
     }
@@ -333,9 +338,7 @@ export class ReplicaNode implements NodeView {
       return;
     }
     if (!this.flowOpen()) {
-      conn.waiting.push(args);
-      conn.socket.pause();
-      this.blocked.add(conn);
+      this.park(conn, args);
       return;
     }
     let req: { clientId: string | null; seq: number; ackedBelow: number; command: KvCommand };
@@ -353,6 +356,7 @@ export class ReplicaNode implements NodeView {
     if (res.entry !== null) this.input({ type: 'append', payload: res.entry });
     const slot: Slot = { bytes: encodeReply(res.reply), held: true };
     conn.slots.push(slot);
+    conn.slotBytes += slot.bytes!.length;
     // The reply exists but stays in its slot, unwritten, until the output rule releases it.
     const outputId = this.nextOutputId++;
     this.outputs.set(outputId, { conn, slot });
@@ -360,8 +364,25 @@ export class ReplicaNode implements NodeView {
   }
 
   private reply(conn: ClientConn, reply: KvReply): void {
-    conn.slots.push({ bytes: encodeReply(reply) });
+    const bytes = encodeReply(reply);
+    conn.slots.push({ bytes });
+    conn.slotBytes += bytes.length;
     this.flushConn(conn);
+  }
+
+  /** Keep a command for later, in order, and stop reading the connection meanwhile. */
+  private park(conn: ClientConn, args: string[]): void {
+    conn.waiting.push(args);
+    conn.socket.pause();
+    this.blocked.add(conn);
+  }
+
+  /**
+   * Has the client left too many replies unread? Then its next commands wait (like the log
+   * bound): a client that never reads cannot grow this node's memory without bound.
+   */
+  private outputFull(conn: ClientConn): boolean {
+    return conn.slotBytes + conn.socket.writableLength > MAX_CLIENT_OUTPUT_BYTES;
   }
 
   notPrimaryMessage(): string {
@@ -382,6 +403,7 @@ export class ReplicaNode implements NodeView {
   private writeReplies(): void {
     for (const conn of this.dirty) this.writeReady(conn);
     this.dirty.clear();
+    this.drainBlocked();
   }
 
   private writeReady(conn: ClientConn): void {
@@ -402,6 +424,7 @@ export class ReplicaNode implements NodeView {
     if (n === 0) return;
     conn.slots.splice(0, n);
     const data = ready.length === 1 ? ready[0]! : Buffer.concat(ready);
+    conn.slotBytes -= data.length;
     if (close) conn.socket.end(data);
     else conn.socket.write(data);
   }
@@ -414,19 +437,18 @@ export class ReplicaNode implements NodeView {
     return canAppend(this.replica) && this.outputs.size < MAX_HELD_REPLIES;
   }
 
-  /** Flow control reopened: run parked commands, in order, while there is room. */
+  /** Flow control reopened, or a client read its replies: run parked commands, in order, while there is room. */
   private drainBlocked(): void {
     if (this.blocked.size === 0) return;
     for (const conn of [...this.blocked]) {
-      while (conn.waiting.length > 0 && !conn.closed) {
-        if (this.replica.role !== 'primary' || !this.flowOpen()) break;
+      while (conn.waiting.length > 0 && !conn.closed && !this.outputFull(conn)) {
+        // Only guest commands wait for the log; meta commands and errors need no room there.
+        if (this.replica.role === 'primary' && !this.flowOpen()) break;
         this.command(conn, conn.waiting.shift()!);
       }
       if (conn.waiting.length === 0) {
         this.blocked.delete(conn);
         conn.socket.resume();
-      } else if (this.replica.role !== 'primary') {
-        this.failWaitingConn(conn);
       }
     }
   }

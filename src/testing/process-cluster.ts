@@ -1,7 +1,9 @@
 // A real cluster for tests: every replica a child process (`lockstep node`), real TCP on
 // loopback, the file arbiter in a temp directory, real signals (kill -9, SIGSTOP, SIGCONT).
 // `stop()` kills every child and removes the directory; tests call it in `after` so nothing
-// is left behind even when an assertion fails.
+// is left behind even when an assertion fails. With `peerProxies`, every node listens for the
+// logging channel on its own `peerListen` port and a TcpProxy sits on its `peer` address (the
+// one the other nodes dial), so a test can cut, or reset, any node's incoming channel.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
@@ -10,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fetchStatus, type NodeStatus } from '../cli/admin-client.js';
+import { TcpProxy } from './tcp-proxy.js';
 
 const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
@@ -20,12 +23,20 @@ export interface ProcessClusterOptions {
   readonly failureTimeoutMs?: number;
   /** Extra top-level config fields. */
   readonly extra?: Record<string, unknown>;
+  /**
+   * Give every node a `peerListen` port and put a TcpProxy on its `peer` address, forwarding
+   * to `peerListen`, before any node starts: `peerProxy(id)` carries everything sent to `id`
+   * on the logging channel (the other nodes' messages, and its handshake answers back).
+   */
+  readonly peerProxies?: boolean;
 }
 
 export interface ProcessNode {
   readonly id: string;
   readonly client: { host: string; port: number };
   readonly peer: { host: string; port: number };
+  /** Where the node itself listens for peers, when it differs from `peer` (peerProxies). */
+  readonly peerListen?: { host: string; port: number };
   readonly admin: { host: string; port: number };
   child: ChildProcess | null;
 }
@@ -49,6 +60,8 @@ export class ProcessCluster {
   readonly configPath: string;
   readonly nodes: ProcessNode[] = [];
   readonly cluster = 'test';
+  /** The proxy on each node's peer address, by node id (peerProxies only). */
+  readonly peerProxies = new Map<string, TcpProxy>();
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -59,15 +72,23 @@ export class ProcessCluster {
     const count = opts.nodes ?? 3;
     const c = new ProcessCluster(mkdtempSync(join(tmpdir(), 'lockstep-test-')));
     try {
-      const ports = await freePorts(count * 3);
+      const per = opts.peerProxies ? 4 : 3;
+      const ports = await freePorts(count * per);
       for (let i = 0; i < count; i++) {
         c.nodes.push({
           id: `n${i + 1}`,
-          client: { host: '127.0.0.1', port: ports[i * 3]! },
-          peer: { host: '127.0.0.1', port: ports[i * 3 + 1]! },
-          admin: { host: '127.0.0.1', port: ports[i * 3 + 2]! },
+          client: { host: '127.0.0.1', port: ports[i * per]! },
+          peer: { host: '127.0.0.1', port: ports[i * per + 1]! },
+          admin: { host: '127.0.0.1', port: ports[i * per + 2]! },
+          ...(opts.peerProxies ? { peerListen: { host: '127.0.0.1', port: ports[i * per + 3]! } } : {}),
           child: null,
         });
+      }
+      for (const n of c.nodes) {
+        if (!n.peerListen) continue;
+        const proxy = new TcpProxy(n.peerListen, n.peer.port);
+        c.peerProxies.set(n.id, proxy);
+        await proxy.start(n.peer.port);
       }
       const config = {
         cluster: c.cluster,
@@ -81,6 +102,7 @@ export class ProcessCluster {
           client: `${n.client.host}:${n.client.port}`,
           peer: `${n.peer.host}:${n.peer.port}`,
           admin: `${n.admin.host}:${n.admin.port}`,
+          ...(n.peerListen ? { peerListen: `${n.peerListen.host}:${n.peerListen.port}` } : {}),
         })),
       };
       writeFileSync(c.configPath, JSON.stringify(config, null, 2));
@@ -94,6 +116,13 @@ export class ProcessCluster {
       await c.stop();
       throw e;
     }
+  }
+
+  /** The proxy in front of node `id`'s peer address (needs `peerProxies`). */
+  peerProxy(id: string): TcpProxy {
+    const p = this.peerProxies.get(id);
+    if (!p) throw new Error(`no peer proxy for ${id}: start the cluster with peerProxies`);
+    return p;
   }
 
   node(id: string): ProcessNode {
@@ -180,6 +209,7 @@ export class ProcessCluster {
         await exited;
       }),
     );
+    await Promise.all([...this.peerProxies.values()].map((p) => p.stop()));
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

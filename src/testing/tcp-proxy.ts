@@ -1,6 +1,8 @@
 // A TCP proxy for fault tests: forwards between a listening port and a target, and can cut
 // the traffic (both ways or one way) or, as 6.824's "unreliable" network does, drop a reply
 // after the request went through (then close the connection, so the client must retry).
+// A cut drops bytes from a stream that stays open, which no real TCP stream does: `heal()`
+// ends the cut and breaks off the connections, so both ends start over on fresh ones.
 
 import net from 'node:net';
 
@@ -13,6 +15,9 @@ export class TcpProxy {
   cut: Direction | null = null;
   /** Probability that a chunk from the target is dropped and the connection closed. */
   dropReplies = 0;
+  /** Bytes dropped by `cut`, per direction (a test can check that a cut really cut). */
+  readonly dropped = { toTarget: 0, fromTarget: 0 };
+  private stopping = false;
   private rng: () => number;
   port = 0;
 
@@ -42,6 +47,7 @@ export class TcpProxy {
   }
 
   private accept(client: net.Socket): void {
+    if (this.stopping) return void client.destroy();
     const upstream = net.connect(this.target);
     const pair: [net.Socket, net.Socket] = [client, upstream];
     this.pairs.add(pair);
@@ -52,9 +58,13 @@ export class TcpProxy {
     };
     client.on('data', (d) => {
       if (this.cut !== 'both' && this.cut !== 'to-target') upstream.write(d);
+      else this.dropped.toTarget += d.length;
     });
     upstream.on('data', (d) => {
-      if (this.cut === 'both' || this.cut === 'from-target') return;
+      if (this.cut === 'both' || this.cut === 'from-target') {
+        this.dropped.fromTarget += d.length;
+        return;
+      }
       if (this.dropReplies > 0 && this.rng() < this.dropReplies) return close();
       client.write(d);
     });
@@ -62,6 +72,13 @@ export class TcpProxy {
     upstream.on('error', close);
     client.on('close', close);
     upstream.on('close', close);
+  }
+
+  /** Stop cutting and close every proxied connection: a stream that lost bytes to the cut has a
+   *  hole no real TCP stream has, so it is broken off and the nodes dial again. */
+  heal(): void {
+    this.cut = null;
+    this.reset();
   }
 
   /** Close every proxied connection now (a broken cable). */
@@ -74,6 +91,7 @@ export class TcpProxy {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true; // connections accepted from now on are closed at once, so close() ends
     this.reset();
     const s = this.server;
     if (s) await new Promise<void>((r) => s.close(() => r()));
