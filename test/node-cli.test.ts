@@ -98,11 +98,18 @@ test('/status, /metrics and lockstep status describe the cluster', async (t) => 
 
 test('lockstep cluster starts three nodes, serves, and leaves no process on Ctrl-C', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'lockstep-cluster-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const [base] = await freePorts(1);
   const basePort = Math.min(60_000, Math.max(20_000, base! - (base! % 1000)));
   const child = spawn(process.execPath, [bin, 'cluster', '--dir', dir, '--base-port', String(basePort)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(() => child.kill('SIGKILL'));
+  t.after(async () => {
+    // Kill first (its nodes go with it: they exit when their parent's IPC channel closes), then clean.
+    if (child.exitCode === null && child.signalCode === null) {
+      const gone = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await gone;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
   let out = '';
   child.stdout.on('data', (d) => (out += d));
   const deadline = Date.now() + 30_000;
