@@ -244,7 +244,10 @@ export class LockstepClient {
       if (this.socket !== socket) return;
       try {
         this.parser.push(chunk);
-        for (let r = this.parser.next(); r !== null; r = this.parser.next()) this.onReply(r);
+        const parser = this.parser;
+        // Stop at once if a reply made us leave this connection (NOTPRIMARY): the rest of the
+        // chunk belongs to the old connection and its commands are being resent.
+        for (let r = parser.next(); r !== null && this.socket === socket; r = parser.next()) this.onReply(r);
       } catch (e) {
         this.moveOn(`bad reply: ${(e as Error).message}`);
       }
