@@ -136,15 +136,6 @@ async function loggedFor(cluster: ProcessCluster, id: string, event: string, loc
   return found!;
 }
 
-/** The node logged `event` at least `count` times with a reason matching `reason`. */
-async function loggedCount(cluster: ProcessCluster, id: string, event: string, reason: RegExp, count: number): Promise<void> {
-  await cluster.waitFor(
-    () => events(cluster, id, event).filter((r) => reason.test(String(r.reason))).length >= count,
-    10_000,
-    `${id} to log ${count} ${event} events matching ${reason}`,
-  );
-}
-
 /** A client of the lockstep library appending to one key, one command at a time, all along. */
 class Writer {
   readonly key = 'bad-input-log';

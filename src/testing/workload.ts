@@ -5,6 +5,7 @@
 
 import { performance } from 'node:perf_hooks';
 import { LockstepClient } from '../client/index.js';
+import { checkHistory } from '../sim/linearizability.js';
 import type { HistoryEvent, OpF } from '../sim/history.js';
 import { Rng } from '../sim/rng.js';
 
@@ -72,5 +73,25 @@ export function appendProblems(key: string, finalValue: string | null, acked: re
     seen.add(t);
   }
   for (const t of acked) if (!seen.has(t)) problems.push(`${key}: acknowledged append ${t} is lost`);
+  return problems;
+}
+
+/**
+ * What is wrong with a finished workload, as readable lines (empty: nothing): an operation
+ * that did not complete, a history that is not linearizable (or could not be checked), an
+ * acknowledged append lost or doubled in the final values read from the cluster.
+ */
+export async function workloadProblems(addresses: string[], result: WorkloadResult): Promise<string[]> {
+  const problems: string[] = [];
+  if (result.failed > 0) problems.push(`${result.failed} operations did not complete`);
+  const lin = checkHistory(result.history);
+  if (lin.failure) problems.push(`not linearizable: ${JSON.stringify(lin.failure)}`);
+  if (lin.timedOut) problems.push('the linearizability search gave up');
+  const reader = new LockstepClient({ nodes: addresses, commandTimeoutMs: 30_000 });
+  try {
+    for (const key of APPEND_KEYS) problems.push(...appendProblems(key, await reader.get(key), result.ackedAppends.get(key) ?? []));
+  } finally {
+    reader.close();
+  }
   return problems;
 }
