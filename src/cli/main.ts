@@ -22,6 +22,12 @@ commands:
 Each command takes --help. Not yet: run (the WebAssembly guest comes with a later issue).
 `;
 
+// Output piped into a reader that stops early (`lockstep sim ... | head`) is not an error.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw e;
+});
+
 const io: CheckOutput = {
   stdout: (s) => void process.stdout.write(s),
   stderr: (s) => void process.stderr.write(s),

@@ -20,6 +20,7 @@
 import net from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { RespReplyParser, encodeCommand } from '../net/resp.js';
+import { execArgs } from '../net/exec.js';
 import type { KvReply } from '../guest/index.js';
 
 export interface Address {
@@ -201,7 +202,7 @@ export class LockstepClient {
   }
 
   private wire(p: Pending): Buffer {
-    return encodeCommand(['LOCKSTEP.EXEC', this.clientId, String(p.seq), String(this.ackedBelow()), ...p.args]);
+    return encodeCommand(execArgs(this.clientId, p.seq, this.ackedBelow(), p.args));
   }
 
   private sendOrConnect(ps: Pending[]): void {

@@ -81,10 +81,8 @@ export interface PlantedBugs {
   readonly earlyBackup?: boolean;
 }
 
-export interface CoreConfig {
-  readonly id: NodeId;
-  /** Every replica of the cluster, this one included. */
-  readonly nodes: readonly NodeId[];
+/** The protocol's timing and bounds: what a cluster config sets for every replica. */
+export interface CoreTiming {
   /** An idle primary sends a heartbeat frame this often. */
   readonly heartbeatMs: number;
   /** No frame (backup) or ack (primary) for this long = suspected failure. */
@@ -105,10 +103,16 @@ export interface CoreConfig {
   readonly frameBytesMax: number;
   /** A recruit this close (in entries) to the primary's log starts the handover. */
   readonly catchupEntriesMax: number;
+}
+
+export interface CoreConfig extends CoreTiming {
+  readonly id: NodeId;
+  /** Every replica of the cluster, this one included. */
+  readonly nodes: readonly NodeId[];
   readonly bugs?: PlantedBugs;
 }
 
-export const DEFAULT_TIMING = {
+export const DEFAULT_TIMING: CoreTiming = {
   heartbeatMs: 50,
   failureTimeoutMs: 500,
   retransmitMs: 150,
@@ -119,7 +123,7 @@ export const DEFAULT_TIMING = {
   frameEntriesMax: 1024,
   frameBytesMax: 1024 * 1024,
   catchupEntriesMax: 64,
-} as const;
+};
 
 /** What a driver feeds the core. Every input is given with the current time. */
 export type Input =

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { LockstepError, isLockstepError } from '../errors.js';
-import { DEFAULT_TIMING, type CoreConfig } from '../core/types.js';
+import { DEFAULT_TIMING, type CoreConfig, type CoreTiming } from '../core/types.js';
 import { parseArbiterSpec } from '../arbiter/types.js';
 
 export interface NodeAddress { readonly host: string; readonly port: number }
@@ -23,20 +23,11 @@ export interface NodeConfig {
   readonly admin: NodeAddress;
 }
 export interface ServiceConfig { readonly kind: 'kv'; readonly mode: 'rsm' | 'state-transfer' }
-export interface ClusterConfig {
+/** The protocol's timing fields (CoreTiming) plus what only a real cluster has. */
+export interface ClusterConfig extends CoreTiming {
   readonly cluster: string;
   readonly arbiter: string;
   readonly service: ServiceConfig;
-  readonly heartbeatMs: number;
-  readonly failureTimeoutMs: number;
-  readonly retransmitMs: number;
-  readonly arbiterRetryMs: number;
-  readonly joinIntervalMs: number;
-  readonly unackedEntriesMax: number;
-  readonly unackedBytesMax: number;
-  readonly frameEntriesMax: number;
-  readonly frameBytesMax: number;
-  readonly catchupEntriesMax: number;
   readonly maxClientConnections: number;
   readonly nodes: readonly NodeConfig[];
   /** The directory the config file is in (relative arbiter paths resolve against it). */

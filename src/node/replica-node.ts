@@ -17,7 +17,6 @@ import net from 'node:net';
 import {
   canAppend,
   createReplica,
-  formatView,
   status as coreStatus,
   step,
   type Action,
@@ -30,6 +29,7 @@ import { openArbiter, type Arbiter } from '../arbiter/types.js';
 import { LockstepError } from '../errors.js';
 import { PeerTransport } from '../net/peer-transport.js';
 import { RespProtocolError, RespRequestParser, encodeReply } from '../net/resp.js';
+import { EXEC_COMMAND, parseExec } from '../net/exec.js';
 import { coreConfigFor, formatAddress, nodeOf, type ClusterConfig, type NodeAddress } from './config.js';
 import { metaCommand, type NodeView } from './commands.js';
 
@@ -58,9 +58,6 @@ class ClientConn {
     readonly id: number,
   ) {}
 }
-
-/** The exactly-once envelope the lockstep client library sends: LOCKSTEP.EXEC id seq ackedBelow CMD args... */
-export const EXEC_COMMAND = 'LOCKSTEP.EXEC';
 
 const PEER_MAX_FRAME_BYTES = 512 * 1024 * 1024;
 /** Replies held by the output rule at most; beyond it clients wait (their sockets pause). */
@@ -235,10 +232,7 @@ export class ReplicaNode implements NodeView {
         return;
       }
       case 'release':
-        for (const id of a.outputIds) {
-          const o = this.outputs.get(id);
-          if (!o) continue;
-          this.outputs.delete(id);
+        for (const o of this.takeOutputs(a.outputIds)) {
           this.counters.releases++;
           o.slot.held = false;
           this.flushConn(o.conn);
@@ -246,10 +240,7 @@ export class ReplicaNode implements NodeView {
         return;
       case 'discard':
         // These replies will never be sent: close their connections so the clients retry elsewhere.
-        for (const id of a.outputIds) {
-          const o = this.outputs.get(id);
-          if (!o) continue;
-          this.outputs.delete(id);
+        for (const o of this.takeOutputs(a.outputIds)) {
           this.counters.discards++;
           o.conn.socket.destroy();
         }
@@ -275,6 +266,18 @@ export class ReplicaNode implements NodeView {
         this.log(a.level, a.event, a.fields);
         return;
     }
+  }
+
+  /** Remove and return the held outputs with these ids (those still known), in order. */
+  private takeOutputs(ids: readonly number[]): { conn: ClientConn; slot: Slot }[] {
+    const taken: { conn: ClientConn; slot: Slot }[] = [];
+    for (const id of ids) {
+      const o = this.outputs.get(id);
+      if (!o) continue;
+      this.outputs.delete(id);
+      taken.push(o);
+    }
+    return taken;
   }
 
   /** Halted: discard the state and come back as an empty spare that may be recruited. */
@@ -541,10 +544,6 @@ export class ReplicaNode implements NodeView {
   private log(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void {
     this.logLine({ time: new Date().toISOString(), level, node: this.id, event, role: this.replica.role, epoch: this.replica.view.epoch, ...fields });
   }
-
-  describeView(): string {
-    return formatView(this.replica.view);
-  }
 }
 
 function listenOn(server: net.Server, addr: NodeAddress): Promise<void> {
@@ -555,16 +554,4 @@ function listenOn(server: net.Server, addr: NodeAddress): Promise<void> {
       resolve();
     });
   });
-}
-
-/** LOCKSTEP.EXEC clientId seq ackedBelow CMD args... -> a request, or an error message. */
-function parseExec(args: readonly string[]): { clientId: string; seq: number; ackedBelow: number; command: KvCommand } | string {
-  if (args.length < 5) return `ERR wrong number of arguments for '${EXEC_COMMAND.toLowerCase()}' command`;
-  const [, clientId, seqText, ackedText] = args as [string, string, string, string];
-  const seq = Number(seqText);
-  const ackedBelow = Number(ackedText);
-  if (clientId.length === 0 || clientId.length > 128) return 'ERR LOCKSTEP.EXEC client id must be 1 to 128 bytes';
-  if (!/^[1-9][0-9]{0,15}$/.test(seqText) || !Number.isSafeInteger(seq)) return 'ERR LOCKSTEP.EXEC seq must be a positive integer';
-  if (!/^(0|[1-9][0-9]{0,15})$/.test(ackedText) || !Number.isSafeInteger(ackedBelow)) return 'ERR LOCKSTEP.EXEC ackedBelow must be a non-negative integer';
-  return { clientId, seq, ackedBelow, command: args.slice(4) };
 }

@@ -25,7 +25,7 @@ import {
   sameView,
   step,
   type Action,
-  type CoreConfig,
+  type CoreTiming,
   type Input,
   type PeerMessage,
   type PlantedBugs,
@@ -98,7 +98,7 @@ export interface SimResult {
 }
 
 // Timing of the simulated cluster: short, so that a run sees many failovers.
-const SIM_CORE: Omit<CoreConfig, 'id' | 'nodes' | 'bugs'> = {
+const SIM_CORE: CoreTiming = {
   heartbeatMs: 20,
   failureTimeoutMs: 150,
   retransmitMs: 50,
@@ -306,7 +306,6 @@ class Simulation {
   private healed = false;
   /** The run is over and the final checks are running (they add nothing to the trace). */
   private finished = false;
-  private healAt = Infinity;
 
   private readonly releases: Release[] = [];
   private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, partitions: 0, linearizabilityUnknownKeys: 0 };
@@ -869,7 +868,6 @@ class Simulation {
   private heal(): void {
     this.trace('heal');
     this.healed = true;
-    this.healAt = this.now;
     this.blocked.clear();
     this.arbiterSlowUntil = -1;
     for (const node of this.nodes.values()) {

@@ -14,6 +14,7 @@ import {
   step,
   type Action,
   type CoreConfig,
+  type CoreTiming,
   type Input,
   type PeerMessage,
   type Replica,
@@ -34,7 +35,7 @@ interface CasRequest {
   readonly next: View;
 }
 
-export const HARNESS_TIMING: Omit<CoreConfig, 'id' | 'nodes'> = {
+export const HARNESS_TIMING: CoreTiming = {
   heartbeatMs: 10,
   failureTimeoutMs: 100,
   retransmitMs: 30,
