@@ -1,0 +1,11 @@
+#!/bin/sh
+# Builds clockrand.wasm from clockrand.c. Deterministic: same inputs, same bytes.
+set -eu
+cd "$(dirname "$0")"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# The output's base name goes into the module's name section: build under the
+# final name in a scratch directory, then move it here.
+../wasi-cc.sh -O2 -Wall -Wextra -o "$tmp/clockrand.wasm" clockrand.c
+mv "$tmp/clockrand.wasm" clockrand.wasm
+sha256sum clockrand.wasm
