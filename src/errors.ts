@@ -20,6 +20,8 @@ export const ERROR_CODES = {
   E_NOT_IMPLEMENTED: 'a feature named in the config or on the command line is not built yet',
   E_ARBITER_UNAVAILABLE: 'the arbiter cannot be read or written (its directory is missing or unusable)',
   E_LISTEN: 'a port in the config cannot be listened on (in use, or no such address)',
+  E_WASM_DIVERGENCE: 'a backup replaying a WebAssembly guest saw it make a different host call, or get a different result, than on the primary (the message names the call index and the difference)',
+  E_WASM_MODULE: 'a guest WebAssembly module cannot be run (invalid, or it uses a feature or import lockstep refuses; the message names it)',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
