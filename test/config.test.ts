@@ -55,7 +55,7 @@ test('a valid config parses with the defaults filled in', () => {
   assert.equal(d.failureTimeoutMs, DEFAULT_TIMING.failureTimeoutMs);
   assert.equal(d.frameEntriesMax, 7);
   assert.equal(d.arbiterRetryMs, 99);
-  assert.equal(d.service.mode, 'state-transfer');
+  assert.deepEqual(d.service, { kind: 'kv', mode: 'state-transfer' });
 
   const h = base();
   Object.assign(h, { heartbeatMs: 20, failureTimeoutMs: 101 });
@@ -131,7 +131,10 @@ const cases: [string, (j: Json) => void, string, string[]][] = [
   ['failure timeout too short', (j) => { j.failureTimeoutMs = 100; }, 'E_CONFIG_INVALID', ['failureTimeoutMs: failure timeout 100 ms is not above 3 heartbeats of 50 ms: a single late heartbeat would trigger a failover']],
   ['failure timeout exactly 3 heartbeats', (j) => { j.failureTimeoutMs = 150; }, 'E_CONFIG_INVALID', ['failureTimeoutMs']],
   ['retransmit not below the failure timeout', (j) => { j.retransmitMs = 500; }, 'E_CONFIG_INVALID', ['retransmitMs: retransmit interval 500 ms must be below the failure timeout 500 ms']],
-  ['wasm service', (j) => { j.service = { kind: 'wasm', mode: 'rsm' }; }, 'E_NOT_IMPLEMENTED', ['service.kind: the WebAssembly service is not built yet']],
+  ['wasm service without a module', (j) => { j.service = { kind: 'wasm', listen: [] }; }, 'E_CONFIG_INVALID', ['service.module: missing']],
+  ['wasm service with a kv mode', (j) => { j.service = { kind: 'wasm', module: 'g.wasm', listen: [], mode: 'rsm' }; }, 'E_CONFIG_INVALID', ['unknown key service.mode']],
+  ['wasm service with a bad listen address', (j) => { j.service = { kind: 'wasm', module: 'g.wasm', listen: ['nowhere'] }; }, 'E_CONFIG_INVALID', ['service.listen[0]: must be "host:port"']],
+  ['wasm service with a bad memory limit', (j) => { j.service = { kind: 'wasm', module: 'g.wasm', listen: [], memoryLimitMb: 0 }; }, 'E_CONFIG_INVALID', ['service.memoryLimitMb: must be an integer from 1 to 4096']],
   ['unknown service kind', (j) => { j.service = { kind: 'sql', mode: 'rsm' }; }, 'E_CONFIG_INVALID', ['service.kind: must be "kv"', '"sql"']],
   ['bad mode', (j) => { j.service = { kind: 'kv', mode: 'lockstep' }; }, 'E_CONFIG_INVALID', ['service.mode: must be "rsm" or "state-transfer"']],
   ['arbiter not a string', (j) => { j.arbiter = { file: 'x' }; }, 'E_CONFIG_INVALID', ['arbiter: must be a string']],

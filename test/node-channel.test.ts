@@ -79,7 +79,7 @@ async function checkConverged(cluster: ProcessCluster, pair: { primary: string; 
   await cluster.waitFor(async () => {
     const [p, b] = await Promise.all([cluster.status(pair.primary), cluster.status(pair.backup)]);
     if (p === null || b === null || p.lag !== 0 || p.logIndex !== b.logIndex) return false;
-    sample = [p.digest, b.digest];
+    sample = [p.digest ?? '', b.digest ?? ''];
     return true;
   }, 30_000, 'the backup to catch up');
   const [pd, bd] = sample!;

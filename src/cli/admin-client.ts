@@ -12,14 +12,32 @@ export interface NodeStatus {
   readonly ackedIndex: number;
   readonly appliedIndex: number;
   readonly lag: number;
-  readonly opsPerSec: number;
-  readonly clients: number;
   readonly heldOutputs: number;
-  /** The guest state's digest (equal on replicas at the same log index). */
-  readonly digest: string;
+  /** kv: ops/s, client count and the state's digest (equal on replicas at the same log index). */
+  readonly opsPerSec?: number;
+  readonly clients?: number;
+  readonly digest?: string;
+  /** wasm: the guest's state (wasm-front.ts `status`). */
+  readonly guest?: GuestStatus;
   readonly rssBytes: number;
   readonly view: { epoch: number; primary: string | null; backup: string | null };
   readonly pid: number;
+}
+
+export interface GuestStatus {
+  readonly state: 'none' | 'running' | 'exited' | 'failed';
+  readonly mode: 'record' | 'replay' | 'plain' | null;
+  readonly exitCode: number | null;
+  readonly failure: string | null;
+  readonly calls: number;
+  readonly backlog: number;
+  readonly memoryHash: string | null;
+  readonly outputDigest: string | null;
+  readonly hostState: string | null;
+  readonly logEntries: number;
+  readonly logBytes: number;
+  readonly heldOutputs: number;
+  readonly suspends: number;
 }
 
 export function fetchStatus(addr: NodeAddress, timeoutMs = 1000): Promise<NodeStatus | null> {
@@ -44,5 +62,5 @@ export function fetchStatus(addr: NodeAddress, timeoutMs = 1000): Promise<NodeSt
 export function formatStatusLine(id: string, client: string, s: NodeStatus | null): string {
   if (s === null) return `${id.padEnd(4)} ${'down'.padEnd(8)} ${client}`;
   const view = `view {${s.view.epoch}, ${s.view.primary ?? '-'}, ${s.view.backup ?? '-'}}`;
-  return `${id.padEnd(4)} ${s.role.padEnd(8)} epoch ${String(s.epoch).padEnd(4)} log ${String(s.logIndex).padEnd(9)} lag ${String(s.lag).padEnd(6)} ops/s ${String(s.opsPerSec).padEnd(7)} ${client.padEnd(16)} ${view}`;
+  return `${id.padEnd(4)} ${s.role.padEnd(8)} epoch ${String(s.epoch).padEnd(4)} log ${String(s.logIndex).padEnd(9)} lag ${String(s.lag).padEnd(6)} ${s.guest ? `guest ${s.guest.state} calls ${String(s.guest.calls).padEnd(8)}` : `ops/s ${String(s.opsPerSec ?? 0).padEnd(7)}`} ${client.padEnd(16)} ${view}`;
 }

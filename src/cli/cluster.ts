@@ -10,7 +10,7 @@ import { resolve, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatAddress, loadConfig } from '../node/config.js';
 import { intValue, parseFlags } from './args.js';
-import { fetchStatus, formatStatusLine } from './admin-client.js';
+import { fetchStatus, formatStatusLine, type NodeStatus } from './admin-client.js';
 import type { CheckOutput } from './check.js';
 import { LockstepError } from '../errors.js';
 
@@ -39,13 +39,41 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
   const name = flags.values.get('--name') ?? 'demo';
   const respawn = !flags.switches.has('--no-respawn');
 
+  return superviseCluster({ dir, name, count, base, respawn, service: { kind: 'kv', mode }, describe: mode }, out);
+}
+
+export interface LocalCluster {
+  readonly dir: string;
+  readonly name: string;
+  readonly count: number;
+  readonly base: number;
+  readonly respawn: boolean;
+  /** The config's `service` object. */
+  readonly service: Record<string, unknown>;
+  /** Said in the banner after the cluster's name ("rsm", "wasm kvserver.wasm"). */
+  readonly describe: string;
+  /** How clients connect, for the banner. */
+  readonly connect?: string;
+  /** Each JSON log line of every child, parsed (the wasm run prints the guest's stdout). */
+  readonly onLog?: (rec: Record<string, unknown>) => void;
+  /** Stop when this resolves (the guest exited); the resolved value is the exit code. */
+  readonly until?: (statuses: readonly (NodeStatus | null)[]) => number | null;
+}
+
+/**
+ * Write a config for a local cluster on the file arbiter, start every node as a child, show a
+ * status line per node, restart a dead node as an empty spare, and stop everything on Ctrl-C
+ * (or when `until` says so). Resolves with the exit code.
+ */
+export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promise<number> {
+  const { dir, name, count, base, respawn } = c;
   mkdirSync(dir, { recursive: true });
   rmSync(join(dir, 'arbiter'), { recursive: true, force: true });
   const configPath = join(dir, 'cluster.json');
   const raw = {
     cluster: name,
     arbiter: 'file:arbiter',
-    service: { kind: 'kv', mode },
+    service: c.service,
     heartbeatMs: 50,
     failureTimeoutMs: 500,
     nodes: Array.from({ length: count }, (_, i) => ({
@@ -65,6 +93,7 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
     const child = spawn(process.execPath, [MAIN, 'node', '--config', configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
     child.stdout?.pipe(log);
     child.stderr?.pipe(log);
+    if (c.onLog && child.stdout) forEachJsonLine(child.stdout, c.onLog);
     children.set(id, child);
     child.on('exit', (code, signal) => {
       if (children.get(id) === child) children.delete(id);
@@ -77,9 +106,9 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
 
   out.stdout(
     [
-      `lockstep cluster "${name}" (${mode}): ${count} nodes, config ${configPath}, logs ${dir}/<id>.log`,
+      `lockstep cluster "${name}" (${c.describe}): ${count} nodes, config ${configPath}, logs ${dir}/<id>.log`,
       ...config.nodes.map((n) => `  ${n.id}: clients ${formatAddress(n.client)}  admin http://${formatAddress(n.admin)}/status`),
-      `connect: redis-cli -p ${config.nodes[0]!.client.port}   (any node answers INFO, ROLE and SENTINEL; writes go to the primary)`,
+      c.connect ?? `connect: redis-cli -p ${config.nodes[0]!.client.port}   (any node answers INFO, ROLE and SENTINEL; writes go to the primary)`,
       `status:  lockstep status --config ${configPath}`,
       'kill -9 the primary\'s pid (shown below) to watch the backup go live. Ctrl-C stops the cluster.',
       '',
@@ -89,6 +118,7 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
   const tty = process.stdout.isTTY === true;
   let drawn = 0;
   let last = '';
+  let finish: ((code: number) => void) | null = null;
   const render = async (): Promise<void> => {
     const statuses = await Promise.all(config.nodes.map((n) => fetchStatus(n.admin, 500)));
     const lines = config.nodes.map((n, i) => {
@@ -96,7 +126,7 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
       return `${formatStatusLine(n.id, formatAddress(n.client), s)}${s ? ` pid ${s.pid}` : ''}`;
     });
     const text = lines.join('\n');
-    if (tty) {
+    if (tty && c.onLog === undefined) {
       if (drawn > 0) process.stdout.write(`\x1b[${drawn}A`);
       process.stdout.write(lines.map((l) => `\x1b[2K${l}`).join('\n') + '\n');
       drawn = lines.length;
@@ -104,12 +134,15 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
       out.stdout(text + '\n');
     }
     last = text;
+    const code = c.until?.(statuses) ?? null;
+    if (code !== null) finish?.(code);
   };
   const timer = setInterval(() => void render(), 1000);
 
-  await new Promise<void>((resolveStop) => {
-    process.once('SIGINT', () => resolveStop());
-    process.once('SIGTERM', () => resolveStop());
+  const exitCode = await new Promise<number>((resolveStop) => {
+    finish = resolveStop;
+    process.once('SIGINT', () => resolveStop(0));
+    process.once('SIGTERM', () => resolveStop(0));
   });
   stopping = true;
   clearInterval(timer);
@@ -129,5 +162,24 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
     ),
   );
   out.stdout('stopped; no node is left running.\n');
-  return 0;
+  return exitCode;
+}
+
+/** Call `f` with every line of `stream` that parses as a JSON object. */
+function forEachJsonLine(stream: NodeJS.ReadableStream, f: (rec: Record<string, unknown>) => void): void {
+  let buf = '';
+  stream.on('data', (chunk: Buffer) => {
+    buf += chunk.toString('utf8');
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      try {
+        const rec: unknown = JSON.parse(line);
+        if (typeof rec === 'object' && rec !== null) f(rec as Record<string, unknown>);
+      } catch {
+        // not a log record
+      }
+    }
+  });
 }

@@ -8,18 +8,20 @@ import { simCommand } from './sim.js';
 import { nodeCommand } from './node.js';
 import { clusterCommand } from './cluster.js';
 import { statusCommand } from './status.js';
+import { runCommand } from './run.js';
 
 const USAGE = `usage: lockstep <command> [options]
 
 commands:
   cluster  start a local replicated kv cluster (the main job; npm start)
+  run      run a WebAssembly/WASI program under fault tolerance: lockstep run GUEST.wasm [ARGS]
   node     run one replica: lockstep node --config FILE --id ID
   status   the view and every node's state: lockstep status --config FILE
   sim      run the deterministic simulator over many seeds
   check    check that a key/value history is linearizable
   help     print this help
 
-Each command takes --help. Not yet: run (the WebAssembly guest comes with a later issue).
+Each command takes --help.
 `;
 
 // Output piped into a reader that stops early (`lockstep sim ... | head`) is not an error.
@@ -46,6 +48,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return clusterCommand(rest, io);
     case 'status':
       return statusCommand(rest, io);
+    case 'run':
+      return runCommand(rest, io);
     case undefined:
     case 'help':
     case '--help':

@@ -22,7 +22,24 @@ export interface NodeConfig {
   readonly client: NodeAddress;
   readonly admin: NodeAddress;
 }
-export interface ServiceConfig { readonly kind: 'kv'; readonly mode: 'rsm' | 'state-transfer' }
+export interface KvServiceConfig { readonly kind: 'kv'; readonly mode: 'rsm' | 'state-transfer' }
+/** A WebAssembly/WASI guest replicated by record and replay (docs/WASM.md). */
+export interface WasmServiceConfig {
+  readonly kind: 'wasm';
+  /** The module's path, resolved against the config file's directory. */
+  readonly module: string;
+  /** argv[1..]; argv[0] is the module's file name. */
+  readonly args: readonly string[];
+  /** The guest's environment, "KEY=VALUE". */
+  readonly env: readonly string[];
+  /** Listening sockets the primary opens for the guest (fds 4, 5, ...), the same on every node. */
+  readonly listen: readonly NodeAddress[];
+  /** Linear memory limit, the same on every replica. */
+  readonly memoryLimitMb: number;
+  /** Where the per-replica guest directories are (`<guestDir>/<node id>`), resolved. */
+  readonly guestDir: string;
+}
+export type ServiceConfig = KvServiceConfig | WasmServiceConfig;
 /** The protocol's timing fields (CoreTiming) plus what only a real cluster has. */
 export interface ClusterConfig extends CoreTiming {
   readonly cluster: string;
@@ -85,12 +102,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     throw e;
   }
 
-  const svc = object(top.service, 'service', ['kind', 'mode'], ['kind', 'mode']);
-  if (svc.kind === 'wasm') fail('service.kind', 'the WebAssembly service is not built yet; use "kv"', 'E_NOT_IMPLEMENTED');
-  if (svc.kind !== 'kv') fail('service.kind', `must be "kv", got ${describe(svc.kind)}`);
-  if (svc.mode !== 'rsm' && svc.mode !== 'state-transfer') fail('service.mode', `must be "rsm" or "state-transfer", got ${describe(svc.mode)}`);
-  const service: ServiceConfig = { kind: 'kv', mode: svc.mode };
-
+  const service = parseService(top.service, baseDir, object, fail);
   const int = (key: IntKey, dflt: number): number => {
     const v = top[key];
     if (v === undefined) return dflt;
@@ -144,6 +156,46 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     maxClientConnections: int('maxClientConnections', 10_000),
     nodes, baseDir,
   };
+}
+
+const WASM_KEYS = ['kind', 'module', 'args', 'env', 'listen', 'memoryLimitMb', 'guestDir'] as const;
+
+function parseService(
+  v: unknown,
+  baseDir: string,
+  object: (v: unknown, path: string, known: readonly string[], required: readonly string[]) => Record<string, unknown>,
+  fail: (path: string, msg: string) => never,
+): ServiceConfig {
+  const kind = typeof v === 'object' && v !== null ? (v as Record<string, unknown>).kind : undefined;
+  if (kind === 'wasm') return parseWasmService(object(v, 'service', WASM_KEYS, ['kind', 'module', 'listen']), baseDir, fail);
+  const svc = object(v, 'service', ['kind', 'mode'], ['kind', 'mode']);
+  if (svc.kind !== 'kv') fail('service.kind', `must be "kv" or "wasm", got ${describe(svc.kind)}`);
+  if (svc.mode !== 'rsm' && svc.mode !== 'state-transfer') fail('service.mode', `must be "rsm" or "state-transfer", got ${describe(svc.mode)}`);
+  return { kind: 'kv', mode: svc.mode };
+}
+
+function parseWasmService(o: Record<string, unknown>, baseDir: string, fail: (path: string, msg: string) => never): WasmServiceConfig {
+  if (typeof o.module !== 'string' || o.module === '') fail('service.module', `must be the path of a .wasm file, got ${describe(o.module)}`);
+  const strings = (key: 'args' | 'env', pattern: RegExp | null, what: string): string[] => {
+    const a = o[key];
+    if (a === undefined) return [];
+    if (!Array.isArray(a) || a.some((x) => typeof x !== 'string' || x.includes('\0') || (pattern !== null && !pattern.test(x)))) {
+      fail(`service.${key}`, `must be an array of ${what}, got ${describe(a)}`);
+    }
+    return a as string[];
+  };
+  const args = strings('args', null, 'strings without NUL');
+  const env = strings('env', /^[^=]+=/s, '"KEY=VALUE" strings');
+  if (!Array.isArray(o.listen) || o.listen.length > 16) fail('service.listen', `must be an array of up to 16 "host:port" addresses, got ${describe(o.listen)}`);
+  const listen = o.listen.map((x, i) => {
+    const a = parseAddress(x);
+    return typeof a === 'string' ? fail(`service.listen[${i}]`, a) : a;
+  });
+  const mb = o.memoryLimitMb ?? 256;
+  if (typeof mb !== 'number' || !Number.isSafeInteger(mb) || mb < 1 || mb > 4096) fail('service.memoryLimitMb', `must be an integer from 1 to 4096, got ${describe(mb)}`);
+  const guestDir = o.guestDir ?? 'guests';
+  if (typeof guestDir !== 'string' || guestDir === '') fail('service.guestDir', `must be a directory path, got ${describe(guestDir)}`);
+  return { kind: 'wasm', module: resolve(baseDir, o.module), args, env, listen, memoryLimitMb: mb, guestDir: resolve(baseDir, guestDir) };
 }
 
 export async function loadConfig(path: string): Promise<ClusterConfig> {

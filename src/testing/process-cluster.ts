@@ -19,6 +19,8 @@ const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 export interface ProcessClusterOptions {
   readonly nodes?: number;
   readonly mode?: 'rsm' | 'state-transfer';
+  /** The config's `service` object (default: kv in `mode`). */
+  readonly service?: Record<string, unknown>;
   readonly heartbeatMs?: number;
   readonly failureTimeoutMs?: number;
   /** Extra top-level config fields. */
@@ -93,7 +95,7 @@ export class ProcessCluster {
       const config = {
         cluster: c.cluster,
         arbiter: 'file:arbiter',
-        service: { kind: 'kv', mode: opts.mode ?? 'rsm' },
+        service: opts.service ?? { kind: 'kv', mode: opts.mode ?? 'rsm' },
         heartbeatMs: opts.heartbeatMs ?? 30,
         failureTimeoutMs: opts.failureTimeoutMs ?? 300,
         ...opts.extra,

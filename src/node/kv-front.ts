@@ -1,0 +1,362 @@
+// The kv front: the built-in kv machine behind a RESP2 client port (issue 3).
+//
+// Replies leave only through the output rule: a kv command is executed at once on the
+// primary, its entry appended, and its reply held by the core until released. Replies on one
+// client connection go out in request order (a per-connection queue of slots), so a PING
+// pipelined behind a held GET waits for it.
+
+import net from 'node:net';
+import { canAppend, type Entry, type Replica, type Role, type View } from '../core/index.js';
+import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply } from '../guest/index.js';
+import { RespProtocolError, RespRequestParser, encodeReply } from '../net/resp.js';
+import { EXEC_COMMAND, parseExec } from '../net/exec.js';
+import { formatAddress, nodeOf, type ClusterConfig, type KvServiceConfig } from './config.js';
+import { metaCommand, type NodeView } from './commands.js';
+import type { FrontHost, ServiceFront } from './front.js';
+import { listenOrExplain } from './listen.js';
+
+type Service = ReplicatedService<KvCommand, KvReply, KvChange>;
+
+interface Slot {
+  bytes: Buffer | null;
+  /** The output rule has not released this reply yet. */
+  held?: boolean;
+  /** Close the connection once this reply is written (QUIT). */
+  close?: boolean;
+}
+
+class ClientConn {
+  readonly parser = new RespRequestParser();
+  readonly slots: Slot[] = [];
+  /** Commands parsed but not yet run: flow control is closed. */
+  readonly waiting: string[][] = [];
+  /** Bytes of replies in `slots` not yet handed to the socket. */
+  slotBytes = 0;
+  closed = false;
+  constructor(
+    readonly socket: net.Socket,
+    readonly id: number,
+  ) {}
+}
+
+/** Replies held by the output rule at most; beyond it clients wait (their sockets pause). */
+const MAX_HELD_REPLIES = 100_000;
+/** Unread reply bytes per client connection at most; beyond it that client's commands wait. */
+const MAX_CLIENT_OUTPUT_BYTES = 8 * 1024 * 1024;
+
+export class KvFront implements ServiceFront, NodeView {
+  private service: Service;
+  private clientServer: net.Server | null = null;
+  private readonly outputs = new Map<number, { conn: ClientConn; slot: Slot }>();
+  private nextOutputId = 1;
+  private readonly conns = new Set<ClientConn>();
+  private nextConnId = 1;
+  /** Connections whose commands wait for flow control to open. */
+  private readonly blocked = new Set<ClientConn>();
+  /** Connections with replies ready to write at the end of this turn. */
+  private readonly dirty = new Set<ClientConn>();
+  readonly counters = { commands: 0, releases: 0, discards: 0, clientErrors: 0, opsLastSecond: 0, opsThisSecond: 0 };
+  private rateTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly node: FrontHost) {
+    this.service = this.freshService();
+  }
+
+  // ---- NodeView: what the meta commands (INFO, ROLE, SENTINEL) read -------------------------
+
+  get id(): string {
+    return this.node.id;
+  }
+
+  get clusterConfig(): ClusterConfig {
+    return this.node.config;
+  }
+
+  get replicaState(): Replica {
+    return this.node.replica;
+  }
+
+  get clientCount(): number {
+    return this.conns.size;
+  }
+
+  // ---- ServiceFront ------------------------------------------------------------------------
+
+  async start(): Promise<void> {
+    const self = nodeOf(this.node.config, this.node.id);
+    const server = net.createServer((s) => this.acceptClient(s));
+    this.clientServer = server;
+    await listenOrExplain('client', server, self.client);
+    this.rateTimer = setInterval(() => {
+      this.counters.opsLastSecond = this.counters.opsThisSecond;
+      this.counters.opsThisSecond = 0;
+    }, 1000);
+  }
+
+  async stop(): Promise<void> {
+    if (this.rateTimer) clearInterval(this.rateTimer);
+    for (const c of this.conns) c.socket.destroy();
+    const s = this.clientServer;
+    if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  apply(entries: readonly Entry[]): void {
+    for (const e of entries) this.service.applyEntry(e.payload);
+  }
+
+  installSnapshot(_index: number, data: Uint8Array): void {
+    const service = this.freshService();
+    service.restore(data);
+    this.service = service;
+  }
+
+  takeSnapshot(): Uint8Array {
+    return this.service.snapshot();
+  }
+
+  release(outputIds: readonly number[]): void {
+    for (const o of this.takeOutputs(outputIds)) {
+      this.counters.releases++;
+      o.slot.held = false;
+      this.flushConn(o.conn);
+    }
+  }
+
+  discard(outputIds: readonly number[]): void {
+    // These replies will never be sent: close their connections so the clients retry elsewhere.
+    for (const o of this.takeOutputs(outputIds)) {
+      this.counters.discards++;
+      o.conn.socket.destroy();
+    }
+  }
+
+  role(role: Role, _view: View): void {
+    if (role !== 'primary') this.failWaiting();
+  }
+
+  reset(): void {
+    this.failWaiting();
+    this.service = this.freshService();
+  }
+
+  flowMayHaveOpened(): void {
+    this.drainBlocked();
+  }
+
+  /** Write every dirty connection's ready replies: one socket write per connection per turn. */
+  afterFlush(): void {
+    for (const conn of this.dirty) this.writeReady(conn);
+    this.dirty.clear();
+    this.drainBlocked();
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      digest: this.service.digest(),
+      clients: this.conns.size,
+      opsPerSec: this.counters.opsLastSecond,
+      mode: this.mode,
+    };
+  }
+
+  metrics(metric: (name: string, type: 'gauge' | 'counter', help: string, value: number) => void): void {
+    const c = this.counters;
+    metric('lockstep_client_connections', 'gauge', 'Open client connections.', this.conns.size);
+    metric('lockstep_client_commands_total', 'counter', 'Client commands received.', c.commands);
+    metric('lockstep_released_outputs_total', 'counter', 'Replies released by the output rule.', c.releases);
+    metric('lockstep_discarded_outputs_total', 'counter', 'Replies discarded when this node stopped being primary.', c.discards);
+    metric('lockstep_client_protocol_errors_total', 'counter', 'Client connections closed for protocol garbage.', c.clientErrors);
+  }
+
+  // ---- the service -------------------------------------------------------------------------
+
+  private get mode(): KvServiceConfig['mode'] {
+    const svc = this.node.config.service;
+    if (svc.kind !== 'kv') throw new Error(`KvFront given a ${svc.kind} service`);
+    return svc.mode;
+  }
+
+  private freshService(): Service {
+    return new ReplicatedService(createKv(), this.mode);
+  }
+
+  /** Remove and return the held outputs with these ids (those still known), in order. */
+  private takeOutputs(ids: readonly number[]): { conn: ClientConn; slot: Slot }[] {
+    const taken: { conn: ClientConn; slot: Slot }[] = [];
+    for (const id of ids) {
+      const o = this.outputs.get(id);
+      if (!o) continue;
+      this.outputs.delete(id);
+      taken.push(o);
+    }
+    return taken;
+  }
+
+  // ---- clients -----------------------------------------------------------------------------
+
+  private acceptClient(socket: net.Socket): void {
+    if (this.conns.size >= this.node.config.maxClientConnections) {
+      socket.end(encodeReply({ kind: 'error', message: 'ERR max number of clients reached' }));
+      return;
+    }
+    socket.setNoDelay(true);
+    const conn = new ClientConn(socket, this.nextConnId++);
+    this.conns.add(conn);
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        conn.parser.push(chunk);
+        for (let cmd = conn.parser.next(); cmd !== null; cmd = conn.parser.next()) {
+          if (conn.closed) return;
+          this.counters.commands++;
+          this.counters.opsThisSecond++;
+          if (conn.waiting.length > 0 || this.outputFull(conn)) this.park(conn, cmd);
+          else this.command(conn, cmd);
+        }
+      } catch (e) {
+        if (!(e instanceof RespProtocolError)) throw e;
+        this.counters.clientErrors++;
+        this.node.log('warn', 'client-garbage', { client: conn.id, remote: socket.remoteAddress ?? '?', reason: e.message });
+        socket.destroy();
+      }
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      conn.closed = true;
+      this.conns.delete(conn);
+      this.blocked.delete(conn);
+    });
+  }
+
+  /** Run one client command, or park it if flow control is closed. */
+  private command(conn: ClientConn, args: string[]): void {
+    const name = (args[0] ?? '').toUpperCase();
+    const meta = metaCommand(this, name, args);
+    if (meta !== null) {
+      const bytes = encodeReply(meta.reply);
+      conn.slots.push({ bytes, close: meta.close === true });
+      conn.slotBytes += bytes.length;
+      this.flushConn(conn);
+      return;
+    }
+    if (this.node.replica.role !== 'primary') {
+      this.reply(conn, { kind: 'error', message: this.notPrimaryMessage() });
+      return;
+    }
+    if (!this.flowOpen()) {
+      this.park(conn, args);
+      return;
+    }
+    let req: { clientId: string | null; seq: number; ackedBelow: number; command: KvCommand };
+    if (name === EXEC_COMMAND) {
+      const parsed = parseExec(args);
+      if (typeof parsed === 'string') {
+        this.reply(conn, { kind: 'error', message: parsed });
+        return;
+      }
+      req = parsed;
+    } else {
+      req = { clientId: null, seq: 1, ackedBelow: 0, command: args };
+    }
+    const res = this.service.execute(req);
+    if (res.entry !== null) this.node.input({ type: 'append', payload: res.entry });
+    const slot: Slot = { bytes: encodeReply(res.reply), held: true };
+    conn.slots.push(slot);
+    conn.slotBytes += slot.bytes!.length;
+    // The reply exists but stays in its slot, unwritten, until the output rule releases it.
+    const outputId = this.nextOutputId++;
+    this.outputs.set(outputId, { conn, slot });
+    this.node.input({ type: 'hold', outputId, fresh: res.entry === null });
+  }
+
+  private reply(conn: ClientConn, reply: KvReply): void {
+    const bytes = encodeReply(reply);
+    conn.slots.push({ bytes });
+    conn.slotBytes += bytes.length;
+    this.flushConn(conn);
+  }
+
+  /** Keep a command for later, in order, and stop reading the connection meanwhile. */
+  private park(conn: ClientConn, args: string[]): void {
+    conn.waiting.push(args);
+    conn.socket.pause();
+    this.blocked.add(conn);
+  }
+
+  /**
+   * Has the client left too many replies unread? Then its next commands wait (like the log
+   * bound): a client that never reads cannot grow this node's memory without bound.
+   */
+  private outputFull(conn: ClientConn): boolean {
+    return conn.slotBytes + conn.socket.writableLength > MAX_CLIENT_OUTPUT_BYTES;
+  }
+
+  notPrimaryMessage(): string {
+    const v = this.node.replica.view;
+    const primary = v.primary === null || v.primary === this.node.id ? null : this.node.config.nodes.find((n) => n.id === v.primary);
+    if (primary) return `NOTPRIMARY the primary is ${primary.id} at ${formatAddress(primary.client)} (epoch ${v.epoch}); this node is ${this.node.replica.role}`;
+    return `NOTPRIMARY no primary known to this node (it is ${this.node.replica.role}); try another node`;
+  }
+
+  /** Write the replies at the head of the connection's queue that are ready (released). */
+  private flushConn(conn: ClientConn): void {
+    if (conn.closed) return;
+    this.dirty.add(conn);
+    this.node.scheduleFlush();
+  }
+
+  private writeReady(conn: ClientConn): void {
+    if (conn.closed) return;
+    const ready: Buffer[] = [];
+    let close = false;
+    let n = 0;
+    while (n < conn.slots.length) {
+      const s = conn.slots[n]!;
+      if (s.bytes === null || s.held === true) break;
+      ready.push(s.bytes);
+      n++;
+      if (s.close) {
+        close = true;
+        break;
+      }
+    }
+    if (n === 0) return;
+    conn.slots.splice(0, n);
+    const data = ready.length === 1 ? ready[0]! : Buffer.concat(ready);
+    conn.slotBytes -= data.length;
+    if (close) conn.socket.end(data);
+    else conn.socket.write(data);
+  }
+
+  /**
+   * May the primary take another command? The core bounds the unacked log (entries, bytes);
+   * replies waiting for the output rule are bounded here too, since reads append nothing.
+   */
+  private flowOpen(): boolean {
+    return canAppend(this.node.replica) && this.outputs.size < MAX_HELD_REPLIES;
+  }
+
+  /** Flow control reopened, or a client read its replies: run parked commands, in order, while there is room. */
+  private drainBlocked(): void {
+    if (this.blocked.size === 0) return;
+    for (const conn of [...this.blocked]) {
+      while (conn.waiting.length > 0 && !conn.closed && !this.outputFull(conn)) {
+        // Only guest commands wait for the log; meta commands and errors need no room there.
+        if (this.node.replica.role === 'primary' && !this.flowOpen()) break;
+        this.command(conn, conn.waiting.shift()!);
+      }
+      if (conn.waiting.length === 0) {
+        this.blocked.delete(conn);
+        conn.socket.resume();
+      }
+    }
+  }
+
+  /** No longer primary: parked commands will never run here; close so clients go elsewhere. */
+  private failWaiting(): void {
+    for (const conn of [...this.blocked]) {
+      this.blocked.delete(conn);
+      conn.waiting.length = 0;
+      conn.socket.destroy();
+    }
+  }
+}

@@ -1,0 +1,299 @@
+// The wasm front: a WebAssembly/WASI guest replicated by record and replay (issue 4,
+// DESIGN.md §3), driven by the same core as the kv service.
+//
+// The primary runs the guest live (GuestRuntime in record mode): its host calls become log
+// records, batched into log entries; its outputs (socket writes, closes, stdout) are held by
+// the core's output rule until the backup has acked the entry holding their record. The
+// backup runs the same guest in replay mode, fed by the entries the core applies, and sends
+// nothing. When the backup goes live it finishes the records it has, its host opens the
+// guest's listening sockets, and the guest carries on; connections from before the cut-over
+// are reset (the clients reconnect).
+//
+// A new backup gets the whole log since the guest started, as its snapshot, and replays it
+// (docs/WASM.md says what that costs; a memory snapshot is the better way, not built yet).
+
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { canAppend, type Entry, type Role, type View } from '../core/index.js';
+import { ByteReader, ByteWriter } from '../guest/bytes.js';
+import { LockstepError } from '../errors.js';
+import { loadModule, type LoadedModule } from '../wasm/module.js';
+import { GuestRuntime, type GuestEnd, type RecordSink, type RuntimeMode } from '../wasm/runtime.js';
+import { WasiHost, type OutputEffect } from '../wasm/wasi.js';
+import { decodeEntry } from '../wasm/log.js';
+import type { WasmServiceConfig } from './config.js';
+import type { FrontHost, ServiceFront } from './front.js';
+
+type Pending = { readonly kind: 'append'; readonly payload: Uint8Array } | { readonly kind: 'hold'; readonly effect: OutputEffect };
+
+type GuestState = 'none' | 'running' | 'exited' | 'failed';
+
+export class WasmFront implements ServiceFront {
+  private loaded: LoadedModule | null = null;
+  private host: WasiHost | null = null;
+  private runtime: GuestRuntime | null = null;
+  /** Bumped per guest instance, so a stale instance's late callbacks are ignored. */
+  private generation = 0;
+  private state: GuestState = 'none';
+  private exitCode: number | null = null;
+  private failure: string | null = null;
+  /** Every entry since the guest started: the snapshot a new backup replays. */
+  private entries: Uint8Array[] = [];
+  private entryBytes = 0;
+  /** Appends and holds waiting for flow control, in order (an output waits behind its entry). */
+  private readonly pending: Pending[] = [];
+  private readonly held = new Map<number, OutputEffect>();
+  private nextOutputId = 1;
+  private flowWaiters: (() => void)[] = [];
+  readonly counters = { outputs: 0, released: 0, discarded: 0, entries: 0 };
+
+  constructor(
+    private readonly node: FrontHost,
+    private readonly svc: WasmServiceConfig,
+  ) {}
+
+  private get root(): string {
+    return join(this.svc.guestDir, this.node.id);
+  }
+
+  async start(): Promise<void> {
+    let bytes: Uint8Array;
+    try {
+      bytes = readFileSync(this.svc.module);
+    } catch (e) {
+      throw new LockstepError('E_FILE_READ', `cannot read the guest module ${this.svc.module}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    this.loaded = await loadModule(bytes, {
+      maxMemoryPages: this.svc.memoryLimitMb * 16,
+      cacheDir: join(this.svc.guestDir, '.module-cache'),
+    });
+    this.node.log('info', 'guest-loaded', {
+      module: this.svc.module, sha256: this.loaded.sha256, instrumentMs: Math.round(this.loaded.instrumentMs),
+      memoryPages: this.loaded.memory.maximumPages,
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.dropGuest();
+  }
+
+  // ---- guest lifecycle ---------------------------------------------------------------------
+
+  /** A fresh guest in an emptied directory, in record (primary) or replay (follower) mode. */
+  private startGuest(mode: RuntimeMode): void {
+    this.dropGuest();
+    const gen = ++this.generation;
+    rmSync(this.root, { recursive: true, force: true });
+    mkdirSync(this.root, { recursive: true });
+    let runtime: GuestRuntime | null = null;
+    const host = new WasiHost({
+      args: [basename(this.svc.module), ...this.svc.args],
+      env: [...this.svc.env, `LOCKSTEP_LISTEN_FDS=${this.svc.listen.length}`],
+      root: this.root,
+      listen: this.svc.listen,
+      output: (e) => runtime!.onOutput(e),
+      stdout: (b) => this.node.log('info', 'guest-stdout', { text: Buffer.from(b).toString('utf8') }),
+      stderr: (b) => this.node.log('info', 'guest-stderr', { text: Buffer.from(b).toString('utf8') }),
+      mode: mode === 'replay' ? 'replay' : 'live',
+    });
+    runtime = new GuestRuntime({ loaded: this.loaded!, host, mode, sink: this.sink(gen) });
+    this.host = host;
+    this.runtime = runtime;
+    this.state = 'running';
+    if (mode === 'record') this.openListeners(host, gen);
+    void runtime.run().then((end) => this.guestEnded(gen, end));
+    this.node.log('info', 'guest-start', { mode });
+  }
+
+  private openListeners(host: WasiHost, gen: number): Promise<void> {
+    return host.openListeners().catch((e: unknown) => {
+      if (gen === this.generation) this.node.failStop(`cannot open the guest's listening sockets: ${(e as Error).message}`);
+    });
+  }
+
+  private dropGuest(): void {
+    this.generation++;
+    this.runtime?.stop();
+    this.host?.close();
+    this.runtime = null;
+    this.host = null;
+    this.pending.length = 0;
+    this.held.clear();
+    this.wakeFlow();
+  }
+
+  private guestEnded(gen: number, end: GuestEnd): void {
+    if (gen !== this.generation || end.kind === 'stopped') return;
+    if (end.kind === 'exit') {
+      this.state = 'exited';
+      this.exitCode = end.code;
+      this.node.log('info', 'guest-exit', { code: end.code, calls: this.runtime?.callCount ?? 0, memoryHash: this.runtime?.memoryHash() ?? null });
+      return;
+    }
+    this.state = 'failed';
+    this.failure = `${end.kind}: ${end.message}`;
+    // A trap (stack overflow, out of memory, unreachable) or a divergence: this replica's guest
+    // cannot go on, so the replica stops (fail-stop); its peer carries on or fails the same way.
+    this.node.failStop(`guest ${end.kind}: ${end.message}`);
+  }
+
+  // ---- the sink: records into entries, outputs into held outputs -------------------------------
+
+  private sink(gen: number): RecordSink {
+    return {
+      canRecord: () => gen === this.generation && this.pending.length === 0 && canAppend(this.node.replica),
+      whenCanRecord: () => new Promise<void>((resolve) => this.flowWaiters.push(resolve)),
+      append: (payload) => {
+        if (gen !== this.generation) return;
+        this.entries.push(payload);
+        this.entryBytes += payload.length;
+        this.pending.push({ kind: 'append', payload });
+        this.drain();
+      },
+      output: (effects) => {
+        if (gen !== this.generation) return;
+        for (const effect of effects) this.pending.push({ kind: 'hold', effect });
+        this.drain();
+      },
+    };
+  }
+
+  /** Hand the core what is pending, in order, while flow control lets entries in. */
+  private drain(): void {
+    while (this.pending.length > 0) {
+      const p = this.pending[0]!;
+      if (p.kind === 'append') {
+        if (!canAppend(this.node.replica)) return;
+        this.pending.shift();
+        this.counters.entries++;
+        this.node.input({ type: 'append', payload: p.payload });
+      } else {
+        if (this.node.replica.role !== 'primary') return;
+        this.pending.shift();
+        const id = this.nextOutputId++;
+        this.held.set(id, p.effect);
+        this.counters.outputs++;
+        this.node.input({ type: 'hold', outputId: id, fresh: false });
+      }
+    }
+    this.wakeFlow();
+  }
+
+  private wakeFlow(): void {
+    const waiters = this.flowWaiters;
+    this.flowWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  // ---- ServiceFront ------------------------------------------------------------------------
+
+  apply(entries: readonly Entry[]): void {
+    if (this.runtime === null) return;
+    for (const e of entries) {
+      this.entries.push(e.payload);
+      this.entryBytes += e.payload.length;
+      this.runtime.feed(decodeEntry(e.payload));
+    }
+  }
+
+  installSnapshot(_index: number, data: Uint8Array): void {
+    const r = new ByteReader(data, 'wasm snapshot');
+    const n = r.varuint();
+    const entries: Uint8Array[] = [];
+    for (let i = 0; i < n; i++) entries.push(r.bytes().slice());
+    r.end();
+    this.entries = [];
+    this.entryBytes = 0;
+    this.startGuest('replay');
+    this.apply(entries.map((payload, i) => ({ index: i + 1, payload })));
+  }
+
+  takeSnapshot(): Uint8Array {
+    // Every entry since the guest started (recruiting by replay; see the header comment).
+    const w = new ByteWriter(this.entryBytes + 8 * this.entries.length + 16);
+    w.varuint(this.entries.length);
+    for (const e of this.entries) w.bytes(e);
+    return w.finish();
+  }
+
+  release(outputIds: readonly number[]): void {
+    for (const id of outputIds) {
+      const e = this.held.get(id);
+      if (e === undefined) continue;
+      this.held.delete(id);
+      this.counters.released++;
+      this.host?.performOutput(e);
+    }
+  }
+
+  discard(outputIds: readonly number[]): void {
+    for (const id of outputIds) if (this.held.delete(id)) this.counters.discarded++;
+  }
+
+  role(role: Role, _view: View, _reason: string): void {
+    if (role !== 'primary') return;
+    if (this.runtime === null && this.state === 'none') {
+      // The first primary of the cluster (bootstrap): the guest starts here, from nothing.
+      this.entries = [];
+      this.entryBytes = 0;
+      this.startGuest('record');
+      return;
+    }
+    const rt = this.runtime;
+    const host = this.host;
+    if (rt !== null && host !== null && rt.currentMode === 'replay') {
+      const gen = this.generation;
+      this.node.log('info', 'guest-go-live', { backlog: rt.backlog, calls: rt.callCount });
+      rt.promote(() => host.goLive().catch((e: unknown) => {
+        if (gen === this.generation) this.node.failStop(`cannot go live: ${(e as Error).message}`);
+      }));
+    }
+    this.drain();
+  }
+
+  reset(): void {
+    this.dropGuest();
+    this.state = 'none';
+    this.exitCode = null;
+    this.failure = null;
+    this.entries = [];
+    this.entryBytes = 0;
+    rmSync(this.root, { recursive: true, force: true });
+  }
+
+  flowMayHaveOpened(): void {
+    this.drain();
+  }
+
+  afterFlush(): void {}
+
+  status(): Record<string, unknown> {
+    const rt = this.runtime;
+    return {
+      guest: {
+        state: this.state,
+        mode: rt?.currentMode ?? null,
+        exitCode: this.exitCode,
+        failure: this.failure,
+        calls: rt?.callCount ?? 0,
+        backlog: rt?.backlog ?? 0,
+        memoryHash: rt?.memoryHash() ?? null,
+        outputDigest: rt?.outputDigest() ?? null,
+        hostState: this.host?.hostState() ?? null,
+        logEntries: this.entries.length,
+        logBytes: this.entryBytes,
+        heldOutputs: this.held.size,
+        suspends: rt?.stats.suspends ?? 0,
+      },
+    };
+  }
+
+  metrics(metric: (name: string, type: 'gauge' | 'counter', help: string, value: number) => void): void {
+    const c = this.counters;
+    metric('lockstep_guest_calls_total', 'counter', 'Logged host calls the guest made or replayed.', this.runtime?.callCount ?? 0);
+    metric('lockstep_guest_log_bytes', 'gauge', 'Bytes of log kept since the guest started (the recruit snapshot).', this.entryBytes);
+    metric('lockstep_guest_outputs_total', 'counter', 'Guest outputs held for the output rule.', c.outputs);
+    metric('lockstep_released_outputs_total', 'counter', 'Guest outputs released by the output rule.', c.released);
+    metric('lockstep_discarded_outputs_total', 'counter', 'Guest outputs discarded when this node stopped being primary.', c.discarded);
+  }
+}
