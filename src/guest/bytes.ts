@@ -342,6 +342,21 @@ export class Hash64 {
     return this;
   }
 
+  /**
+   * The running state (both lanes and the unit count), so a streaming hash can be carried in a
+   * snapshot and continued elsewhere: setState(state()) on a fresh instance hashes on the same.
+   */
+  state(): [number, number, number] {
+    return [this.x >>> 0, this.y >>> 0, this.n];
+  }
+
+  setState(s: readonly [number, number, number]): this {
+    this.x = s[0] | 0;
+    this.y = s[1] | 0;
+    this.n = s[2];
+    return this;
+  }
+
   get a(): number {
     return fmix32(this.x ^ this.n ^ fmix32(this.y));
   }

@@ -9,8 +9,23 @@
 // guest's listening sockets, and the guest carries on; connections from before the cut-over
 // are reset (the clients reconnect).
 //
-// A new backup gets the whole log since the guest started, as its snapshot, and replays it
-// (docs/WASM.md says what that costs; a memory snapshot is the better way, not built yet).
+// Recruiting a new backup (the core's takeSnapshot / installSnapshot). A snapshot is one tag
+// byte and a body:
+//   'S'  a snapshot of the whole guest (GuestRuntime.snapshot: memory, globals, unwound stack,
+//        counters, fd table, guest directory; src/wasm/image.ts). The recruit restores it in
+//        replay mode and carries on from there: its cost is the guest's size, not its age.
+//   'L'  every log entry since the guest started (varuint count, then each entry), which the
+//        recruit replays from the start. The fallback, for a guest loaded without asyncify
+//        (it cannot be resumed) and for a primary with no guest yet (an empty log: the recruit
+//        starts the guest afresh). Only such a front keeps the whole log in memory.
+//   'X'  the primary could not snapshot its guest (the text says why): the recruit stops.
+// A guest that has exited is snapshotted too (phase "exited"): the recruit holds its memory and
+// directory and reports the same exit.
+//
+// The snapshot can be ahead of the core's last index: appends the front holds in `pending`
+// (flow control closed) are in the guest's state already, and reach the recruit afterwards as
+// entries after the snapshot's index. The restored runtime drops records below the snapshot's
+// call count (GuestRuntime.feed), so those are not replayed twice.
 
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
@@ -28,6 +43,18 @@ type Pending = { readonly kind: 'append'; readonly payload: Uint8Array } | { rea
 
 type GuestState = 'none' | 'running' | 'exited' | 'failed';
 
+/** The first byte of a snapshot: its format (see the header comment). */
+const TAG_GUEST = 0x53; // 'S'
+const TAG_LOG = 0x4c; // 'L'
+const TAG_FAILED = 0x58; // 'X'
+
+function tagged(tag: number, body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(body.length + 1);
+  out[0] = tag;
+  out.set(body, 1);
+  return out;
+}
+
 export class WasmFront implements ServiceFront {
   private loaded: LoadedModule | null = null;
   private host: WasiHost | null = null;
@@ -37,9 +64,14 @@ export class WasmFront implements ServiceFront {
   private state: GuestState = 'none';
   private exitCode: number | null = null;
   private failure: string | null = null;
-  /** Every entry since the guest started: the snapshot a new backup replays. */
+  /** Without guest snapshots only: every entry since the guest started (what a recruit replays). */
   private entries: Uint8Array[] = [];
   private entryBytes = 0;
+  /** Log this replica's guest made or received since it started (or was restored): counted, not kept. */
+  private logTotal = { entries: 0, bytes: 0 };
+  /** How this replica's guest was recruited, and the last snapshot it gave a recruit. */
+  private restoredFrom: Record<string, unknown> | null = null;
+  private lastSnapshot: Record<string, unknown> | null = null;
   /** Appends and holds waiting for flow control, in order (an output waits behind its entry). */
   private readonly pending: Pending[] = [];
   private readonly held = new Map<number, OutputEffect>();
@@ -79,30 +111,80 @@ export class WasmFront implements ServiceFront {
 
   // ---- guest lifecycle ---------------------------------------------------------------------
 
+  /**
+   * Whether a recruit gets a snapshot of the guest (it can be resumed: asyncify) rather than
+   * the whole log. Without, the front keeps every entry since the guest started.
+   */
+  private get guestSnapshots(): boolean {
+    return this.loaded?.exports.asyncify != null;
+  }
+
   /** A fresh guest in an emptied directory, in record (primary) or replay (follower) mode. */
   private startGuest(mode: RuntimeMode): void {
+    const gen = this.freshGuestDir();
+    const host = this.makeHost(mode, () => runtime);
+    const runtime = new GuestRuntime({ loaded: this.loaded!, host, mode, sink: this.sink(gen) });
+    this.launch(gen, host, runtime);
+    if (mode === 'record') this.openListeners(host, gen);
+    this.node.log('info', 'guest-start', { mode });
+  }
+
+  /** A recruit's guest, restored from the primary's snapshot, in replay mode. */
+  private restoreGuest(snapshot: Uint8Array): void {
+    const t0 = performance.now();
+    const gen = this.freshGuestDir();
+    let runtime: GuestRuntime | null = null;
+    const host = this.makeHost('replay', () => runtime!);
+    try {
+      runtime = GuestRuntime.restore({ loaded: this.loaded!, host, mode: 'replay', sink: this.sink(gen) }, snapshot);
+    } catch (e) {
+      host.close();
+      this.node.failStop(`cannot restore the primary's guest snapshot: ${(e as Error).message}`);
+      return;
+    }
+    this.launch(gen, host, runtime);
+    const ms = Math.round(performance.now() - t0);
+    this.restoredFrom = { kind: 'snapshot', bytes: snapshot.length, calls: runtime.callCount, ms };
+    this.node.log('info', 'guest-restore', { from: 'snapshot', bytes: snapshot.length, calls: runtime.callCount, ms, memoryHash: runtime.memoryHash() });
+  }
+
+  /** Drop the old guest and empty its directory: the generation of the next one. */
+  private freshGuestDir(): number {
     this.dropGuest();
     const gen = ++this.generation;
+    this.logTotal = { entries: 0, bytes: 0 };
     rmSync(this.root, { recursive: true, force: true });
     mkdirSync(this.root, { recursive: true });
-    let runtime: GuestRuntime | null = null;
-    const host = new WasiHost({
+    return gen;
+  }
+
+  private launch(gen: number, host: WasiHost, runtime: GuestRuntime): void {
+    this.host = host;
+    this.runtime = runtime;
+    this.state = 'running';
+    void runtime.run().then((end) => this.guestEnded(gen, end));
+  }
+
+  private makeHost(mode: RuntimeMode, runtime: () => GuestRuntime | null): WasiHost {
+    return new WasiHost({
       args: [basename(this.svc.module), ...this.svc.args],
       env: [...this.svc.env, `LOCKSTEP_LISTEN_FDS=${this.svc.listen.length}`],
       root: this.root,
       listen: this.svc.listen,
-      output: (e) => runtime!.onOutput(e),
+      output: (e) => runtime()!.onOutput(e),
       stdout: (b) => this.node.log('info', 'guest-stdout', { text: Buffer.from(b).toString('utf8') }),
       stderr: (b) => this.node.log('info', 'guest-stderr', { text: Buffer.from(b).toString('utf8') }),
       mode: mode === 'replay' ? 'replay' : 'live',
     });
-    runtime = new GuestRuntime({ loaded: this.loaded!, host, mode, sink: this.sink(gen) });
-    this.host = host;
-    this.runtime = runtime;
-    this.state = 'running';
-    if (mode === 'record') this.openListeners(host, gen);
-    void runtime.run().then((end) => this.guestEnded(gen, end));
-    this.node.log('info', 'guest-start', { mode });
+  }
+
+  /** Count an entry of this guest's log; keep it only when a recruit would need it. */
+  private noteEntry(payload: Uint8Array): void {
+    this.logTotal.entries++;
+    this.logTotal.bytes += payload.length;
+    if (this.guestSnapshots) return;
+    this.entries.push(payload);
+    this.entryBytes += payload.length;
   }
 
   private openListeners(host: WasiHost, gen: number): Promise<void> {
@@ -145,8 +227,7 @@ export class WasmFront implements ServiceFront {
       whenCanRecord: () => new Promise<void>((resolve) => this.flowWaiters.push(resolve)),
       append: (payload) => {
         if (gen !== this.generation) return;
-        this.entries.push(payload);
-        this.entryBytes += payload.length;
+        this.noteEntry(payload);
         this.pending.push({ kind: 'append', payload });
         this.drain();
       },
@@ -190,28 +271,73 @@ export class WasmFront implements ServiceFront {
   apply(entries: readonly Entry[]): void {
     if (this.runtime === null) return;
     for (const e of entries) {
-      this.entries.push(e.payload);
-      this.entryBytes += e.payload.length;
+      this.noteEntry(e.payload);
       this.runtime.feed(decodeEntry(e.payload));
     }
   }
 
   installSnapshot(_index: number, data: Uint8Array): void {
-    const r = new ByteReader(data, 'wasm snapshot');
-    const n = r.varuint();
-    const entries: Uint8Array[] = [];
-    for (let i = 0; i < n; i++) entries.push(r.bytes().slice());
-    r.end();
     this.entries = [];
     this.entryBytes = 0;
+    const body = data.subarray(1);
+    switch (data[0]) {
+      case TAG_GUEST:
+        return this.restoreGuest(body);
+      case TAG_LOG:
+        return this.installLog(body);
+      case TAG_FAILED:
+        return this.node.failStop(`the primary could not snapshot its guest: ${new TextDecoder().decode(body)}`);
+      default:
+        return this.node.failStop(`corrupt wasm snapshot: unknown format tag ${data[0] ?? '(empty)'}`);
+    }
+  }
+
+  /** The 'L' fallback: start the guest afresh and replay every entry since it started. */
+  private installLog(body: Uint8Array): void {
+    const t0 = performance.now();
+    const entries: Uint8Array[] = [];
+    try {
+      const r = new ByteReader(body, 'wasm log snapshot');
+      const n = r.varuint();
+      for (let i = 0; i < n; i++) entries.push(r.bytes().slice());
+      r.end();
+    } catch (e) {
+      return this.node.failStop(`cannot install the primary's log snapshot: ${(e as Error).message}`);
+    }
     this.startGuest('replay');
     this.apply(entries.map((payload, i) => ({ index: i + 1, payload })));
+    this.restoredFrom = { kind: 'log', bytes: body.length + 1, entries: entries.length, ms: Math.round(performance.now() - t0) };
+    this.node.log('info', 'guest-restore', { from: 'log', bytes: body.length + 1, entries: entries.length });
   }
 
   takeSnapshot(): Uint8Array {
-    // Every entry since the guest started (recruiting by replay; see the header comment).
+    const t0 = performance.now();
+    const out = this.snapshotBytes();
+    const kind = out[0] === TAG_GUEST ? 'snapshot' : out[0] === TAG_LOG ? 'log' : 'failed';
+    const ms = Math.round(performance.now() - t0);
+    this.lastSnapshot = { kind, bytes: out.length, ms, calls: this.runtime?.callCount ?? 0, logBytesTotal: this.logTotal.bytes };
+    this.node.log('info', 'guest-snapshot', this.lastSnapshot);
+    return out;
+  }
+
+  private snapshotBytes(): Uint8Array {
+    const rt = this.runtime;
+    if (rt === null || !this.guestSnapshots) return this.logSnapshot();
+    try {
+      return tagged(TAG_GUEST, rt.snapshot());
+    } catch (e) {
+      // The log is not kept when snapshots are possible, so there is nothing to fall back to:
+      // the recruit is told why and stops; this primary carries on alone.
+      const why = (e as Error).message;
+      this.node.log('warn', 'guest-snapshot-failed', { reason: why });
+      return tagged(TAG_FAILED, new TextEncoder().encode(why));
+    }
+  }
+
+  /** Every entry since the guest started (recruiting by replay; see the header comment). */
+  private logSnapshot(): Uint8Array {
     const w = new ByteWriter(this.entryBytes + 8 * this.entries.length + 16);
-    w.varuint(this.entries.length);
+    w.u8(TAG_LOG).varuint(this.entries.length);
     for (const e of this.entries) w.bytes(e);
     return w.finish();
   }
@@ -236,6 +362,7 @@ export class WasmFront implements ServiceFront {
       // The first primary of the cluster (bootstrap): the guest starts here, from nothing.
       this.entries = [];
       this.entryBytes = 0;
+      this.restoredFrom = null;
       this.startGuest('record');
       return;
     }
@@ -258,6 +385,9 @@ export class WasmFront implements ServiceFront {
     this.failure = null;
     this.entries = [];
     this.entryBytes = 0;
+    this.logTotal = { entries: 0, bytes: 0 };
+    this.restoredFrom = null;
+    this.lastSnapshot = null;
     rmSync(this.root, { recursive: true, force: true });
   }
 
@@ -282,6 +412,11 @@ export class WasmFront implements ServiceFront {
         hostState: this.host?.hostState() ?? null,
         logEntries: this.entries.length,
         logBytes: this.entryBytes,
+        logEntriesTotal: this.logTotal.entries,
+        logBytesTotal: this.logTotal.bytes,
+        recruitBy: this.guestSnapshots ? 'snapshot' : 'log',
+        restoredFrom: this.restoredFrom,
+        lastSnapshot: this.lastSnapshot,
         heldOutputs: this.held.size,
         suspends: rt?.stats.suspends ?? 0,
       },
@@ -291,7 +426,8 @@ export class WasmFront implements ServiceFront {
   metrics(metric: (name: string, type: 'gauge' | 'counter', help: string, value: number) => void): void {
     const c = this.counters;
     metric('lockstep_guest_calls_total', 'counter', 'Logged host calls the guest made or replayed.', this.runtime?.callCount ?? 0);
-    metric('lockstep_guest_log_bytes', 'gauge', 'Bytes of log kept since the guest started (the recruit snapshot).', this.entryBytes);
+    metric('lockstep_guest_log_bytes', 'gauge', 'Bytes of log kept since the guest started (a recruit replays it; 0 when recruits get a guest snapshot).', this.entryBytes);
+    metric('lockstep_guest_log_bytes_total', 'counter', 'Bytes of log the guest made or received since it started here.', this.logTotal.bytes);
     metric('lockstep_guest_outputs_total', 'counter', 'Guest outputs held for the output rule.', c.outputs);
     metric('lockstep_released_outputs_total', 'counter', 'Guest outputs released by the output rule.', c.released);
     metric('lockstep_discarded_outputs_total', 'counter', 'Guest outputs discarded when this node stopped being primary.', c.discarded);

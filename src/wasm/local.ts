@@ -58,6 +58,19 @@ export function replayLocally(loaded: LoadedModule, g: LocalGuest, entries: read
   });
 }
 
+/**
+ * Restore a guest snapshot (GuestRuntime.snapshot) and replay the log entries after it: a
+ * backup recruited by snapshot. Entries may start before the snapshot's call count; the
+ * records the snapshot holds already are dropped.
+ */
+export function restoreLocally(loaded: LoadedModule, g: LocalGuest, snapshot: Uint8Array, entries: readonly Uint8Array[]): Promise<LocalRun> {
+  return runLocally(loaded, g, 'replay', {
+    entries,
+    from: snapshot,
+    prepare: (rt) => entries.forEach((e) => rt.feed(decodeEntry(e))),
+  });
+}
+
 interface RunParts {
   readonly entries: readonly Uint8Array[];
   readonly sink?: RecordSink;
@@ -65,6 +78,8 @@ interface RunParts {
   readonly stdoutText?: () => string;
   readonly onHost?: (h: WasiHost) => void;
   readonly prepare?: (rt: GuestRuntime) => void;
+  /** Start from this guest snapshot instead of from _start. */
+  readonly from?: Uint8Array;
 }
 
 async function runLocally(loaded: LoadedModule, g: LocalGuest, mode: RuntimeMode, parts: RunParts): Promise<LocalRun> {
@@ -82,10 +97,11 @@ async function runLocally(loaded: LoadedModule, g: LocalGuest, mode: RuntimeMode
     mode: mode === 'replay' ? 'replay' : 'live',
   });
   parts.onHost?.(host);
-  rt = new GuestRuntime({ loaded, host, mode, ...(parts.sink ? { sink: parts.sink } : {}) });
-  parts.prepare?.(rt);
   const t0 = performance.now();
   try {
+    const opts = { loaded, host, mode, ...(parts.sink ? { sink: parts.sink } : {}) };
+    rt = parts.from ? GuestRuntime.restore(opts, parts.from) : new GuestRuntime(opts);
+    parts.prepare?.(rt);
     if (mode !== 'replay' && (g.listen ?? []).length > 0) await host.openListeners();
     const end = await rt.run();
     return {

@@ -22,6 +22,14 @@
 // suspended nothing uses that memory. The bytes it held are put back after the unwind and again
 // after the rewind, so suspending leaves no trace in guest memory: the primary and the backup
 // suspend at different calls, and their memory must still hash the same.
+//
+// Snapshots (recruiting a backup without the whole log). The guest runs on the node's main
+// thread, so whenever anything else runs the guest is not started, ended, or suspended:
+// unwound, with its stack in `unwoundStack` and its memory as it was. `snapshot()` then takes
+// memory, globals, the unwound stack, the counters and the host state (image.ts has the
+// format); `GuestRuntime.restore` builds a runtime from one, and its `run()` resumes with the
+// same rewind an await ends with: the import that was suspended is entered again, finishes the
+// rewind and retries its call, which in replay mode takes the next record of the log.
 
 import { LockstepError } from '../errors.js';
 import type { LoadedModule } from './module.js';
@@ -39,6 +47,7 @@ import {
   type MemWrite,
 } from './log.js';
 import { Hash64 } from '../guest/bytes.js';
+import { decodeImage, encodeImage, type DecodedImage, type GlobalValue, type GuestImage } from './image.js';
 
 export type RuntimeMode = 'plain' | 'record' | 'replay';
 
@@ -86,6 +95,16 @@ interface AsyncifyExports {
   getState(): number;
 }
 
+const NO_ASYNCIFY = 'the guest was loaded without asyncify instrumentation, so it cannot be resumed from a snapshot';
+
+/** This runtime's guest cannot be snapshotted now (or at all); the message says why. */
+export class SnapshotUnsupported extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SnapshotUnsupported';
+  }
+}
+
 /** Thrown out of the guest to end it from inside a host call (stop, divergence). */
 class Abort extends Error {
   constructor(readonly end: GuestEnd) {
@@ -129,6 +148,18 @@ export class GuestRuntime {
   private attemptStartNs: bigint | null = null;
   private sliceStart = 0;
   private stopped = false;
+  /** The guest's code is on the stack (a snapshot now would catch it mid-instruction). */
+  private inGuest = false;
+  /** How run() ended (a restored exited guest starts ended). */
+  private endedWith: GuestEnd | null = null;
+  /**
+   * Replay after a restore: records below this index are in the snapshot already, so feed()
+   * drops them. The primary's snapshot can be ahead of the core's last index (appends waiting
+   * for flow control in the front), so the entries after that index can repeat records the
+   * snapshot holds; dropping exactly those (and no others) is simpler than making the
+   * snapshot wait for the front to drain, which flow control may not allow for a long time.
+   */
+  private skipBelow = 0;
   readonly stats = { suspends: 0, slices: 0 };
 
   constructor(opts: RuntimeOptions) {
@@ -169,9 +200,9 @@ export class GuestRuntime {
     return `${this.outputCount}:${(this.outputHash.a >>> 0).toString(16).padStart(8, '0')}${(this.outputHash.b >>> 0).toString(16).padStart(8, '0')}`;
   }
 
-  /** Replay: more records from the log, in order. */
+  /** Replay: more records from the log, in order (those a restored snapshot holds are dropped). */
   feed(records: readonly CallRecord[]): void {
-    for (const r of records) this.queue.push(r);
+    for (const r of records) if (r.index >= this.skipBelow) this.queue.push(r);
     this.wake();
   }
 
@@ -198,21 +229,38 @@ export class GuestRuntime {
 
   // ---- the run loop ------------------------------------------------------------------------
 
-  /** Instantiate and run the guest to its end. Resolves with how it ended; never rejects. */
+  /**
+   * Instantiate and run the guest to its end (a restored guest: resume it where its snapshot
+   * was taken). Resolves with how it ended; never rejects.
+   */
   async run(): Promise<GuestEnd> {
-    try {
-      this.instantiate();
-    } catch (e) {
-      return { kind: 'trap', message: `cannot instantiate the module: ${(e as Error).message}` };
+    const end = await this.runToEnd();
+    this.endedWith = end;
+    return end;
+  }
+
+  private async runToEnd(): Promise<GuestEnd> {
+    if (this.endedWith !== null) return this.endedWith;
+    if (this.instance === null) {
+      try {
+        this.instantiate();
+      } catch (e) {
+        return { kind: 'trap', message: `cannot instantiate the module: ${(e as Error).message}` };
+      }
     }
     const start = this.instance!.exports[this.loaded.exports.start ?? '_start'];
     if (typeof start !== 'function') return { kind: 'trap', message: 'the module exports no _start function (a WASI command is needed)' };
     this.sliceStart = performance.now();
+    // Restored while suspended: rewind into the import that was waiting, as after an await.
+    if (this.unwoundStack !== null) this.beginRewind();
     for (;;) {
       try {
+        this.inGuest = true;
         (start as () => void)();
       } catch (e) {
         return this.ended(e);
+      } finally {
+        this.inGuest = false;
       }
       if (this.asy === null || this.asy.getState() !== UNWINDING) {
         this.flush();
@@ -264,6 +312,123 @@ export class GuestRuntime {
     if (e instanceof RangeError && /call stack/i.test(e.message)) return { kind: 'trap', message: `stack overflow: ${e.message}` };
     if (e instanceof WebAssembly.RuntimeError) return { kind: 'trap', message: e.message };
     return { kind: 'trap', message: `host error: ${(e as Error)?.stack ?? String(e)}` };
+  }
+
+  // ---- snapshots --------------------------------------------------------------------------
+
+  /**
+   * The guest's whole state now (image.ts has the format). Possible when the guest has not
+   * started, is suspended (the only state a running guest is ever in when other code runs) or
+   * has exited; throws SnapshotUnsupported otherwise, and always for a guest loaded without
+   * asyncify (it cannot be resumed: it never unwinds).
+   */
+  snapshot(): Uint8Array {
+    if (this.loaded.exports.asyncify === null) throw new SnapshotUnsupported(NO_ASYNCIFY);
+    if (this.stopped) throw new SnapshotUnsupported('the guest was stopped');
+    if (this.inGuest) throw new SnapshotUnsupported('the guest is running (a snapshot is taken between host calls)');
+    if (this.batch.size > 0) throw new SnapshotUnsupported('records are waiting in an unflushed batch');
+    return encodeImage(this.image());
+  }
+
+  private image(): GuestImage {
+    const phase = this.phase();
+    const mem = this.mem;
+    const live = phase !== 'new' && mem !== null;
+    return {
+      sha256: this.loaded.sha256,
+      phase,
+      calls: this.calls,
+      outputCount: this.outputCount,
+      outputHash: this.outputHash.state(),
+      exitCode: this.endedWith?.kind === 'exit' ? this.endedWith.code : 0,
+      memory: live ? mem.read(0, mem.byteLength) : null,
+      globals: live ? this.globalValues() : [],
+      unwindBase: this.unwindBase,
+      unwoundStack: phase === 'suspended' ? this.unwoundStack : null,
+      queued: this.queuedPayload(),
+      host: this.host.snapshotState(),
+    };
+  }
+
+  private phase(): GuestImage['phase'] {
+    const end = this.endedWith;
+    if (end !== null) {
+      if (end.kind === 'exit') return 'exited';
+      throw new SnapshotUnsupported(`the guest ended (${end.kind}) and cannot be carried on`);
+    }
+    if (this.instance === null) return 'new';
+    if (this.unwoundStack !== null) return 'suspended';
+    throw new SnapshotUnsupported('the guest is neither suspended, ended nor new');
+  }
+
+  private globalValues(): GlobalValue[] {
+    return this.loaded.globals.map((name) => {
+      const v = (this.instance!.exports[name] as WebAssembly.Global).value as unknown;
+      if (typeof v === 'number' || typeof v === 'bigint' || v === null) return v;
+      throw new SnapshotUnsupported(`global ${name} holds a reference, which a snapshot cannot carry`);
+    });
+  }
+
+  /** Replay: the records received and not replayed yet, as one log entry (they follow `calls`). */
+  private queuedPayload(): Uint8Array {
+    const b = new RecordBatch();
+    for (let i = this.queueHead; i < this.queue.length; i++) b.add(this.queue[i]!);
+    return b.take() ?? new Uint8Array(0);
+  }
+
+  /**
+   * A runtime whose guest carries on from `snapshot` (taken by `snapshot()` of a runtime of the
+   * same module, whatever its mode). `opts.host` must be new and built with the same config
+   * (args, env, listen, stdin); its directory is emptied and filled from the snapshot. In replay
+   * mode, feed it the log from the snapshot's index on: the records it holds already are
+   * dropped. A damaged snapshot (checksum, structure, another module) throws E_CORRUPT_ENTRY
+   * before anything is changed.
+   */
+  static restore(opts: RuntimeOptions, snapshot: Uint8Array): GuestRuntime {
+    if (opts.loaded.exports.asyncify === null) throw new SnapshotUnsupported(NO_ASYNCIFY);
+    const img = decodeImage(snapshot, opts.loaded, UNWIND_BYTES);
+    opts.host.restoreState(img.host);
+    const rt = new GuestRuntime(opts);
+    rt.applyImage(img);
+    return rt;
+  }
+
+  private applyImage(img: DecodedImage): void {
+    this.calls = img.calls;
+    this.outputCount = img.outputCount;
+    this.outputHash.setState(img.outputHash);
+    this.queue = [...img.queuedRecords];
+    this.skipBelow = img.calls + img.queuedRecords.length;
+    if (img.phase === 'new') return;
+    this.instantiate();
+    this.restoreMemory(img.memory!);
+    this.restoreGlobals(img.globals);
+    if (this.asy!.getState() !== 0) throw new LockstepError('E_CORRUPT_ENTRY', `corrupt wasm guest snapshot: asyncify's state is ${this.asy!.getState()}, not normal`);
+    if (img.phase === 'exited') this.endedWith = { kind: 'exit', code: img.exitCode };
+    if (img.phase === 'suspended') {
+      this.unwindBase = img.unwindBase;
+      this.unwoundStack = img.unwoundStack!.slice();
+    }
+  }
+
+  private restoreMemory(bytes: Uint8Array): void {
+    const memory = this.instance!.exports[this.loaded.exports.memory] as WebAssembly.Memory;
+    const grow = (bytes.byteLength - memory.buffer.byteLength) / 65536;
+    if (grow > 0) memory.grow(grow);
+    // The fresh instance's data segments are overwritten, zeros included.
+    new Uint8Array(memory.buffer).set(bytes);
+  }
+
+  private restoreGlobals(values: readonly GlobalValue[]): void {
+    this.loaded.globals.forEach((name, i) => {
+      const g = this.instance!.exports[name] as WebAssembly.Global;
+      const v = values[i]!;
+      const now = g.value as unknown;
+      // The value's kind must match the global's type: a mismatch is a snapshot of something else.
+      const fits = typeof v === 'bigint' ? typeof now === 'bigint' : v === null ? typeof now !== 'number' && typeof now !== 'bigint' : typeof now === 'number';
+      if (!fits) throw new LockstepError('E_CORRUPT_ENTRY', `corrupt wasm guest snapshot: global ${name} cannot hold ${String(v)}`);
+      g.value = v;
+    });
   }
 
   // ---- suspending: unwind, wait, rewind ----------------------------------------------------

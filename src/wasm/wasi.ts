@@ -12,10 +12,14 @@
 //  3. Host state is deterministic. Fd numbers, file positions and inode numbers depend only on
 //     the sequence of calls, so the backup, which executes the same local calls and replays
 //     inputs and outputs through replayEffect(), keeps the same fd table as the primary.
+//
+// For recruiting a backup from a snapshot of the guest, the host's state (fd table, guest
+// directory) can also be saved and restored as bytes: snapshotState / restoreState.
 
 import { createHash, randomFillSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   CLOCKID,
@@ -40,6 +44,8 @@ import {
   type WasiFunctionName,
 } from './abi.js';
 import { GuestMemory, WasiFault } from './memory.js';
+import { ByteReader, ByteWriter } from '../guest/bytes.js';
+import { decodePath, decodeTree, encodePath, encodeTree, inodeKey, readTree, replaceTree, type Tree, type TreeNode } from './tree.js';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -373,9 +379,15 @@ type FdEntry =
   | { kind: 'stdin'; flags: number; pos: number }
   | { kind: 'stdout' | 'stderr'; flags: number }
   | { kind: 'dir'; flags: number; rel: string[]; preopen: string | null }
-  | { kind: 'file'; flags: number; rel: string[]; hostFd: number; filetype: number; pos: bigint }
+  | { kind: 'file'; flags: number; rel: string[]; hostFd: number; filetype: number; pos: bigint; access: FileAccess }
   | { kind: 'listener'; flags: number; listener: Listener }
   | { kind: 'conn'; flags: number; conn: Connection };
+
+/** How a file was opened (read, write or both), so a restored host can reopen it the same way. */
+type FileAccess = 0 | 1 | 2;
+const ACCESS_READ: FileAccess = 0;
+const ACCESS_WRITE: FileAccess = 1;
+const ACCESS_BOTH: FileAccess = 2;
 
 type DirEntry = Extract<FdEntry, { kind: 'dir' }>;
 type FileEntry = Extract<FdEntry, { kind: 'file' }>;
@@ -740,6 +752,100 @@ export class WasiHost {
     return JSON.stringify(rows);
   }
 
+  // --- snapshots ----------------------------------------------------------------------------
+
+  /**
+   * The host's whole state, for a snapshot of the guest (GuestRuntime.snapshot): the fd table,
+   * which listeners the guest closed, the next connection id and the guest directory's
+   * contents. A connection is kept as its id and shutdown flags only: the restored side has
+   * no socket for it, as the backup never has (replayEffect). See HOST_VERSION for the layout.
+   */
+  snapshotState(): Uint8Array {
+    if (this.closed) throw new Error('cannot snapshot a closed WASI host');
+    const tree = readTree(this.root);
+    const w = new ByteWriter(64 * 1024);
+    w.u8(HOST_MAGIC).u8(HOST_VERSION).varuint(this.nextConnId);
+    w.varuint(this.listeners.length);
+    for (const l of this.listeners) w.text(l.address).u8(l.closed ? 1 : 0);
+    const fds = [...this.fds.entries()].sort((x, y) => x[0] - y[0]);
+    w.varuint(fds.length);
+    for (const [fd, e] of fds) this.encodeFd(w, fd, e, tree);
+    encodeTree(w, tree.nodes);
+    return w.finish();
+  }
+
+  /**
+   * Replace this host's state with a snapshot's: its guest directory is emptied and recreated,
+   * the files the guest had open are reopened, every connection becomes a replayed one (no
+   * socket). The host must be new (nothing run on it) and built with the same config as the
+   * snapshot's: the same listen addresses and stdin. Throws E_CORRUPT_ENTRY on a bad snapshot,
+   * before anything is changed.
+   */
+  restoreState(bytes: Uint8Array): void {
+    const img = decodeHostImage(bytes, this.listeners.map((l) => l.address), this.stdin.byteLength);
+    for (const e of this.fds.values()) if (e.kind === 'file') closeQuietly(e.hostFd);
+    this.fds.clear();
+    this.conns.clear();
+    replaceTree(this.root, img.tree);
+    img.listenersClosed.forEach((closed, i) => {
+      if (closed) this.closeListener(this.listeners[i]!);
+    });
+    for (const f of img.fds) this.fds.set(f.fd, this.entryFromImage(f));
+    this.nextConnId = img.nextConnId;
+  }
+
+  private encodeFd(w: ByteWriter, fd: number, e: FdEntry, tree: Tree): void {
+    w.varuint(fd).u8(FD_KINDS.indexOf(e.kind)).varuint(e.flags);
+    switch (e.kind) {
+      case 'stdin':
+        w.varuint(e.pos);
+        return;
+      case 'stdout':
+      case 'stderr':
+        return;
+      case 'dir':
+        encodePath(w, e.rel);
+        w.u8(e.preopen === null ? 0 : 1);
+        if (e.preopen !== null) w.text(e.preopen);
+        return;
+      case 'file':
+        return encodeOpenFile(w, e, tree);
+      case 'listener':
+        w.varuint(this.listeners.indexOf(e.listener));
+        return;
+      case 'conn':
+        w.varuint(e.conn.id).u8((e.conn.shutRd ? 1 : 0) | (e.conn.shutWr ? 2 : 0));
+        return;
+    }
+  }
+
+  private entryFromImage(f: FdImage): FdEntry {
+    switch (f.kind) {
+      case 'stdin':
+        return { kind: f.kind, flags: f.flags, pos: f.pos };
+      case 'stdout':
+      case 'stderr':
+        return { kind: f.kind, flags: f.flags };
+      case 'dir':
+        return { kind: f.kind, flags: f.flags, rel: f.rel, preopen: f.preopen };
+      case 'file': {
+        const hostFd = f.data === null ? fs.openSync(path.join(this.root, ...f.at), openFlagsOf(f.access)) : openUnlinked(f.data, f.access);
+        return { kind: f.kind, flags: f.flags, rel: f.rel, hostFd, filetype: f.filetype, pos: f.pos, access: f.access };
+      }
+      case 'listener':
+        return { kind: f.kind, flags: f.flags, listener: this.listeners[f.index]! };
+      case 'conn': {
+        // Exactly what replayAccept makes (and replayEffect's shutdowns): a connection with no socket.
+        const c = new Connection(null);
+        c.id = f.id;
+        c.shutRd = f.shutRd;
+        c.shutWr = f.shutWr;
+        this.conns.set(c.id, c);
+        return { kind: f.kind, flags: f.flags, conn: c };
+      }
+    }
+  }
+
   // --- fd table -----------------------------------------------------------------------------
 
   /** Deterministic allocation: the lowest free fd from 3 up, whatever the timing. */
@@ -1062,7 +1168,8 @@ export class WasiHost {
     const writeRights = RIGHTS.FD_WRITE | RIGHTS.FD_ALLOCATE | RIGHTS.FD_FILESTAT_SET_SIZE | RIGHTS.FD_DATASYNC;
     const write = (rightsBase & writeRights) !== 0n || (oflags & OFLAGS.TRUNC) !== 0;
     const c = fs.constants;
-    let flags = (read && write ? c.O_RDWR : write ? c.O_WRONLY : c.O_RDONLY) | c.O_NOFOLLOW;
+    const access = read && write ? ACCESS_BOTH : write ? ACCESS_WRITE : ACCESS_READ;
+    let flags = openFlagsOf(access);
     if (oflags & OFLAGS.CREAT) flags |= c.O_CREAT;
     if (oflags & OFLAGS.EXCL) flags |= c.O_EXCL;
     if (oflags & OFLAGS.TRUNC) flags |= c.O_TRUNC;
@@ -1070,7 +1177,7 @@ export class WasiHost {
     const filetype = filetypeOf(fs.fstatSync(hostFd));
     const fd = this.lowestFreeFd();
     const keep = FDFLAGS.APPEND | FDFLAGS.NONBLOCK;
-    this.fds.set(fd, { kind: 'file', flags: fdflags & keep, rel: r.rel, hostFd, filetype, pos: 0n });
+    this.fds.set(fd, { kind: 'file', flags: fdflags & keep, rel: r.rel, hostFd, filetype, pos: 0n, access });
     return fd;
   }
 
@@ -1532,6 +1639,180 @@ function encodeDirents(entries: readonly { name: string; type: number; ino: bigi
   return Buffer.concat(parts).subarray(0, bufLen);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The host's part of a guest snapshot (snapshotState / restoreState). Layout, version 1:
+//
+//   'H' 1  nextConnId
+//   listeners: count, then each: its address (text, checked against this host's), closed (u8)
+//   fds: count, then each: fd, kind (FD_KINDS), fdflags, then by kind:
+//     stdin     position
+//     dir       guest path, preopen (u8 0/1 and its text)
+//     file      guest path, position (bigint), filetype (u8), access (u8: r, w, rw), then
+//               where to reopen it: 0 and the path it now has in the tree (it may have been
+//               renamed since it was opened), or 1 and its bytes (it was unlinked while open)
+//     listener  index in the listen list
+//     conn      connection id, shutdown flags (u8: 1 read, 2 write)
+//   the guest directory: tree.ts's encodeTree
+//
+// Paths are lists of components, each a plain name (tree.ts's decodePath).
+
+const HOST_MAGIC = 0x48; // 'H'
+const HOST_VERSION = 1;
+const FD_KINDS = ['stdin', 'stdout', 'stderr', 'dir', 'file', 'listener', 'conn'] as const;
+const OPEN_AT_PATH = 0;
+const OPEN_UNLINKED = 1;
+
+type FdImage = { readonly fd: number; readonly flags: number } & (
+  | { readonly kind: 'stdin'; readonly pos: number }
+  | { readonly kind: 'stdout' | 'stderr' }
+  | { readonly kind: 'dir'; readonly rel: string[]; readonly preopen: string | null }
+  | {
+      readonly kind: 'file'; readonly rel: string[]; readonly pos: bigint; readonly filetype: number; readonly access: FileAccess;
+      /** Reopen at this path of the tree, or (null) make an unlinked file with `data`. */
+      readonly at: string[]; readonly data: Uint8Array | null;
+    }
+  | { readonly kind: 'listener'; readonly index: number }
+  | { readonly kind: 'conn'; readonly id: number; readonly shutRd: boolean; readonly shutWr: boolean }
+);
+
+interface HostImage {
+  readonly nextConnId: number;
+  readonly listenersClosed: boolean[];
+  readonly fds: FdImage[];
+  readonly tree: TreeNode[];
+}
+
+/** An open file: where the restored side reopens it, found by its inode in the tree just read. */
+function encodeOpenFile(w: ByteWriter, e: FileEntry, tree: Tree): void {
+  encodePath(w, e.rel);
+  w.bigint(e.pos).u8(e.filetype).u8(e.access);
+  const now = tree.byInode.get(inodeKey(fs.fstatSync(e.hostFd, { bigint: true })));
+  if (now !== undefined) {
+    w.u8(OPEN_AT_PATH);
+    encodePath(w, now);
+    return;
+  }
+  if (e.filetype !== FILETYPE.REGULAR) throw new Error(`cannot snapshot the open file ${guestPathOf(e.rel)}: it is not a regular file`);
+  w.u8(OPEN_UNLINKED).bytes(readOpenFile(e));
+}
+
+/** The bytes of a file that has no name any more, through its fd (or /proc for a write-only fd). */
+function readOpenFile(e: FileEntry): Uint8Array {
+  const fd = e.access === ACCESS_WRITE ? fs.openSync(`/proc/self/fd/${e.hostFd}`, 'r') : e.hostFd;
+  try {
+    const size = Number(fs.fstatSync(fd).size);
+    const out = Buffer.alloc(size);
+    let at = 0;
+    while (at < size) {
+      const n = fs.readSync(fd, out, at, size - at, at);
+      if (n === 0) break;
+      at += n;
+    }
+    return out.subarray(0, at);
+  } finally {
+    if (fd !== e.hostFd) closeQuietly(fd);
+  }
+}
+
+/** An open file with no name, holding `data`: made in a temporary directory and unlinked. */
+function openUnlinked(data: Uint8Array, access: FileAccess): number {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-unlinked-'));
+  try {
+    const p = path.join(dir, 'f');
+    fs.writeFileSync(p, data, { mode: 0o600 });
+    return fs.openSync(p, openFlagsOf(access));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Decode and check a host snapshot against this host's listen addresses and stdin. */
+function decodeHostImage(bytes: Uint8Array, addresses: readonly string[], stdinLength: number): HostImage {
+  const r = new ByteReader(bytes, 'wasm host snapshot');
+  if (r.u8() !== HOST_MAGIC) r.corrupt('not a wasm host snapshot (bad magic byte)');
+  const version = r.u8();
+  if (version !== HOST_VERSION) r.corrupt(`unknown wasm host snapshot version ${version}`);
+  const nextConnId = r.varuint();
+  if (nextConnId < 1) r.corrupt('connection ids start at 1');
+  const nl = r.varuint();
+  if (nl !== addresses.length) throw new Error(`the snapshot's guest listens on ${nl} addresses, this one on ${addresses.length}: the configs differ`);
+  const listenersClosed: boolean[] = [];
+  for (let i = 0; i < nl; i++) {
+    const a = r.text();
+    if (a !== addresses[i]) throw new Error(`the snapshot's guest listens on ${a}, this one on ${addresses[i]}: the configs differ`);
+    listenersClosed.push(r.u8() !== 0);
+  }
+  const fds: FdImage[] = [];
+  const n = r.varuint();
+  for (let i = 0; i < n; i++) fds.push(decodeFd(r, nl, stdinLength));
+  const tree = decodeTree(r);
+  r.end();
+  checkFdImages(r, fds, tree, nextConnId);
+  return { nextConnId, listenersClosed, fds, tree };
+}
+
+function decodeFd(r: ByteReader, listeners: number, stdinLength: number): FdImage {
+  const fd = r.varuint();
+  if (fd > 0x7fff_ffff) r.corrupt(`fd ${fd} out of range`);
+  const kind = FD_KINDS[r.u8()] ?? r.corrupt('unknown fd kind');
+  const flags = r.varuint();
+  if (flags > 0xffff) r.corrupt(`bad fd flags ${flags}`);
+  switch (kind) {
+    case 'stdin': {
+      const pos = r.varuint();
+      return pos <= stdinLength ? { fd, flags, kind, pos } : r.corrupt(`stdin position ${pos} past its ${stdinLength} bytes`);
+    }
+    case 'stdout':
+    case 'stderr':
+      return { fd, flags, kind };
+    case 'dir': {
+      const rel = decodePath(r);
+      return { fd, flags, kind, rel, preopen: r.u8() === 0 ? null : r.text() };
+    }
+    case 'file':
+      return decodeFileFd(r, fd, flags);
+    case 'listener': {
+      const index = r.varuint();
+      return index < listeners ? { fd, flags, kind, index } : r.corrupt(`listener ${index} of ${listeners}`);
+    }
+    case 'conn': {
+      const id = r.varuint();
+      const shut = r.u8();
+      if (shut > 3) r.corrupt(`bad shutdown flags ${shut}`);
+      return { fd, flags, kind, id, shutRd: (shut & 1) !== 0, shutWr: (shut & 2) !== 0 };
+    }
+  }
+}
+
+function decodeFileFd(r: ByteReader, fd: number, flags: number): FdImage {
+  const rel = decodePath(r);
+  const pos = r.bigint();
+  if (pos < 0n || pos >= 1n << 63n) r.corrupt(`file position ${pos} out of range`);
+  const filetype = r.u8();
+  const access = r.u8();
+  if (access !== ACCESS_READ && access !== ACCESS_WRITE && access !== ACCESS_BOTH) r.corrupt(`bad file access ${access}`);
+  const where = r.u8();
+  if (where === OPEN_AT_PATH) return { fd, flags, kind: 'file', rel, pos, filetype, access, at: decodePath(r), data: null };
+  if (where === OPEN_UNLINKED) return { fd, flags, kind: 'file', rel, pos, filetype, access, at: [], data: r.bytes() };
+  return r.corrupt(`bad open-file source ${where}`);
+}
+
+/** No fd twice, no connection id twice or not yet given out, every file to reopen in the tree. */
+function checkFdImages(r: ByteReader, fds: readonly FdImage[], tree: readonly TreeNode[], nextConnId: number): void {
+  const files = new Set(tree.filter((t) => t.kind === 'file' || t.kind === 'link').map((t) => t.path.join('/')));
+  const seenFd = new Set<number>();
+  const seenConn = new Set<number>();
+  for (const f of fds) {
+    if (seenFd.has(f.fd)) r.corrupt(`fd ${f.fd} listed twice`);
+    seenFd.add(f.fd);
+    if (f.kind === 'conn') {
+      if (seenConn.has(f.id) || f.id < 1 || f.id >= nextConnId) r.corrupt(`bad connection id ${f.id}`);
+      seenConn.add(f.id);
+    }
+    if (f.kind === 'file' && f.data === null && !files.has(f.at.join('/'))) r.corrupt(`open file ${guestPathOf(f.at)} is not in the snapshot's directory`);
+  }
+}
+
 function describe(fd: number, e: FdEntry): Record<string, unknown> {
   switch (e.kind) {
     case 'stdin':
@@ -1548,6 +1829,12 @@ function describe(fd: number, e: FdEntry): Record<string, unknown> {
     case 'conn':
       return { fd, kind: e.kind };
   }
+}
+
+/** The host open(2) flags that reopen a file with the access it was opened with. */
+function openFlagsOf(access: FileAccess): number {
+  const c = fs.constants;
+  return (access === ACCESS_BOTH ? c.O_RDWR : access === ACCESS_WRITE ? c.O_WRONLY : c.O_RDONLY) | c.O_NOFOLLOW;
 }
 
 function closeQuietly(hostFd: number): void {
