@@ -9,41 +9,14 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
+import { freePorts } from '../src/testing/process-cluster.js';
+import { kvserverCluster, quiesced } from '../src/testing/wasm-cluster.js';
 import { LineClient } from '../src/testing/line-client.js';
-import type { NodeStatus } from '../src/cli/admin-client.js';
 
 const example = (p: string): string => fileURLToPath(new URL(`../../examples/${p}`, import.meta.url));
 
-async function kvCluster(opts: { peerProxies?: boolean; failureTimeoutMs?: number } = {}): Promise<{ c: ProcessCluster; addr: { host: string; port: number } }> {
-  const [port] = await freePorts(1);
-  const addr = { host: '127.0.0.1', port: port! };
-  const c = await ProcessCluster.start({
-    service: { kind: 'wasm', module: example('kvserver/kvserver.wasm'), listen: [`127.0.0.1:${port}`], memoryLimitMb: 64 },
-    heartbeatMs: 30,
-    failureTimeoutMs: opts.failureTimeoutMs ?? 600,
-    peerProxies: opts.peerProxies ?? false,
-  });
-  return { c, addr };
-}
-
-/** Wait until primary and backup have made the same number of calls with no backlog, and return both. */
-async function quiesced(c: ProcessCluster): Promise<[NodeStatus, NodeStatus]> {
-  let pair: [NodeStatus, NodeStatus] | null = null;
-  await c.waitFor(async () => {
-    const all = await c.statuses();
-    const p = all.find((s) => s?.role === 'primary');
-    const b = all.find((s) => s?.role === 'backup');
-    if (!p?.guest || !b?.guest) return false;
-    if (p.guest.calls !== b.guest.calls || b.guest.backlog !== 0 || p.lag !== 0) return false;
-    pair = [p, b];
-    return true;
-  }, 30_000, 'the backup to replay up to the primary');
-  return pair!;
-}
-
 test('wasm cluster: after a workload primary and backup have the same memory, output and host state', { timeout: 120_000 }, async (t) => {
-  const { c, addr } = await kvCluster();
+  const { c, addr } = await kvserverCluster();
   t.after(() => c.stop());
   const clients = await Promise.all([0, 1, 2, 3].map(() => LineClient.connectRetry(addr, 20_000)));
   t.after(() => clients.forEach((x) => x.close()));
@@ -64,7 +37,7 @@ test('wasm cluster: after a workload primary and backup have the same memory, ou
 });
 
 test('wasm cluster: kill -9 the primary mid-workload; the backup goes live with every acknowledged update', { timeout: 120_000 }, async (t) => {
-  const { c, addr } = await kvCluster();
+  const { c, addr } = await kvserverCluster();
   t.after(() => c.stop());
   const acked = new Map<string, number>();
   let stop = false;
@@ -109,7 +82,7 @@ test('wasm cluster: kill -9 the primary mid-workload; the backup goes live with 
 });
 
 test('wasm cluster: no byte of output reaches a client before the backup has acked the log up to it', { timeout: 120_000 }, async (t) => {
-  const { c, addr } = await kvCluster({ peerProxies: true, failureTimeoutMs: 8000 });
+  const { c, addr } = await kvserverCluster({ peerProxies: true, failureTimeoutMs: 8000 });
   t.after(() => c.stop());
   const cl = await LineClient.connectRetry(addr, 20_000);
   t.after(() => cl.close());

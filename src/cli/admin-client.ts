@@ -34,8 +34,17 @@ export interface GuestStatus {
   readonly memoryHash: string | null;
   readonly outputDigest: string | null;
   readonly hostState: string | null;
+  /** Log kept for recruits (only without guest snapshots) and made since the guest started. */
   readonly logEntries: number;
   readonly logBytes: number;
+  readonly logEntriesTotal: number;
+  readonly logBytesTotal: number;
+  /** 'snapshot' or 'log': how this replica recruits a new backup. */
+  readonly recruitBy: 'snapshot' | 'log';
+  /** How this replica's guest was recruited (null: it started the guest). */
+  readonly restoredFrom: { readonly kind: 'snapshot' | 'log'; readonly bytes: number; readonly calls?: number; readonly entries?: number; readonly ms: number } | null;
+  /** The last snapshot this replica gave a recruit. */
+  readonly lastSnapshot: { readonly kind: string; readonly bytes: number; readonly ms: number; readonly calls: number; readonly logBytesTotal: number } | null;
   readonly heldOutputs: number;
   readonly suspends: number;
 }
