@@ -35,7 +35,6 @@ import { LockstepError } from '../errors.js';
 import { loadModule, type LoadedModule } from '../wasm/module.js';
 import { GuestRuntime, type GuestEnd, type RecordSink, type RuntimeMode } from '../wasm/runtime.js';
 import { WasiHost, type OutputEffect } from '../wasm/wasi.js';
-import { decodeEntry } from '../wasm/log.js';
 import type { WasmServiceConfig } from './config.js';
 import type { FrontHost, ServiceFront } from './front.js';
 
@@ -269,10 +268,17 @@ export class WasmFront implements ServiceFront {
   // ---- ServiceFront ------------------------------------------------------------------------
 
   apply(entries: readonly Entry[]): void {
-    if (this.runtime === null) return;
+    const rt = this.runtime;
+    if (rt === null) return;
     for (const e of entries) {
       this.noteEntry(e.payload);
-      this.runtime.feed(decodeEntry(e.payload));
+      try {
+        rt.feedEntry(e.payload);
+      } catch (err) {
+        // Not a log entry this guest can replay: this replica cannot follow the primary.
+        this.node.failStop(`log entry ${e.index} cannot be replayed: ${(err as Error).message}`);
+        return;
+      }
     }
   }
 

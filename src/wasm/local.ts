@@ -5,7 +5,6 @@
 import type { LoadedModule } from './module.js';
 import { GuestRuntime, type GuestEnd, type RecordSink, type RuntimeMode } from './runtime.js';
 import { WasiHost, type OutputEffect } from './wasi.js';
-import { decodeEntry } from './log.js';
 
 export interface LocalGuest {
   readonly args: readonly string[];
@@ -54,7 +53,7 @@ export function recordLocally(loaded: LoadedModule, g: LocalGuest, mode: 'record
 export function replayLocally(loaded: LoadedModule, g: LocalGuest, entries: readonly Uint8Array[]): Promise<LocalRun> {
   return runLocally(loaded, g, 'replay', {
     entries,
-    prepare: (rt) => entries.forEach((e) => rt.feed(decodeEntry(e))),
+    prepare: (rt) => entries.forEach((e) => rt.feedEntry(e)),
   });
 }
 
@@ -67,7 +66,7 @@ export function restoreLocally(loaded: LoadedModule, g: LocalGuest, snapshot: Ui
   return runLocally(loaded, g, 'replay', {
     entries,
     from: snapshot,
-    prepare: (rt) => entries.forEach((e) => rt.feed(decodeEntry(e))),
+    prepare: (rt) => entries.forEach((e) => rt.feedEntry(e)),
   });
 }
 

@@ -129,6 +129,16 @@ export class RecordBatch {
   }
 }
 
+/** How many records an entry holds, from its header alone. Throws E_CORRUPT_ENTRY on garbage. */
+export function entryRecordCount(payload: Uint8Array): number {
+  const r = new ByteReader(payload, 'wasm log entry');
+  if (r.u8() !== MAGIC) r.corrupt('not a wasm log entry (bad magic byte)');
+  const version = r.u8();
+  if (version !== VERSION) r.corrupt(`unknown wasm log version ${version}`);
+  r.varuint();
+  return r.varuint();
+}
+
 /** Decode one entry payload into its records. Throws E_CORRUPT_ENTRY on garbage. */
 export function decodeEntry(payload: Uint8Array): CallRecord[] {
   const r = new ByteReader(payload, 'wasm log entry');

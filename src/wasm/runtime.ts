@@ -37,6 +37,8 @@ import { GuestMemory, WasiFault } from './memory.js';
 import { WasiExit, type OutputEffect, type WasiHost } from './wasi.js';
 import {
   RecordBatch,
+  decodeEntry,
+  entryRecordCount,
   describeCall,
   digestBytes,
   digestWrites,
@@ -135,6 +137,10 @@ export class GuestRuntime {
   /** Replay: records received and not yet consumed. */
   private queue: CallRecord[] = [];
   private queueHead = 0;
+  /** Replay: entries received and not decoded yet, and how many records they hold. */
+  private entries: Uint8Array[] = [];
+  private entryHead = 0;
+  private undecoded = 0;
   private wakeReplay: (() => void) | null = null;
   /** Replay: asked to go live once the queue is drained. */
   private liveRequested: (() => Promise<void>) | null = null;
@@ -147,6 +153,16 @@ export class GuestRuntime {
   /** The monotonic time the call being retried was first tried (poll timeouts count from it). */
   private attemptStartNs: bigint | null = null;
   private sliceStart = 0;
+  /** Host calls since the time slice was last checked. */
+  private sinceClock = 0;
+  /** Between beginRewind and the import the rewind re-enters. */
+  private rewinding = false;
+  /** What the host gets as a call's context: when the call was first tried (read only if asked). */
+  private readonly ctx = ((rt: GuestRuntime) => ({
+    get startedAtNs(): bigint {
+      return (rt.attemptStartNs ??= process.hrtime.bigint());
+    },
+  }))(this);
   private stopped = false;
   /** The guest's code is on the stack (a snapshot now would catch it mid-instruction). */
   private inGuest = false;
@@ -185,9 +201,9 @@ export class GuestRuntime {
     return this.mode;
   }
 
-  /** Replay: records still to consume. */
+  /** Replay: records still to consume (decoded or not). */
   get backlog(): number {
-    return this.queue.length - this.queueHead;
+    return this.queue.length - this.queueHead + this.undecoded;
   }
 
   /** sha256 of the guest's linear memory (null before it started). */
@@ -202,8 +218,56 @@ export class GuestRuntime {
 
   /** Replay: more records from the log, in order (those a restored snapshot holds are dropped). */
   feed(records: readonly CallRecord[]): void {
+    this.decodeAll();
     for (const r of records) if (r.index >= this.skipBelow) this.queue.push(r);
     this.wake();
+  }
+
+  /**
+   * Replay: one more log entry. It is decoded only when the guest reaches its records, so a
+   * long backlog (a recruit catching up) holds bytes, not one object per record.
+   */
+  feedEntry(payload: Uint8Array): void {
+    const count = entryRecordCount(payload);
+    this.entries.push(payload);
+    this.undecoded += count;
+    this.wake();
+  }
+
+  /** The next record to replay, decoding the next entry when the decoded ones are used up. */
+  private nextRecord(): CallRecord | null {
+    while (this.queueHead >= this.queue.length) {
+      if (this.entryHead >= this.entries.length) return null;
+      const payload = this.entries[this.entryHead++]!;
+      if (this.entryHead > 1024 && this.entryHead * 2 > this.entries.length) {
+        this.entries = this.entries.slice(this.entryHead);
+        this.entryHead = 0;
+      }
+      let records: CallRecord[];
+      try {
+        records = decodeEntry(payload);
+      } catch (e) {
+        throw divergence(`call ${this.calls}: the next log entry cannot be decoded: ${(e as Error).message}`);
+      }
+      this.undecoded -= records.length;
+      this.queue = records.filter((r) => r.index >= this.skipBelow);
+      this.queueHead = 0;
+    }
+    return this.queue[this.queueHead]!;
+  }
+
+  /** Decode every entry still queued (for a snapshot, or before records are fed directly). */
+  private decodeAll(): void {
+    if (this.entryHead >= this.entries.length) return;
+    const rest = this.queue.slice(this.queueHead);
+    for (let i = this.entryHead; i < this.entries.length; i++) {
+      for (const r of decodeEntry(this.entries[i]!)) if (r.index >= this.skipBelow) rest.push(r);
+    }
+    this.entries = [];
+    this.entryHead = 0;
+    this.undecoded = 0;
+    this.queue = rest;
+    this.queueHead = 0;
   }
 
   /**
@@ -371,6 +435,7 @@ export class GuestRuntime {
 
   /** Replay: the records received and not replayed yet, as one log entry (they follow `calls`). */
   private queuedPayload(): Uint8Array {
+    this.decodeAll();
     const b = new RecordBatch();
     for (let i = this.queueHead; i < this.queue.length; i++) b.add(this.queue[i]!);
     return b.take() ?? new Uint8Array(0);
@@ -464,6 +529,7 @@ export class GuestRuntime {
   }
 
   private beginRewind(): void {
+    this.rewinding = true;
     const mem = this.mem!;
     this.savedBelowStack = mem.read(this.unwindBase, UNWIND_BYTES);
     mem.write(this.unwindBase, this.unwoundStack!);
@@ -473,6 +539,8 @@ export class GuestRuntime {
 
   /** The import was entered by the rewind: the stack is back, put back what was below it. */
   private finishRewind(): void {
+    this.rewinding = false;
+    if (this.asy!.getState() !== REWINDING) throw new Abort({ kind: 'trap', message: 'host bug: a host call during a rewind found asyncify not rewinding' });
     this.asy!.stopRewind();
     this.mem!.write(this.unwindBase, this.savedBelowStack!);
     this.savedBelowStack = null;
@@ -482,17 +550,19 @@ export class GuestRuntime {
   // ---- the host call -----------------------------------------------------------------------
 
   private hostCall(name: string, args: CallArg[]): number {
-    if (this.asy !== null && this.asy.getState() === REWINDING) this.finishRewind();
+    // Kept in JS rather than asked of asyncify_get_state: a call into wasm per host call costs.
+    if (this.rewinding) this.finishRewind();
     if (this.stopped) throw new Abort({ kind: 'stopped' });
     const cls = this.host.classify(name, args);
     if (cls === 'config') return this.direct(name, args, cls);
-    if (this.asy !== null && performance.now() - this.sliceStart > this.sliceMs) {
+    // The clock is read every 16th call only: reading it costs more than most host calls.
+    if (this.asy !== null && (++this.sinceClock & 15) === 0 && performance.now() - this.sliceStart > this.sliceMs) {
       // The guest has had the thread long enough: let timers, acks and heartbeats run.
       this.stats.slices++;
       return this.suspend(new Promise<void>((resolve) => setImmediate(resolve)));
     }
     if (this.mode === 'replay') {
-      if (this.backlog > 0) return this.replay(name, args, cls);
+      if (this.nextRecord() !== null) return this.replay(name, args, cls);
       if (this.liveRequested === null) return this.suspend(new Promise<void>((resolve) => (this.wakeReplay = resolve)));
       const open = this.liveRequested;
       this.liveRequested = null;
@@ -510,7 +580,8 @@ export class GuestRuntime {
 
   /** A config call: made the same way on every replica, never logged. */
   private direct(name: string, args: CallArg[], cls: CallClass): number {
-    const r = this.host.call(name, this.mem!, args, { startedAtNs: process.hrtime.bigint() });
+    const r = this.host.call(name, this.mem!, args, this.ctx);
+    this.attemptStartNs = null;
     if (typeof r !== 'number') throw new Abort({ kind: 'trap', message: `host bug: ${cls} call ${name} wanted to wait` });
     return r;
   }
@@ -518,12 +589,11 @@ export class GuestRuntime {
   /** Make the call for real (plain or record). */
   private live(name: string, args: CallArg[], cls: CallClass): number {
     const mem = this.mem!;
-    this.attemptStartNs ??= process.hrtime.bigint();
     this.effects = [];
     mem.startTracking();
     let r: number | { wait: Promise<void> };
     try {
-      r = this.host.call(name, mem, args, { startedAtNs: this.attemptStartNs });
+      r = this.host.call(name, mem, args, this.ctx);
     } catch (e) {
       mem.stopTracking();
       if (e instanceof WasiExit && this.mode === 'record') {
@@ -572,7 +642,7 @@ export class GuestRuntime {
   // ---- replay ------------------------------------------------------------------------------
 
   private replay(name: string, args: CallArg[], cls: CallClass): number {
-    const rec = this.queue[this.queueHead]!;
+    const rec = this.queue[this.queueHead]!; // nextRecord() made sure there is one
     const mem = this.mem!;
     const at = `call ${this.calls}`;
     if (rec.index !== this.calls) throw divergence(`${at}: the log's next record is call ${rec.index}`);
@@ -591,7 +661,8 @@ export class GuestRuntime {
         throw new WasiExit(rec.ret);
       case 'local': {
         mem.startTracking();
-        const r = this.host.call(name, mem, args, { startedAtNs: process.hrtime.bigint() });
+        const r = this.host.call(name, mem, args, this.ctx);
+        this.attemptStartNs = null;
         const writes = mem.stopTracking();
         if (typeof r !== 'number') throw divergence(`${at}: local call ${describeCall(name, args)} wanted to wait on this replica`);
         if (r !== rec.ret) throw divergence(`${at}: ${describeCall(name, args)} returned ${r} here but ${rec.ret} on the primary`);
