@@ -349,13 +349,15 @@ export class WasmFront implements ServiceFront {
   }
 
   release(outputIds: readonly number[]): void {
+    const effects: OutputEffect[] = [];
     for (const id of outputIds) {
       const e = this.held.get(id);
       if (e === undefined) continue;
       this.held.delete(id);
       this.counters.released++;
-      this.host?.performOutput(e);
+      effects.push(e);
     }
+    this.host?.performOutputs(effects);
   }
 
   discard(outputIds: readonly number[]): void {

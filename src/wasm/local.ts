@@ -38,7 +38,7 @@ export function recordLocally(loaded: LoadedModule, g: LocalGuest, mode: 'record
     whenCanRecord: () => Promise.resolve(),
     append: (p) => void entries.push(p),
     // No backup here: the output rule has nothing to wait for.
-    output: (effects: readonly OutputEffect[]) => effects.forEach((e) => host!.performOutput(e)),
+    output: (effects: readonly OutputEffect[]) => host!.performOutputs(effects),
   };
   return runLocally(loaded, g, mode, {
     entries,

@@ -611,7 +611,7 @@ export class GuestRuntime {
     this.effects = [];
     if (cls === 'output') this.noteOutput(name, args);
     if (this.mode === 'plain') {
-      for (const e of effects) this.host.performOutput(e);
+      this.host.performOutputs(effects);
       return r;
     }
     this.record({

@@ -663,6 +663,26 @@ export class WasiHost {
   }
 
   /** Performs an effect for real: the runtime calls it when the output rule allows. */
+  /**
+   * Perform several effects, in order, with each connection's writes coalesced: the sockets
+   * written to are corked until the end, so many small replies released by one ack leave in
+   * one writev per connection instead of one write each.
+   */
+  performOutputs(effects: Iterable<OutputEffect>): void {
+    const corked: net.Socket[] = [];
+    for (const e of effects) {
+      if (e.kind === 'send') {
+        const s = this.conns.get(e.conn)?.socket;
+        if (s && !s.destroyed && !s.writableEnded && s.writableCorked === 0) {
+          s.cork();
+          corked.push(s);
+        }
+      }
+      this.performOutput(e);
+    }
+    for (const s of corked) if (!s.destroyed && s.writableCorked > 0) s.uncork();
+  }
+
   performOutput(effect: OutputEffect): void {
     switch (effect.kind) {
       case 'stdout':
