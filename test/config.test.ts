@@ -205,3 +205,21 @@ test('peerListen: a node may listen for peers on another address than the one pe
   assert.deepEqual(ok.nodes[0]!.peerListen, { host: '127.0.0.1', port: 7111 });
   assert.deepEqual(ok.nodes[0]!.peer, { host: '127.0.0.1', port: 7101 });
 });
+
+test('secretFile: read relative to the config, trimmed; missing, empty or short secrets refused', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-secret-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const withSecret = (file: string): string => JSON.stringify({ ...base(), secretFile: file });
+  assert.equal(parseConfig(JSON.stringify(base()), 'c.json', dir).secret, null, 'no secretFile: no peer authentication');
+  writeFileSync(join(dir, 'good'), '  0123456789abcdef0123456789abcdef\n');
+  assert.equal(Buffer.from(parseConfig(withSecret('good'), 'c.json', dir).secret!).toString(), '0123456789abcdef0123456789abcdef');
+  writeFileSync(join(dir, 'short'), 'hunter2\n');
+  const cases: [string, RegExp][] = [
+    ['missing', /secretFile: cannot read .*missing: ENOENT/],
+    ['short', /secretFile: .*short holds 7 bytes; a secret needs at least 16/],
+    ['', /secretFile: must be the path of a file/],
+  ];
+  for (const [file, message] of cases) {
+    assert.throws(() => parseConfig(withSecret(file), 'c.json', dir), (e) => isLockstepError(e) && e.code === 'E_CONFIG_INVALID' && message.test(e.message), file);
+  }
+});

@@ -12,8 +12,11 @@ import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { appendProblems } from '../src/testing/workload.js';
 import { LockstepClient } from '../src/client/index.js';
 import { Rng } from '../src/sim/rng.js';
-import { frame } from '../src/net/framing.js';
-import { PROTOCOL_VERSION, encodeHandshake, type Handshake } from '../src/net/peer-codec.js';
+import { FrameDecoder, frame } from '../src/net/framing.js';
+import { PROTOCOL_VERSION, decodeHandshake, encodeAuthProof, encodeHandshake, encodePeerMessage, type Handshake } from '../src/net/peer-codec.js';
+import { createHmac } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const MB = 1024 * 1024;
@@ -180,7 +183,9 @@ describe('bad input on a running cluster', () => {
   let garbageBytes = 0;
 
   before(async () => {
-    cluster = await ProcessCluster.start({ nodes: 3, heartbeatMs: 50, failureTimeoutMs: 1500 });
+    // Without a shared secret, so that a raw socket passes the handshake as a member and the
+    // garbage that follows reaches the message decoder; peer authentication has its own suite.
+    cluster = await ProcessCluster.start({ nodes: 3, heartbeatMs: 50, failureTimeoutMs: 1500, secret: false });
     const p = await cluster.primary();
     assert.ok(p && p.view.backup, 'a primary with a backup');
     primaryId = p.id;
@@ -515,3 +520,88 @@ describe('memory bounds', () => {
     assert.equal(await client.get('missing'), null, 'and the node still serves');
   });
 });
+
+describe('peer authentication (a shared secret)', () => {
+  let cluster: ProcessCluster;
+  let primaryId = '';
+  let epoch = 0;
+
+  before(async () => {
+    cluster = await ProcessCluster.start({ nodes: 3, heartbeatMs: 50, failureTimeoutMs: 1500 });
+    const p = (await cluster.primary())!;
+    assert.ok(p.view.backup, 'the nodes authenticated each other: a backup was recruited');
+    primaryId = p.id;
+    epoch = p.epoch;
+  });
+
+  after(async () => {
+    for (const s of openSockets) s.destroy();
+    await cluster?.stop();
+  });
+
+  /** Dial `to` as member `as`; resolve with the probe and the challenge in the node's answer. */
+  async function handshakeAs(to: string, as: string): Promise<{ p: Probe; challenge: Uint8Array }> {
+    const p = await connect(cluster.node(to).peer.port);
+    await write(p, handshakeFrame({ cluster: cluster.cluster, nodeId: as }));
+    const decoder = new FrameDecoder(64 * 1024);
+    let challenge: Uint8Array | null | undefined;
+    await cluster.waitFor(() => {
+      decoder.push(Buffer.concat(p.received.splice(0)));
+      const f = decoder.next();
+      if (f !== null) challenge = decodeHandshake(f).challenge;
+      return challenge !== undefined;
+    }, 10_000, `${to}'s handshake`);
+    assert.ok(challenge instanceof Uint8Array && challenge.length === 32, 'the answer carries a 32-byte challenge');
+    return { p, challenge };
+  }
+
+  /** The proof a member that holds the secret sends (the same construction as the transport's). */
+  function proof(from: string, to: string, challenge: Uint8Array): Buffer {
+    const secret = Buffer.from(readFileSync(join(cluster.dir, 'secret'), 'latin1').trim(), 'latin1');
+    const mac = createHmac('sha256', secret).update('lockstep peer auth v1\0').update(cluster.cluster).update('\0').update(from).update('\0').update(to).update('\0').update(challenge).digest();
+    return frame(encodeAuthProof(mac));
+  }
+
+  async function stillPrimary(what: string): Promise<void> {
+    await sleep(1000);
+    const p = (await cluster.status(primaryId))!;
+    assert.equal(p.role, 'primary', `${what}: the primary is still primary`);
+    assert.equal(p.epoch, epoch, `${what}: no new epoch`);
+  }
+
+  test('a member handshake without the secret cannot depose the primary with a forged refuse', async () => {
+    const other = cluster.nodes.find((n) => n.id !== primaryId)!.id;
+    const { p } = await handshakeAs(primaryId, other);
+    await write(p, frame(encodePeerMessage({ type: 'refuse', epoch: 999, reason: 'forged' })));
+    await closedByNode(p, 'a forged refuse instead of a proof');
+    const rec = await loggedFor(cluster, primaryId, 'peer-refused', p.localPort);
+    assert.match(String(rec.reason), /did not prove it holds the cluster's secret/);
+    await stillPrimary('forged refuse');
+  });
+
+  test('a wrong proof, or the right proof for another member, is refused', async () => {
+    const [a, b] = cluster.nodes.filter((n) => n.id !== primaryId).map((n) => n.id);
+    const wrong = await handshakeAs(primaryId, a!);
+    await write(wrong.p, frame(encodeAuthProof(Buffer.alloc(32, 7))));
+    await closedByNode(wrong.p, 'a wrong proof');
+    assert.match(String((await loggedFor(cluster, primaryId, 'peer-refused', wrong.p.localPort)).reason), /did not prove/);
+
+    const stolen = await handshakeAs(primaryId, a!);
+    await write(stolen.p, proof(b!, primaryId, stolen.challenge));
+    await closedByNode(stolen.p, `${b}'s proof presented as ${a}`);
+    await stillPrimary('wrong proofs');
+  });
+
+  test('the right proof is admitted: what follows it is read as messages', async () => {
+    const other = cluster.nodes.find((n) => n.id !== primaryId)!.id;
+    const { p, challenge } = await handshakeAs(primaryId, other);
+    await write(p, proof(other, primaryId, challenge));
+    const ok = await loggedFor(cluster, primaryId, 'peer-accepted', p.localPort);
+    assert.equal(ok.authenticated, true);
+    await write(p, frame(Buffer.from([0xee, 1, 2, 3])));
+    await closedByNode(p, 'an undecodable message after a good proof');
+    assert.equal((await loggedFor(cluster, primaryId, 'peer-garbage', p.localPort)).peer, other);
+    await stillPrimary('an authenticated member sending garbage');
+  });
+});
+

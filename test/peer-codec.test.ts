@@ -8,7 +8,9 @@ import assert from 'node:assert/strict';
 import {
   PROTOCOL_VERSION,
   PeerCodecError,
+  decodeAuthProof,
   decodeHandshake,
+  encodeAuthProof,
   decodePeerMessage,
   encodeHandshake,
   encodePeerMessage,
@@ -118,8 +120,11 @@ test('fuzz: garbage and mutated messages throw PeerCodecError or decode to somet
 
 test('handshake: round trip, a foreign version still decodes, garbage and stray clients refused', () => {
   const hs: Handshake[] = [
-    { cluster: 'prod', nodeId: 'a', protocolVersion: PROTOCOL_VERSION, epoch: 0 },
-    { cluster: 'ünï ☃', nodeId: 'node-with-a-long-name-'.repeat(10), protocolVersion: 9, epoch: 2 ** 50 },
+    { cluster: 'prod', nodeId: 'a', protocolVersion: PROTOCOL_VERSION, epoch: 0, challenge: null },
+    { cluster: 'prod', nodeId: 'b', protocolVersion: PROTOCOL_VERSION, epoch: 7, challenge: Uint8Array.from({ length: 32 }, (_, i) => i * 7) },
+    { cluster: 'ünï ☃', nodeId: 'node-with-a-long-name-'.repeat(10), protocolVersion: 9, epoch: 2 ** 50, challenge: null },
+    // Version 1 had no flags byte: still decoded, so that such a peer is told why it is refused.
+    { cluster: 'old', nodeId: 'c', protocolVersion: 1, epoch: 3 },
   ];
   for (const h of hs) {
     const enc = encodeHandshake(h);
@@ -209,3 +214,15 @@ test('framing: an oversize length is refused as soon as its header is in', () =>
   d3.push(frame(new Uint8Array(1000)));
   assert.equal(drain(d3)[0]!.length, 1000, 'exactly the maximum is fine');
 });
+
+test('auth proof: round trip; anything else is not a proof', () => {
+  const mac = Uint8Array.from({ length: 32 }, (_, i) => 255 - i);
+  const enc = encodeAuthProof(mac);
+  assert.equal(Buffer.from(enc.subarray(0, 4)).toString('latin1'), 'LSTA');
+  assert.deepEqual(decodeAuthProof(enc), mac);
+  assert.throws(() => encodeAuthProof(mac.subarray(1)), /32 bytes/);
+  for (const bad of [enc.subarray(0, 35), Uint8Array.from([...enc, 0]), encodeHandshake({ cluster: 'c', nodeId: 'n', protocolVersion: PROTOCOL_VERSION, epoch: 0 }), encodePeerMessage({ type: 'join' })]) {
+    assert.throws(() => decodeAuthProof(bad), PeerCodecError);
+  }
+});
+

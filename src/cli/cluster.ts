@@ -5,6 +5,7 @@
 // that the primary recruits. Ctrl-C stops every child and leaves no process behind.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { resolve, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -70,9 +71,12 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
   mkdirSync(dir, { recursive: true });
   rmSync(join(dir, 'arbiter'), { recursive: true, force: true });
   const configPath = join(dir, 'cluster.json');
+  // A fresh secret per start: the nodes prove to each other that they hold it (peer auth).
+  writeFileSync(join(dir, 'secret'), randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
   const raw = {
     cluster: name,
     arbiter: 'file:arbiter',
+    secretFile: 'secret',
     service: c.service,
     heartbeatMs: 50,
     failureTimeoutMs: 500,

@@ -11,19 +11,28 @@
 // the frame buffer, which the caller must keep alive and leave unmodified.
 //
 // Handshake: magic 'LSTP', varuint protocolVersion, text cluster, text nodeId, varuint epoch.
-// This layout is frozen across protocol versions, so a peer of another version is still
-// decoded and can be told why it is refused; the magic tells a stray client apart.
+// This prefix is frozen across protocol versions, so a peer of another version is still
+// decoded and can be told why it is refused; the magic tells a stray client apart. From
+// version 2 a flags byte follows; flag 1: a 32-byte challenge follows (the answering side of a
+// cluster with a shared secret asks the dialling side to prove it holds the secret).
+// Auth proof (version 2): magic 'LSTA' and a 32-byte HMAC-SHA256, the dialler's first frame
+// after the answer's handshake when it was challenged.
 
 import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import type { PeerMessage, View } from '../core/types.js';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+
+/** Bytes of a handshake challenge and of an auth proof. */
+export const AUTH_BYTES = 32;
 
 export interface Handshake {
   readonly cluster: string;
   readonly nodeId: string;
   readonly protocolVersion: number;
   readonly epoch: number;
+  /** Version 2: the challenge the dialler must answer with an auth proof, or null. */
+  readonly challenge?: Uint8Array | null;
 }
 
 export class PeerCodecError extends Error {
@@ -34,6 +43,7 @@ export class PeerCodecError extends Error {
 }
 
 const MAGIC = [0x4c, 0x53, 0x54, 0x50]; // 'LSTP'
+const AUTH_MAGIC = [0x4c, 0x53, 0x54, 0x41]; // 'LSTA'
 const enum Tag {
   Frame = 1,
   Snapshot = 2,
@@ -80,6 +90,11 @@ export function encodeHandshake(h: Handshake): Uint8Array {
   return encodeWith((w) => {
     for (const b of MAGIC) w.u8(b);
     w.varuint(h.protocolVersion).text(h.cluster).text(h.nodeId).varuint(h.epoch);
+    if (h.protocolVersion < 2) return;
+    const c = h.challenge ?? null;
+    if (c !== null && c.length !== AUTH_BYTES) throw new RangeError(`a challenge is ${AUTH_BYTES} bytes, got ${c.length}`);
+    w.u8(c === null ? 0 : 1);
+    if (c !== null) w.raw(c);
   });
 }
 
@@ -91,8 +106,29 @@ export function decodeHandshake(bytes: Uint8Array): Handshake {
     const cluster = r.text();
     const nodeId = r.text();
     const epoch = r.varuint();
-    return { cluster, nodeId, protocolVersion, epoch };
+    if (protocolVersion < 2) return { cluster, nodeId, protocolVersion, epoch };
+    const flags = r.u8();
+    if (flags > 1) r.corrupt(`bad handshake flags ${flags}`);
+    const challenge = flags === 1 ? raw(r, AUTH_BYTES).slice() : null;
+    return { cluster, nodeId, protocolVersion, epoch, challenge };
   });
+}
+
+function raw(r: ByteReader, n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = r.u8();
+  return out;
+}
+
+export function encodeAuthProof(mac: Uint8Array): Uint8Array {
+  if (mac.length !== AUTH_BYTES) throw new RangeError(`an auth proof is ${AUTH_BYTES} bytes, got ${mac.length}`);
+  return Uint8Array.from([...AUTH_MAGIC, ...mac]);
+}
+
+/** The MAC of an auth proof frame; throws PeerCodecError if the frame is not one. */
+export function decodeAuthProof(bytes: Uint8Array): Uint8Array {
+  if (bytes.length !== 4 + AUTH_BYTES || AUTH_MAGIC.some((b, i) => bytes[i] !== b)) throw new PeerCodecError('not an auth proof');
+  return Uint8Array.from(bytes.subarray(4));
 }
 
 function writeView(w: ByteWriter, v: View): void {

@@ -8,14 +8,32 @@
 // node, is refused with a logged reason and the connection closed. Garbage after the
 // handshake (a bad length, an undecodable message) closes that connection only.
 //
+// With a shared secret (the config's secretFile), the answering side's handshake carries a
+// random 32-byte challenge and the dialling side must answer with HMAC-SHA256(secret, the
+// challenge and both ids) before anything it sends is taken: a process that knows the cluster
+// name and a member's id, but not the secret, cannot inject messages (a forged `refuse` would
+// depose the primary). A fresh challenge per connection makes a recorded proof useless. Both
+// sides must agree on having a secret; a mismatch is refused with the reason.
+//
 // Sending never blocks and never queues without bound: if there is no connection the message
 // is dropped (the core resends from the last ack); while one is being opened, messages wait
 // (bounded) for its handshake; writes of one event-loop turn are coalesced into one socket
 // write (`flush`).
 
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import { FrameDecoder, frame } from './framing.js';
-import { PROTOCOL_VERSION, decodeHandshake, decodePeerMessage, encodeHandshake, encodePeerMessage, type Handshake } from './peer-codec.js';
+import {
+  AUTH_BYTES,
+  PROTOCOL_VERSION,
+  decodeAuthProof,
+  decodeHandshake,
+  decodePeerMessage,
+  encodeAuthProof,
+  encodeHandshake,
+  encodePeerMessage,
+  type Handshake,
+} from './peer-codec.js';
 import type { PeerMessage } from '../core/index.js';
 
 export interface PeerAddress {
@@ -33,6 +51,8 @@ export interface PeerTransportOptions {
   /** Above this many bytes waiting in a socket, new messages to that peer are dropped. */
   readonly maxQueuedBytes: number;
   readonly epoch: () => number;
+  /** The cluster's shared secret: peers must prove they hold it. Null: no authentication. */
+  readonly secret: Uint8Array | null;
   readonly onMessage: (from: string, msg: unknown) => void;
   readonly log: (level: 'info' | 'warn', event: string, fields: Record<string, unknown>) => void;
 }
@@ -126,9 +146,34 @@ export class PeerTransport {
     return this.out.get(to)?.ready === true;
   }
 
-  private handshake(): Buffer {
-    const h: Handshake = { cluster: this.o.cluster, nodeId: this.o.self, protocolVersion: PROTOCOL_VERSION, epoch: this.o.epoch() };
+  private handshake(challenge: Uint8Array | null = null): Buffer {
+    const h: Handshake = { cluster: this.o.cluster, nodeId: this.o.self, protocolVersion: PROTOCOL_VERSION, epoch: this.o.epoch(), challenge };
     return frame(encodeHandshake(h));
+  }
+
+  /** What `from` must send `to` to answer `challenge`: bound to the cluster and both ids. */
+  private proof(from: string, to: string, challenge: Uint8Array): Uint8Array {
+    const mac = createHmac('sha256', this.o.secret!);
+    mac.update('lockstep peer auth v1\0').update(this.o.cluster).update('\0').update(from).update('\0').update(to).update('\0').update(challenge);
+    return new Uint8Array(mac.digest());
+  }
+
+  /** Does `frameBytes` prove that `peer` holds the secret, for this connection's challenge? */
+  private proves(peer: string, challenge: Uint8Array, frameBytes: Uint8Array): boolean {
+    let mac: Uint8Array;
+    try {
+      mac = decodeAuthProof(frameBytes);
+    } catch {
+      return false;
+    }
+    return timingSafeEqual(mac, this.proof(peer, this.o.self, challenge));
+  }
+
+  /** A peer that asks for a proof when this node has no secret, or the other way round. */
+  private authMismatch(h: Handshake): string | null {
+    if (this.o.secret !== null && !h.challenge) return `${h.nodeId} did not ask for an auth proof, but this node has a secret: set the same secretFile on every node`;
+    if (this.o.secret === null && h.challenge) return `${h.nodeId} asks for an auth proof, but this node has no secret: set the same secretFile on every node`;
+    return null;
   }
 
   /** Why a peer's handshake is refused, or null. */
@@ -152,8 +197,10 @@ export class PeerTransport {
     // stranger must not make this node buffer a snapshot-sized frame.
     const decoder = new FrameDecoder(HANDSHAKE_MAX_BYTES);
     let peer: string | null = null;
+    /** With a secret: the challenge sent, until the peer's proof answers it. */
+    let challenge: Uint8Array | null = null;
     const timer = setTimeout(() => {
-      this.o.log('warn', 'peer-refused', { remote, reason: 'no handshake within 5 s' });
+      this.o.log('warn', 'peer-refused', { remote, peer, reason: peer === null ? 'no handshake within 5 s' : 'no auth proof within 5 s' });
       socket.destroy();
     }, HANDSHAKE_TIMEOUT_MS);
     const fail = (reason: string): void => {
@@ -171,11 +218,23 @@ export class PeerTransport {
             const h = decodeHandshake(f);
             const why = this.refusal(h, null);
             if (why !== null) return fail(why);
-            clearTimeout(timer);
             peer = h.nodeId;
-            decoder.maxFrameBytes = this.o.maxFrameBytes;
-            socket.write(this.handshake());
-            this.o.log('info', 'peer-accepted', { peer, remote, peerEpoch: h.epoch });
+            if (this.o.secret !== null) {
+              // Nothing from this peer is taken until it proves it holds the secret.
+              challenge = new Uint8Array(randomBytes(AUTH_BYTES));
+              socket.write(this.handshake(challenge));
+              continue;
+            }
+            this.admit(socket, decoder, timer, peer, remote, h.epoch);
+            continue;
+          }
+          if (challenge !== null) {
+            if (!this.proves(peer, challenge, f)) {
+              peer = null; // logged as refused: it never got in
+              return fail(`${h0(f)}: it did not prove it holds the cluster's secret (is secretFile the same on every node?)`);
+            }
+            challenge = null;
+            this.admit(socket, decoder, timer, peer, remote, null);
             continue;
           }
           this.stats.framesReceived++;
@@ -190,6 +249,14 @@ export class PeerTransport {
       clearTimeout(timer);
       this.inbound.delete(socket);
     });
+  }
+
+  /** The peer is who it says: take its messages (and snapshot-sized frames) from now on. */
+  private admit(socket: net.Socket, decoder: FrameDecoder, timer: NodeJS.Timeout, peer: string, remote: string, epoch: number | null): void {
+    clearTimeout(timer);
+    decoder.maxFrameBytes = this.o.maxFrameBytes;
+    if (this.o.secret === null) socket.write(this.handshake());
+    this.o.log('info', 'peer-accepted', { peer, remote, ...(epoch !== null ? { peerEpoch: epoch } : {}), authenticated: this.o.secret !== null });
   }
 
   // ---- outbound: our messages to the peer ------------------------------------------------
@@ -212,8 +279,9 @@ export class PeerTransport {
         for (let f = decoder.next(); f !== null; f = decoder.next()) {
           if (state.ready) throw new Error('the peer sent data on a one-way connection');
           const h = decodeHandshake(f);
-          const why = this.refusal(h, id);
+          const why = this.refusal(h, id) ?? this.authMismatch(h);
           if (why !== null) throw new Error(why);
+          if (h.challenge) socket.write(frame(encodeAuthProof(this.proof(this.o.self, id, h.challenge))));
           state.ready = true;
           state.backoffMs = RECONNECT_MIN_MS;
           this.o.log('info', 'peer-connected', { peer: id, peerEpoch: h.epoch });
@@ -242,4 +310,9 @@ export class PeerTransport {
       }, delay);
     });
   }
+}
+
+/** What a frame that should have been an auth proof looked like, for the log. */
+function h0(f: Uint8Array): string {
+  return `a ${f.length}-byte frame came instead of a valid auth proof`;
 }

@@ -5,6 +5,7 @@
 // which also refuses `bugs`: planted bugs exist for the simulator only, never for a real node.
 
 import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { LockstepError, isLockstepError } from '../errors.js';
@@ -46,6 +47,8 @@ export interface ClusterConfig extends CoreTiming {
   readonly arbiter: string;
   readonly service: ServiceConfig;
   readonly maxClientConnections: number;
+  /** The shared secret peers prove they hold (from `secretFile`), or null: no peer authentication. */
+  readonly secret: Uint8Array | null;
   readonly nodes: readonly NodeConfig[];
   /** The directory the config file is in (relative arbiter paths resolve against it). */
   readonly baseDir: string;
@@ -90,7 +93,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     return v;
   };
 
-  const top = object(json, '(top level)', [...TOP_REQUIRED, ...INTS], TOP_REQUIRED);
+  const top = object(json, '(top level)', [...TOP_REQUIRED, ...INTS, 'secretFile'], TOP_REQUIRED);
   const cluster = name(top.cluster, 'cluster');
 
   if (typeof top.arbiter !== 'string') fail('arbiter', `must be a string such as "file:.lockstep/arbiter", got ${describe(top.arbiter)}`);
@@ -103,6 +106,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
   }
 
   const service = parseService(top.service, baseDir, object, fail);
+  const secret = top.secretFile === undefined ? null : readSecret(top.secretFile, baseDir, fail);
   const int = (key: IntKey, dflt: number): number => {
     const v = top[key];
     if (v === undefined) return dflt;
@@ -154,8 +158,28 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     frameBytesMax: int('frameBytesMax', DEFAULT_TIMING.frameBytesMax),
     catchupEntriesMax: int('catchupEntriesMax', DEFAULT_TIMING.catchupEntriesMax),
     maxClientConnections: int('maxClientConnections', 10_000),
-    nodes, baseDir,
+    secret, nodes, baseDir,
   };
+}
+
+/** At least this many bytes of secret (after trimming whitespace): 128 bits. */
+const SECRET_MIN_BYTES = 16;
+
+/** The cluster's shared secret: the file's bytes without surrounding whitespace. */
+function readSecret(v: unknown, baseDir: string, fail: (path: string, msg: string) => never): Uint8Array {
+  if (typeof v !== 'string' || v === '') fail('secretFile', `must be the path of a file holding the cluster's secret, got ${describe(v)}`);
+  const path = resolve(baseDir, v);
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(path);
+  } catch (e) {
+    return fail('secretFile', `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const secret = Buffer.from(bytes.toString('latin1').trim(), 'latin1');
+  if (secret.length < SECRET_MIN_BYTES) {
+    fail('secretFile', `${path} holds ${secret.length} bytes; a secret needs at least ${SECRET_MIN_BYTES} (e.g. \`openssl rand -hex 32 > ${v}\`)`);
+  }
+  return new Uint8Array(secret);
 }
 
 const WASM_KEYS = ['kind', 'module', 'args', 'env', 'listen', 'memoryLimitMb', 'guestDir'] as const;

@@ -66,6 +66,7 @@ export class ReplicaNode implements FrontHost {
       maxFrameBytes: PEER_MAX_FRAME_BYTES,
       maxQueuedBytes: PEER_MAX_QUEUED_BYTES,
       epoch: () => this.replicaState.view.epoch,
+      secret: config.secret,
       onMessage: (from, msg) => this.input({ type: 'message', from, msg }),
       log: (level, event, fields) => this.log(level, event, fields),
     });
@@ -94,7 +95,11 @@ export class ReplicaNode implements FrontHost {
       service: this.config.service.kind,
       mode: this.config.service.kind === 'kv' ? this.config.service.mode : 'record-replay',
       arbiter: this.arbiter.description,
+      peerAuth: this.config.secret !== null,
     });
+    if (this.config.secret === null) {
+      this.log('warn', 'peer-auth-off', { reason: 'no secretFile in the config: any process that can reach the peer port and knows a node id can send this node protocol messages' });
+    }
     this.input({ type: 'start' });
   }
 

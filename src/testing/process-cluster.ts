@@ -6,6 +6,7 @@
 // one the other nodes dial), so a test can cut, or reset, any node's incoming channel.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -19,6 +20,8 @@ const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 export interface ProcessClusterOptions {
   readonly nodes?: number;
   readonly mode?: 'rsm' | 'state-transfer';
+  /** Give the cluster a shared secret for peer authentication (default true). */
+  readonly secret?: boolean;
   /** The config's `service` object (default: kv in `mode`). */
   readonly service?: Record<string, unknown>;
   readonly heartbeatMs?: number;
@@ -92,9 +95,11 @@ export class ProcessCluster {
         c.peerProxies.set(n.id, proxy);
         await proxy.start(n.peer.port);
       }
+      if (opts.secret !== false) writeFileSync(join(c.dir, 'secret'), randomBytes(32).toString('hex'));
       const config = {
         cluster: c.cluster,
         arbiter: 'file:arbiter',
+        ...(opts.secret !== false ? { secretFile: 'secret' } : {}),
         service: opts.service ?? { kind: 'kv', mode: opts.mode ?? 'rsm' },
         heartbeatMs: opts.heartbeatMs ?? 30,
         failureTimeoutMs: opts.failureTimeoutMs ?? 300,
