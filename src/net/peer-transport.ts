@@ -257,6 +257,22 @@ export class PeerTransport {
     decoder.maxFrameBytes = this.o.maxFrameBytes;
     if (this.o.secret === null) socket.write(this.handshake());
     this.o.log('info', 'peer-accepted', { peer, remote, ...(epoch !== null ? { peerEpoch: epoch } : {}), authenticated: this.o.secret !== null });
+    this.redialNow(peer);
+  }
+
+  /**
+   * The peer just reached us, so it is up: if our own connection to it is waiting out a
+   * reconnect backoff, dial now. Otherwise what the core sends in answer to the peer's first
+   * message (a snapshot for a spare's join) finds no connection and is dropped, and the
+   * recruit is abandoned only after a failure timeout without an ack.
+   */
+  private redialNow(peer: string): void {
+    const o = this.out.get(peer);
+    if (o === undefined || o.socket !== null || o.retryTimer === null || this.closed) return;
+    clearTimeout(o.retryTimer);
+    o.retryTimer = null;
+    o.backoffMs = RECONNECT_MIN_MS;
+    this.dial(peer);
   }
 
   // ---- outbound: our messages to the peer ------------------------------------------------
