@@ -9,11 +9,11 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePorts } from '../src/testing/process-cluster.js';
-import { kvserverCluster, quiesced } from '../src/testing/wasm-cluster.js';
+import net from 'node:net';
+import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
+import { examplePath, kvserverCluster, quiesced } from '../src/testing/wasm-cluster.js';
 import { LineClient } from '../src/testing/line-client.js';
 
-const example = (p: string): string => fileURLToPath(new URL(`../../examples/${p}`, import.meta.url));
 
 test('wasm cluster: after a workload primary and backup have the same memory, output and host state', { timeout: 120_000 }, async (t) => {
   const { c, addr } = await kvserverCluster();
@@ -108,7 +108,7 @@ test('lockstep run: a batch guest runs on a local cluster, prints once, and ends
   const [base] = await freePorts(1);
   const basePort = Math.min(60_000, Math.max(20_000, base! - (base! % 1000)));
   const bin = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-  const child = spawn(process.execPath, [bin, 'run', '--dir', dir, '--base-port', String(basePort), '--no-respawn', example('clockrand/clockrand.wasm'), '3'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [bin, 'run', '--dir', dir, '--base-port', String(basePort), '--no-respawn', examplePath('clockrand/clockrand.wasm'), '3'], { stdio: ['ignore', 'pipe', 'pipe'] });
   t.after(async () => {
     if (child.exitCode === null && child.signalCode === null) {
       const gone = new Promise((r) => child.once('exit', r));
@@ -124,4 +124,26 @@ test('lockstep run: a batch guest runs on a local cluster, prints once, and ends
   assert.equal(out.match(/^iter 2 /gm)?.length, 1, `the guest's output appears exactly once:\n${out}`);
   assert.match(out, /the guest exited with code 0 on n\d and on the backup n\d/);
   assert.match(out, /stopped; no node is left running/);
+});
+
+test('wasm cluster: a primary whose guest address is taken waits for it (logging), and serves once it is free', { timeout: 120_000 }, async (t) => {
+  const [port] = await freePorts(1);
+  // Someone else holds the guest's address (on one machine: a deposed primary not yet stopped).
+  const blocker = net.createServer();
+  await new Promise<void>((r) => blocker.listen(port, '127.0.0.1', () => r()));
+  let blocked = true;
+  t.after(() => (blocked ? new Promise<void>((r) => blocker.close(() => r())) : undefined));
+  const c = await ProcessCluster.start({
+    nodes: 1,
+    service: { kind: 'wasm', module: examplePath('kvserver/kvserver.wasm'), listen: [`127.0.0.1:${port}`], memoryLimitMb: 64 },
+  });
+  t.after(() => c.stop());
+  await c.waitFor(() => c.log('n1').includes('"guest-listen-waiting"'), 30_000, 'n1 to log that the address is in use');
+  assert.equal((await c.status('n1'))?.role, 'primary', 'the node waits; it does not give up the service');
+  await new Promise<void>((r) => blocker.close(() => r()));
+  blocked = false;
+  const cl = await LineClient.connectRetry({ host: '127.0.0.1', port: port! }, 30_000);
+  t.after(() => cl.close());
+  assert.equal(await cl.request('SET k v'), 'OK');
+  assert.match(c.log('n1'), /"guest-listening"/);
 });

@@ -42,6 +42,9 @@ type Pending = { readonly kind: 'append'; readonly payload: Uint8Array } | { rea
 
 type GuestState = 'none' | 'running' | 'exited' | 'failed';
 
+/** While a listening address stays in use, say so in the log this often. */
+const LISTEN_RETRY_LOG_MS = 10_000;
+
 /** The first byte of a snapshot: its format (see the header comment). */
 const TAG_GUEST = 0x53; // 'S'
 const TAG_LOG = 0x4c; // 'L'
@@ -186,10 +189,25 @@ export class WasmFront implements ServiceFront {
     this.entryBytes += payload.length;
   }
 
-  private openListeners(host: WasiHost, gen: number): Promise<void> {
-    return host.openListeners().catch((e: unknown) => {
-      if (gen === this.generation) this.node.failStop(`cannot open the guest's listening sockets: ${(e as Error).message}`);
-    });
+  /**
+   * Open the guest's listening sockets. An address in use is waited for as long as it takes:
+   * on one machine it is held by the old primary until it learns it was deposed (a stopped
+   * process may take long), and this node holds the only current copy of the guest, so giving
+   * up would lose the service. Any other error (no such address, no permission) is fatal.
+   */
+  private async openListeners(host: WasiHost, gen: number, goLive = false): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await (goLive ? host.goLive(LISTEN_RETRY_LOG_MS) : host.openListeners(LISTEN_RETRY_LOG_MS));
+        if (attempt > 1) this.node.log('info', 'guest-listening', { after: `${attempt} attempts` });
+        return;
+      } catch (e) {
+        if (gen !== this.generation) return;
+        const message = (e as Error).message;
+        if (!/EADDRINUSE/.test(message)) return this.node.failStop(`cannot open the guest's listening sockets: ${message}`);
+        this.node.log('warn', 'guest-listen-waiting', { reason: message, attempt });
+      }
+    }
   }
 
   private dropGuest(): void {
@@ -379,9 +397,7 @@ export class WasmFront implements ServiceFront {
     if (rt !== null && host !== null && rt.currentMode === 'replay') {
       const gen = this.generation;
       this.node.log('info', 'guest-go-live', { backlog: rt.backlog, calls: rt.callCount });
-      rt.promote(() => host.goLive().catch((e: unknown) => {
-        if (gen === this.generation) this.node.failStop(`cannot go live: ${(e as Error).message}`);
-      }));
+      rt.promote(() => this.openListeners(host, gen, true));
     }
     this.drain();
   }
