@@ -79,7 +79,7 @@ test('addresses: hostnames, IPv6 in brackets, formatAddress round-trips', () => 
 
 test('nodeOf and coreConfigFor', () => {
   const c = parse(base());
-  assert.equal(nodeOf(c, 'n3').client.port, 7003);
+  assert.equal(nodeOf(c, 'n3').client?.port, 7003);
   assert.throws(() => nodeOf(c, 'n9'), (e) => isLockstepError(e) && e.code === 'E_UNKNOWN_NODE' && e.message.includes('n9') && e.message.includes('n1, n2, n3'));
   assert.throws(() => coreConfigFor(c, 'n9'), (e) => isLockstepError(e) && e.code === 'E_UNKNOWN_NODE');
   const core = coreConfigFor(c, 'n2');
@@ -222,4 +222,16 @@ test('secretFile: read relative to the config, trimmed; missing, empty or short 
   for (const [file, message] of cases) {
     assert.throws(() => parseConfig(withSecret(file), 'c.json', dir), (e) => isLockstepError(e) && e.code === 'E_CONFIG_INVALID' && message.test(e.message), file);
   }
+});
+
+test('a wasm service needs no client address on its nodes; kv does', () => {
+  const j = base();
+  j.service = { kind: 'wasm', module: 'guest.wasm', listen: ['127.0.0.1:7301'] };
+  for (let i = 0; i < 3; i++) delete node(j, i).client;
+  const c = parse(j);
+  assert.deepEqual(c.nodes.map((n) => n.client), [null, null, null]);
+  assert.equal(c.service.kind === 'wasm' && c.service.module, '/etc/lockstep/guest.wasm');
+  const k = base();
+  delete node(k, 1).client;
+  assert.throws(() => parse(k), (e) => isLockstepError(e) && e.code === 'E_CONFIG_INVALID' && e.message.includes('nodes[1].client: missing'));
 });

@@ -82,7 +82,8 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
     failureTimeoutMs: 500,
     nodes: Array.from({ length: count }, (_, i) => ({
       id: `n${i + 1}`,
-      client: `127.0.0.1:${base + 1 + i}`,
+      // A wasm guest's clients use its own listen addresses; the nodes need no client port.
+      ...(c.service.kind === 'wasm' ? {} : { client: `127.0.0.1:${base + 1 + i}` }),
       peer: `127.0.0.1:${base + 101 + i}`,
       admin: `127.0.0.1:${base + 201 + i}`,
     })),
@@ -111,8 +112,8 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
   out.stdout(
     [
       `lockstep cluster "${name}" (${c.describe}): ${count} nodes, config ${configPath}, logs ${dir}/<id>.log`,
-      ...config.nodes.map((n) => `  ${n.id}: clients ${formatAddress(n.client)}  admin http://${formatAddress(n.admin)}/status`),
-      c.connect ?? `connect: redis-cli -p ${config.nodes[0]!.client.port}   (any node answers INFO, ROLE and SENTINEL; writes go to the primary)`,
+      ...config.nodes.map((n) => `  ${n.id}: ${n.client === null ? '' : `clients ${formatAddress(n.client)}  `}admin http://${formatAddress(n.admin)}/status`),
+      c.connect ?? `connect: redis-cli -p ${base + 1}   (any node answers INFO, ROLE and SENTINEL; writes go to the primary)`,
       `status:  lockstep status --config ${configPath}`,
       'kill -9 the primary\'s pid (shown below) to watch the backup go live. Ctrl-C stops the cluster.',
       '',
@@ -127,7 +128,7 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
     const statuses = await Promise.all(config.nodes.map((n) => fetchStatus(n.admin, 500)));
     const lines = config.nodes.map((n, i) => {
       const s = statuses[i] ?? null;
-      return `${formatStatusLine(n.id, formatAddress(n.client), s)}${s ? ` pid ${s.pid}` : ''}`;
+      return `${formatStatusLine(n.id, n.client === null ? '-' : formatAddress(n.client), s)}${s ? ` pid ${s.pid}` : ''}`;
     });
     const text = lines.join('\n');
     if (tty && c.onLog === undefined) {

@@ -33,7 +33,7 @@ export async function statusCommand(argv: readonly string[], out: CheckOutput): 
     return 0;
   }
   const lines = [`cluster ${config.cluster}: arbiter view ${view}`];
-  config.nodes.forEach((n, i) => lines.push(formatStatusLine(n.id, formatAddress(n.client), statuses[i] ?? null)));
+  config.nodes.forEach((n, i) => lines.push(formatStatusLine(n.id, n.client === null ? '-' : formatAddress(n.client), statuses[i] ?? null)));
   out.stdout(lines.join('\n') + '\n');
   return 0;
 }

@@ -11,7 +11,7 @@
 
 import { status as coreStatus, type Replica } from '../core/index.js';
 import type { KvReply } from '../guest/index.js';
-import type { ClusterConfig, NodeConfig } from './config.js';
+import { clientOf, type ClusterConfig, type NodeConfig } from './config.js';
 
 export interface NodeView {
   readonly id: string;
@@ -106,10 +106,10 @@ function info(node: NodeView, section: string): string {
     out.push(`log_index:${s.lastIndex}`, `acked_index:${s.ackedIndex}`, `backup_lag:${s.lagEntries}`, `held_outputs:${s.heldOutputs}`);
     if (r.role === 'primary') {
       out.push(`connected_slaves:${backup ? 1 : 0}`);
-      if (backup) out.push(`slave0:ip=${backup.client.host},port=${backup.client.port},state=online,offset=${s.ackedIndex},lag=${s.lagEntries}`);
+      if (backup) out.push(`slave0:ip=${clientOf(backup).host},port=${clientOf(backup).port},state=online,offset=${s.ackedIndex},lag=${s.lagEntries}`);
       out.push(`master_repl_offset:${s.lastIndex}`);
     } else {
-      out.push(`master_host:${primary?.client.host ?? ''}`, `master_port:${primary?.client.port ?? 0}`);
+      out.push(`master_host:${(primary ? clientOf(primary).host : '')}`, `master_port:${(primary ? clientOf(primary).port : 0)}`);
       out.push(`master_link_status:${r.role === 'backup' ? 'up' : 'down'}`, `slave_repl_offset:${s.lastIndex}`);
     }
     out.push('');
@@ -123,12 +123,12 @@ function role(node: NodeView): KvReply {
   const s = coreStatus(r);
   if (r.role === 'primary') {
     const backup = member(node.clusterConfig, r.view.backup);
-    const replicas = backup ? [arr([bulk(backup.client.host), bulk(String(backup.client.port)), bulk(String(s.ackedIndex))])] : [];
+    const replicas = backup ? [arr([bulk(clientOf(backup).host), bulk(String(clientOf(backup).port)), bulk(String(s.ackedIndex))])] : [];
     return arr([bulk('master'), int(s.lastIndex), arr(replicas)]);
   }
   const primary = primaryOf(node);
   const state = r.role === 'backup' ? 'connected' : r.role === 'spare' && r.following ? 'sync' : 'connect';
-  return arr([bulk('slave'), bulk(primary?.client.host ?? ''), int(primary?.client.port ?? 0), bulk(state), int(r.role === 'backup' ? s.lastIndex : -1)]);
+  return arr([bulk('slave'), bulk((primary ? clientOf(primary).host : '')), int((primary ? clientOf(primary).port : 0)), bulk(state), int(r.role === 'backup' ? s.lastIndex : -1)]);
 }
 
 function flat(fields: [string, string][]): KvReply {
@@ -141,8 +141,8 @@ function sentinel(node: NodeView, args: readonly string[]): KvReply {
   const name = args[2];
   const masterFields = (p: NodeConfig): [string, string][] => [
     ['name', config.cluster],
-    ['ip', p.client.host],
-    ['port', String(p.client.port)],
+    ['ip', clientOf(p).host],
+    ['port', String(clientOf(p).port)],
     ['runid', p.id],
     ['flags', 'master'],
     ['num-slaves', node.replicaState.view.backup ? '1' : '0'],
@@ -154,7 +154,7 @@ function sentinel(node: NodeView, args: readonly string[]): KvReply {
     case 'get-master-addr-by-name': {
       if (name !== config.cluster) return nil;
       const p = primaryOf(node);
-      return p ? arr([bulk(p.client.host), bulk(String(p.client.port))]) : nil;
+      return p ? arr([bulk(clientOf(p).host), bulk(String(clientOf(p).port))]) : nil;
     }
     case 'masters': {
       const p = primaryOf(node);
@@ -170,14 +170,14 @@ function sentinel(node: NodeView, args: readonly string[]): KvReply {
       return arr(
         config.nodes
           .filter((n) => n.id !== node.id)
-          .map((n) => flat([['name', n.id], ['ip', n.client.host], ['port', String(n.client.port)], ['runid', n.id], ['flags', 'sentinel']])),
+          .map((n) => flat([['name', n.id], ['ip', clientOf(n).host], ['port', String(clientOf(n).port)], ['runid', n.id], ['flags', 'sentinel']])),
       );
     }
     case 'replicas':
     case 'slaves': {
       if (name !== config.cluster) return err('ERR No such master with that name');
       const b = member(config, node.replicaState.view.backup);
-      return arr(b ? [flat([['name', `${b.client.host}:${b.client.port}`], ['ip', b.client.host], ['port', String(b.client.port)], ['runid', b.id], ['flags', 'slave'], ['master-link-status', 'ok']])] : []);
+      return arr(b ? [flat([['name', `${clientOf(b).host}:${clientOf(b).port}`], ['ip', clientOf(b).host], ['port', String(clientOf(b).port)], ['runid', b.id], ['flags', 'slave'], ['master-link-status', 'ok']])] : []);
     }
     default:
       return err(`ERR unknown or unsupported SENTINEL subcommand '${sub}' (lockstep answers get-master-addr-by-name, masters, master, sentinels, replicas)`);

@@ -20,7 +20,8 @@ export interface NodeConfig {
   /** Where this replica listens for its logging channel: `peer` unless the config sets
    *  `peerListen` (a proxy or NAT between them; the fault tests put a TCP proxy there). */
   readonly peerListen: NodeAddress;
-  readonly client: NodeAddress;
+  /** The RESP client port (kv). A wasm service's clients use the guest's own `listen`: null. */
+  readonly client: NodeAddress | null;
   readonly admin: NodeAddress;
 }
 export interface KvServiceConfig { readonly kind: 'kv'; readonly mode: 'rsm' | 'state-transfer' }
@@ -128,7 +129,9 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
   const used: { host: string; port: number; path: string }[] = [];
   const nodes = top.nodes.map((raw, i): NodeConfig => {
     const path = `nodes[${i}]`;
-    const o = object(raw, path, ['id', ...ROLES, 'peerListen'], ['id', ...ROLES]);
+    // A wasm guest listens on its own addresses (service.listen): its nodes need no client port.
+    const required = service.kind === 'wasm' ? ['id', 'peer', 'admin'] : ['id', ...ROLES];
+    const o = object(raw, path, ['id', ...ROLES, 'peerListen'], required);
     const id = name(o.id, `${path}.id`);
     const twin = ids.get(id);
     if (twin !== undefined) fail(`${path}.id`, `node id ${id} is already used by ${twin}; node ids must be unique`);
@@ -145,7 +148,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     };
     const peer = addr('peer');
     const peerListen = o.peerListen === undefined ? peer : addr('peerListen');
-    return { id, peer, peerListen, client: addr('client'), admin: addr('admin') };
+    return { id, peer, peerListen, client: o.client === undefined ? null : addr('client'), admin: addr('admin') };
   });
 
   return {
@@ -246,6 +249,12 @@ export function coreConfigFor(config: ClusterConfig, id: string): CoreConfig {
     id, nodes: config.nodes.map((n) => n.id), heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs,
     unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax,
   };
+}
+
+/** A node's client port, where the service has one (kv): a null here is a bug, not a user error. */
+export function clientOf(n: NodeConfig): NodeAddress {
+  if (n.client === null) throw new Error(`node ${n.id} has no client address (a wasm service's nodes need none)`);
+  return n.client;
 }
 
 export function formatAddress(a: NodeAddress): string {

@@ -10,7 +10,7 @@ import { canAppend, type Entry, type Replica, type Role, type View } from '../co
 import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply } from '../guest/index.js';
 import { RespProtocolError, RespRequestParser, encodeReply } from '../net/resp.js';
 import { EXEC_COMMAND, parseExec } from '../net/exec.js';
-import { formatAddress, nodeOf, type ClusterConfig, type KvServiceConfig } from './config.js';
+import { clientOf, formatAddress, nodeOf, type ClusterConfig, type KvServiceConfig } from './config.js';
 import { metaCommand, type NodeView } from './commands.js';
 import type { FrontHost, ServiceFront } from './front.js';
 import { listenOrExplain } from './listen.js';
@@ -86,7 +86,7 @@ export class KvFront implements ServiceFront, NodeView {
     const self = nodeOf(this.node.config, this.node.id);
     const server = net.createServer((s) => this.acceptClient(s));
     this.clientServer = server;
-    await listenOrExplain('client', server, self.client);
+    await listenOrExplain('client', server, clientOf(self));
     this.rateTimer = setInterval(() => {
       this.counters.opsLastSecond = this.counters.opsThisSecond;
       this.counters.opsThisSecond = 0;
@@ -293,7 +293,7 @@ export class KvFront implements ServiceFront, NodeView {
   notPrimaryMessage(): string {
     const v = this.node.replica.view;
     const primary = v.primary === null || v.primary === this.node.id ? null : this.node.config.nodes.find((n) => n.id === v.primary);
-    if (primary) return `NOTPRIMARY the primary is ${primary.id} at ${formatAddress(primary.client)} (epoch ${v.epoch}); this node is ${this.node.replica.role}`;
+    if (primary) return `NOTPRIMARY the primary is ${primary.id} at ${formatAddress(clientOf(primary))} (epoch ${v.epoch}); this node is ${this.node.replica.role}`;
     return `NOTPRIMARY no primary known to this node (it is ${this.node.replica.role}); try another node`;
   }
 

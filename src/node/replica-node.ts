@@ -90,7 +90,7 @@ export class ReplicaNode implements FrontHost {
     this.log('info', 'node-start', {
       cluster: this.config.cluster,
       peer: formatAddress(self.peer),
-      client: formatAddress(self.client),
+      client: self.client === null ? null : formatAddress(self.client),
       admin: formatAddress(self.admin),
       service: this.config.service.kind,
       mode: this.config.service.kind === 'kv' ? this.config.service.mode : 'record-replay',
