@@ -4,13 +4,14 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
+import { freeBasePort, spawnCli } from '../src/testing/cli-child.js';
 import { LockstepClient } from '../src/client/index.js';
 
 const bin = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
@@ -98,24 +99,13 @@ test('/status, /metrics and lockstep status describe the cluster', async (t) => 
 
 test('lockstep cluster starts three nodes, serves, and leaves no process on Ctrl-C', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'lockstep-cluster-'));
-  const [base] = await freePorts(1);
-  const basePort = Math.min(60_000, Math.max(20_000, base! - (base! % 1000)));
-  const child = spawn(process.execPath, [bin, 'cluster', '--dir', dir, '--base-port', String(basePort)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(async () => {
-    // Kill first (its nodes go with it: they exit when their parent's IPC channel closes), then clean.
-    if (child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGKILL');
-      await gone;
-    }
-    rmSync(dir, { recursive: true, force: true });
-  });
-  let out = '';
-  child.stdout.on('data', (d) => (out += d));
+  const basePort = await freeBasePort();
+  const { child, output, exited } = spawnCli(t, ['cluster', '--dir', dir, '--base-port', String(basePort)]);
+  t.after(async () => rmSync(dir, { recursive: true, force: true })); // after the kill above
   const deadline = Date.now() + 30_000;
-  const ready = (): boolean => /primary/.test(out.split('kill -9')[1] ?? '') && /backup/.test(out.split('kill -9')[1] ?? '') && new Set(out.match(/pid \d+/g)).size >= 3;
+  const ready = (): boolean => /primary/.test(output().split('kill -9')[1] ?? '') && /backup/.test(output().split('kill -9')[1] ?? '') && new Set(output().match(/pid \d+/g)).size >= 3;
   while (!ready() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  assert.match(out, /connect: redis-cli -p \d+/);
+  assert.match(output(), /connect: redis-cli -p \d+/);
   const client = new LockstepClient({ nodes: [1, 2, 3].map((i) => `127.0.0.1:${basePort + i}`) });
   try {
     assert.equal(await client.set('hello', 'world'), 'OK');
@@ -123,12 +113,11 @@ test('lockstep cluster starts three nodes, serves, and leaves no process on Ctrl
   } finally {
     client.close();
   }
-  const pids = [...out.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
-  assert.ok(pids.length >= 3, out);
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const pids = [...output().matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
+  assert.ok(pids.length >= 3, output());
   child.kill('SIGINT');
   assert.equal(await exited, 0);
-  assert.match(out, /stopped; no node is left running/);
+  assert.match(output(), /stopped; no node is left running/);
   for (const pid of new Set(pids)) {
     assert.throws(() => process.kill(pid, 0), /ESRCH/, `node pid ${pid} is gone`);
   }

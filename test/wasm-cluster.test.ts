@@ -4,13 +4,12 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fileURLToPath } from 'node:url';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import net from 'node:net';
 import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
+import { freeBasePort, spawnCli } from '../src/testing/cli-child.js';
 import { examplePath, kvserverCluster, quiesced } from '../src/testing/wasm-cluster.js';
 import { LineClient } from '../src/testing/line-client.js';
 
@@ -105,21 +104,11 @@ test('wasm cluster: no byte of output reaches a client before the backup has ack
 
 test('lockstep run: a batch guest runs on a local cluster, prints once, and ends the run with its exit code', { timeout: 120_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'lockstep-run-'));
-  const [base] = await freePorts(1);
-  const basePort = Math.min(60_000, Math.max(20_000, base! - (base! % 1000)));
-  const bin = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-  const child = spawn(process.execPath, [bin, 'run', '--dir', dir, '--base-port', String(basePort), '--no-respawn', examplePath('clockrand/clockrand.wasm'), '3'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGKILL');
-      await gone;
-    }
-    rmSync(dir, { recursive: true, force: true });
-  });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  const basePort = await freeBasePort();
+  const run = spawnCli(t, ['run', '--dir', dir, '--base-port', String(basePort), '--no-respawn', examplePath('clockrand/clockrand.wasm'), '3']);
+  t.after(async () => rmSync(dir, { recursive: true, force: true })); // after the kill above
+  const code = await run.exited;
+  const out = run.output();
   assert.equal(code, 0, out);
   assert.equal(out.match(/^iter 2 /gm)?.length, 1, `the guest's output appears exactly once:\n${out}`);
   assert.match(out, /the guest exited with code 0 on n\d and on the backup n\d/);

@@ -5,7 +5,6 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,10 +12,10 @@ import { fileURLToPath } from 'node:url';
 import { loadModule } from '../src/wasm/module.js';
 import { recordLocally, replayLocally } from '../src/wasm/local.js';
 import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
+import { spawnCli } from '../src/testing/cli-child.js';
 
 const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
 const fixture = (name: string): string => here(`../../test/fixtures/wasm/${name}`);
-const MAIN = here('../src/cli/main.js');
 
 function tempDir(t: { after: (f: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'lockstep-guard-'));
@@ -53,13 +52,9 @@ test('wasm guards: a node whose guest traps stops with a fail-stop record and ex
     service: { kind: 'wasm', module: fixture('oom.wasm'), listen: [], memoryLimitMb: 4 },
     nodes: [{ id: 'n1', peer: `127.0.0.1:${peer}`, client: `127.0.0.1:${client}`, admin: `127.0.0.1:${admin}` }],
   }));
-  const child = spawn(process.execPath, [MAIN, 'node', '--config', config, '--id', 'n1'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  const node = spawnCli(t, ['node', '--config', config, '--id', 'n1']);
+  const code = await node.exited;
+  const out = node.output();
   assert.equal(code, 3, out);
   const stop = out.split('\n').filter((l) => l.includes('"fail-stop"'));
   assert.equal(stop.length, 1, out);

@@ -1,0 +1,36 @@
+// Tests that run the `lockstep` command itself as a child process: start it, collect its
+// stdout, and make sure it (and with it the nodes it started) is gone when the test ends.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { freePorts } from './process-cluster.js';
+
+const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+
+export interface CliChild {
+  readonly child: ChildProcess;
+  /** Everything it wrote to stdout so far. */
+  output(): string;
+  /** Its exit code (null if a signal ended it). */
+  readonly exited: Promise<number | null>;
+}
+
+/** Run `lockstep ARGS...`; killed (SIGKILL) after the test if it is still running. */
+export function spawnCli(t: { after: (fn: () => Promise<void>) => void }, args: readonly string[]): CliChild {
+  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  t.after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL'); // its nodes go with it: they exit when their parent's IPC channel closes
+    await exited;
+  });
+  return { child, output: () => out, exited };
+}
+
+/** A base port P for `lockstep cluster`/`run` (they use P+1.., P+101.., P+201..), near a free one. */
+export async function freeBasePort(): Promise<number> {
+  const [base] = await freePorts(1);
+  return Math.min(60_000, Math.max(20_000, base! - (base! % 1000)));
+}
