@@ -153,6 +153,9 @@ export class GuestRuntime {
   /** The monotonic time the call being retried was first tried (poll timeouts count from it). */
   private attemptStartNs: bigint | null = null;
   private sliceStart = 0;
+  /** Every host call entered, rewinds included (memoryHash's cache key). */
+  private hostCalls = 0;
+  private hashCache: { mem: GuestMemory; hostCalls: number; hash: string } | null = null;
   /** Host calls since the time slice was last checked. */
   private sinceClock = 0;
   /** Between beginRewind and the import the rewind re-enters. */
@@ -208,7 +211,15 @@ export class GuestRuntime {
 
   /** sha256 of the guest's linear memory (null before it started). */
   memoryHash(): string | null {
-    return this.mem?.hash() ?? null;
+    const mem = this.mem;
+    if (mem === null) return null;
+    // The guest only runs between host calls, so with no host call since the last hash the
+    // memory is the same: /status, polled often, does not rehash megabytes each time.
+    const c = this.hashCache;
+    if (c !== null && c.mem === mem && c.hostCalls === this.hostCalls) return c.hash;
+    const hash = mem.hash();
+    this.hashCache = { mem, hostCalls: this.hostCalls, hash };
+    return hash;
   }
 
   /** Digest of every output the guest made (sent by the primary, checked by the backup). */
@@ -477,6 +488,7 @@ export class GuestRuntime {
   }
 
   private restoreMemory(bytes: Uint8Array): void {
+    this.hashCache = null;
     const memory = this.instance!.exports[this.loaded.exports.memory] as WebAssembly.Memory;
     const grow = (bytes.byteLength - memory.buffer.byteLength) / 65536;
     if (grow > 0) memory.grow(grow);
@@ -550,6 +562,7 @@ export class GuestRuntime {
   // ---- the host call -----------------------------------------------------------------------
 
   private hostCall(name: string, args: CallArg[]): number {
+    this.hostCalls++;
     // Kept in JS rather than asked of asyncify_get_state: a call into wasm per host call costs.
     if (this.rewinding) this.finishRewind();
     if (this.stopped) throw new Abort({ kind: 'stopped' });
