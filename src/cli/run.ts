@@ -37,7 +37,6 @@ export async function runCommand(argv: readonly string[], out: CheckOutput): Pro
   if (!existsSync(path)) throw new LockstepError('E_FILE_READ', `no such guest module: ${path}`);
   const dir = resolve(flags.values.get('--dir') ?? '.lockstep');
   const listen = flags.repeated.get('--listen') ?? [];
-  let lastPrimary: string | null = null;
   return superviseCluster(
     {
       dir,
@@ -56,12 +55,11 @@ export async function runCommand(argv: readonly string[], out: CheckOutput): Pro
       },
       until: (statuses) => {
         const primary = statuses.find((s) => s?.role === 'primary') ?? null;
-        if (primary) lastPrimary = primary.id;
         if (!primary?.guest || primary.guest.state !== 'exited') return null;
         // Done once the backup (if any) has replayed up to the exit too.
         const backup = statuses.find((s) => s?.id === primary.view.backup) ?? null;
         if (backup && backup.guest?.state !== 'exited') return null;
-        out.stdout(`\nthe guest exited with code ${primary.guest.exitCode} on ${lastPrimary}${backup ? ` and on the backup ${backup.id}` : ''}\n`);
+        out.stdout(`\nthe guest exited with code ${primary.guest.exitCode} on ${primary.id}${backup ? ` and on the backup ${backup.id}` : ''}\n`);
         return primary.guest.exitCode ?? 0;
       },
     },

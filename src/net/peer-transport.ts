@@ -231,7 +231,7 @@ export class PeerTransport {
           if (challenge !== null) {
             if (!this.proves(peer, challenge, f)) {
               peer = null; // logged as refused: it never got in
-              return fail(`${h0(f)}: it did not prove it holds the cluster's secret (is secretFile the same on every node?)`);
+              return fail(`a ${f.length}-byte frame came instead of a valid auth proof: it did not prove it holds the cluster's secret (is secretFile the same on every node?)`);
             }
             challenge = null;
             this.admit(socket, decoder, timer, peer, remote, null);
@@ -326,9 +326,4 @@ export class PeerTransport {
       }, delay);
     });
   }
-}
-
-/** What a frame that should have been an auth proof looked like, for the log. */
-function h0(f: Uint8Array): string {
-  return `a ${f.length}-byte frame came instead of a valid auth proof`;
 }

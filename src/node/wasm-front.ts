@@ -79,7 +79,7 @@ export class WasmFront implements ServiceFront {
   private readonly held = new Map<number, OutputEffect>();
   private nextOutputId = 1;
   private flowWaiters: (() => void)[] = [];
-  readonly counters = { outputs: 0, released: 0, discarded: 0, entries: 0 };
+  readonly counters = { outputs: 0, released: 0, discarded: 0 };
 
   constructor(
     private readonly node: FrontHost,
@@ -263,7 +263,6 @@ export class WasmFront implements ServiceFront {
       if (p.kind === 'append') {
         if (!canAppend(this.node.replica)) return;
         this.pending.shift();
-        this.counters.entries++;
         this.node.input({ type: 'append', payload: p.payload });
       } else {
         if (this.node.replica.role !== 'primary') return;
