@@ -5,20 +5,21 @@
 // once the backup has replayed up to the exit; a server runs until Ctrl-C.
 
 import { existsSync } from 'node:fs';
-import { basename, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { intValue, parseFlags } from './args.js';
 import type { CheckOutput } from './check.js';
 import { superviseCluster } from './cluster.js';
 import { LockstepError } from '../errors.js';
 
-export const RUN_USAGE = `usage: lockstep run [--listen HOST:PORT]... [--dir DIR] [--nodes N] [--base-port P] [--memory-mb M] [--name NAME] [--] GUEST.wasm [ARGS...]
+export const RUN_USAGE = `usage: lockstep run [--listen HOST:PORT]... [--dir DIR] [--nodes N] [--base-port P] [--memory-mb M] [--name NAME] [--no-respawn] [--] GUEST.wasm [ARGS...]
 
 Runs an unmodified WebAssembly/WASI (preview1) program under record/replay fault tolerance
 on a local cluster of N nodes (default 3). The primary runs the guest and logs every input it
 observes; the backup replays the log; kill -9 the primary and the backup goes live with the
 same state. Each --listen address is a TCP socket the primary opens for the guest (fds 4, 5,
 ...; fd 3 is the guest's directory DIR/guests/<node>). Ports and files as for
-lockstep cluster (DIR defaults to .lockstep, P to 7400).
+lockstep cluster (DIR defaults to .lockstep/run, P to 7400; see lockstep cluster --help for
+the run directory's lock and for restarts).
 `;
 
 export async function runCommand(argv: readonly string[], out: CheckOutput): Promise<number> {
@@ -35,7 +36,7 @@ export async function runCommand(argv: readonly string[], out: CheckOutput): Pro
   if (module === undefined) throw new LockstepError('E_USAGE', `lockstep run needs a .wasm file\n${RUN_USAGE}`);
   const path = resolve(module);
   if (!existsSync(path)) throw new LockstepError('E_FILE_READ', `no such guest module: ${path}`);
-  const dir = resolve(flags.values.get('--dir') ?? '.lockstep');
+  const dir = resolve(flags.values.get('--dir') ?? join('.lockstep', 'run'));
   const listen = flags.repeated.get('--listen') ?? [];
   return superviseCluster(
     {
@@ -51,6 +52,7 @@ export async function runCommand(argv: readonly string[], out: CheckOutput): Pro
         if (rec.event === 'guest-stdout' && typeof rec.text === 'string') process.stdout.write(rec.text);
         else if (rec.event === 'guest-stderr' && typeof rec.text === 'string') process.stderr.write(rec.text);
         else if (rec.event === 'fail-stop') out.stdout(`\n${String(rec.node)}: fail-stop: ${String(rec.reason)}\n`);
+        else if (rec.event === 'guest-waiting-for-backup') out.stdout(`\n${String(rec.node)} is primary; the guest starts once a backup is recruited\n`);
         else if (rec.event === 'guest-go-live') out.stdout(`\n${String(rec.node)} goes live (${String(rec.backlog)} records to finish)\n`);
       },
       until: (statuses) => {

@@ -79,6 +79,8 @@ export class WasmFront implements ServiceFront {
   private readonly held = new Map<number, OutputEffect>();
   private nextOutputId = 1;
   private flowWaiters: (() => void)[] = [];
+  /** Bootstrap primary, guest not started: no backup in the view yet (see `role`). */
+  private waitingForBackup = false;
   readonly counters = { outputs: 0, released: 0, discarded: 0 };
 
   constructor(
@@ -381,10 +383,18 @@ export class WasmFront implements ServiceFront {
     for (const id of outputIds) if (this.held.delete(id)) this.counters.discarded++;
   }
 
-  role(role: Role, _view: View, _reason: string): void {
+  role(role: Role, view: View, _reason: string): void {
     if (role !== 'primary') return;
     if (this.runtime === null && this.state === 'none') {
-      // The first primary of the cluster (bootstrap): the guest starts here, from nothing.
+      // The first primary of the cluster (bootstrap): the guest starts here, from nothing, once
+      // a backup is in the view. Started alone, a batch guest could run to its end with no
+      // replica to replay it, and a crash then would lose it. A one-node cluster cannot wait.
+      if (view.backup === null && this.node.config.nodes.length > 1) {
+        if (!this.waitingForBackup) this.node.log('info', 'guest-waiting-for-backup', { view: `${view.epoch}` });
+        this.waitingForBackup = true;
+        return;
+      }
+      this.waitingForBackup = false;
       this.entries = [];
       this.entryBytes = 0;
       this.restoredFrom = null;
@@ -404,6 +414,7 @@ export class WasmFront implements ServiceFront {
   reset(): void {
     this.dropGuest();
     this.state = 'none';
+    this.waitingForBackup = false;
     this.exitCode = null;
     this.failure = null;
     this.entries = [];
