@@ -9,6 +9,13 @@ import { nodeCommand } from './node.js';
 import { clusterCommand } from './cluster.js';
 import { statusCommand } from './status.js';
 import { runCommand } from './run.js';
+import { readFileSync } from 'node:fs';
+
+/** The version in the package.json this command was installed with. */
+function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+  return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+}
 
 const USAGE = `usage: lockstep <command> [options]
 
@@ -20,6 +27,7 @@ commands:
   sim      run the deterministic simulator over many seeds
   check    check that a key/value history is linearizable
   help     print this help
+  version  print the version (also --version)
 
 Each command takes --help.
 `;
@@ -50,6 +58,11 @@ async function main(argv: readonly string[]): Promise<number> {
       return statusCommand(rest, io);
     case 'run':
       return runCommand(rest, io);
+    case 'version':
+    case '--version':
+    case '-V':
+      io.stdout(`lockstep ${packageVersion()}\n`);
+      return 0;
     case undefined:
     case 'help':
     case '--help':
