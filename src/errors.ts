@@ -22,6 +22,7 @@ export const ERROR_CODES = {
   E_LISTEN: 'a port in the config cannot be listened on (in use, or no such address)',
   E_WASM_DIVERGENCE: 'a backup replaying a WebAssembly guest saw it make a different host call, or get a different result, than on the primary (the message names the call index and the difference)',
   E_WASM_MODULE: 'a guest WebAssembly module cannot be run (invalid, or it uses a feature or import lockstep refuses; the message names it)',
+  E_DIR_LOCKED: 'a local cluster\'s run directory is in use by another supervisor, or by nodes still running there (the message names the pid)',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

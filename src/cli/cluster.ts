@@ -6,22 +6,31 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
 import { resolve, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatAddress, loadConfig } from '../node/config.js';
 import { intValue, parseFlags } from './args.js';
 import { fetchStatus, formatStatusLine, type NodeStatus } from './admin-client.js';
+import { lockRunDir, retireOldArbiter } from './run-dir.js';
 import type { CheckOutput } from './check.js';
 import { LockstepError } from '../errors.js';
 
-export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--name NAME]
+export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--name NAME] [--no-respawn]
 
 Starts a local replicated kv cluster: N nodes (default 3: primary, backup, spare) as child
-processes, on the file arbiter in DIR/arbiter (DIR defaults to .lockstep). Node i listens
-for clients on P+i, for peers on P+100+i and for /status and /metrics on P+200+i (P defaults
-to 7000). Each start is a new cluster: DIR/arbiter is cleared first. Logs go to DIR/<id>.log.
-A node that dies is restarted after a second as an empty spare. Ctrl-C stops everything.
+processes, on the file arbiter in DIR/arbiter (DIR defaults to .lockstep/cluster). Node i
+listens for clients on P+i, for peers on P+100+i and for /status and /metrics on P+200+i (P
+defaults to 7000). Logs go to DIR/<id>.log.
+
+Each start is a new cluster (state lives in memory only). One supervisor at a time may use
+DIR: a second is refused, naming the first one's pid. Views a previous run left in
+DIR/arbiter are kept in DIR/arbiter.old-<time>, never deleted, and only once none of that
+run's nodes answers any more.
+
+A node that dies is started again as an empty spare, after 1 s, then 2 s, 4 s ... while it
+keeps dying; its last error is shown. A node that exits with a configuration or usage error
+(code 2) is not started again. --no-respawn: never start a node again. Ctrl-C stops everything.
 `;
 
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
@@ -32,7 +41,7 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
     out.stdout(CLUSTER_USAGE);
     return 0;
   }
-  const dir = resolve(flags.values.get('--dir') ?? '.lockstep');
+  const dir = resolve(flags.values.get('--dir') ?? join('.lockstep', 'cluster'));
   const count = intValue(flags, '--nodes', 3, 1, 9);
   const base = intValue(flags, '--base-port', 7000, 1024, 65_000);
   const mode = flags.values.get('--mode') ?? 'rsm';
@@ -69,7 +78,23 @@ export interface LocalCluster {
 export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promise<number> {
   const { dir, name, count, base, respawn } = c;
   mkdirSync(dir, { recursive: true });
-  rmSync(join(dir, 'arbiter'), { recursive: true, force: true });
+  const unlock = lockRunDir(dir);
+  try {
+    return await supervise(c, out);
+  } finally {
+    unlock();
+  }
+}
+
+/** Restarts of a node that keeps dying wait longer each time: 1 s, 2 s, 4 s ... up to this. */
+const RESPAWN_BACKOFF_MAX_MS = 30_000;
+/** A node that ran this long before dying starts the backoff over. */
+const RESPAWN_HEALTHY_MS = 60_000;
+
+async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
+  const { dir, name, count, base, respawn } = c;
+  const retired = await retireOldArbiter(dir);
+  if (retired !== null) out.stdout(`the views of the previous run in ${dir} are kept in ${retired}\n`);
   const configPath = join(dir, 'cluster.json');
   // A fresh secret per start: the nodes prove to each other that they hold it (peer auth).
   writeFileSync(join(dir, 'secret'), randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
@@ -91,20 +116,54 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
   writeFileSync(configPath, JSON.stringify(raw, null, 2) + '\n');
   const config = await loadConfig(configPath);
 
+  const tty = process.stdout.isTTY === true;
+  let drawn = 0;
+  /** An event line: printed above the status block, which is then drawn afresh below it. */
+  const event = (text: string): void => {
+    out.stdout(text);
+    drawn = 0;
+  };
+
   const children = new Map<string, ChildProcess>();
+  const restarts = new Map<string, number>();
   let stopping = false;
+  let finish: ((code: number) => void) | null = null;
   const startChild = (id: string): void => {
-    const log = createWriteStream(join(dir, `${id}.log`), { flags: 'a' });
+    const logPath = join(dir, `${id}.log`);
+    const log = createWriteStream(logPath, { flags: 'a' });
+    log.on('error', () => undefined); // a full disk must not take the supervisor down
     const child = spawn(process.execPath, [MAIN, 'node', '--config', configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
-    child.stdout?.pipe(log);
-    child.stderr?.pipe(log);
+    // Both streams go into one file: neither may end it (the other may still be writing).
+    child.stdout?.pipe(log, { end: false });
+    child.stderr?.pipe(log, { end: false });
+    const tail = lastLines(child);
     if (c.onLog && child.stdout) forEachJsonLine(child.stdout, c.onLog);
     children.set(id, child);
-    child.on('exit', (code, signal) => {
+    const startedMs = Date.now();
+    // On stop, 'exit' (a child the supervisor disconnected may never emit 'close'); otherwise
+    // 'close', once all it wrote has been read, to show its last error.
+    child.once('exit', (code, signal) => {
+      if (stopping) out.stdout(`${id} (pid ${child.pid}) stopped (${signal ?? `code ${code}`})\n`);
+    });
+    child.once('close', (code, signal) => {
+      log.end();
       if (children.get(id) === child) children.delete(id);
       if (stopping) return;
-      out.stdout(`\n${id} (pid ${child.pid}) exited (${signal ?? `code ${code}`})${respawn ? '; starting it again as an empty spare in 1 s' : ''}\n`);
-      if (respawn) setTimeout(() => !stopping && startChild(id), 1000);
+      const why = lastError(tail());
+      const failures = Date.now() - startedMs > RESPAWN_HEALTHY_MS ? 1 : (restarts.get(id) ?? 0) + 1;
+      restarts.set(id, failures);
+      const delayMs = Math.min(RESPAWN_BACKOFF_MAX_MS, 1000 * 2 ** (failures - 1));
+      // Exit code 2 is a usage or configuration error: starting it again cannot help.
+      const again = respawn && code !== 2;
+      const what = `${id} (pid ${child.pid}) exited (${signal ?? `code ${code}`})${why ? `: ${why}` : ''}`;
+      const next = again
+        ? `; starting it again as an empty spare in ${delayMs / 1000} s${failures > 1 ? ` (failure ${failures} in a row)` : ''}`
+        : respawn
+          ? `; not starting it again (a configuration or usage error; see ${logPath})`
+          : '';
+      event(`\n${what}${next}\n`);
+      if (again) setTimeout(() => !stopping && startChild(id), delayMs);
+      else if (children.size === 0) finish?.(code ?? 1);
     });
   };
   for (const n of config.nodes) startChild(n.id);
@@ -120,12 +179,10 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
     ].join('\n'),
   );
 
-  const tty = process.stdout.isTTY === true;
-  let drawn = 0;
   let last = '';
-  let finish: ((code: number) => void) | null = null;
   const render = async (): Promise<void> => {
     const statuses = await Promise.all(config.nodes.map((n) => fetchStatus(n.admin, 500)));
+    if (stopping) return;
     const lines = config.nodes.map((n, i) => {
       const s = statuses[i] ?? null;
       return `${formatStatusLine(n.id, n.client === null ? '-' : formatAddress(n.client), s)}${s ? ` pid ${s.pid}` : ''}`;
@@ -162,12 +219,47 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
             clearTimeout(kill);
             done();
           });
-          child.kill('SIGTERM');
+          // Closing the IPC channel asks the node to stop (cli/node.ts). A signal could race with
+          // a node that is already exiting on the terminal's own Ctrl-C and kill it mid-exit.
+          if (child.connected) child.disconnect();
+          else child.kill('SIGTERM');
         }),
     ),
   );
   out.stdout('stopped; no node is left running.\n');
   return exitCode;
+}
+
+/** The last few lines a child wrote to stdout or stderr (to say why it died). */
+function lastLines(child: ChildProcess, keep = 20): () => string[] {
+  const lines: string[] = [];
+  const add = (chunk: Buffer): void => {
+    for (const l of chunk.toString('utf8').split('\n')) if (l.trim() !== '') lines.push(l);
+    if (lines.length > keep) lines.splice(0, lines.length - keep);
+  };
+  child.stdout?.on('data', add);
+  child.stderr?.on('data', add);
+  return () => lines;
+}
+
+/** The most telling line of a dead node's last output: its `error CODE: ...` line, else its last warning. */
+export function lastError(lines: readonly string[]): string | null {
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const l = lines[i]!;
+    if (/^error E_[A-Z_]+:/.test(l) || /^\S*Error\b/.test(l)) return l.slice(0, 300);
+  }
+  for (let i = lines.length - 1; i >= 0; i--) {
+    try {
+      const rec = JSON.parse(lines[i]!) as Record<string, unknown>;
+      if (rec.level === 'warn' || rec.level === 'error') {
+        const { time: _t, level: _l, node: _n, ...rest } = rec;
+        return JSON.stringify(rest).slice(0, 300);
+      }
+    } catch {
+      // not a log record
+    }
+  }
+  return null;
 }
 
 /** Call `f` with every line of `stream` that parses as a JSON object. */

@@ -31,9 +31,19 @@ export async function nodeCommand(argv: readonly string[], out: CheckOutput): Pr
   await new Promise<void>((resolve) => {
     const stop = (): void => resolve();
     process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
-    if (process.send) process.once('disconnect', stop);
+    if (process.send) {
+      // Supervised (lockstep cluster): the supervisor says when to stop by closing the IPC
+      // channel. The terminal's Ctrl-C reaches every process of the group; acting on it here
+      // as well would race with the supervisor's own request.
+      process.on('SIGINT', () => undefined);
+      process.once('disconnect', stop);
+    } else {
+      process.once('SIGINT', stop);
+    }
   });
   await node.stop();
+  // Started by `lockstep cluster`: the IPC channel to the supervisor is a handle that would keep
+  // this process alive after every socket closed (and the supervisor would SIGKILL it).
+  if (process.connected) process.disconnect();
   return 0;
 }

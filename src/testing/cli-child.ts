@@ -11,22 +11,31 @@ export interface CliChild {
   readonly child: ChildProcess;
   /** Everything it wrote to stdout so far. */
   output(): string;
+  /** Everything it wrote to stderr so far. */
+  errors(): string;
   /** Its exit code (null if a signal ended it). */
   readonly exited: Promise<number | null>;
 }
 
-/** Run `lockstep ARGS...`; killed (SIGKILL) after the test if it is still running. */
-export function spawnCli(t: { after: (fn: () => Promise<void>) => void }, args: readonly string[]): CliChild {
-  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Run `lockstep ARGS...`; killed (SIGKILL) after the test if it is still running. `group`: in a
+ * process group of its own, as a terminal runs a command, so that a test can press Ctrl-C
+ * (SIGINT to the whole group: the command and every node it started).
+ */
+export function spawnCli(t: { after: (fn: () => Promise<void>) => void }, args: readonly string[], opts: { group?: boolean } = {}): CliChild {
+  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: opts.group === true });
   let out = '';
+  let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  // 'close', not 'exit': by then everything it wrote has been read.
+  const exited = new Promise<number | null>((r) => child.once('close', (code) => r(code)));
   t.after(async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     child.kill('SIGKILL'); // its nodes go with it: they exit when their parent's IPC channel closes
     await exited;
   });
-  return { child, output: () => out, exited };
+  return { child, output: () => out, errors: () => err, exited };
 }
 
 /** A base port P for `lockstep cluster`/`run` (they use P+1.., P+101.., P+201..), near a free one. */
