@@ -48,6 +48,12 @@ export interface ClusterConfig extends CoreTiming {
   readonly arbiter: string;
   readonly service: ServiceConfig;
   readonly maxClientConnections: number;
+  /** The longest value (bulk string) a client may send, and the largest value kv stores (Redis's proto-max-bulk-len). */
+  readonly protoMaxBulkLen: number;
+  /** The largest reply; a command whose reply would be larger gets an error instead. */
+  readonly maxReplyBytes: number;
+  /** Bytes of unparsed client input held across all connections; beyond it a connection is closed. */
+  readonly clientInputBytesMax: number;
   /** The shared secret peers prove they hold (from `secretFile`), or null: no peer authentication. */
   readonly secret: Uint8Array | null;
   readonly nodes: readonly NodeConfig[];
@@ -56,12 +62,26 @@ export interface ClusterConfig extends CoreTiming {
 }
 
 const MAX_NODES = 16;
-const NAME = /^[A-Za-z0-9._-]{1,64}$/;
+/** 64 MiB: Redis allows 512 MiB, but a value that large stalls a replica past the failure timeout. */
+const DEFAULT_PROTO_MAX_BULK_LEN = 64 * 1024 * 1024;
+/** The longest JavaScript string is 2^29 - 24 characters; kv values are latin1 strings. */
+const MAX_PROTO_MAX_BULK_LEN = (1 << 29) - 24;
+const DEFAULT_MAX_REPLY_BYTES = 256 * 1024 * 1024;
+/** A Buffer holds at most 4 GiB; one reply is one Buffer. */
+const MAX_BUFFER_BYTES = 2 ** 32 - 1;
+const DEFAULT_CLIENT_INPUT_BYTES_MAX = 512 * 1024 * 1024;
+/**
+ * Cluster names and node ids: they name files and directories (a node's log, a wasm guest's
+ * directory `guestDir/<id>`, which is emptied at start), so they start with a letter or digit:
+ * no `.`, `..` or hidden names.
+ */
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const ROLES = ['peer', 'client', 'admin'] as const;
 const TOP_REQUIRED = ['cluster', 'arbiter', 'service', 'nodes'] as const;
 const INTS = [
   'heartbeatMs', 'failureTimeoutMs', 'retransmitMs', 'arbiterRetryMs', 'joinIntervalMs', 'unackedEntriesMax',
   'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections',
+  'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax',
 ] as const;
 type IntKey = (typeof INTS)[number];
 
@@ -90,7 +110,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     return o;
   };
   const name = (v: unknown, path: string): string => {
-    if (typeof v !== 'string' || !NAME.test(v)) fail(path, `must be 1 to 64 letters, digits, '.', '_' or '-', got ${describe(v)}`);
+    if (typeof v !== 'string' || !NAME.test(v)) fail(path, `must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit, got ${describe(v)}`);
     return v;
   };
 
@@ -119,6 +139,12 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
   if (failureTimeoutMs <= 3 * heartbeatMs) {
     fail('failureTimeoutMs', `failure timeout ${failureTimeoutMs} ms is not above 3 heartbeats of ${heartbeatMs} ms: a single late heartbeat would trigger a failover; raise failureTimeoutMs above ${3 * heartbeatMs} or lower heartbeatMs`);
   }
+  const protoMaxBulkLen = int('protoMaxBulkLen', DEFAULT_PROTO_MAX_BULK_LEN);
+  if (protoMaxBulkLen > MAX_PROTO_MAX_BULK_LEN) fail('protoMaxBulkLen', `must be at most ${MAX_PROTO_MAX_BULK_LEN} (512 MiB less what a JavaScript string cannot hold), got ${protoMaxBulkLen}`);
+  const maxReplyBytes = int('maxReplyBytes', DEFAULT_MAX_REPLY_BYTES);
+  if (maxReplyBytes > MAX_BUFFER_BYTES) fail('maxReplyBytes', `must be at most ${MAX_BUFFER_BYTES}, got ${maxReplyBytes}`);
+  const clientInputBytesMax = int('clientInputBytesMax', DEFAULT_CLIENT_INPUT_BYTES_MAX);
+  if (clientInputBytesMax < 2 * protoMaxBulkLen) fail('clientInputBytesMax', `${clientInputBytesMax} must be at least twice protoMaxBulkLen (${protoMaxBulkLen}), or no command with the largest value could ever arrive`);
   const retransmitMs = int('retransmitMs', 3 * heartbeatMs);
   if (retransmitMs >= failureTimeoutMs) fail('retransmitMs', `retransmit interval ${retransmitMs} ms must be below the failure timeout ${failureTimeoutMs} ms, or a lost frame is retransmitted only after a failover`);
 
@@ -161,6 +187,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     frameBytesMax: int('frameBytesMax', DEFAULT_TIMING.frameBytesMax),
     catchupEntriesMax: int('catchupEntriesMax', DEFAULT_TIMING.catchupEntriesMax),
     maxClientConnections: int('maxClientConnections', 10_000),
+    protoMaxBulkLen, maxReplyBytes, clientInputBytesMax,
     secret, nodes, baseDir,
   };
 }

@@ -28,7 +28,7 @@
 // call count (GuestRuntime.feed), so those are not replayed twice.
 
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, isAbsolute, join, relative } from 'node:path';
 import { canAppend, type Entry, type Role, type View } from '../core/index.js';
 import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import { LockstepError } from '../errors.js';
@@ -88,8 +88,12 @@ export class WasmFront implements ServiceFront {
     private readonly svc: WasmServiceConfig,
   ) {}
 
+  /** This replica's guest directory: emptied at every start, so never anything but guestDir/<id>. */
   private get root(): string {
-    return join(this.svc.guestDir, this.node.id);
+    const root = join(this.svc.guestDir, this.node.id);
+    const rel = relative(this.svc.guestDir, root);
+    if (rel !== this.node.id || rel.startsWith('.') || isAbsolute(rel)) throw new Error(`lockstep invariant broken: guest directory ${root} is not a child of ${this.svc.guestDir}`);
+    return root;
   }
 
   async start(): Promise<void> {
