@@ -94,8 +94,14 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   readonly codec: GuestCodec<KvCommand, KvReply, KvChange> = kvCodec;
 
   private data = new Map<string, string>();
+  /** The longest value a command may make (Redis's proto-max-bulk-len); the same on every replica. */
+  private readonly maxValueBytes: number;
   private readonly sum = new SumDigest();
   private readonly h = new Hash64();
+
+  constructor(maxValueBytes = MAX_STRING) {
+    this.maxValueBytes = maxValueBytes;
+  }
 
   /** Number of keys. */
   get size(): number {
@@ -215,7 +221,7 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
       case 'append': {
         const old = this.data.get(a1) ?? '';
         const add = args[2]!;
-        if (old.length + add.length > MAX_STRING) {
+        if (old.length + add.length > this.maxValueBytes) {
           return err('ERR string exceeds maximum allowed size (proto-max-bulk-len)');
         }
         const value = old + add;
@@ -266,8 +272,9 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   }
 }
 
-export function createKv(): KvMachine {
-  return new KvMachine();
+/** A kv machine whose values are at most `maxValueBytes` long (default and ceiling: what a string can hold). */
+export function createKv(maxValueBytes = MAX_STRING): KvMachine {
+  return new KvMachine(Math.min(maxValueBytes, MAX_STRING));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -425,7 +425,8 @@ function oneLine(s: string): string {
   return s.indexOf('\r') < 0 && s.indexOf('\n') < 0 ? s : s.replace(/[\r\n]/g, ' ');
 }
 
-function replySize(r: RespValue): number {
+/** The encoded size of a reply, computed without encoding it (to refuse one too large first). */
+export function replySize(r: RespValue): number {
   switch (r.kind) {
     case 'status':
       return r.value.length + 3;

@@ -8,7 +8,8 @@
 import net from 'node:net';
 import { canAppend, type Entry, type Replica, type Role, type View } from '../core/index.js';
 import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply } from '../guest/index.js';
-import { RespProtocolError, RespRequestParser, encodeReply } from '../net/resp.js';
+import { AssertionError } from '../core/assert.js';
+import { RespProtocolError, RespRequestParser, encodeReply, replySize, DEFAULT_RESP_LIMITS, type RespLimits } from '../net/resp.js';
 import { EXEC_COMMAND, parseExec } from '../net/exec.js';
 import { clientOf, formatAddress, nodeOf, type ClusterConfig, type KvServiceConfig } from './config.js';
 import { metaCommand, type NodeView } from './commands.js';
@@ -26,7 +27,7 @@ interface Slot {
 }
 
 class ClientConn {
-  readonly parser = new RespRequestParser();
+  readonly parser: RespRequestParser;
   readonly slots: Slot[] = [];
   /** Commands parsed but not yet run: flow control is closed. */
   readonly waiting: string[][] = [];
@@ -36,7 +37,10 @@ class ClientConn {
   constructor(
     readonly socket: net.Socket,
     readonly id: number,
-  ) {}
+    limits: Partial<RespLimits>,
+  ) {
+    this.parser = new RespRequestParser(limits);
+  }
 }
 
 /** Replies held by the output rule at most; beyond it clients wait (their sockets pause). */
@@ -57,6 +61,8 @@ export class KvFront implements ServiceFront, NodeView {
   private readonly dirty = new Set<ClientConn>();
   readonly counters = { commands: 0, releases: 0, discards: 0, clientErrors: 0, opsLastSecond: 0, opsThisSecond: 0 };
   private rateTimer: NodeJS.Timeout | null = null;
+  /** Unparsed client input held now, over every connection (bounded by clientInputBytesMax). */
+  private inputBytes = 0;
 
   constructor(private readonly node: FrontHost) {
     this.service = this.freshService();
@@ -177,7 +183,7 @@ export class KvFront implements ServiceFront, NodeView {
   }
 
   private freshService(): Service {
-    return new ReplicatedService(createKv(), this.mode);
+    return new ReplicatedService(createKv(this.node.config.protoMaxBulkLen), this.mode);
   }
 
   /** Remove and return the held outputs with these ids (those still known), in order. */
@@ -195,36 +201,64 @@ export class KvFront implements ServiceFront, NodeView {
   // ---- clients -----------------------------------------------------------------------------
 
   private acceptClient(socket: net.Socket): void {
-    if (this.conns.size >= this.node.config.maxClientConnections) {
+    socket.on('error', () => {}); // a reset is the end of this connection, nothing more
+    const config = this.node.config;
+    if (this.conns.size >= config.maxClientConnections) {
       socket.end(encodeReply({ kind: 'error', message: 'ERR max number of clients reached' }));
       return;
     }
     socket.setNoDelay(true);
-    const conn = new ClientConn(socket, this.nextConnId++);
+    const limits: Partial<RespLimits> = {
+      maxBulkBytes: config.protoMaxBulkLen,
+      maxBufferedBytes: Math.min(config.clientInputBytesMax, Math.max(DEFAULT_RESP_LIMITS.maxBufferedBytes, 2 * config.protoMaxBulkLen)),
+    };
+    const conn = new ClientConn(socket, this.nextConnId++, limits);
     this.conns.add(conn);
-    socket.on('data', (chunk: Buffer) => {
-      try {
-        conn.parser.push(chunk);
-        for (let cmd = conn.parser.next(); cmd !== null; cmd = conn.parser.next()) {
-          if (conn.closed) return;
-          this.counters.commands++;
-          this.counters.opsThisSecond++;
-          if (conn.waiting.length > 0 || this.outputFull(conn)) this.park(conn, cmd);
-          else this.command(conn, cmd);
-        }
-      } catch (e) {
-        if (!(e instanceof RespProtocolError)) throw e;
-        this.counters.clientErrors++;
-        this.node.log('warn', 'client-garbage', { client: conn.id, remote: socket.remoteAddress ?? '?', reason: e.message });
-        socket.destroy();
-      }
-    });
-    socket.on('error', () => {});
+    socket.on('data', (chunk: Buffer) => this.clientData(conn, chunk));
     socket.on('close', () => {
       conn.closed = true;
+      this.inputBytes -= conn.parser.bufferedBytes;
       this.conns.delete(conn);
       this.blocked.delete(conn);
     });
+  }
+
+  /**
+   * Bytes from a client. Nothing a client sends can end this process: protocol garbage gets
+   * Redis's "-ERR Protocol error" and the connection closes; any other failure while parsing,
+   * running or encoding a command closes that one connection (and is logged). Only a broken
+   * invariant of the core (AssertionError) still stops the node: fail-stop is the model.
+   */
+  private clientData(conn: ClientConn, chunk: Buffer): void {
+    if (conn.closed) return; // refused: what it still sends is dropped
+    const before = conn.parser.bufferedBytes;
+    try {
+      if (this.inputBytes + chunk.length > this.node.config.clientInputBytesMax) {
+        throw new RespProtocolError(`client input buffers are full (clientInputBytesMax ${this.node.config.clientInputBytesMax} bytes over all connections)`);
+      }
+      conn.parser.push(chunk);
+      for (let cmd = conn.parser.next(); cmd !== null; cmd = conn.parser.next()) {
+        if (conn.closed) return;
+        this.counters.commands++;
+        this.counters.opsThisSecond++;
+        if (conn.waiting.length > 0 || this.outputFull(conn)) this.park(conn, cmd);
+        else this.command(conn, cmd);
+      }
+    } catch (e) {
+      if (e instanceof AssertionError) throw e;
+      this.counters.clientErrors++;
+      const reason = e instanceof Error ? e.message : String(e);
+      this.node.log('warn', e instanceof RespProtocolError ? 'client-garbage' : 'client-failed', {
+        client: conn.id, remote: conn.socket.remoteAddress ?? '?', reason: reason.slice(0, 300),
+        ...(e instanceof RespProtocolError ? {} : { stack: (e as Error).stack?.split('\n').slice(0, 6).join(' | ') ?? null }),
+      });
+      conn.closed = true;
+      this.blocked.delete(conn);
+      conn.socket.end(encodeReply({ kind: 'error', message: `ERR ${e instanceof RespProtocolError ? reason : `internal error: ${reason}`}` }));
+      conn.socket.destroySoon();
+    } finally {
+      this.inputBytes += conn.parser.bufferedBytes - before;
+    }
   }
 
   /** Run one client command, or park it if flow control is closed. */
@@ -232,7 +266,7 @@ export class KvFront implements ServiceFront, NodeView {
     const name = (args[0] ?? '').toUpperCase();
     const meta = metaCommand(this, name, args);
     if (meta !== null) {
-      const bytes = encodeReply(meta.reply);
+      const bytes = this.encode(meta.reply);
       conn.slots.push({ bytes, close: meta.close === true });
       conn.slotBytes += bytes.length;
       this.flushConn(conn);
@@ -257,9 +291,20 @@ export class KvFront implements ServiceFront, NodeView {
     } else {
       req = { clientId: null, seq: 1, ackedBelow: 0, command: args };
     }
-    const res = this.service.execute(req);
+    let res: ReturnType<Service['execute']>;
+    try {
+      res = this.service.execute(req);
+    } catch (e) {
+      // The machine validates before it changes anything (kv does), so a throw changed nothing
+      // and nothing was logged: the client gets an error and this node carries on. Were it to
+      // crash instead, the client's retry would crash each new primary in turn.
+      if (e instanceof AssertionError) throw e;
+      this.node.log('warn', 'command-failed', { command: name.slice(0, 64), args: args.length, reason: (e as Error).message?.slice(0, 300) ?? String(e) });
+      this.reply(conn, { kind: 'error', message: `ERR internal error running ${name.slice(0, 64)}: ${(e as Error).message?.slice(0, 200) ?? String(e)}` });
+      return;
+    }
     if (res.entry !== null) this.node.input({ type: 'append', payload: res.entry });
-    const slot: Slot = { bytes: encodeReply(res.reply), held: true };
+    const slot: Slot = { bytes: this.encode(res.reply), held: true };
     conn.slots.push(slot);
     conn.slotBytes += slot.bytes!.length;
     // The reply exists but stays in its slot, unwritten, until the output rule releases it.
@@ -268,8 +313,20 @@ export class KvFront implements ServiceFront, NodeView {
     this.node.input({ type: 'hold', outputId, fresh: res.entry === null });
   }
 
+  /**
+   * A reply's bytes, or an error if it would exceed maxReplyBytes (an MGET of a million large
+   * values once threw in encodeReply past a Buffer's 4 GiB and ended the process).
+   */
+  private encode(reply: KvReply): Buffer {
+    const size = replySize(reply);
+    const max = this.node.config.maxReplyBytes;
+    if (size <= max) return encodeReply(reply);
+    this.node.log('warn', 'reply-too-large', { bytes: size, maxReplyBytes: max });
+    return encodeReply({ kind: 'error', message: `ERR reply of ${size} bytes exceeds maxReplyBytes (${max}); ask for fewer or smaller values at a time` });
+  }
+
   private reply(conn: ClientConn, reply: KvReply): void {
-    const bytes = encodeReply(reply);
+    const bytes = this.encode(reply);
     conn.slots.push({ bytes });
     conn.slotBytes += bytes.length;
     this.flushConn(conn);
