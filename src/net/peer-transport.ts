@@ -90,6 +90,8 @@ export class PeerTransport {
       server.once('error', reject);
       server.listen(this.o.listen.port, this.o.listen.host, () => {
         server.off('error', reject);
+        // From now on a server error (EMFILE on accept, say) is logged; it must not end the node.
+        server.on('error', (e: NodeJS.ErrnoException) => this.o.log('warn', 'peer-server-error', { reason: e.code ?? e.message }));
         resolve();
       });
     });

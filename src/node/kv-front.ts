@@ -92,7 +92,7 @@ export class KvFront implements ServiceFront, NodeView {
     const self = nodeOf(this.node.config, this.node.id);
     const server = net.createServer((s) => this.acceptClient(s));
     this.clientServer = server;
-    await listenOrExplain('client', server, clientOf(self));
+    await listenOrExplain('client', server, clientOf(self), (e) => this.node.log('warn', 'client-server-error', { reason: e.code ?? e.message }));
     this.rateTimer = setInterval(() => {
       this.counters.opsLastSecond = this.counters.opsThisSecond;
       this.counters.opsThisSecond = 0;

@@ -84,7 +84,7 @@ export class ReplicaNode implements FrontHost {
     await this.front.start();
     const admin = http.createServer((req, res) => this.serveAdmin(req, res));
     this.adminServer = admin;
-    await explainListen('admin', self.admin, () => listenOn(admin, self.admin));
+    await explainListen('admin', self.admin, () => listenOn(admin, self.admin, (e) => this.log('warn', 'admin-server-error', { reason: e.code ?? e.message })));
     const tickMs = Math.max(1, Math.floor(this.config.heartbeatMs / 5));
     this.tickTimer = setInterval(() => this.input({ type: 'tick' }), tickMs);
     this.log('info', 'node-start', {
