@@ -13,21 +13,24 @@ import { formatAddress, loadConfig } from '../node/config.js';
 import { intValue, parseFlags } from './args.js';
 import { fetchStatus, formatStatusLine, type NodeStatus } from './admin-client.js';
 import type { CheckOutput } from './check.js';
-import { LockstepError } from '../errors.js';
+import { LockstepError, isLockstepError } from '../errors.js';
+import { etcdViewKey, formatEndpoint, parseArbiterSpec } from '../arbiter/spec.js';
 
-export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--name NAME]
+export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--name NAME] [--arbiter SPEC]
 
 Starts a local replicated kv cluster: N nodes (default 3: primary, backup, spare) as child
 processes, on the file arbiter in DIR/arbiter (DIR defaults to .lockstep). Node i listens
 for clients on P+i, for peers on P+100+i and for /status and /metrics on P+200+i (P defaults
 to 7000). Each start is a new cluster: DIR/arbiter is cleared first. Logs go to DIR/<id>.log.
 A node that dies is restarted after a second as an empty spare. Ctrl-C stops everything.
+--arbiter etcd://127.0.0.1:2379 uses a running etcd instead (the view under
+/lockstep/NAME/view, deleted first so each start is a new cluster).
 `;
 
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
 
 export async function clusterCommand(argv: readonly string[], out: CheckOutput): Promise<number> {
-  const flags = parseFlags('cluster', argv, { values: ['--dir', '--nodes', '--base-port', '--mode', '--name'], switches: ['--no-respawn'] });
+  const flags = parseFlags('cluster', argv, { values: ['--dir', '--nodes', '--base-port', '--mode', '--name', '--arbiter'], switches: ['--no-respawn'] });
   if (flags.help) {
     out.stdout(CLUSTER_USAGE);
     return 0;
@@ -40,7 +43,16 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
   const name = flags.values.get('--name') ?? 'demo';
   const respawn = !flags.switches.has('--no-respawn');
 
-  return superviseCluster({ dir, name, count, base, respawn, service: { kind: 'kv', mode }, describe: mode }, out);
+  const arbiter = flags.values.get('--arbiter');
+  if (arbiter !== undefined) {
+    try {
+      if (parseArbiterSpec(arbiter).kind !== 'etcd') throw new LockstepError('E_BAD_FLAG_VALUE', `--arbiter takes etcd://HOST:PORT[,...][/PREFIX] (the default is the file arbiter in DIR/arbiter), got ${JSON.stringify(arbiter)}`);
+    } catch (e) {
+      if (isLockstepError(e) && e.code === 'E_CONFIG_INVALID') throw new LockstepError('E_BAD_FLAG_VALUE', `--arbiter: ${e.message}`);
+      throw e;
+    }
+  }
+  return superviseCluster({ dir, name, count, base, respawn, service: { kind: 'kv', mode }, describe: mode, ...(arbiter ? { arbiter } : {}) }, out);
 }
 
 export interface LocalCluster {
@@ -51,6 +63,8 @@ export interface LocalCluster {
   readonly respawn: boolean;
   /** The config's `service` object. */
   readonly service: Record<string, unknown>;
+  /** An etcd arbiter spec; default: the file arbiter in DIR/arbiter. */
+  readonly arbiter?: string;
   /** Said in the banner after the cluster's name ("rsm", "wasm kvserver.wasm"). */
   readonly describe: string;
   /** How clients connect, for the banner. */
@@ -70,12 +84,13 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
   const { dir, name, count, base, respawn } = c;
   mkdirSync(dir, { recursive: true });
   rmSync(join(dir, 'arbiter'), { recursive: true, force: true });
+  if (c.arbiter !== undefined) await forgetEtcdView(c.arbiter, name);
   const configPath = join(dir, 'cluster.json');
   // A fresh secret per start: the nodes prove to each other that they hold it (peer auth).
   writeFileSync(join(dir, 'secret'), randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
   const raw = {
     cluster: name,
-    arbiter: 'file:arbiter',
+    arbiter: c.arbiter ?? 'file:arbiter',
     secretFile: 'secret',
     service: c.service,
     heartbeatMs: 50,
@@ -111,7 +126,7 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
 
   out.stdout(
     [
-      `lockstep cluster "${name}" (${c.describe}): ${count} nodes, config ${configPath}, logs ${dir}/<id>.log`,
+      `lockstep cluster "${name}" (${c.describe}) on arbiter ${c.arbiter ?? 'file:arbiter'}: ${count} nodes, config ${configPath}, logs ${dir}/<id>.log`,
       ...config.nodes.map((n) => `  ${n.id}: ${n.client === null ? '' : `clients ${formatAddress(n.client)}  `}admin http://${formatAddress(n.admin)}/status`),
       c.connect ?? `connect: redis-cli -p ${base + 1}   (any node answers INFO, ROLE and SENTINEL; writes go to the primary)`,
       `status:  lockstep status --config ${configPath}`,
@@ -168,6 +183,21 @@ export async function superviseCluster(c: LocalCluster, out: CheckOutput): Promi
   );
   out.stdout('stopped; no node is left running.\n');
   return exitCode;
+}
+
+/** A demo start is a new cluster: delete the cluster's view key on that etcd first. */
+async function forgetEtcdView(spec: string, cluster: string): Promise<void> {
+  const parsed = parseArbiterSpec(spec);
+  if (parsed.kind !== 'etcd') return;
+  const { Etcd3 } = await import('etcd3');
+  const client = new Etcd3({ hosts: parsed.endpoints.map((e) => `http://${formatEndpoint(e)}`), dialTimeout: 2000 });
+  try {
+    await client.delete().key(etcdViewKey(parsed.prefix, cluster)).options({ deadline: Date.now() + 3000 });
+  } catch (e) {
+    throw new LockstepError('E_ARBITER_UNAVAILABLE', `--arbiter ${spec}: cannot reach etcd to start a new cluster there: ${(e as Error).message}`);
+  } finally {
+    client.close();
+  }
 }
 
 /** Call `f` with every line of `stream` that parses as a JSON object. */

@@ -25,9 +25,8 @@ export async function statusCommand(argv: readonly string[], out: CheckOutput): 
   let view: string;
   const { spec, options } = arbiterFor(config, null);
   const arbiter = openArbiter(spec, options);
-  const started = performance.now();
   try {
-    view = `${formatView(await arbiter.current())} (answered in ${(performance.now() - started).toFixed(1)} ms)`;
+    view = formatView(await arbiter.current());
   } catch (e) {
     view = `unavailable (${(e as Error).message})`;
   } finally {
