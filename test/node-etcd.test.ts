@@ -15,13 +15,18 @@ const SKIP = etcdMissing();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const opts = { skip: SKIP ?? false, timeout: 180_000 };
 
-test('etcd (3 members): kill -9 the primary under load; the backup goes live through etcd, nothing acknowledged lost or doubled, linearizable', opts, async (t) => {
+/** A 3-member etcd and a 3-node lockstep cluster on it; both stopped after the test. */
+async function lockstepOnEtcd(t: { after(f: () => Promise<void>): void }) {
   const etcd = await EtcdCluster.start({ members: 3 });
   t.after(() => etcd.stop());
   const cluster = await ProcessCluster.start({ arbiter: etcd.spec() });
   t.after(() => cluster.stop());
   const primary = (await cluster.primary())!;
-  const backupId = primary.view.backup!;
+  return { etcd, cluster, primary, backupId: primary.view.backup! };
+}
+
+test('etcd (3 members): kill -9 the primary under load; the backup goes live through etcd, nothing acknowledged lost or doubled, linearizable', opts, async (t) => {
+  const { etcd, cluster, primary, backupId } = await lockstepOnEtcd(t);
   assert.match(JSON.stringify((await cluster.status(primary.id)) as unknown), /"arbiter":\{"arbiter":"etcd:\/\/.*"health":"ok"/);
 
   let stop!: () => void;
@@ -42,12 +47,7 @@ test('etcd (3 members): kill -9 the primary under load; the backup goes live thr
 });
 
 test('etcd loses its leader, then quorum, while lockstep serves: no failover without quorum, nothing acknowledged lost; quorum back, failover works', opts, async (t) => {
-  const etcd = await EtcdCluster.start({ members: 3 });
-  t.after(() => etcd.stop());
-  const cluster = await ProcessCluster.start({ arbiter: etcd.spec() });
-  t.after(() => cluster.stop());
-  const primary = (await cluster.primary())!;
-  const backupId = primary.view.backup!;
+  const { etcd, cluster, primary, backupId } = await lockstepOnEtcd(t);
 
   let stop!: () => void;
   const load = runWorkload(cluster.clientAddresses(), 4, 12, new Promise<void>((r) => (stop = r)));
