@@ -38,7 +38,10 @@ test('a valid config parses with the defaults filled in', () => {
     peerListen: { host: '127.0.0.1', port: 7102 },
     client: { host: '127.0.0.1', port: 7002 },
     admin: { host: '127.0.0.1', port: 7202 },
+    arbiter: 'file:.lockstep/arbiter',
   });
+  assert.equal(c.arbiterTimeoutMs, 1000);
+  assert.equal(c.etcd, undefined);
   assert.equal(c.retransmitMs, 150);
   assert.equal(c.arbiterRetryMs, 250);
   assert.equal(c.joinIntervalMs, 200);
@@ -148,8 +151,42 @@ const cases: [string, (j: Json) => void, string, string[]][] = [
   ['arbiter not a string', (j) => { j.arbiter = { file: 'x' }; }, 'E_CONFIG_INVALID', ['arbiter: must be a string']],
   ['arbiter file: empty', (j) => { j.arbiter = 'file:'; }, 'E_CONFIG_INVALID', ['arbiter:', 'names no directory']],
   ['arbiter unknown', (j) => { j.arbiter = '/var/lib/arb'; }, 'E_CONFIG_INVALID', ['arbiter:', 'use file:DIR']],
-  ['arbiter etcd', (j) => { j.arbiter = 'etcd://10.0.0.1:2379'; }, 'E_NOT_IMPLEMENTED', ['arbiter:', 'etcd arbiter is not built yet']],
+  ['arbiter etcd with a bad prefix', (j) => { j.arbiter = 'etcd://10.0.0.1:2379/x/'; }, 'E_CONFIG_INVALID', ['arbiter:', "prefix '/x/'"]],
+  ['arbiter etcd with a bad endpoint', (j) => { j.arbiter = 'etcd://10.0.0.1'; }, 'E_CONFIG_INVALID', ['arbiter:', "endpoint '10.0.0.1', not HOST:PORT"]],
+  ['etcd options on a file arbiter', (j) => { j.etcd = { caFile: 'ca.pem' }; }, 'E_CONFIG_INVALID', ['etcd: sets etcd client options but the arbiter is "file:.lockstep/arbiter"']],
+  ['etcd authFile missing', (j) => { j.arbiter = 'etcd://h:1'; j.etcd = { authFile: '/nonexistent/auth' }; }, 'E_CONFIG_INVALID', ['etcd.authFile: cannot read /nonexistent/auth: ENOENT']],
+  ['etcd unknown option', (j) => { j.arbiter = 'etcd://h:1'; j.etcd = { password: 'inline' }; }, 'E_CONFIG_INVALID', ['unknown key etcd.password', 'authFile']],
+  ['a node arbiter on a file arbiter', (j) => { node(j, 1).arbiter = 'etcd://h:1'; }, 'E_CONFIG_INVALID', ['nodes[1].arbiter: a node may only name its own endpoints']],
+  ['a node arbiter with another prefix', (j) => { j.arbiter = 'etcd://h:1/a'; node(j, 1).arbiter = 'etcd://h:2/b'; }, 'E_CONFIG_INVALID', ['nodes[1].arbiter:', 'same prefix (/a)']],
+  ['arbiterTimeoutMs zero', (j) => { j.arbiterTimeoutMs = 0; }, 'E_CONFIG_INVALID', ['arbiterTimeoutMs: must be a positive integer']],
 ];
+
+test('an etcd arbiter: endpoints per node, TLS and a user read from files', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-cfg-etcd-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'auth'), 'lockstep:pa:ss\n');
+  writeFileSync(join(dir, 'ca.pem'), 'CA');
+  writeFileSync(join(dir, 'c.pem'), 'CERT');
+  writeFileSync(join(dir, 'k.pem'), 'KEY');
+  const j = base();
+  Object.assign(j, { arbiter: 'etcd://10.0.0.1:2379,10.0.0.2:2379/prod', arbiterTimeoutMs: 700, etcd: { authFile: 'auth', caFile: 'ca.pem', certFile: 'c.pem', keyFile: 'k.pem' } });
+  node(j, 0).arbiter = 'etcd://127.0.0.1:2379/prod';
+  const c = parseConfig(JSON.stringify(j), 'cluster.json', dir);
+  assert.equal(c.arbiterTimeoutMs, 700);
+  assert.equal(c.nodes[0]!.arbiter, 'etcd://127.0.0.1:2379/prod');
+  assert.equal(c.nodes[1]!.arbiter, 'etcd://10.0.0.1:2379,10.0.0.2:2379/prod');
+  assert.equal(c.etcd?.user, 'lockstep');
+  assert.equal(c.etcd?.password, 'pa:ss');
+  assert.equal(Buffer.from(c.etcd!.ca!).toString(), 'CA');
+  for (const [etcd, msg] of [
+    [{ certFile: 'c.pem', keyFile: 'k.pem' }, 'etcd.caFile: a client certificate needs TLS'],
+    [{ caFile: 'ca.pem', certFile: 'c.pem' }, 'etcd.keyFile: certFile and keyFile go together'],
+    [{ authFile: 'ca.pem' }, 'must hold one line USER:PASSWORD'],
+  ] as const) {
+    j.etcd = etcd;
+    assert.throws(() => parseConfig(JSON.stringify(j), 'cluster.json', dir), (e: unknown) => isLockstepError(e) && e.code === 'E_CONFIG_INVALID' && e.message.includes(msg), msg);
+  }
+});
 
 for (const [name, edit, code, parts] of cases) {
   test(`refused: ${name}`, () => {

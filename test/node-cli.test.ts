@@ -43,7 +43,7 @@ test('lockstep node refuses a bad config before starting, naming the field', asy
     [{ cluster: 'c', arbiter: 'file:a', service: { kind: 'kv', mode: 'rsm' }, nodes: [node('n1', 9000)], heartbeatMs: 100, failureTimeoutMs: 200 }, /E_CONFIG_INVALID.*failureTimeoutMs/],
     [{ cluster: 'c', arbiter: 'file:a', service: { kind: 'kv', mode: 'rsm' }, nodes: [node('n1', 9000), node('n1', 9010)] }, /E_CONFIG_INVALID.*nodes\[1\]\.id/],
     [{ cluster: 'c', arbiter: 'file:a', service: { kind: 'kv', mode: 'rsm' }, nodes: [node('n1', 9000)], colour: 'red' }, /E_CONFIG_INVALID.*unknown key colour/],
-    [{ cluster: 'c', arbiter: 'etcd://127.0.0.1:2379', service: { kind: 'kv', mode: 'rsm' }, nodes: [node('n1', 9000)] }, /E_NOT_IMPLEMENTED/],
+    [{ cluster: 'c', arbiter: 'etcd://127.0.0.1:2379', etcd: { authFile: 'nope' }, service: { kind: 'kv', mode: 'rsm' }, nodes: [node('n1', 9000)] }, /E_CONFIG_INVALID.*etcd\.authFile: cannot read/],
   ];
   for (const [config, pattern] of cases) {
     writeFileSync(path, JSON.stringify(config));

@@ -6,13 +6,16 @@
 // never deleted, so a reader's readdir-then-read cannot race with a change of the file it reads.
 // Any trouble (missing or unusable directory, I/O error, a view file that does not parse) is
 // E_ARBITER_UNAVAILABLE: skipping a bad file could roll the view back, so we never guess.
+// Each view file names its cluster; a view of another cluster (two clusters given one
+// directory) is E_ARBITER_CLUSTER. A file without the field (written before views carried
+// it) is taken as this cluster's.
 
-import { promises as fs } from 'node:fs';
+import { constants as fsConstants, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { LockstepError } from '../errors.js';
 import { NO_VIEW, sameView, type View } from '../core/types.js';
-import { checkProposal, type Arbiter, type CasResult } from './types.js';
+import { checkProposal, encodeView, type Arbiter, type CasResult } from './types.js';
 
 const VIEW_FILE = /^view-(\d+)$/;
 
@@ -35,9 +38,20 @@ export class FileArbiter implements Arbiter {
   readonly description: string;
   private created = false;
 
-  constructor(readonly dir: string) {
+  constructor(
+    readonly dir: string,
+    readonly cluster = 'test',
+  ) {
     this.description = `file:${dir}`;
   }
+
+  async probe(): Promise<View> {
+    const view = await this.current();
+    await step(this.dir, 'access for writing', () => fs.access(this.dir, fsConstants.W_OK));
+    return view;
+  }
+
+  async close(): Promise<void> {}
 
   async current(): Promise<View> {
     await this.ensureDir();
@@ -61,7 +75,7 @@ export class FileArbiter implements Arbiter {
 
     const temp = join(this.dir, `.tmp-view-${process.pid}-${randomBytes(8).toString('hex')}`);
     const target = join(this.dir, `view-${next.epoch}`);
-    const body = JSON.stringify({ epoch: next.epoch, primary: next.primary, backup: next.backup }) + '\n';
+    const body = encodeView(this.cluster, next) + '\n';
     try {
       await step(temp, 'write', async () => {
         const fh = await fs.open(temp, 'wx');
@@ -112,6 +126,9 @@ export class FileArbiter implements Arbiter {
     const member = (x: unknown): x is string | null => x === null || (typeof x === 'string' && x !== '');
     if (typeof o !== 'object' || o === null || o.epoch !== epoch || typeof o.primary !== 'string' || !member(o.primary) || !member(o.backup)) {
       throw new LockstepError('E_ARBITER_UNAVAILABLE', `arbiter ${path}: not a valid view for epoch ${epoch}: ${JSON.stringify(text.slice(0, 200))}`);
+    }
+    if (o.cluster !== undefined && o.cluster !== this.cluster) {
+      throw new LockstepError('E_ARBITER_CLUSTER', `arbiter ${path} holds a view of cluster ${JSON.stringify(o.cluster)}, not ${JSON.stringify(this.cluster)}: give every cluster its own arbiter directory`);
     }
     return Object.freeze({ epoch, primary: o.primary, backup: o.backup });
   }

@@ -3,12 +3,11 @@
 // primary; everything else (failure detection, recruiting) only decides what to propose.
 // An arbiter that cannot be read or written says so (E_ARBITER_UNAVAILABLE) and never guesses:
 // the caller waits and retries, as VMware FT "just waits until it can".
+//
+// This file is the bottom of the arbiter package: types and the proposal check only. The
+// implementations (memory.ts, file.ts, etcd.ts) import it; the factory (open.ts) imports them.
 
-import { resolve } from 'node:path';
-import { LockstepError } from '../errors.js';
 import { formatView, type View } from '../core/types.js';
-import { FileArbiter } from './file.js';
-import { MemoryArbiter } from './memory.js';
 
 export interface CasResult {
   readonly ok: boolean;
@@ -20,31 +19,56 @@ export interface Arbiter {
   /**
    * Atomic: if the arbiter holds exactly `expected` (NO_VIEW = nothing yet), make `next`
    * (epoch expected.epoch+1) the current view. Rejects with LockstepError E_ARBITER_UNAVAILABLE
-   * when the store cannot be read or written: the caller retries later, never guesses.
+   * when the store cannot be read or written in time: the caller retries later, never guesses.
+   * E_ARBITER_CLUSTER: the store holds another cluster's view; E_ARBITER_AUTH: the store
+   * refuses this node's credentials. Neither is fixed by waiting.
    */
   compareAndSet(expected: View, next: View): Promise<CasResult>;
   current(): Promise<View>;
+  /**
+   * Read the current view and check, as far as the store allows without changing anything,
+   * that this node could also write it (credentials, permissions, the cluster). A node calls
+   * it once at start, so that what no retry can fix is a clear error there and then.
+   */
+  probe(): Promise<View>;
+  /** Free connections and timers; later calls reject. */
+  close(): Promise<void>;
+  /** Which store, for logs and status: 'file:/abs/dir', 'etcd://h:p,h:p/prefix (key ...)'. */
   readonly description: string;
 }
 
-export type ArbiterSpec = { readonly kind: 'file'; readonly dir: string } | { readonly kind: 'memory' };
-
-/** Parses an arbiter spec without touching anything: 'file:DIR' | 'memory:'. Shared by the config validator. */
-export function parseArbiterSpec(spec: string): ArbiterSpec {
-  if (spec.startsWith('file:')) {
-    const dir = spec.slice('file:'.length);
-    if (dir.trim() === '') throw new LockstepError('E_CONFIG_INVALID', `arbiter spec '${spec}' names no directory; use file:DIR`);
-    return { kind: 'file', dir };
-  }
-  if (spec === 'memory:') return { kind: 'memory' };
-  if (spec.startsWith('etcd://')) throw new LockstepError('E_NOT_IMPLEMENTED', 'the etcd arbiter is not built yet; use file:DIR');
-  throw new LockstepError('E_CONFIG_INVALID', `arbiter spec '${spec}' is not understood; use file:DIR (or memory: for a single-process test)`);
+/** Options every arbiter gets from the factory (open.ts). */
+export interface ArbiterOptions {
+  /** The cluster's name: views are scoped by it (etcd key, a field of file and memory views). */
+  readonly cluster: string;
+  /** Relative file: directories resolve against it (default: cwd). */
+  readonly baseDir?: string;
+  /** Bound on one call to a remote store (etcd); past it the call is E_ARBITER_UNAVAILABLE. */
+  readonly timeoutMs?: number;
+  readonly etcd?: EtcdClientOptions;
 }
 
-/** Opens an arbiter. 'file:DIR' resolves a relative DIR against baseDir (default: cwd); 'memory:' is a fresh in-process arbiter. */
-export function openArbiter(spec: string, opts: { baseDir?: string } = {}): Arbiter {
-  const parsed = parseArbiterSpec(spec);
-  return parsed.kind === 'file' ? new FileArbiter(resolve(opts.baseDir ?? process.cwd(), parsed.dir)) : new MemoryArbiter();
+/** How to reach an etcd that needs TLS or a user (bytes already read from the config's files). */
+export interface EtcdClientOptions {
+  /** CA that signed the etcd servers' certificates; set = TLS (https) to every endpoint. */
+  readonly ca?: Uint8Array;
+  /** Client certificate and key, for an etcd started with --client-cert-auth. */
+  readonly cert?: Uint8Array;
+  readonly key?: Uint8Array;
+  readonly user?: string;
+  readonly password?: string;
+}
+
+export interface EtcdEndpoint { readonly host: string; readonly port: number }
+
+export type ArbiterSpec =
+  | { readonly kind: 'file'; readonly dir: string }
+  | { readonly kind: 'memory' }
+  | { readonly kind: 'etcd'; readonly endpoints: readonly EtcdEndpoint[]; readonly prefix: string };
+
+/** The JSON a stored view is written as (file, etcd), keys in this order, one canonical form. */
+export function encodeView(cluster: string, v: View): string {
+  return JSON.stringify({ cluster, epoch: v.epoch, primary: v.primary, backup: v.backup });
 }
 
 /** A proposal that breaks these rules is a bug in the caller, not an arbiter outcome: a plain Error. */

@@ -20,6 +20,8 @@ export interface NodeStatus {
   /** wasm: the guest's state (wasm-front.ts `status`). */
   readonly guest?: GuestStatus;
   readonly rssBytes: number;
+  /** Which arbiter this node uses, whether its last call was answered, and how fast. */
+  readonly arbiter?: { readonly arbiter: string; readonly health: 'unknown' | 'ok' | 'unavailable'; readonly lastLatencyMs: number | null; readonly lastError: string | null };
   readonly view: { epoch: number; primary: string | null; backup: string | null };
   readonly pid: number;
 }
@@ -71,5 +73,6 @@ export function fetchStatus(addr: NodeAddress, timeoutMs = 1000): Promise<NodeSt
 export function formatStatusLine(id: string, client: string, s: NodeStatus | null): string {
   if (s === null) return `${id.padEnd(4)} ${'down'.padEnd(8)} ${client}`;
   const view = `view {${s.view.epoch}, ${s.view.primary ?? '-'}, ${s.view.backup ?? '-'}}`;
-  return `${id.padEnd(4)} ${s.role.padEnd(8)} epoch ${String(s.epoch).padEnd(4)} log ${String(s.logIndex).padEnd(9)} lag ${String(s.lag).padEnd(6)} ${s.guest ? `guest ${s.guest.state} calls ${String(s.guest.calls).padEnd(8)}` : `ops/s ${String(s.opsPerSec ?? 0).padEnd(7)}`} ${client.padEnd(16)} ${view}`;
+  const arb = s.arbiter ? ` arbiter ${s.arbiter.health}${s.arbiter.health === 'ok' && s.arbiter.lastLatencyMs !== null ? ` ${s.arbiter.lastLatencyMs} ms` : ''}` : '';
+  return `${id.padEnd(4)} ${s.role.padEnd(8)} epoch ${String(s.epoch).padEnd(4)} log ${String(s.logIndex).padEnd(9)} lag ${String(s.lag).padEnd(6)} ${s.guest ? `guest ${s.guest.state} calls ${String(s.guest.calls).padEnd(8)}` : `ops/s ${String(s.opsPerSec ?? 0).padEnd(7)}`} ${client.padEnd(16)} ${view}${arb}`;
 }

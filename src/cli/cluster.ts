@@ -12,11 +12,12 @@ import { fileURLToPath } from 'node:url';
 import { formatAddress, loadConfig } from '../node/config.js';
 import { intValue, parseFlags } from './args.js';
 import { fetchStatus, formatStatusLine, type NodeStatus } from './admin-client.js';
-import { lockRunDir, retireOldArbiter } from './run-dir.js';
+import { assertPreviousRunGone, lockRunDir, retireEtcdView, retireOldArbiter } from './run-dir.js';
 import type { CheckOutput } from './check.js';
-import { LockstepError } from '../errors.js';
+import { LockstepError, isLockstepError } from '../errors.js';
+import { parseArbiterSpec } from '../arbiter/spec.js';
 
-export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--name NAME] [--no-respawn]
+export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--name NAME] [--arbiter SPEC] [--no-respawn]
 
 Starts a local replicated kv cluster: N nodes (default 3: primary, backup, spare) as child
 processes, on the file arbiter in DIR/arbiter (DIR defaults to .lockstep/cluster). Node i
@@ -31,12 +32,16 @@ run's nodes answers any more.
 A node that dies is started again as an empty spare, after 1 s, then 2 s, 4 s ... while it
 keeps dying; its last error is shown. A node that exits with a configuration or usage error
 (code 2) is not started again. --no-respawn: never start a node again. Ctrl-C stops everything.
+
+--arbiter etcd://127.0.0.1:2379 uses a running etcd instead of the file arbiter (the view
+under /lockstep/NAME/view). A view an earlier run left there is kept, as for the file
+arbiter, under /lockstep/NAME/view.old-<time>.
 `;
 
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
 
 export async function clusterCommand(argv: readonly string[], out: CheckOutput): Promise<number> {
-  const flags = parseFlags('cluster', argv, { values: ['--dir', '--nodes', '--base-port', '--mode', '--name'], switches: ['--no-respawn'] });
+  const flags = parseFlags('cluster', argv, { values: ['--dir', '--nodes', '--base-port', '--mode', '--name', '--arbiter'], switches: ['--no-respawn'] });
   if (flags.help) {
     out.stdout(CLUSTER_USAGE);
     return 0;
@@ -49,7 +54,16 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
   const name = flags.values.get('--name') ?? 'demo';
   const respawn = !flags.switches.has('--no-respawn');
 
-  return superviseCluster({ dir, name, count, base, respawn, service: { kind: 'kv', mode }, describe: mode }, out);
+  const arbiter = flags.values.get('--arbiter');
+  if (arbiter !== undefined) {
+    try {
+      if (parseArbiterSpec(arbiter).kind !== 'etcd') throw new LockstepError('E_BAD_FLAG_VALUE', `--arbiter takes etcd://HOST:PORT[,...][/PREFIX] (the default is the file arbiter in DIR/arbiter), got ${JSON.stringify(arbiter)}`);
+    } catch (e) {
+      if (isLockstepError(e) && e.code === 'E_CONFIG_INVALID') throw new LockstepError('E_BAD_FLAG_VALUE', `--arbiter: ${e.message}`);
+      throw e;
+    }
+  }
+  return superviseCluster({ dir, name, count, base, respawn, service: { kind: 'kv', mode }, describe: mode, ...(arbiter ? { arbiter } : {}) }, out);
 }
 
 export interface LocalCluster {
@@ -60,6 +74,8 @@ export interface LocalCluster {
   readonly respawn: boolean;
   /** The config's `service` object. */
   readonly service: Record<string, unknown>;
+  /** An etcd arbiter spec; default: the file arbiter in DIR/arbiter. */
+  readonly arbiter?: string;
   /** Said in the banner after the cluster's name ("rsm", "wasm kvserver.wasm"). */
   readonly describe: string;
   /** How clients connect, for the banner. */
@@ -93,14 +109,19 @@ const RESPAWN_HEALTHY_MS = 60_000;
 
 async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
   const { dir, name, count, base, respawn } = c;
-  const retired = await retireOldArbiter(dir);
+  await assertPreviousRunGone(dir);
+  const retired = retireOldArbiter(dir);
   if (retired !== null) out.stdout(`the views of the previous run in ${dir} are kept in ${retired}\n`);
+  if (c.arbiter !== undefined) {
+    const kept = await retireEtcdView(c.arbiter, name);
+    if (kept !== null) out.stdout(`the view of the previous run on ${c.arbiter} is kept under ${kept}\n`);
+  }
   const configPath = join(dir, 'cluster.json');
   // A fresh secret per start: the nodes prove to each other that they hold it (peer auth).
   writeFileSync(join(dir, 'secret'), randomBytes(32).toString('hex') + '\n', { mode: 0o600 });
   const raw = {
     cluster: name,
-    arbiter: 'file:arbiter',
+    arbiter: c.arbiter ?? 'file:arbiter',
     secretFile: 'secret',
     service: c.service,
     heartbeatMs: 50,
@@ -170,7 +191,7 @@ async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
 
   out.stdout(
     [
-      `lockstep cluster "${name}" (${c.describe}): ${count} nodes, config ${configPath}, logs ${dir}/<id>.log`,
+      `lockstep cluster "${name}" (${c.describe}) on arbiter ${c.arbiter ?? 'file:arbiter'}: ${count} nodes, config ${configPath}, logs ${dir}/<id>.log`,
       ...config.nodes.map((n) => `  ${n.id}: ${n.client === null ? '' : `clients ${formatAddress(n.client)}  `}admin http://${formatAddress(n.admin)}/status`),
       c.connect ?? `connect: redis-cli -p ${base + 1}   (any node answers INFO, ROLE and SENTINEL; writes go to the primary)`,
       `status:  lockstep status --config ${configPath}`,

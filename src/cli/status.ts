@@ -1,16 +1,16 @@
 // `lockstep status --config FILE`: the arbiter's view and every node's state, read from each
 // node's admin port. A node that does not answer is shown as down.
 
-import { openArbiter } from '../arbiter/types.js';
+import { openArbiter } from '../arbiter/open.js';
 import { formatView } from '../core/index.js';
-import { formatAddress, loadConfig } from '../node/config.js';
+import { arbiterFor, formatAddress, loadConfig } from '../node/config.js';
 import { parseFlags, required } from './args.js';
 import { fetchStatus, formatStatusLine } from './admin-client.js';
 import type { CheckOutput } from './check.js';
 
 export const STATUS_USAGE = `usage: lockstep status --config FILE [--json]
 
-Prints the view held by the arbiter and, for every node in FILE, what its admin port's
+Prints which arbiter the cluster uses and the view it holds and, for every node in FILE, what its admin port's
 /status says: role, epoch, log index, backup lag, ops/s. --json prints the raw statuses.
 `;
 
@@ -23,16 +23,20 @@ export async function statusCommand(argv: readonly string[], out: CheckOutput): 
   const config = await loadConfig(required(flags, 'status', '--config'));
   const statuses = await Promise.all(config.nodes.map((n) => fetchStatus(n.admin)));
   let view: string;
+  const { spec, options } = arbiterFor(config, null);
+  const arbiter = openArbiter(spec, options);
   try {
-    view = formatView(await openArbiter(config.arbiter, { baseDir: config.baseDir }).current());
+    view = formatView(await arbiter.current());
   } catch (e) {
     view = `unavailable (${(e as Error).message})`;
+  } finally {
+    await arbiter.close();
   }
   if (flags.switches.has('--json')) {
-    out.stdout(JSON.stringify({ cluster: config.cluster, arbiterView: view, nodes: statuses }, null, 2) + '\n');
+    out.stdout(JSON.stringify({ cluster: config.cluster, arbiter: arbiter.description, arbiterView: view, nodes: statuses }, null, 2) + '\n');
     return 0;
   }
-  const lines = [`cluster ${config.cluster}: arbiter view ${view}`];
+  const lines = [`cluster ${config.cluster}: arbiter ${arbiter.description}`, `arbiter view ${view}`];
   config.nodes.forEach((n, i) => lines.push(formatStatusLine(n.id, n.client === null ? '-' : formatAddress(n.client), statuses[i] ?? null)));
   out.stdout(lines.join('\n') + '\n');
   return 0;

@@ -229,7 +229,8 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
       break;
     case 'arbiterFailed':
       if (r.cas && input.requestId >= r.cas.firstRequestId) {
-        log(out, 'warn', 'arbiter-unavailable', { requestId: input.requestId, reason: input.reason, retryInMs: r.cas.retryAtMs - r.nowMs });
+        const waitingFor = `${r.cas.purpose}: ${formatView(r.cas.expected)} -> ${formatView(r.cas.next)}`;
+        log(out, 'warn', 'arbiter-unavailable', { requestId: input.requestId, reason: input.reason, waitingFor, retryInMs: r.cas.retryAtMs - r.nowMs });
       }
       break;
     case 'append':

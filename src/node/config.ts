@@ -10,7 +10,8 @@ import { dirname, resolve } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { LockstepError, isLockstepError } from '../errors.js';
 import { DEFAULT_TIMING, type CoreConfig, type CoreTiming } from '../core/types.js';
-import { parseArbiterSpec } from '../arbiter/types.js';
+import { parseArbiterSpec } from '../arbiter/spec.js';
+import type { ArbiterOptions, EtcdClientOptions } from '../arbiter/types.js';
 
 export interface NodeAddress { readonly host: string; readonly port: number }
 export interface NodeConfig {
@@ -23,6 +24,9 @@ export interface NodeConfig {
   /** The RESP client port (kv). A wasm service's clients use the guest's own `listen`: null. */
   readonly client: NodeAddress | null;
   readonly admin: NodeAddress;
+  /** The arbiter spec this node uses: the top-level `arbiter`, or the node's own endpoints for
+   *  the same etcd prefix (`nodes[i].arbiter`: its local member, a proxy). */
+  readonly arbiter: string;
 }
 export interface KvServiceConfig { readonly kind: 'kv'; readonly mode: 'rsm' | 'state-transfer' }
 /** A WebAssembly/WASI guest replicated by record and replay (docs/WASM.md). */
@@ -46,6 +50,10 @@ export type ServiceConfig = KvServiceConfig | WasmServiceConfig;
 export interface ClusterConfig extends CoreTiming {
   readonly cluster: string;
   readonly arbiter: string;
+  /** Bound on one arbiter call to a remote store (etcd). */
+  readonly arbiterTimeoutMs: number;
+  /** TLS and user for an etcd arbiter, read from the files the config names; undefined: none. */
+  readonly etcd: EtcdClientOptions | undefined;
   readonly service: ServiceConfig;
   readonly maxClientConnections: number;
   /** The longest value (bulk string) a client may send, and the largest value kv stores (Redis's proto-max-bulk-len). */
@@ -80,9 +88,12 @@ const ROLES = ['peer', 'client', 'admin'] as const;
 const TOP_REQUIRED = ['cluster', 'arbiter', 'service', 'nodes'] as const;
 const INTS = [
   'heartbeatMs', 'failureTimeoutMs', 'retransmitMs', 'arbiterRetryMs', 'joinIntervalMs', 'unackedEntriesMax',
-  'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections',
+  'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections', 'arbiterTimeoutMs',
   'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax',
 ] as const;
+const ETCD_KEYS = ['caFile', 'certFile', 'keyFile', 'authFile'] as const;
+/** The default bound on one etcd call: well above a LAN etcd's commit time, below a human's patience. */
+export const ARBITER_TIMEOUT_MS_DEFAULT = 1000;
 type IntKey = (typeof INTS)[number];
 
 export function parseConfig(text: string, source: string, baseDir: string): ClusterConfig {
@@ -114,17 +125,34 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     return v;
   };
 
-  const top = object(json, '(top level)', [...TOP_REQUIRED, ...INTS, 'secretFile'], TOP_REQUIRED);
+  const top = object(json, '(top level)', [...TOP_REQUIRED, ...INTS, 'secretFile', 'etcd'], TOP_REQUIRED);
   const cluster = name(top.cluster, 'cluster');
 
   if (typeof top.arbiter !== 'string') fail('arbiter', `must be a string such as "file:.lockstep/arbiter", got ${describe(top.arbiter)}`);
   const arbiter = top.arbiter;
-  try {
-    parseArbiterSpec(arbiter);
-  } catch (e) {
-    if (isLockstepError(e)) fail('arbiter', e.message, e.code === 'E_NOT_IMPLEMENTED' ? e.code : 'E_CONFIG_INVALID');
-    throw e;
+  const spec = (v: string, path: string) => {
+    try {
+      return parseArbiterSpec(v);
+    } catch (e) {
+      if (isLockstepError(e)) fail(path, e.message, e.code === 'E_NOT_IMPLEMENTED' ? e.code : 'E_CONFIG_INVALID');
+      throw e;
+    }
+  };
+  const arbiterSpec = spec(arbiter, 'arbiter');
+  let etcd: EtcdClientOptions | undefined;
+  if (top.etcd !== undefined) {
+    if (arbiterSpec.kind !== 'etcd') fail('etcd', `sets etcd client options but the arbiter is ${JSON.stringify(arbiter)}, not etcd://...; remove it or use an etcd arbiter`);
+    etcd = readEtcdOptions(object(top.etcd, 'etcd', ETCD_KEYS, []), baseDir, fail);
   }
+  const nodeArbiter = (v: unknown, path: string): string => {
+    if (v === undefined) return arbiter;
+    if (typeof v !== 'string') fail(path, `must be a string such as "etcd://127.0.0.1:2379", got ${describe(v)}`);
+    const own = spec(v, path);
+    if (arbiterSpec.kind !== 'etcd' || own.kind !== 'etcd' || own.prefix !== arbiterSpec.prefix) {
+      fail(path, `a node may only name its own endpoints of the cluster's etcd arbiter, with the same prefix (${arbiterSpec.kind === 'etcd' ? arbiterSpec.prefix : 'the top-level arbiter is not etcd'}): every node must use the same store`);
+    }
+    return v;
+  };
 
   const service = parseService(top.service, baseDir, object, fail);
   const secret = top.secretFile === undefined ? null : readSecret(top.secretFile, baseDir, fail);
@@ -157,7 +185,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     const path = `nodes[${i}]`;
     // A wasm guest listens on its own addresses (service.listen): its nodes need no client port.
     const required = service.kind === 'wasm' ? ['id', 'peer', 'admin'] : ['id', ...ROLES];
-    const o = object(raw, path, ['id', ...ROLES, 'peerListen'], required);
+    const o = object(raw, path, ['id', ...ROLES, 'peerListen', 'arbiter'], required);
     const id = name(o.id, `${path}.id`);
     const twin = ids.get(id);
     if (twin !== undefined) fail(`${path}.id`, `node id ${id} is already used by ${twin}; node ids must be unique`);
@@ -174,11 +202,11 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     };
     const peer = addr('peer');
     const peerListen = o.peerListen === undefined ? peer : addr('peerListen');
-    return { id, peer, peerListen, client: o.client === undefined ? null : addr('client'), admin: addr('admin') };
+    return { id, peer, peerListen, client: o.client === undefined ? null : addr('client'), admin: addr('admin'), arbiter: nodeArbiter(o.arbiter, `${path}.arbiter`) };
   });
 
   return {
-    cluster, arbiter, service, heartbeatMs, failureTimeoutMs, retransmitMs,
+    cluster, arbiter, arbiterTimeoutMs: int('arbiterTimeoutMs', ARBITER_TIMEOUT_MS_DEFAULT), etcd, service, heartbeatMs, failureTimeoutMs, retransmitMs,
     arbiterRetryMs: int('arbiterRetryMs', Math.max(1, Math.floor(failureTimeoutMs / 2))),
     joinIntervalMs: int('joinIntervalMs', 4 * heartbeatMs),
     unackedEntriesMax: int('unackedEntriesMax', DEFAULT_TIMING.unackedEntriesMax),
@@ -190,6 +218,50 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     protoMaxBulkLen, maxReplyBytes, clientInputBytesMax,
     secret, nodes, baseDir,
   };
+}
+
+/** The arbiter spec and options node `id` opens (status and tools use the top-level spec). */
+export function arbiterFor(config: ClusterConfig, id: string | null): { spec: string; options: ArbiterOptions } {
+  const spec = id === null ? config.arbiter : nodeOf(config, id).arbiter;
+  return {
+    spec,
+    options: { cluster: config.cluster, baseDir: config.baseDir, timeoutMs: config.arbiterTimeoutMs, ...(config.etcd ? { etcd: config.etcd } : {}) },
+  };
+}
+
+/**
+ * The `etcd` object: TLS files (caFile turns TLS on; certFile and keyFile go together, for
+ * etcd's --client-cert-auth) and authFile, a file holding USER:PASSWORD. Secrets are never
+ * inline in the config, which is often copied around and checked in.
+ */
+function readEtcdOptions(o: Record<string, unknown>, baseDir: string, fail: (path: string, msg: string) => never): EtcdClientOptions {
+  const file = (key: (typeof ETCD_KEYS)[number]): Buffer | undefined => {
+    const v = o[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || v === '') fail(`etcd.${key}`, `must be a file path, got ${describe(v)}`);
+    const path = resolve(baseDir, v);
+    try {
+      return readFileSync(path);
+    } catch (e) {
+      return fail(`etcd.${key}`, `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  };
+  const ca = file('caFile');
+  const cert = file('certFile');
+  const key = file('keyFile');
+  const auth = file('authFile');
+  if ((cert === undefined) !== (key === undefined)) fail(cert ? 'etcd.keyFile' : 'etcd.certFile', 'certFile and keyFile go together (a client certificate and its key)');
+  if (cert !== undefined && ca === undefined) fail('etcd.caFile', 'a client certificate needs TLS: set caFile to the CA that signed the etcd servers\' certificates');
+  let user: string | undefined;
+  let password: string | undefined;
+  if (auth !== undefined) {
+    const text = auth.toString('utf8').trim();
+    const colon = text.indexOf(':');
+    if (colon < 1 || text.includes('\n')) fail('etcd.authFile', `${resolve(baseDir, o.authFile as string)} must hold one line USER:PASSWORD (as etcdctl --user takes it)`);
+    user = text.slice(0, colon);
+    password = text.slice(colon + 1);
+  }
+  return { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}), ...(user !== undefined ? { user, password: password! } : {}) };
 }
 
 /** At least this many bytes of secret (after trimming whitespace): 128 bits. */

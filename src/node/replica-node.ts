@@ -18,9 +18,11 @@ import {
   type Input,
   type Replica,
 } from '../core/index.js';
-import { openArbiter, type Arbiter } from '../arbiter/types.js';
+import { openArbiter } from '../arbiter/open.js';
+import type { Arbiter } from '../arbiter/types.js';
+import { isLockstepError } from '../errors.js';
 import { PeerTransport } from '../net/peer-transport.js';
-import { coreConfigFor, formatAddress, nodeOf, type ClusterConfig } from './config.js';
+import { arbiterFor, coreConfigFor, formatAddress, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
 import { KvFront } from './kv-front.js';
 import { WasmFront } from './wasm-front.js';
@@ -30,6 +32,20 @@ export type LogRecord = Record<string, unknown>;
 
 const PEER_MAX_FRAME_BYTES = 512 * 1024 * 1024;
 const PEER_MAX_QUEUED_BYTES = 256 * 1024 * 1024;
+/** How often /status's arbiter health is refreshed by a read when nothing else asked it. */
+const ARBITER_HEALTH_MS = 2000;
+
+/** What /status says about the arbiter: which one, whether its last answer came, how fast. */
+export interface ArbiterHealth {
+  readonly arbiter: string;
+  health: 'unknown' | 'ok' | 'unavailable';
+  /** Milliseconds the last answered call took (null: none answered yet). */
+  lastLatencyMs: number | null;
+  /** Wall-clock time of the last call's end, answered or failed. */
+  lastAt: string | null;
+  /** Why the last call failed (null after an answer). */
+  lastError: string | null;
+}
 
 export class ReplicaNode implements FrontHost {
   private replicaState: Replica;
@@ -37,6 +53,10 @@ export class ReplicaNode implements FrontHost {
   private readonly core: CoreConfig;
   private readonly transport: PeerTransport;
   private readonly arbiter: Arbiter;
+  readonly arbiterHealth: ArbiterHealth;
+  private arbiterHealthTimer: NodeJS.Timeout | null = null;
+  private arbiterCallsInFlight = 0;
+  private lastArbiterCallMs = -Infinity;
   private adminServer: http.Server | null = null;
   private tickTimer: NodeJS.Timeout | null = null;
   private flushScheduled = false;
@@ -56,7 +76,9 @@ export class ReplicaNode implements FrontHost {
     this.core = coreConfigFor(config, id);
     this.replicaState = createReplica(this.core, this.nowMs());
     this.front = config.service.kind === 'kv' ? new KvFront(this) : new WasmFront(this, config.service);
-    this.arbiter = openArbiter(config.arbiter, { baseDir: config.baseDir });
+    const arb = arbiterFor(config, id);
+    this.arbiter = openArbiter(arb.spec, arb.options);
+    this.arbiterHealth = { arbiter: this.arbiter.description, health: 'unknown', lastLatencyMs: null, lastAt: null, lastError: null };
     const self = nodeOf(config, id);
     this.transport = new PeerTransport({
       cluster: config.cluster,
@@ -80,6 +102,17 @@ export class ReplicaNode implements FrontHost {
 
   async start(): Promise<void> {
     const self = nodeOf(this.config, this.id);
+    // What waiting cannot fix (a refused user, another cluster's view) stops the start here,
+    // before any port opens; an arbiter that does not answer is only waited for.
+    try {
+      await this.askArbiter(() => this.arbiter.probe());
+    } catch (e) {
+      if (!isLockstepError(e) || e.code !== 'E_ARBITER_UNAVAILABLE') {
+        await this.arbiter.close();
+        throw e;
+      }
+      this.log('warn', 'arbiter-unavailable', { reason: e.message, waitingFor: 'the arbiter to answer; starting anyway, this node cannot go live until it does' });
+    }
     await explainListen('peer', self.peerListen, () => this.transport.start());
     await this.front.start();
     const admin = http.createServer((req, res) => this.serveAdmin(req, res));
@@ -87,6 +120,7 @@ export class ReplicaNode implements FrontHost {
     await explainListen('admin', self.admin, () => listenOn(admin, self.admin, (e) => this.log('warn', 'admin-server-error', { reason: e.code ?? e.message })));
     const tickMs = Math.max(1, Math.floor(this.config.heartbeatMs / 5));
     this.tickTimer = setInterval(() => this.input({ type: 'tick' }), tickMs);
+    this.arbiterHealthTimer = setInterval(() => this.checkArbiterHealth(), ARBITER_HEALTH_MS);
     this.log('info', 'node-start', {
       cluster: this.config.cluster,
       peer: formatAddress(self.peer),
@@ -107,7 +141,9 @@ export class ReplicaNode implements FrontHost {
     if (this.stopped) return;
     this.stopped = true;
     if (this.tickTimer) clearInterval(this.tickTimer);
+    if (this.arbiterHealthTimer) clearInterval(this.arbiterHealthTimer);
     await this.front.stop();
+    await this.arbiter.close();
     await this.transport.close();
     const admin = this.adminServer;
     if (admin) await new Promise<void>((resolve) => admin.close(() => resolve()));
@@ -157,7 +193,7 @@ export class ReplicaNode implements FrontHost {
         return;
       case 'arbiterCas': {
         const incarnation = this.incarnation;
-        this.arbiter.compareAndSet(a.expected, a.next).then(
+        this.askArbiter(() => this.arbiter.compareAndSet(a.expected, a.next)).then(
           (res) => {
             if (incarnation === this.incarnation) this.input({ type: 'arbiterResult', requestId: a.requestId, ok: res.ok, view: res.view });
           },
@@ -193,6 +229,30 @@ export class ReplicaNode implements FrontHost {
     }
   }
 
+  /** One arbiter call, timed for /status. A view of another cluster is fail-stop: a config error. */
+  private async askArbiter<T>(call: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    this.arbiterCallsInFlight++;
+    this.lastArbiterCallMs = started;
+    try {
+      const res = await call();
+      Object.assign(this.arbiterHealth, { health: 'ok', lastLatencyMs: Math.round((performance.now() - started) * 10) / 10, lastAt: new Date().toISOString(), lastError: null });
+      return res;
+    } catch (e) {
+      Object.assign(this.arbiterHealth, { health: 'unavailable', lastAt: new Date().toISOString(), lastError: (e as Error).message });
+      if (isLockstepError(e) && e.code === 'E_ARBITER_CLUSTER' && this.adminServer !== null) this.failStop(`${e.code}: ${e.message}`);
+      throw e;
+    } finally {
+      this.arbiterCallsInFlight--;
+    }
+  }
+
+  /** A read now and then, so /status tells the arbiter's health even when nothing changes. */
+  private checkArbiterHealth(): void {
+    if (this.stopped || this.arbiterCallsInFlight > 0 || performance.now() - this.lastArbiterCallMs < ARBITER_HEALTH_MS) return;
+    this.askArbiter(() => this.arbiter.current()).catch(() => undefined);
+  }
+
   /** Halted: discard the state and come back as an empty spare that may be recruited. */
   private startOver(reason: string): void {
     this.front.reset();
@@ -221,6 +281,7 @@ export class ReplicaNode implements FrontHost {
       retainedEntries: s.retainedEntries,
       recruit: s.recruit,
       service: this.config.service.kind,
+      arbiter: { ...this.arbiterHealth },
       ...this.front.status(),
       rssBytes: process.memoryUsage.rss(),
       incarnation: this.incarnation,
@@ -245,6 +306,8 @@ export class ReplicaNode implements FrontHost {
     metric('lockstep_held_outputs', 'gauge', 'Replies held by the output rule.', s.heldOutputs);
     metric('lockstep_retained_bytes', 'gauge', 'Log bytes retained for followers (flow control).', s.retainedBytes);
     this.front.metrics(metric);
+    metric('lockstep_arbiter_up', 'gauge', 'Whether the arbiter\'s last call was answered (1) or failed (0); -1 before the first.', this.arbiterHealth.health === 'ok' ? 1 : this.arbiterHealth.health === 'unavailable' ? 0 : -1);
+    metric('lockstep_arbiter_latency_ms', 'gauge', 'How long the arbiter\'s last answered call took.', this.arbiterHealth.lastLatencyMs ?? 0);
     metric('lockstep_role_changes_total', 'counter', 'Role or view changes.', c.viewChanges);
     metric('lockstep_peer_frames_sent_total', 'counter', 'Logging-channel frames sent.', t.framesSent);
     metric('lockstep_peer_bytes_sent_total', 'counter', 'Logging-channel bytes sent.', t.bytesSent);

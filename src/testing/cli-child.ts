@@ -43,3 +43,19 @@ export async function freeBasePort(): Promise<number> {
   const [base] = await freePorts(1);
   return Math.min(60_000, Math.max(20_000, base! - (base! % 1000)));
 }
+
+/** Run `lockstep ARGS...` to its end (SIGKILL after `timeoutMs`): exit code, stdout, stderr. */
+export function runCli(args: readonly string[], timeoutMs = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const kill = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('exit', (code) => {
+      clearTimeout(kill);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}

@@ -1,5 +1,5 @@
 // A real cluster for tests: every replica a child process (`lockstep node`), real TCP on
-// loopback, the file arbiter in a temp directory, real signals (kill -9, SIGSTOP, SIGCONT).
+// loopback, the file arbiter in a temp directory (or any arbiter spec, e.g. a real etcd), real signals (kill -9, SIGSTOP, SIGCONT).
 // `stop()` kills every child and removes the directory; tests call it in `after` so nothing
 // is left behind even when an assertion fails. With `peerProxies`, every node listens for the
 // logging channel on its own `peerListen` port and a TcpProxy sits on its `peer` address (the
@@ -34,6 +34,10 @@ export interface ProcessClusterOptions {
    * on the logging channel (the other nodes' messages, and its handshake answers back).
    */
   readonly peerProxies?: boolean;
+  /** The arbiter spec (default: file:arbiter in the cluster's directory), e.g. an EtcdCluster's spec(). */
+  readonly arbiter?: string;
+  /** Extra fields of one node's config entry (e.g. its own `arbiter` endpoints). */
+  readonly nodeExtra?: (id: string) => Record<string, unknown>;
 }
 
 export interface ProcessNode {
@@ -98,7 +102,7 @@ export class ProcessCluster {
       if (opts.secret !== false) writeFileSync(join(c.dir, 'secret'), randomBytes(32).toString('hex'));
       const config = {
         cluster: c.cluster,
-        arbiter: 'file:arbiter',
+        arbiter: opts.arbiter ?? 'file:arbiter',
         ...(opts.secret !== false ? { secretFile: 'secret' } : {}),
         service: opts.service ?? { kind: 'kv', mode: opts.mode ?? 'rsm' },
         heartbeatMs: opts.heartbeatMs ?? 30,
@@ -110,6 +114,7 @@ export class ProcessCluster {
           peer: `${n.peer.host}:${n.peer.port}`,
           admin: `${n.admin.host}:${n.admin.port}`,
           ...(n.peerListen ? { peerListen: `${n.peerListen.host}:${n.peerListen.port}` } : {}),
+          ...opts.nodeExtra?.(n.id),
         })),
       };
       writeFileSync(c.configPath, JSON.stringify(config, null, 2));
