@@ -66,15 +66,19 @@ test('a valid config parses with the defaults filled in', () => {
   assert.deepEqual([e.retransmitMs, e.arbiterRetryMs, e.joinIntervalMs], [60, 50, 80]);
 });
 
-test('addresses: hostnames, IPv6 in brackets, formatAddress round-trips', () => {
-  const j = base();
+test('addresses: hostnames, IPv6 in brackets, formatAddress round-trips', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-config-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const secretFile = join(dir, 'secret'); // peers beyond loopback need a secret
+  writeFileSync(secretFile, '0123456789abcdef0123456789abcdef\n');
+  const j = { ...base(), secretFile };
   Object.assign(node(j, 0), { peer: 'db-1.example.com:7101', client: '[::1]:7001', admin: '[fe80::1]:7201' });
   const c = parse(j);
   assert.deepEqual(c.nodes[0]!.client, { host: '::1', port: 7001 });
   assert.equal(formatAddress(c.nodes[0]!.client), '[::1]:7001');
   assert.equal(formatAddress(c.nodes[0]!.peer), 'db-1.example.com:7101');
   // The same port on different hosts is fine (one node per machine).
-  const k = base();
+  const k = { ...base(), secretFile };
   Object.assign(node(k, 1), { peer: '10.0.0.2:7101', client: '10.0.0.2:7001', admin: '10.0.0.2:7201' });
   Object.assign(node(k, 0), { peer: '10.0.0.1:7101', client: '10.0.0.1:7001', admin: '10.0.0.1:7201' });
   assert.equal(parse(k).nodes.length, 3);
@@ -263,6 +267,9 @@ test('secretFile: read relative to the config, trimmed; missing, empty or short 
     ['missing', /secretFile: cannot read .*missing: ENOENT/],
     ['short', /secretFile: .*short holds 7 bytes; a secret needs at least 16/],
     ['', /secretFile: must be the path of a file/],
+    // Once read forever at start.
+    ['/dev/zero', /secretFile: \/dev\/zero is not a regular file/],
+    [dir, /is not a regular file/],
   ];
   for (const [file, message] of cases) {
     assert.throws(() => parseConfig(withSecret(file), 'c.json', dir), (e) => isLockstepError(e) && e.code === 'E_CONFIG_INVALID' && message.test(e.message), file);
@@ -279,4 +286,17 @@ test('a wasm service needs no client address on its nodes; kv does', () => {
   const k = base();
   delete node(k, 1).client;
   assert.throws(() => parse(k), (e) => isLockstepError(e) && e.code === 'E_CONFIG_INVALID' && e.message.includes('nodes[1].client: missing'));
+});
+
+test('no secretFile with a peer address beyond loopback: refused; on loopback: allowed (the node warns)', () => {
+  const j = base();
+  node(j, 1).peer = '10.0.0.2:7102';
+  assert.throws(() => parse(j), (e) => isLockstepError(e) && e.code === 'E_CONFIG_INVALID' && /secretFile: missing, but n2 listens for peers on 10\.0\.0\.2:7102, which is not a loopback address/.test(e.message));
+  const wild = base();
+  node(wild, 0).peerListen = '0.0.0.0:7111';
+  assert.throws(() => parse(wild), /n1 listens for peers on 0\.0\.0\.0:7111/);
+  const local = base();
+  node(local, 0).peer = 'localhost:7101';
+  node(local, 1).peer = '[::1]:7102';
+  assert.equal(parse(local).secret, null);
 });

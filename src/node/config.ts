@@ -5,7 +5,7 @@
 // which also refuses `bugs`: planted bugs exist for the simulator only, never for a real node.
 
 import { readFile } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { LockstepError, isLockstepError } from '../errors.js';
@@ -205,6 +205,15 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     return { id, peer, peerListen, client: o.client === undefined ? null : addr('client'), admin: addr('admin'), arbiter: nodeArbiter(o.arbiter, `${path}.arbiter`) };
   });
 
+  if (secret === null) {
+    // Without a secret anyone who can reach a peer port speaks the replication protocol. On
+    // loopback that is this machine's users (the node warns); beyond it, it is the network.
+    const open = nodes.find((n) => !isLoopbackHost(n.peerListen.host));
+    if (open) {
+      fail('secretFile', `missing, but ${open.id} listens for peers on ${formatAddress(open.peerListen)}, which is not a loopback address: anyone on that network could speak the replication protocol. Make a secret (\`openssl rand -hex 32 > secret\`, the same file on every node) and name it in secretFile`);
+    }
+  }
+
   return {
     cluster, arbiter, arbiterTimeoutMs: int('arbiterTimeoutMs', ARBITER_TIMEOUT_MS_DEFAULT), etcd, service, heartbeatMs, failureTimeoutMs, retransmitMs,
     arbiterRetryMs: int('arbiterRetryMs', Math.max(1, Math.floor(failureTimeoutMs / 2))),
@@ -266,6 +275,13 @@ function readEtcdOptions(o: Record<string, unknown>, baseDir: string, fail: (pat
 
 /** At least this many bytes of secret (after trimming whitespace): 128 bits. */
 const SECRET_MIN_BYTES = 16;
+const SECRET_MAX_BYTES = 4096;
+
+/** 127.0.0.0/8, ::1 and localhost: addresses only this machine can reach. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h) || /^::ffff:127\./.test(h);
+}
 
 /** The cluster's shared secret: the file's bytes without surrounding whitespace. */
 function readSecret(v: unknown, baseDir: string, fail: (path: string, msg: string) => never): Uint8Array {
@@ -273,8 +289,20 @@ function readSecret(v: unknown, baseDir: string, fail: (path: string, msg: strin
   const path = resolve(baseDir, v);
   let bytes: Buffer;
   try {
-    bytes = readFileSync(path);
+    // A regular file of a few bytes: /dev/zero (or a fifo) would be read forever.
+    const fd = openSync(path, 'r');
+    try {
+      const st = fstatSync(fd);
+      if (!st.isFile()) return fail('secretFile', `${path} is not a regular file`);
+      if (st.size > SECRET_MAX_BYTES) return fail('secretFile', `${path} holds ${st.size} bytes; a secret is at most ${SECRET_MAX_BYTES}`);
+      bytes = Buffer.alloc(st.size);
+      const n = readSync(fd, bytes, 0, st.size, 0);
+      bytes = bytes.subarray(0, n);
+    } finally {
+      closeSync(fd);
+    }
   } catch (e) {
+    if (isLockstepError(e)) throw e;
     return fail('secretFile', `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   const secret = Buffer.from(bytes.toString('latin1').trim(), 'latin1');
