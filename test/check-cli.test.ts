@@ -89,6 +89,9 @@ test('bad input: exit 2 with the error code and the line', async () => {
   await bad(jsonl([[1, 'invoke', 'get', 'a', null, 0], [1, 'ok', 'set', 'a', null, 1]]), /^error E_HISTORY_ORDER: line 2: ok of set "a" for process 1 does not match/);
   await bad(jsonl([[1, 'invoke', 'get', 'a', null, 5], [2, 'invoke', 'get', 'a', null, 4]]), /^error E_HISTORY_ORDER: line 2: time 4 is before/);
   await bad(jsonl([[1, 'ok', 'get', 'a', null, 5]]), /^error E_HISTORY_ORDER: line 1: ok of get for process 1, which has no pending invoke/);
+  // Nested 100,000 deep: once a stack overflow, exit 1 ("not linearizable").
+  await bad(`${'['.repeat(100_000)}${']'.repeat(100_000)}\n`, /^error E_HISTORY_EVENT: line 1: expected a JSON object, got \[an array nested too deep to show\]/);
+  await bad(`${'{"a":'.repeat(100_000)}1${'}'.repeat(100_000)}\n`, /^error E_HISTORY_EVENT: line 1: field "process" is missing/);
 });
 
 test('usage errors and unreadable files: exit 2; --help: exit 0', async () => {

@@ -11,6 +11,7 @@ import {
   RespRequestParser,
   encodeCommand,
   encodeReplies,
+  splitInline,
   encodeReply,
   type RespLimits,
   type RespValue,
@@ -105,6 +106,25 @@ test('inline commands as telnet sends them', () => {
   assert.deepEqual(parseAll([b('a\rb c\r\n')]), [['a', 'b', 'c']], 'a CR inside is a blank, as sdssplitargs');
 });
 
+test('inline commands: quoting as redis-server (sdssplitargs)', () => {
+  const table: [string, string[]][] = [
+    ['SET k "hello world"', ['SET', 'k', 'hello world']],
+    ['SET k ""', ['SET', 'k', '']],
+    ['SET k "a\\nb\\t\\"q\\"\\x41\\\\"', ['SET', 'k', 'a\nb\t"q"A\\']],
+    ["SET k 'it\\'s \\n'", ['SET', 'k', "it's \\n"]],
+    ['SET k "\\xZZ"', ['SET', 'k', 'xZZ']],
+    ['  GET   "k k"  ', ['GET', 'k k']],
+  ];
+  for (const [line, want] of table) {
+    assert.deepEqual(splitInline(line), want, line);
+    assert.deepEqual(parseAll([b(`${line}\r\n`)]), [want], line);
+  }
+  for (const bad of ['SET k "open', "SET k 'open", 'SET k "a"b', "SET k 'a'b", "SET k 'it''s'"]) {
+    assert.throws(() => splitInline(bad), /Protocol error: unbalanced quotes in request/, bad);
+    rejects(`${bad}\r\n`, /unbalanced quotes/);
+  }
+});
+
 test('bulk strings are binary safe: CRLF inside and every byte 0-255', () => {
   const vals = [ALL_BYTES, '\r\n', '\r\n\r\n*1\r\n$1\r\n', '$-1\r\n', '\0', ALL_BYTES.repeat(300)];
   const cmd = ['SET', ...vals];
@@ -140,6 +160,11 @@ test('every protocol error is a RespProtocolError', () => {
   rejects('*99999999999999999999\r\n', /invalid multibulk length/);
   rejects('*1\r\n$x\r\n', /invalid bulk length/);
   rejects('*1\r\n$1.5\r\n', /invalid bulk length/);
+  // Leading zeros and -0, as Redis's string2ll refuses them.
+  rejects('*01\r\n$1\r\na\r\n', /invalid multibulk length/);
+  rejects('*1\r\n$04\r\nabcd\r\n', /invalid bulk length/);
+  rejects('*1\r\n$-0\r\n', /invalid bulk length/);
+  rejects('*-0\r\n', /invalid multibulk length/);
   rejects('*1\r\n$3\r\nfooXY', /expected CRLF after bulk/);
   rejects('*1\r\n$3\r\nfoo\rX', /expected CRLF after bulk/);
   rejects('*1\r\n$3\r\nfoo\n\r', /expected CRLF after bulk/);

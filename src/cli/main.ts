@@ -19,6 +19,9 @@ function packageVersion(): string {
 
 const USAGE = `usage: lockstep <command> [options]
 
+exit status: 0 success, 2 a usage, configuration or input error (error E_CODE: ...),
+70 an internal error; lockstep check also exits 1 (not linearizable) and 3 (gave up).
+
 commands:
   cluster  start a local replicated kv cluster (the main job; npm start)
   run      run a WebAssembly/WASI program under fault tolerance: lockstep run GUEST.wasm [ARGS]
@@ -84,7 +87,9 @@ main(process.argv.slice(2)).then(
       io.stderr(`error ${e.code}: ${e.message}\n`);
       process.exitCode = 2;
     } else {
-      throw e;
+      // A bug, not the user's input. Not exit code 1: `lockstep check` means "not linearizable" by it.
+      io.stderr(`internal error (a bug in lockstep; please report it): ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+      process.exitCode = 70;
     }
   },
 );

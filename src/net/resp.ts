@@ -208,6 +208,8 @@ function parseLength(line: Buffer, start: number, stop: number): number {
   const neg = line[i] === MINUS;
   if (neg && ++i === end) return NaN;
   if (end - i > 15) return NaN;
+  // As Redis's string2ll: no leading zeros ("$04", "*01") and no "-0".
+  if (line[i] === 48 && (end - i > 1 || neg)) return NaN;
   let v = 0;
   for (; i < end; i++) {
     const d = line[i]! - 48;
@@ -221,8 +223,67 @@ function showByte(b: number): string {
   return b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
 }
 
-/** Inline commands split on runs of blanks (no quoting, unlike redis-server's sdssplitargs). */
-const BLANKS = /[ \t\r\v\f]+/;
+/**
+ * An inline command's arguments, as redis-server's sdssplitargs splits them: on runs of
+ * blanks, with "double quotes" (escapes \n \r \t \b \a \\ \" and \xHH) and 'single
+ * quotes' (only \' escaped). A quote must close, and be followed by a blank or the end.
+ */
+export function splitInline(line: string): string[] {
+  const args: string[] = [];
+  const blank = (c: string | undefined): boolean => c === ' ' || c === '\t' || c === '\r' || c === '\n' || c === '\v' || c === '\f';
+  const hex = (c: string | undefined): boolean => c !== undefined && /^[0-9a-fA-F]$/.test(c);
+  let i = 0;
+  for (;;) {
+    while (blank(line[i])) i++;
+    if (i >= line.length) return args;
+    let cur = '';
+    let quote: '"' | "'" | null = null;
+    for (;;) {
+      const c = line[i];
+      if (quote === '"') {
+        if (c === undefined) throw new RespProtocolError('Protocol error: unbalanced quotes in request');
+        if (c === '\\' && line[i + 1] === 'x' && hex(line[i + 2]) && hex(line[i + 3])) {
+          cur += String.fromCharCode(Number.parseInt(line.slice(i + 2, i + 4), 16));
+          i += 4;
+          continue;
+        }
+        if (c === '\\' && line[i + 1] !== undefined) {
+          const e = line[i + 1]!;
+          cur += e === 'n' ? '\n' : e === 'r' ? '\r' : e === 't' ? '\t' : e === 'b' ? '\b' : e === 'a' ? '\x07' : e;
+          i += 2;
+          continue;
+        }
+        if (c === '"') {
+          if (line[i + 1] !== undefined && !blank(line[i + 1])) throw new RespProtocolError('Protocol error: unbalanced quotes in request');
+          i++;
+          break;
+        }
+        cur += c;
+        i++;
+      } else if (quote === "'") {
+        if (c === undefined) throw new RespProtocolError('Protocol error: unbalanced quotes in request');
+        if (c === '\\' && line[i + 1] === "'") {
+          cur += "'";
+          i += 2;
+          continue;
+        }
+        if (c === "'") {
+          if (line[i + 1] !== undefined && !blank(line[i + 1])) throw new RespProtocolError('Protocol error: unbalanced quotes in request');
+          i++;
+          break;
+        }
+        cur += c;
+        i++;
+      } else {
+        if (c === undefined || blank(c)) break;
+        if (c === '"' || c === "'") quote = c;
+        else cur += c;
+        i++;
+      }
+    }
+    args.push(cur);
+  }
+}
 
 /** Shared by both parsers: the queue, the limits, line reading and the held-bytes bound. */
 abstract class RespParser {
@@ -320,10 +381,7 @@ export class RespRequestParser extends RespParser {
   private inline(): string[] | null {
     const line = this.line('Protocol error: too big inline request');
     if (line === null) return null;
-    const parts = latin1(line, 0, line.length - 1).split(BLANKS);
-    if (parts[0] === '') parts.shift();
-    if (parts[parts.length - 1] === '') parts.pop();
-    return parts;
+    return splitInline(latin1(line, 0, line.length - 1));
   }
 }
 

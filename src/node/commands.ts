@@ -60,13 +60,15 @@ export function metaCommand(node: NodeView, name: string, args: readonly string[
     case 'INFO':
       return { reply: bulk(info(node, (args[1] ?? 'all').toLowerCase())) };
     case 'ROLE':
-      return { reply: role(node) };
+      return { reply: args.length === 1 ? role(node) : arity(name) };
     case 'SENTINEL':
       return { reply: sentinel(node, args) };
     case 'WAIT':
       // Every reply of lockstep already waited for the backup's ack (the output rule), so
       // the writes before this WAIT are on as many replicas as the view has backups.
       if (args.length !== 3) return { reply: arity(name) };
+      if (!/^-?\d{1,18}$/.test(args[1]!) || !/^-?\d{1,18}$/.test(args[2]!)) return { reply: err('ERR value is not an integer or out of range') };
+      if (args[2]!.startsWith('-')) return { reply: err('ERR timeout is negative') };
       return { reply: int(node.replicaState.role === 'primary' && node.replicaState.view.backup !== null ? 1 : 0) };
     case 'CONFIG':
       // No runtime-settable config; redis-benchmark asks for `save` and `appendonly`.

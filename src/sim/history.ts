@@ -44,7 +44,12 @@ const TYPES: readonly string[] = ['invoke', 'ok', 'fail', 'info'];
 const lineOf = new WeakMap<HistoryEvent, number>();
 
 function show(x: unknown): string {
-  const s = JSON.stringify(x) ?? String(x);
+  let s: string;
+  try {
+    s = JSON.stringify(x) ?? String(x);
+  } catch {
+    s = Array.isArray(x) ? '[an array nested too deep to show]' : '{an object nested too deep to show}';
+  }
   return s.length > 40 ? `${s.slice(0, 37)}...` : s;
 }
 
