@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import type { ClusterConfig, WasmServiceConfig } from '../src/node/config.js';
 import type { FrontHost } from '../src/node/front.js';
 import { WasmFront } from '../src/node/wasm-front.js';
-import type { Input, Replica } from '../src/core/index.js';
+import { NO_VIEW, type Input, type Replica } from '../src/core/index.js';
 import { LineClient } from '../src/testing/line-client.js';
 import { freePorts } from '../src/testing/process-cluster.js';
 
@@ -22,7 +22,9 @@ const kvserver = fileURLToPath(new URL('../../examples/kvserver/kvserver.wasm', 
 
 /** A node stand-in: a log of appended payloads, flow control always open, outputs released at once. */
 class FakeNode implements FrontHost {
-  readonly config = {} as ClusterConfig;
+  // No nodes listed: a bootstrap primary does not wait for a backup to start its guest.
+  readonly config = { nodes: [] } as unknown as ClusterConfig;
+  readonly knownView = NO_VIEW;
   readonly appended: Uint8Array[] = [];
   readonly failures: string[] = [];
   readonly events: { event: string; fields: Record<string, unknown> }[] = [];

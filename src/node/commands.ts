@@ -9,7 +9,7 @@
 // get-master-addr-by-name, connects, checks `role:master` in INFO, and asks again when the
 // connection drops or the role is wrong.
 
-import { status as coreStatus, type Replica } from '../core/index.js';
+import { status as coreStatus, type Replica, type View } from '../core/index.js';
 import type { KvReply } from '../guest/index.js';
 import { clientOf, type ClusterConfig, type NodeConfig } from './config.js';
 
@@ -17,6 +17,8 @@ export interface NodeView {
   readonly id: string;
   readonly clusterConfig: ClusterConfig;
   readonly replicaState: Replica;
+  /** The newest view known here (a spare's own stays empty until recruited). */
+  readonly knownView: View;
   readonly clientCount: number;
 }
 
@@ -87,7 +89,8 @@ function member(config: ClusterConfig, id: string | null): NodeConfig | undefine
 function primaryOf(node: NodeView): NodeConfig | undefined {
   const r = node.replicaState;
   if (r.role === 'primary') return member(node.clusterConfig, node.id);
-  return member(node.clusterConfig, r.view.primary);
+  const primary = node.knownView.primary;
+  return primary === node.id ? undefined : member(node.clusterConfig, primary);
 }
 
 function info(node: NodeView, section: string): string {

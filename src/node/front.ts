@@ -19,6 +19,8 @@ export interface FrontHost {
   readonly config: ClusterConfig;
   /** The core's state (read only: the front changes it only through `input`). */
   readonly replica: Replica;
+  /** The newest view known here, the arbiter's included: for redirecting clients, never for deciding. */
+  readonly knownView: View;
   /** Feed the core one input and carry out its actions (may call back into the front). */
   input(input: Input): void;
   /** Run `afterFlush` at the end of this event-loop turn. */

@@ -347,8 +347,12 @@ export class KvFront implements ServiceFront, NodeView {
     return conn.slotBytes + conn.socket.writableLength > MAX_CLIENT_OUTPUT_BYTES;
   }
 
+  get knownView(): View {
+    return this.node.knownView;
+  }
+
   notPrimaryMessage(): string {
-    const v = this.node.replica.view;
+    const v = this.node.knownView;
     const primary = v.primary === null || v.primary === this.node.id ? null : this.node.config.nodes.find((n) => n.id === v.primary);
     if (primary) return `NOTPRIMARY the primary is ${primary.id} at ${formatAddress(clientOf(primary))} (epoch ${v.epoch}); this node is ${this.node.replica.role}`;
     return `NOTPRIMARY no primary known to this node (it is ${this.node.replica.role}); try another node`;

@@ -10,6 +10,7 @@
 
 import http from 'node:http';
 import {
+  NO_VIEW,
   createReplica,
   status as coreStatus,
   step,
@@ -17,6 +18,7 @@ import {
   type CoreConfig,
   type Input,
   type Replica,
+  type View,
 } from '../core/index.js';
 import { openArbiter } from '../arbiter/open.js';
 import type { Arbiter } from '../arbiter/types.js';
@@ -56,6 +58,8 @@ export class ReplicaNode implements FrontHost {
   readonly arbiterHealth: ArbiterHealth;
   private arbiterHealthTimer: NodeJS.Timeout | null = null;
   private arbiterCallsInFlight = 0;
+  /** The newest view read from the arbiter (see knownView). */
+  private arbiterView: View = NO_VIEW;
   private lastArbiterCallMs = -Infinity;
   private adminServer: http.Server | null = null;
   private tickTimer: NodeJS.Timeout | null = null;
@@ -96,6 +100,16 @@ export class ReplicaNode implements FrontHost {
 
   get replica(): Replica {
     return this.replicaState;
+  }
+
+  /**
+   * The newest view this node knows of: its own, or a newer one it read from the arbiter (a
+   * spare's own view stays empty until it is recruited). Advice for redirecting clients only:
+   * nothing decides on it.
+   */
+  get knownView(): View {
+    const own = this.replicaState.view;
+    return this.arbiterView.epoch > own.epoch ? this.arbiterView : own;
   }
 
   // ---- lifecycle ---------------------------------------------------------------------------
@@ -195,6 +209,7 @@ export class ReplicaNode implements FrontHost {
         const incarnation = this.incarnation;
         this.askArbiter(() => this.arbiter.compareAndSet(a.expected, a.next)).then(
           (res) => {
+            this.sawView(res.view);
             if (incarnation === this.incarnation) this.input({ type: 'arbiterResult', requestId: a.requestId, ok: res.ok, view: res.view });
           },
           (e: unknown) => {
@@ -250,7 +265,11 @@ export class ReplicaNode implements FrontHost {
   /** A read now and then, so /status tells the arbiter's health even when nothing changes. */
   private checkArbiterHealth(): void {
     if (this.stopped || this.arbiterCallsInFlight > 0 || performance.now() - this.lastArbiterCallMs < ARBITER_HEALTH_MS) return;
-    this.askArbiter(() => this.arbiter.current()).catch(() => undefined);
+    this.askArbiter(() => this.arbiter.current()).then((v) => this.sawView(v), () => undefined);
+  }
+
+  private sawView(v: View): void {
+    if (v.epoch > this.arbiterView.epoch) this.arbiterView = v;
   }
 
   /** Halted: discard the state and come back as an empty spare that may be recruited. */
