@@ -8,6 +8,7 @@ export const ERROR_CODES = {
   E_USAGE: 'the command line is wrong: an unknown command, flag or a missing argument',
   E_BAD_FLAG_VALUE: 'a flag has a value of the wrong kind (a number expected, say)',
   E_FILE_READ: 'a file named on the command line cannot be read',
+  E_FILE_WRITE: 'a file named on the command line cannot be written',
   E_HISTORY_PARSE: 'a line of a history file is not valid JSON',
   E_HISTORY_EVENT: 'a history event is missing a field or has a field of the wrong kind',
   E_HISTORY_ORDER: 'a history breaks process order (a completion with no invoke, two invokes in a row, time going back)',

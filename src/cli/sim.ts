@@ -2,13 +2,15 @@
 // seed with the check that failed and the tail of its trace. The same seed always gives the
 // same trace hash, so a reported seed is a reproducible bug report: `lockstep sim --seed S`.
 
+import { writeFileSync } from 'node:fs';
+import { extname } from 'node:path';
 import { LockstepError } from '../errors.js';
 import type { PlantedBugs } from '../core/index.js';
 import type { ReplicationMode } from '../guest/index.js';
 import { simulate, type SimResult } from '../sim/index.js';
 import type { CheckOutput } from './check.js';
 
-export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--bug NAME] [--tail LINES] [--history]
+export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--bug NAME] [--tail LINES] [--history FILE]
 
 Runs the deterministic simulator: a 4-replica kv cluster, its arbiter and 5 clients, under
 faults drawn per seed (crashes, pauses, partitions, broken connections, a slow or unreachable
@@ -20,8 +22,8 @@ node that was not the primary, replica divergence and liveness.
   --mode M      replication mode for every seed (default: drawn per seed)
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup
   --tail LINES  trace lines to print for a failing seed (default 40)
-  --history     print the client history as JSON lines (for lockstep check): each failing
-                seed's, or the single seed's
+  --history F   write the client history as JSON lines (for lockstep check) to file F: the
+                single seed's, or each failing seed's to F with .seed-N before its extension
 
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
@@ -35,7 +37,8 @@ interface SimArgs {
   readonly mode: ReplicationMode | undefined;
   readonly bugs: PlantedBugs | undefined;
   readonly tail: number;
-  readonly history: boolean;
+  /** Where to write histories, or null. */
+  readonly history: string | null;
 }
 
 function intFlag(name: string, v: string | undefined, min: number): number {
@@ -53,7 +56,7 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
   let mode: ReplicationMode | undefined;
   let bugs: PlantedBugs | undefined;
   let tail = 40;
-  let history = false;
+  let history: string | null = null;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     switch (a) {
@@ -82,15 +85,34 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
       case '--tail':
         tail = intFlag(a, argv[++i], 0);
         break;
-      case '--history':
-        history = true;
+      case '--history': {
+        const f = argv[++i];
+        if (f === undefined || f.startsWith('--')) throw new LockstepError('E_USAGE', '--history needs a file to write the history to (see lockstep sim --help)');
+        history = f;
         break;
+      }
       default:
         throw new LockstepError('E_USAGE', `unknown argument ${JSON.stringify(a)} (see lockstep sim --help)`);
     }
   }
   const single = seedGiven && count === undefined;
   return { first, count: count ?? (single ? 1 : 100), single, mode, bugs, tail, history };
+}
+
+/** h.jsonl -> h.seed-17.jsonl */
+function seedFile(path: string, seed: number): string {
+  const ext = extname(path);
+  return `${path.slice(0, path.length - ext.length)}.seed-${seed}${ext}`;
+}
+
+/** Write a run's client history as JSON lines; returns the path. */
+function writeHistory(path: string, r: SimResult): string {
+  try {
+    writeFileSync(path, r.history.map((e) => JSON.stringify(e) + '\n').join(''));
+  } catch (e) {
+    throw new LockstepError('E_FILE_WRITE', `cannot write the history to ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return path;
 }
 
 function report(r: SimResult, args: SimArgs, out: CheckOutput): void {
@@ -108,7 +130,7 @@ function report(r: SimResult, args: SimArgs, out: CheckOutput): void {
   }
   const flags = `${args.mode ? ` --mode ${args.mode}` : ''}${args.bugs ? ` --bug ${Object.keys(args.bugs)[0]}` : ''}`;
   lines.push(`  reproduce: lockstep sim --seed ${r.seed}${flags}`);
-  if (history) for (const e of r.history) lines.push(JSON.stringify(e));
+  if (history !== null) lines.push(`  history: ${writeHistory(args.single ? history : seedFile(history, r.seed), r)}`);
   out.stdout(lines.join('\n') + '\n');
 }
 
@@ -132,7 +154,7 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
       report(r, args, out);
     } else if (args.single) {
       out.stdout(`seed ${seed} ok (mode ${r.mode}, faults ${r.faults.join(',')}, trace ${r.traceHash}, ${r.stats.opsCompleted} ops, ${r.stats.goLives} go-lives, ${r.stats.views} views)\n`);
-      if (args.history) out.stdout(r.history.map((e) => JSON.stringify(e)).join('\n') + '\n');
+      if (args.history !== null) out.stdout(`history: ${writeHistory(args.history, r)}\n`);
     }
     unknownKeys += r.stats.linearizabilityUnknownKeys;
     // Yield now and then so a long run can be interrupted.
