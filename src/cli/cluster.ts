@@ -213,7 +213,7 @@ async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
       if (drawn > 0) process.stdout.write(`\x1b[${drawn}A`);
       process.stdout.write(lines.map((l) => `\x1b[2K${l}`).join('\n') + '\n');
       drawn = lines.length;
-    } else if (text.replace(/ops\/s \d+\s*/g, '') !== last.replace(/ops\/s \d+\s*/g, '')) {
+    } else if (steady(text) !== steady(last)) {
       out.stdout(text + '\n');
     }
     last = text;
@@ -249,6 +249,11 @@ async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
   );
   out.stdout('stopped; no node is left running.\n');
   return exitCode;
+}
+
+/** A status block without what changes every second (ops/s, the arbiter's latency): reprinted only when the rest changes. */
+function steady(text: string): string {
+  return text.replace(/ops\/s \d+\s*/g, '').replace(/arbiter (\S+) [\d.]+ ms/g, 'arbiter $1');
 }
 
 /** The last few lines a child wrote to stdout or stderr (to say why it died). */
