@@ -13,21 +13,12 @@
 import { closeSync, existsSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { LockstepError } from '../errors.js';
+import { pidAlive } from '../pid.js';
 import { fetchStatus } from './admin-client.js';
 import { loadConfig } from '../node/config.js';
 import { etcdViewKey, formatEndpoint, parseArbiterSpec } from '../arbiter/spec.js';
 
 const LOCK = 'supervisor.lock';
-
-/** Whether a process with this pid exists (it may belong to another user: EPERM). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * Take DIR's supervisor lock or throw E_DIR_LOCKED naming the live holder. Returns the release
@@ -42,7 +33,7 @@ export function lockRunDir(dir: string): () => void {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new LockstepError('E_DIR_LOCKED', `cannot create ${path}: ${(e as Error).message}`);
       const holder = Number.parseInt(readFileSafe(path), 10);
-      if (Number.isSafeInteger(holder) && holder > 0 && alive(holder)) {
+      if (Number.isSafeInteger(holder) && holder > 0 && pidAlive(holder)) {
         throw new LockstepError('E_DIR_LOCKED', `${dir} is in use by another lockstep supervisor (pid ${holder}); stop it first, or use --dir for a second cluster`);
       }
       rmSync(path, { force: true }); // stale: its supervisor is gone

@@ -52,6 +52,7 @@ export async function runCommand(argv: readonly string[], out: CheckOutput): Pro
         if (rec.event === 'guest-stdout' && typeof rec.text === 'string') process.stdout.write(rec.text);
         else if (rec.event === 'guest-stderr' && typeof rec.text === 'string') process.stderr.write(rec.text);
         else if (rec.event === 'fail-stop') out.stdout(`\n${String(rec.node)}: fail-stop: ${String(rec.reason)}\n`);
+        else if (rec.event === 'guest-instrumenting') out.stdout(`\n${String(rec.node)}: ${String(rec.note)}\n`);
         else if (rec.event === 'guest-waiting-for-backup') out.stdout(`\n${String(rec.node)} is primary; the guest starts once a backup is recruited\n`);
         else if (rec.event === 'guest-go-live') out.stdout(`\n${String(rec.node)} goes live (${String(rec.backlog)} records to finish)\n`);
       },

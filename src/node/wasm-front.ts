@@ -106,6 +106,13 @@ export class WasmFront implements ServiceFront {
     this.loaded = await loadModule(bytes, {
       maxMemoryPages: this.svc.memoryLimitMb * 16,
       cacheDir: join(this.svc.guestDir, '.module-cache'),
+      onProgress: (what) =>
+        this.node.log('info', what === 'instrumenting' ? 'guest-instrumenting' : 'guest-instrumenting-wait', {
+          module: this.svc.module,
+          note: what === 'instrumenting'
+            ? 'instrumenting the module for record/replay (asyncify); a large guest takes up to a minute, cached after'
+            : 'another node of this machine is instrumenting the module; waiting for its cached result',
+        }),
     });
     this.node.log('info', 'guest-loaded', {
       module: this.svc.module, sha256: this.loaded.sha256, instrumentMs: Math.round(this.loaded.instrumentMs),

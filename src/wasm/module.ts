@@ -24,13 +24,14 @@
 // passes are deterministic, and nothing here depends on time, paths or the environment.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type Binaryen from 'binaryen';
 import { assert } from '../core/assert.js';
 import { LockstepError } from '../errors.js';
 import { pinWasmTier } from './engine.js';
+import { pidAlive } from '../pid.js';
 
 export interface LoadOptions {
   /** Max linear memory in 64 KiB pages for this guest: the same on every replica. */
@@ -39,6 +40,11 @@ export interface LoadOptions {
   asyncify?: boolean;
   /** Directory for the instrumented-module cache (default: none → no cache). */
   cacheDir?: string | null;
+  /**
+   * Told when loading will take a while: this process instruments the module (binaryen, up
+   * to a minute for a large guest), or waits for another process doing it into the same cache.
+   */
+  onProgress?: (what: 'instrumenting' | 'waiting-for-another-process') => void;
 }
 
 export interface AsyncifyExports {
@@ -636,7 +642,38 @@ function sha256Hex(data: Uint8Array | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-async function cachePath(dir: string, originalSha: string, opts: Required<LoadOptions>): Promise<string> {
+/** A lock older than this is taken over even if its pid lives (pids are reused). */
+const INSTRUMENT_LOCK_STALE_MS = 10 * 60_000;
+
+/**
+ * Take `<entry>.lock` (exclusive create, holding our pid), waiting while another live process
+ * holds it. Returns its release. A lock whose process is gone, or that is very old, is stale.
+ */
+async function instrumentLock(entry: string, onWait: () => void): Promise<() => void> {
+  const lock = `${entry}.lock`;
+  let told = false;
+  for (;;) {
+    try {
+      await mkdir(dirname(lock), { recursive: true });
+      await writeFile(lock, `${process.pid}\n`, { flag: 'wx' });
+      return () => void unlink(lock).catch(() => {});
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') return () => {}; // cannot lock: instrument anyway
+    }
+    const holder = Number.parseInt(await readFile(lock, 'utf8').catch(() => ''), 10);
+    const age = Date.now() - ((await stat(lock).catch(() => null))?.mtimeMs ?? 0);
+    if (!Number.isSafeInteger(holder) || !pidAlive(holder) || age > INSTRUMENT_LOCK_STALE_MS) {
+      await unlink(lock).catch(() => {});
+      continue;
+    }
+    if (!told) onWait();
+    told = true;
+    await new Promise((r) => setTimeout(r, 200));
+    if ((await stat(entry).catch(() => null)) !== null) return () => {}; // made: read it
+  }
+}
+
+async function cachePath(dir: string, originalSha: string, opts: Required<Omit<LoadOptions, 'onProgress'>>): Promise<string> {
   const key = {
     pipeline: PIPELINE_VERSION,
     binaryen: await getBinaryenVersion(),
@@ -694,20 +731,36 @@ export async function loadModule(bytes: Uint8Array, options: LoadOptions): Promi
   // Before this process compiles any guest: one compiler tier, so replicas agree on NaN bits.
   pinWasmTier();
   checkOptions(options);
-  const opts: Required<LoadOptions> = {
+  const opts: Required<Omit<LoadOptions, 'onProgress'>> = {
     maxMemoryPages: options.maxMemoryPages,
     asyncify: options.asyncify ?? true,
     cacheDir: options.cacheDir ?? null,
   };
   const sha256 = sha256Hex(bytes);
   const path = opts.cacheDir === null ? null : await cachePath(opts.cacheDir, sha256, opts);
-  const hit = path === null ? null : await readCache(path);
-  if (hit) {
+  const fromCache = async (): Promise<LoadedModule | null> => {
+    const hit = path === null ? null : await readCache(path);
+    if (hit === null) return null;
     // The entry was written only after every check passed on these very bytes and options.
     const module = await WebAssembly.compile(plain(hit.bytes));
     return { module, bytes: hit.bytes, sha256, instrumentMs: 0, ...hit.meta };
+  };
+  const cached = await fromCache();
+  if (cached) return cached;
+  // One process per cache instruments a module; the others (the replicas of one machine,
+  // started together) wait for its entry instead of each spending the same minute.
+  const release = path === null ? null : await instrumentLock(path, () => options.onProgress?.('waiting-for-another-process'));
+  try {
+    const now = await fromCache(); // made while we waited
+    if (now) return now;
+    options.onProgress?.('instrumenting');
+    return await instrumentAndCache(bytes, sha256, opts, path);
+  } finally {
+    release?.();
   }
+}
 
+async function instrumentAndCache(bytes: Uint8Array, sha256: string, opts: Required<Omit<LoadOptions, 'onProgress'>>, path: string | null): Promise<LoadedModule> {
   const limited = checkAndLimit(bytes, opts.maxMemoryPages);
   const b = await loadBinaryen();
   const t0 = performance.now();
