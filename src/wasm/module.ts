@@ -649,16 +649,16 @@ const INSTRUMENT_LOCK_STALE_MS = 10 * 60_000;
  * Take `<entry>.lock` (exclusive create, holding our pid), waiting while another live process
  * holds it. Returns its release. A lock whose process is gone, or that is very old, is stale.
  */
-async function instrumentLock(entry: string, onWait: () => void): Promise<() => void> {
+async function instrumentLock(entry: string, onWait: () => void): Promise<() => Promise<void>> {
   const lock = `${entry}.lock`;
   let told = false;
   for (;;) {
     try {
       await mkdir(dirname(lock), { recursive: true });
       await writeFile(lock, `${process.pid}\n`, { flag: 'wx' });
-      return () => void unlink(lock).catch(() => {});
+      return () => unlink(lock).catch(() => {});
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') return () => {}; // cannot lock: instrument anyway
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') return async () => {}; // cannot lock: instrument anyway
     }
     const holder = Number.parseInt(await readFile(lock, 'utf8').catch(() => ''), 10);
     const age = Date.now() - ((await stat(lock).catch(() => null))?.mtimeMs ?? 0);
@@ -669,7 +669,7 @@ async function instrumentLock(entry: string, onWait: () => void): Promise<() => 
     if (!told) onWait();
     told = true;
     await new Promise((r) => setTimeout(r, 200));
-    if ((await stat(entry).catch(() => null)) !== null) return () => {}; // made: read it
+    if ((await stat(entry).catch(() => null)) !== null) return async () => {}; // made: read it
   }
 }
 
@@ -756,7 +756,7 @@ export async function loadModule(bytes: Uint8Array, options: LoadOptions): Promi
     options.onProgress?.('instrumenting');
     return await instrumentAndCache(bytes, sha256, opts, path);
   } finally {
-    release?.();
+    await release?.();
   }
 }
 
