@@ -13,6 +13,10 @@
 //     the sequence of calls, so the backup, which executes the same local calls and replays
 //     inputs and outputs through replayEffect(), keeps the same fd table as the primary.
 //
+// The file system is the guest directory and nothing else: every guest directory fd is a
+// directory held open on the host, and paths resolve beneath it (beneath.ts; docs/WASM.md,
+// "The sandbox").
+//
 // For recruiting a backup from a snapshot of the guest, the host's state (fd table, guest
 // directory) can also be saved and restored as bytes: snapshotState / restoreState.
 
@@ -507,11 +511,17 @@ export class WasiHost {
 
   constructor(opts: WasiHostOptions) {
     this.opts = opts;
-    // Resolve the root once: every path below is built under this real directory.
+    // The root is held open: guest paths resolve beneath open directories (beneath.ts), never
+    // by a host path string. The path is kept for snapshots of the whole tree.
     this.root = fs.realpathSync(opts.root);
     if (!fs.statSync(this.root).isDirectory()) throw new Error(`WASI root ${opts.root} is not a directory`);
     this.rootFd = openDirectory(this.root);
-    checkFdPaths(this.rootFd);
+    try {
+      checkFdPaths(this.rootFd);
+    } catch (e) {
+      closeQuietly(this.rootFd);
+      throw e;
+    }
     this.currentMode = opts.mode;
     const enc = new TextEncoder();
     const nulTerminated = (s: string): Uint8Array => enc.encode(s + '\0');
@@ -690,7 +700,7 @@ export class WasiHost {
     }
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
-    for (const e of this.fds.values()) this.release(e);
+    for (const e of this.fds.values()) if (e.kind === 'file' || e.kind === 'dir') closeQuietly(e.hostFd);
     this.fds.clear();
     closeQuietly(this.rootFd);
     for (const wake of [...this.pendingWaits]) wake();
