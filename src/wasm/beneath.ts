@@ -68,9 +68,10 @@ export function closeQuietly(hostFd: number): void {
   }
 }
 
-export function lstatOrNull(p: string): fs.Stats | null {
+/** lstat with bigint fields (a filestat carries nanoseconds), or null when nothing is there. */
+export function lstatOrNull(p: string): fs.BigIntStats | null {
   try {
-    return fs.lstatSync(p);
+    return fs.lstatSync(p, { bigint: true });
   } catch (e) {
     if ((e as { code?: string }).code === 'ENOENT') return null;
     throw e;
@@ -89,7 +90,7 @@ export interface Base {
 
 /** A resolved guest path. Holds open the directories it walked through: close() it. */
 export class Resolved {
-  private st: fs.Stats | null | undefined;
+  private st: fs.BigIntStats | null | undefined;
 
   constructor(
     /** The directory holding the target (the base's fd or one this resolution opened). */
@@ -101,7 +102,7 @@ export class Resolved {
     /** The guest path ended in "/". */
     readonly trailing: boolean,
     private readonly opened: number[],
-    st: fs.Stats | null | undefined,
+    st: fs.BigIntStats | null | undefined,
   ) {
     this.st = st;
   }
@@ -112,7 +113,7 @@ export class Resolved {
   }
 
   /** lstat of the target, null when it does not exist (made once per resolution). */
-  stat(): fs.Stats | null {
+  stat(): fs.BigIntStats | null {
     if (this.st === undefined) this.st = lstatOrNull(this.host);
     return this.st;
   }
@@ -144,7 +145,7 @@ export function resolveBeneath(base: Base, guestPath: string, followFinal: boole
     if (target.startsWith('/')) fail(ERRNO.NOTCAPABLE);
     queue = [...components(target), ...queue];
   };
-  const done = (dirFd: number, name: string, st: fs.Stats | null | undefined): Resolved => {
+  const done = (dirFd: number, name: string, st: fs.BigIntStats | null | undefined): Resolved => {
     if (trailing && st && !st.isDirectory()) fail(ERRNO.NOTDIR);
     const rel = [...base.rel, ...names];
     if (name !== '.') rel.push(name);

@@ -1131,7 +1131,7 @@ export class WasiHost {
     ];
   }
 
-  private openDir(r: Resolved, oflags: number, st: fs.Stats | null): number {
+  private openDir(r: Resolved, oflags: number, st: fs.BigIntStats | null): number {
     if (st === null) return fail(oflags & OFLAGS.CREAT ? ERRNO.INVAL : ERRNO.NOENT);
     if (!st.isDirectory()) return fail(ERRNO.NOTDIR);
     // Write rights are not refused here (some runtimes ask for every right on every open);
@@ -1421,7 +1421,7 @@ export class WasiHost {
         const follow = (a.u32(1) & LOOKUPFLAGS.SYMLINK_FOLLOW) !== 0;
         return this.beneath(a.u32(0), mem, a.ptr(2), a.u32(3), follow, (r) => {
           mem.check(a.ptr(4), SIZEOF.filestat);
-          const st = fs.lstatSync(r.host, { bigint: true });
+          const st = r.stat() ?? fail(ERRNO.NOENT);
           mem.write(a.ptr(4), encodeFilestat(filetypeOf(st), inodeOf(r.rel), st));
           return ok;
         });
@@ -1429,7 +1429,7 @@ export class WasiHost {
       path_filestat_set_times: (mem, a) => {
         const follow = (a.u32(1) & LOOKUPFLAGS.SYMLINK_FOLLOW) !== 0;
         return this.beneath(a.u32(0), mem, a.ptr(2), a.u32(3), follow, (r) => {
-          const [at, mt] = newTimes(fs.lstatSync(r.host, { bigint: true }), a.u64(4), a.u64(5), a.u32(6));
+          const [at, mt] = newTimes(r.stat() ?? fail(ERRNO.NOENT), a.u64(4), a.u64(5), a.u32(6));
           fs.lutimesSync(r.host, at, mt);
           return ok;
         });
