@@ -261,6 +261,11 @@ const attempts: [string, (x: Attempt, outside: string) => void][] = [
     assert.equal(x.open(3, 'g/', OFLAGS.CREAT), -ERRNO.ISDIR);
     assert.equal(x.at('path_unlink_file', 3, 'f/'), NOTDIR);
   }],
+  ['a path more than 1024 directories deep is NAMETOOLONG (each level is a host fd while resolving)', (x) => {
+    fs.mkdirSync(path.join(x.root, ...Array<string>(1030).fill('d')), { recursive: true });
+    assert.ok(x.open(3, [...Array<string>(1024).fill('d'), 'f'].join('/'), OFLAGS.CREAT) > 0);
+    assert.equal(x.open(3, [...Array<string>(1025).fill('d'), 'f'].join('/'), OFLAGS.CREAT), -ERRNO.NAMETOOLONG);
+  }],
 ];
 
 /** The host's open fds, to check that resolution closes every directory it opened. */

@@ -33,8 +33,13 @@ export function fail(errno: number): never {
 
 /** Symlinks expanded in one resolution before it is LOOP (Linux's limit). */
 const MAX_SYMLINKS = 40;
-/** Linux's PATH_MAX: bounds the directories one resolution holds open at once. */
+/** Linux's PATH_MAX, for a guest path. */
 const MAX_PATH_BYTES = 4096;
+/**
+ * Directories one resolution may hold open at once (the depth below its handle): symlinks can
+ * make a path far deeper than PATH_MAX, and every level is a host fd until the call returns.
+ */
+const MAX_DEPTH = 1024;
 
 const DIR_FLAGS = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW;
 
@@ -185,6 +190,7 @@ export function resolveBeneath(base: Base, guestPath: string, followFinal: boole
       }
       opened.push(fd);
       names.push(c);
+      if (opened.length > MAX_DEPTH) fail(ERRNO.NAMETOOLONG);
     }
   } catch (e) {
     for (const fd of opened) closeQuietly(fd);
