@@ -11,45 +11,13 @@ import * as path from 'node:path';
 import { ERRNO, EVENTTYPE, FDFLAGS, FILETYPE, LOOKUPFLAGS, OFLAGS, RIGHTS, SDFLAGS, WASI_FUNCTIONS, WHENCE, wasiResults } from '../src/wasm/abi.js';
 import { GuestMemory, WasiFault } from '../src/wasm/memory.js';
 import { WasiExit, WasiHost, isWait, type OutputEffect, type Wait, type WasiHostOptions } from '../src/wasm/wasi.js';
+import { Guest } from '../src/testing/wasi-guest.js';
 
 // ---- fixtures -------------------------------------------------------------------------------
 
 const RW = RIGHTS.FD_READ | RIGHTS.FD_WRITE;
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-/** A guest memory plus a bump allocator for laying out arguments. */
-class Guest {
-  readonly mem = new GuestMemory(new WebAssembly.Memory({ initial: 2 }));
-  private next = 1024;
-
-  alloc(n: number): number {
-    const p = this.next;
-    this.next += (n + 7) & ~7;
-    return p;
-  }
-
-  str(s: string): [number, number] {
-    const b = enc.encode(s);
-    const p = this.alloc(b.byteLength);
-    this.mem.write(p, b);
-    return [p, b.byteLength];
-  }
-
-  /** An iovec array over fresh buffers of the given sizes (or contents). */
-  iovs(...parts: (number | string)[]): { ptr: number; n: number; bufs: number[] } {
-    const ptr = this.alloc(parts.length * 8);
-    const bufs = parts.map((part, i) => {
-      const data = typeof part === 'string' ? enc.encode(part) : new Uint8Array(part);
-      const b = this.alloc(data.byteLength);
-      this.mem.write(b, data);
-      this.mem.setU32(ptr + i * 8, b);
-      this.mem.setU32(ptr + i * 8 + 4, data.byteLength);
-      return b;
-    });
-    return { ptr, n: parts.length, bufs };
-  }
-}
 
 interface Fixture {
   host: WasiHost;

@@ -4,7 +4,10 @@
 //   random  getentropy(16 bytes)                input  (16 bytes logged per call)
 //   file    pwrite of 64 bytes into a file      local  (both replicas write their own file)
 //   stdout  write(1, 2 bytes)                   output (held for the output rule, then sent)
+//   open    open("d/e/calls.dat") + close       local  (path resolution: counted as one call)
+//   stat    stat("d/e/calls.dat")               input  (path resolution and a logged filestat)
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,10 +37,24 @@ int main(int argc, char **argv) {
     if (fd < 0) return 2;
     for (long i = 0; i < n; i++) acc += (unsigned long long)pwrite(fd, buf, sizeof buf, (off_t)(i % 1024) * 64);
     close(fd);
+  } else if (strcmp(kind, "open") == 0 || strcmp(kind, "stat") == 0) {
+    if (mkdir("d", 0755) != 0 || mkdir("d/e", 0755) != 0) return 2;
+    int fd = open("d/e/calls.dat", O_CREAT | O_WRONLY, 0644);
+    if (fd < 0) return 2;
+    close(fd);
+    struct stat st;
+    for (long i = 0; i < n; i++) {
+      if (kind[0] == 's') {
+        acc += stat("d/e/calls.dat", &st) == 0 ? (unsigned long long)st.st_nlink : 0;
+      } else {
+        fd = open("d/e/calls.dat", O_RDONLY);
+        acc += (unsigned long long)close(fd) + 1;
+      }
+    }
   } else if (strcmp(kind, "stdout") == 0) {
     for (long i = 0; i < n; i++) acc += (unsigned long long)write(1, ".\n", 2);
   } else {
-    fprintf(stderr, "usage: calls N clock|random|file|stdout\n");
+    fprintf(stderr, "usage: calls N clock|random|file|stdout|open|stat\n");
     return 2;
   }
   printf("%s %ld acc=%llu\n", kind, n, acc);

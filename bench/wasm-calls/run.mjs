@@ -1,7 +1,12 @@
 // Host-call overhead of the WebAssembly hypervisor: plain vs record vs replay, with node:wasi
 // (no record/replay, no asyncify) as an outside reference, all in one process and one run.
 //
-//   npm run build && node bench/wasm-calls/run.mjs [--n 200000] [--reps 3]
+//   npm run build && node bench/wasm-calls/run.mjs [--n 200000] [--reps 3] [--kinds open,stat]
+//                                                  [--baseline /path/to/other/dist]
+//
+// --baseline runs every lockstep row a second time, interleaved, with the hypervisor built in
+// another checkout (its dist/ directory), and prints new/baseline ratios: a before/after in one
+// run, on the same load.
 //
 // Each row runs bench/wasm-calls/calls.wasm making N host calls of one kind; µs/call is the
 // whole run's wall time over N (the loop around the call is a few ns). Median of the reps.
@@ -18,8 +23,19 @@ const arg = (name, dflt) => {
 };
 const N = arg('--n', 200000);
 const REPS = arg('--reps', 3);
+const argText = (name) => {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+};
+const KINDS = (argText('--kinds') ?? 'clock,random,file,stdout,open,stat').split(',');
+const BASELINE = argText('--baseline');
 const bytes = readFileSync(new URL('./calls.wasm', import.meta.url));
 const loaded = await loadModule(bytes, { maxMemoryPages: 256 });
+const base = BASELINE === undefined ? null : await (async () => {
+  const m = await import(join(BASELINE, 'src/wasm/module.js'));
+  const l = await import(join(BASELINE, 'src/wasm/local.js'));
+  return { loaded: await m.loadModule(bytes, { maxMemoryPages: 256 }), recordLocally: l.recordLocally, replayLocally: l.replayLocally };
+})();
 const plainModule = await WebAssembly.compile(bytes);
 
 const dirs = [];
@@ -41,27 +57,40 @@ async function nodeWasi(kind, n) {
   return ms;
 }
 
+/** plain, record and replay of one kind with one build of the hypervisor; times in ms. */
+async function lockstepRun(impl, kind, n) {
+  const g = { args: ['calls', String(n), kind] };
+  const plain = (await impl.recordLocally(impl.loaded, { ...g, root: root() }, 'plain')).ms;
+  const rec = await impl.recordLocally(impl.loaded, { ...g, root: root() });
+  if (rec.end.kind !== 'exit' || rec.end.code !== 0) throw new Error(`record ${kind}: ${JSON.stringify(rec.end)}`);
+  const rep = await impl.replayLocally(impl.loaded, { ...g, root: root() }, rec.entries);
+  if (rep.memoryHash !== rec.memoryHash) throw new Error(`replay ${kind}: memory differs`);
+  return { plain, record: rec.ms, replay: rep.ms, logBytes: rec.entries.reduce((s, e) => s + e.length, 0), entries: rec.entries.length };
+}
+
 const rows = [];
-for (const kind of ['clock', 'random', 'file', 'stdout']) {
+for (const kind of KINDS) {
   const n = kind === 'stdout' ? Math.floor(N / 4) : N;
-  const t = { wasi: [], plain: [], record: [], replay: [] };
+  const t = { wasi: [], plain: [], record: [], replay: [], basePlain: [], baseRecord: [], baseReplay: [] };
   let logBytes = 0;
   let entries = 0;
   for (let r = 0; r < REPS; r++) {
     t.wasi.push(await nodeWasi(kind, n));
-    const g = { args: ['calls', String(n), kind] };
-    t.plain.push((await recordLocally(loaded, { ...g, root: root() }, 'plain')).ms);
-    const rec = await recordLocally(loaded, { ...g, root: root() });
-    if (rec.end.kind !== 'exit' || rec.end.code !== 0) throw new Error(`record ${kind}: ${JSON.stringify(rec.end)}`);
-    t.record.push(rec.ms);
-    const rep = await replayLocally(loaded, { ...g, root: root() }, rec.entries);
-    if (rep.memoryHash !== rec.memoryHash) throw new Error(`replay ${kind}: memory differs`);
-    t.replay.push(rep.ms);
-    logBytes = rec.entries.reduce((s, e) => s + e.length, 0);
-    entries = rec.entries.length;
+    const now = await lockstepRun({ loaded, recordLocally, replayLocally }, kind, n);
+    t.plain.push(now.plain);
+    t.record.push(now.record);
+    t.replay.push(now.replay);
+    logBytes = now.logBytes;
+    entries = now.entries;
+    if (base) {
+      const b = await lockstepRun(base, kind, n);
+      t.basePlain.push(b.plain);
+      t.baseRecord.push(b.record);
+      t.baseReplay.push(b.replay);
+    }
   }
   const us = (ms) => (ms * 1000) / n;
-  const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, us(median(v))]));
+  const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, v.length ? us(median(v)) : NaN]));
   rows.push({ kind, n, ...m, logBytesPerCall: logBytes / n, entries });
 }
 for (const d of dirs) rmSync(d, { recursive: true, force: true });
@@ -72,4 +101,14 @@ console.log('|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   const f = (x) => x.toFixed(3);
   console.log(`| ${r.kind} | ${f(r.wasi)} | ${f(r.plain)} | ${f(r.record)} | ${f(r.replay)} | ${(r.record / r.plain).toFixed(2)}x | ${(r.replay / r.plain).toFixed(2)}x | ${r.logBytesPerCall.toFixed(1)} | ${r.entries} |`);
+}
+if (base) {
+  console.log(`\nagainst the baseline ${BASELINE} (same run, interleaved), µs per call; ratios new/baseline`);
+  console.log('| kind | plain base | plain new | record base | record new | replay base | replay new | plain | record | replay |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|');
+  for (const r of rows) {
+    const f = (x) => x.toFixed(3);
+    const q = (a, b) => `${(a / b).toFixed(2)}x`;
+    console.log(`| ${r.kind} | ${f(r.basePlain)} | ${f(r.plain)} | ${f(r.baseRecord)} | ${f(r.record)} | ${f(r.baseReplay)} | ${f(r.replay)} | ${q(r.plain, r.basePlain)} | ${q(r.record, r.baseRecord)} | ${q(r.replay, r.baseReplay)} |`);
+  }
 }

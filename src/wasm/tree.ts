@@ -25,7 +25,7 @@ export type TreeNode =
 export interface Tree {
   /** Parents before children, names sorted: the order they can be recreated in. */
   readonly nodes: TreeNode[];
-  /** The first path of every regular file, by "dev:ino": finds where an open file is now. */
+  /** The first path of every regular file and the path of every directory, by "dev:ino": finds where an open fd's file is now. */
   readonly byInode: Map<string, readonly string[]>;
 }
 
@@ -52,6 +52,7 @@ function walk(root: string, dir: readonly string[], tree: Tree): void {
     const mode = Number(st.mode & 0o7777n);
     if (st.isDirectory()) {
       tree.nodes.push({ kind: 'dir', path: rel, mode });
+      tree.byInode.set(inodeKey(st), rel);
       walk(root, rel, tree);
     } else if (st.isSymbolicLink()) {
       tree.nodes.push({ kind: 'symlink', path: rel, target: fs.readlinkSync(host) });

@@ -13,6 +13,10 @@
 //     the sequence of calls, so the backup, which executes the same local calls and replays
 //     inputs and outputs through replayEffect(), keeps the same fd table as the primary.
 //
+// The file system is the guest directory and nothing else: every guest directory fd is a
+// directory held open on the host, and paths resolve beneath it (beneath.ts; docs/WASM.md,
+// "The sandbox").
+//
 // For recruiting a backup from a snapshot of the guest, the host's state (fd table, guest
 // directory) can also be saved and restored as bytes: snapshotState / restoreState.
 
@@ -44,6 +48,7 @@ import {
   type WasiFunctionName,
 } from './abi.js';
 import { GuestMemory, WasiFault } from './memory.js';
+import { ErrnoError, checkFdPaths, closeQuietly, fail, fdPath, openDirectory, resolveBeneath, type Resolved } from './beneath.js';
 import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import { decodePath, decodeTree, encodePath, encodeTree, inodeKey, readTree, replaceTree, type Tree, type TreeNode } from './tree.js';
 
@@ -105,17 +110,6 @@ export function isWait(r: number | Wait): r is Wait {
 
 // ---------------------------------------------------------------------------------------------
 // Internal errors and argument decoding
-
-/** A WASI errno thrown inside a handler; call() turns it into the return value. */
-class ErrnoError extends Error {
-  constructor(readonly errno: number) {
-    super(`errno ${errno}`);
-  }
-}
-
-function fail(errno: number): never {
-  throw new ErrnoError(errno);
-}
 
 // Node's error codes (from libuv, so the same on every platform) to WASI errnos. Most are
 // the WASI name with an E in front; the rest are listed.
@@ -378,7 +372,8 @@ class Listener {
 type FdEntry =
   | { kind: 'stdin'; flags: number; pos: number }
   | { kind: 'stdout' | 'stderr'; flags: number }
-  | { kind: 'dir'; flags: number; rel: string[]; preopen: string | null }
+  /** hostFd: the directory itself, open, so paths resolve from it wherever it is now (beneath.ts). */
+  | { kind: 'dir'; flags: number; rel: string[]; preopen: string | null; hostFd: number }
   | { kind: 'file'; flags: number; rel: string[]; hostFd: number; filetype: number; pos: bigint; access: FileAccess }
   | { kind: 'listener'; flags: number; listener: Listener }
   | { kind: 'conn'; flags: number; conn: Connection };
@@ -439,73 +434,7 @@ function encodeFilestat(filetype: number, ino: bigint, st: fs.BigIntStats | null
 }
 
 // ---------------------------------------------------------------------------------------------
-// Path resolution, confined to the root
-
-const MAX_SYMLINKS = 40;
-
-interface Resolved {
-  /** Components from the root to the target (symlinks expanded as asked). */
-  rel: string[];
-  /** Host path of the target; ends in "/" when the guest path did (the OS then checks it is a directory). */
-  host: string;
-}
-
-function components(p: string): string[] {
-  return p.split('/').filter((c) => c !== '' && c !== '.');
-}
-
-function lstatOrNull(p: string): fs.Stats | null {
-  try {
-    return fs.lstatSync(p);
-  } catch (e) {
-    if ((e as { code?: string }).code === 'ENOENT') return null;
-    throw e;
-  }
-}
-
-/**
- * Resolves a guest path relative to a directory fd, one component at a time, expanding
- * symlinks ourselves (so the OS never follows one): an absolute path or symlink target, or a
- * ".." that would climb above the directory fd, is NOTCAPABLE. Every intermediate component
- * must exist and be a directory; the final one is followed only when asked (or when the path
- * ends in "/") and may be missing (for creation).
- */
-function resolvePath(root: string, base: readonly string[], guestPath: string, followFinal: boolean): Resolved {
-  if (guestPath === '') fail(ERRNO.NOENT);
-  if (guestPath.startsWith('/')) fail(ERRNO.NOTCAPABLE);
-  const trailing = guestPath.endsWith('/');
-  const follow = followFinal || trailing;
-  const stack = [...base];
-  let queue = components(guestPath);
-  let links = 0;
-  while (queue.length > 0) {
-    const c = queue.shift()!;
-    if (c === '..') {
-      if (stack.length <= base.length) fail(ERRNO.NOTCAPABLE);
-      stack.pop();
-      continue;
-    }
-    stack.push(c);
-    const last = queue.length === 0;
-    if (last && !follow) break;
-    const host = path.join(root, ...stack);
-    const st = lstatOrNull(host);
-    if (st === null) {
-      if (last) break;
-      fail(ERRNO.NOENT);
-    }
-    if (st.isSymbolicLink()) {
-      if (++links > MAX_SYMLINKS) fail(ERRNO.LOOP);
-      const target = fs.readlinkSync(host);
-      if (target.startsWith('/')) fail(ERRNO.NOTCAPABLE);
-      stack.pop();
-      queue = [...components(target), ...queue];
-      continue;
-    }
-    if (!last && !st.isDirectory()) fail(ERRNO.NOTDIR);
-  }
-  return { rel: stack, host: path.join(root, ...stack) + (trailing ? '/' : '') };
-}
+// Paths (resolved by beneath.ts)
 
 /** Removing or renaming "." or ".." (or the directory fd itself) is refused, as POSIX does. */
 function requireNamedEntry(guestPath: string): void {
@@ -563,6 +492,8 @@ type Handler = (mem: GuestMemory, a: Args, ctx: CallContext) => number | Wait;
 export class WasiHost {
   private readonly opts: WasiHostOptions;
   private readonly root: string;
+  /** The root, held open by the host itself (the guest may close fd 3): snapshots resolve from it. */
+  private readonly rootFd: number;
   private currentMode: 'live' | 'replay';
   private readonly fds = new Map<number, FdEntry>();
   private readonly listeners: Listener[] = [];
@@ -580,9 +511,17 @@ export class WasiHost {
 
   constructor(opts: WasiHostOptions) {
     this.opts = opts;
-    // Resolve the root once: every path below is built under this real directory.
+    // The root is held open: guest paths resolve beneath open directories (beneath.ts), never
+    // by a host path string. The path is kept for snapshots of the whole tree.
     this.root = fs.realpathSync(opts.root);
     if (!fs.statSync(this.root).isDirectory()) throw new Error(`WASI root ${opts.root} is not a directory`);
+    this.rootFd = openDirectory(this.root);
+    try {
+      checkFdPaths(this.rootFd);
+    } catch (e) {
+      closeQuietly(this.rootFd);
+      throw e;
+    }
     this.currentMode = opts.mode;
     const enc = new TextEncoder();
     const nulTerminated = (s: string): Uint8Array => enc.encode(s + '\0');
@@ -592,7 +531,7 @@ export class WasiHost {
     this.fds.set(0, { kind: 'stdin', flags: 0, pos: 0 });
     this.fds.set(1, { kind: 'stdout', flags: 0 });
     this.fds.set(2, { kind: 'stderr', flags: 0 });
-    this.fds.set(3, { kind: 'dir', flags: 0, rel: [], preopen: '/' });
+    this.fds.set(3, { kind: 'dir', flags: 0, rel: [], preopen: '/', hostFd: openDirectory(this.root) });
     for (const l of opts.listen) {
       const listener = new Listener(l.host, l.port);
       this.listeners.push(listener);
@@ -761,8 +700,9 @@ export class WasiHost {
     }
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
-    for (const e of this.fds.values()) if (e.kind === 'file') closeQuietly(e.hostFd);
+    for (const e of this.fds.values()) if (e.kind === 'file' || e.kind === 'dir') closeQuietly(e.hostFd);
     this.fds.clear();
+    closeQuietly(this.rootFd);
     for (const wake of [...this.pendingWaits]) wake();
   }
 
@@ -803,7 +743,7 @@ export class WasiHost {
    */
   restoreState(bytes: Uint8Array): void {
     const img = decodeHostImage(bytes, this.listeners.map((l) => l.address), this.stdin.byteLength);
-    for (const e of this.fds.values()) if (e.kind === 'file') closeQuietly(e.hostFd);
+    for (const e of this.fds.values()) if (e.kind === 'file' || e.kind === 'dir') closeQuietly(e.hostFd);
     this.fds.clear();
     this.conns.clear();
     replaceTree(this.root, img.tree);
@@ -823,11 +763,17 @@ export class WasiHost {
       case 'stdout':
       case 'stderr':
         return;
-      case 'dir':
+      case 'dir': {
         encodePath(w, e.rel);
         w.u8(e.preopen === null ? 0 : 1);
         if (e.preopen !== null) w.text(e.preopen);
-        return;
+        // Where the directory is now (the guest may have renamed it), or gone (removed).
+        const key = inodeKey(fs.fstatSync(e.hostFd, { bigint: true }));
+        const now = key === inodeKey(fs.fstatSync(this.rootFd, { bigint: true })) ? [] : tree.byInode.get(key);
+        if (now === undefined) return void w.u8(OPEN_UNLINKED);
+        w.u8(OPEN_AT_PATH);
+        return encodePath(w, now);
+      }
       case 'file':
         return encodeOpenFile(w, e, tree);
       case 'listener':
@@ -846,10 +792,12 @@ export class WasiHost {
       case 'stdout':
       case 'stderr':
         return { kind: f.kind, flags: f.flags };
-      case 'dir':
-        return { kind: f.kind, flags: f.flags, rel: f.rel, preopen: f.preopen };
+      case 'dir': {
+        const hostFd = f.at === null ? openRemovedDirectory() : this.openInRoot(f.at, openDirectory);
+        return { kind: f.kind, flags: f.flags, rel: f.rel, preopen: f.preopen, hostFd };
+      }
       case 'file': {
-        const hostFd = f.data === null ? fs.openSync(path.join(this.root, ...f.at), openFlagsOf(f.access)) : openUnlinked(f.data, f.access);
+        const hostFd = f.data === null ? this.openInRoot(f.at, (p) => fs.openSync(p, openFlagsOf(f.access))) : openUnlinked(f.data, f.access);
         return { kind: f.kind, flags: f.flags, rel: f.rel, hostFd, filetype: f.filetype, pos: f.pos, access: f.access };
       }
       case 'listener':
@@ -909,18 +857,30 @@ export class WasiHost {
     return fail(e.kind === 'conn' ? ERRNO.INVAL : ERRNO.NOTSOCK);
   }
 
-  private hostPath(rel: readonly string[]): string {
-    return path.join(this.root, ...rel);
+  /** Opens a path of the guest tree (from a snapshot) as beneath.ts resolves any other. */
+  private openInRoot(at: readonly string[], open: (host: string) => number): number {
+    const r = resolveBeneath({ hostFd: this.rootFd, rel: [] }, at.length === 0 ? '.' : at.join('/'), false);
+    try {
+      return open(r.host);
+    } finally {
+      r.close();
+    }
   }
 
-  private resolve(dirFd: number, mem: GuestMemory, ptr: number, len: number, follow: boolean): Resolved {
+  /** Resolves a guest path beneath a directory fd, runs `use` on it, closes what it held. */
+  private beneath<T>(dirFd: number, mem: GuestMemory, ptr: number, len: number, follow: boolean, use: (r: Resolved) => T): T {
     const dir = this.dirEntry(dirFd);
-    return resolvePath(this.root, dir.rel, readPath(mem, ptr, len), follow);
+    const r = resolveBeneath(dir, readPath(mem, ptr, len), follow);
+    try {
+      return use(r);
+    } finally {
+      r.close();
+    }
   }
 
   /** Closes an fd's host resources; connections are handled by the caller (they are outputs). */
   private release(e: FdEntry): void {
-    if (e.kind === 'file') closeQuietly(e.hostFd);
+    if (e.kind === 'file' || e.kind === 'dir') closeQuietly(e.hostFd);
     if (e.kind === 'listener') this.closeListener(e.listener);
   }
 
@@ -1133,7 +1093,7 @@ export class WasiHost {
       case 'file':
         return encodeFilestat(e.filetype, inodeOf(e.rel), fs.fstatSync(e.hostFd, { bigint: true }));
       case 'dir':
-        return encodeFilestat(FILETYPE.DIRECTORY, inodeOf(e.rel), fs.statSync(this.hostPath(e.rel), { bigint: true }));
+        return encodeFilestat(FILETYPE.DIRECTORY, inodeOf(e.rel), fs.fstatSync(e.hostFd, { bigint: true }));
       case 'listener':
       case 'conn':
         return encodeFilestat(FILETYPE.SOCKET_STREAM, 0n, null);
@@ -1162,7 +1122,7 @@ export class WasiHost {
    */
   private dirListing(dir: DirEntry): { name: string; type: number; ino: bigint }[] {
     const parent = dir.rel.length > 0 ? dir.rel.slice(0, -1) : dir.rel;
-    const entries = fs.readdirSync(this.hostPath(dir.rel), { withFileTypes: true });
+    const entries = fs.readdirSync(fdPath(dir.hostFd), { withFileTypes: true });
     entries.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
     return [
       { name: '.', type: FILETYPE.DIRECTORY, ino: inodeOf(dir.rel) },
@@ -1171,14 +1131,15 @@ export class WasiHost {
     ];
   }
 
-  private openDir(r: Resolved, oflags: number, st: fs.Stats | null): number {
+  private openDir(r: Resolved, oflags: number, st: fs.BigIntStats | null): number {
     if (st === null) return fail(oflags & OFLAGS.CREAT ? ERRNO.INVAL : ERRNO.NOENT);
     if (!st.isDirectory()) return fail(ERRNO.NOTDIR);
     // Write rights are not refused here (some runtimes ask for every right on every open);
     // a later write to the directory fd is ISDIR.
     if (oflags & (OFLAGS.CREAT | OFLAGS.TRUNC)) return fail(ERRNO.ISDIR);
+    const hostFd = openDirectory(r.host);
     const fd = this.lowestFreeFd();
-    this.fds.set(fd, { kind: 'dir', flags: 0, rel: r.rel, preopen: null });
+    this.fds.set(fd, { kind: 'dir', flags: 0, rel: r.rel, preopen: null, hostFd });
     return fd;
   }
 
@@ -1358,16 +1319,9 @@ export class WasiHost {
       fd_filestat_set_times: (_mem, a) => {
         const e = this.entry(a.u32(0));
         const flags = a.u32(3);
-        if (e.kind === 'file') {
-          const [at, mt] = newTimes(fs.fstatSync(e.hostFd, { bigint: true }), a.u64(1), a.u64(2), flags);
-          fs.futimesSync(e.hostFd, at, mt);
-        } else if (e.kind === 'dir') {
-          const host = this.hostPath(e.rel);
-          const [at, mt] = newTimes(fs.statSync(host, { bigint: true }), a.u64(1), a.u64(2), flags);
-          fs.utimesSync(host, at, mt);
-        } else {
-          return ERRNO.NOTSUP;
-        }
+        if (e.kind !== 'file' && e.kind !== 'dir') return ERRNO.NOTSUP;
+        const [at, mt] = newTimes(fs.fstatSync(e.hostFd, { bigint: true }), a.u64(1), a.u64(2), flags);
+        fs.futimesSync(e.hostFd, at, mt);
         return ok;
       },
       fd_pread: (mem, a) => {
@@ -1456,81 +1410,99 @@ export class WasiHost {
         return ok;
       },
 
-      path_create_directory: (mem, a) => {
-        fs.mkdirSync(this.resolve(a.u32(0), mem, a.ptr(1), a.u32(2), false).host);
-        return ok;
-      },
+      // Every path is resolved by beneath.ts; each system call below names an entry of a
+      // directory it holds open and does not follow a final symlink (it expanded those itself).
+      path_create_directory: (mem, a) =>
+        this.beneath(a.u32(0), mem, a.ptr(1), a.u32(2), false, (r) => {
+          fs.mkdirSync(r.host);
+          return ok;
+        }),
       path_filestat_get: (mem, a) => {
         const follow = (a.u32(1) & LOOKUPFLAGS.SYMLINK_FOLLOW) !== 0;
-        const r = this.resolve(a.u32(0), mem, a.ptr(2), a.u32(3), follow);
-        mem.check(a.ptr(4), SIZEOF.filestat);
-        const st = follow ? fs.statSync(r.host, { bigint: true }) : fs.lstatSync(r.host, { bigint: true });
-        mem.write(a.ptr(4), encodeFilestat(filetypeOf(st), inodeOf(r.rel), st));
-        return ok;
+        return this.beneath(a.u32(0), mem, a.ptr(2), a.u32(3), follow, (r) => {
+          mem.check(a.ptr(4), SIZEOF.filestat);
+          const st = r.stat() ?? fail(ERRNO.NOENT);
+          mem.write(a.ptr(4), encodeFilestat(filetypeOf(st), inodeOf(r.rel), st));
+          return ok;
+        });
       },
       path_filestat_set_times: (mem, a) => {
         const follow = (a.u32(1) & LOOKUPFLAGS.SYMLINK_FOLLOW) !== 0;
-        const r = this.resolve(a.u32(0), mem, a.ptr(2), a.u32(3), follow);
-        const st = fs.lstatSync(r.host, { bigint: true });
-        const [at, mt] = newTimes(st, a.u64(4), a.u64(5), a.u32(6));
-        (follow ? fs.utimesSync : fs.lutimesSync)(r.host, at, mt);
-        return ok;
+        return this.beneath(a.u32(0), mem, a.ptr(2), a.u32(3), follow, (r) => {
+          const [at, mt] = newTimes(r.stat() ?? fail(ERRNO.NOENT), a.u64(4), a.u64(5), a.u32(6));
+          fs.lutimesSync(r.host, at, mt);
+          return ok;
+        });
       },
       path_link: (mem, a) => {
         const follow = (a.u32(1) & LOOKUPFLAGS.SYMLINK_FOLLOW) !== 0;
-        const from = this.resolve(a.u32(0), mem, a.ptr(2), a.u32(3), follow);
-        const to = this.resolve(a.u32(4), mem, a.ptr(5), a.u32(6), false);
-        fs.linkSync(from.host, to.host);
-        return ok;
+        return this.beneath(a.u32(0), mem, a.ptr(2), a.u32(3), follow, (from) =>
+          this.beneath(a.u32(4), mem, a.ptr(5), a.u32(6), false, (to) => {
+            fs.linkSync(from.host, to.host);
+            return ok;
+          }),
+        );
       },
       path_open: (mem, a) => {
         const follow = (a.u32(1) & LOOKUPFLAGS.SYMLINK_FOLLOW) !== 0;
-        const r = this.resolve(a.u32(0), mem, a.ptr(2), a.u32(3), follow);
         const oflags = a.u32(4);
         const rightsBase = a.u64(5);
-        mem.check(a.ptr(8), 4);
-        const st = lstatOrNull(r.host);
-        if (st && oflags & OFLAGS.CREAT && oflags & OFLAGS.EXCL) return ERRNO.EXIST;
-        if (st?.isSymbolicLink()) return ERRNO.LOOP; // a final symlink the guest asked not to follow
-        const dirWanted = (oflags & OFLAGS.DIRECTORY) !== 0 || st?.isDirectory() === true;
-        const fd = dirWanted ? this.openDir(r, oflags, st) : this.openFile(r, oflags, rightsBase, a.u32(7));
-        mem.setU32(a.ptr(8), fd);
-        return ok;
+        return this.beneath(a.u32(0), mem, a.ptr(2), a.u32(3), follow, (r) => {
+          mem.check(a.ptr(8), 4);
+          const st = r.stat();
+          if (st && oflags & OFLAGS.CREAT && oflags & OFLAGS.EXCL) return ERRNO.EXIST;
+          if (st?.isSymbolicLink()) return ERRNO.LOOP; // a final symlink the guest asked not to follow
+          const dirWanted = (oflags & OFLAGS.DIRECTORY) !== 0 || st?.isDirectory() === true;
+          // "name/" is a directory: a missing one cannot be made a file (Linux says EISDIR).
+          if (r.trailing && !dirWanted) return oflags & OFLAGS.CREAT ? ERRNO.ISDIR : ERRNO.NOENT;
+          const fd = dirWanted ? this.openDir(r, oflags, st) : this.openFile(r, oflags, rightsBase, a.u32(7));
+          mem.setU32(a.ptr(8), fd);
+          return ok;
+        });
       },
-      path_readlink: (mem, a) => {
-        const r = this.resolve(a.u32(0), mem, a.ptr(1), a.u32(2), false);
-        const bufLen = a.u32(4);
-        mem.check(a.ptr(3), bufLen);
-        mem.check(a.ptr(5), 4);
-        const target = fs.readlinkSync(r.host, { encoding: 'buffer' }).subarray(0, bufLen);
-        mem.write(a.ptr(3), target);
-        mem.setU32(a.ptr(5), target.byteLength);
-        return ok;
-      },
+      path_readlink: (mem, a) =>
+        this.beneath(a.u32(0), mem, a.ptr(1), a.u32(2), false, (r) => {
+          const bufLen = a.u32(4);
+          mem.check(a.ptr(3), bufLen);
+          mem.check(a.ptr(5), 4);
+          const target = fs.readlinkSync(r.host, { encoding: 'buffer' }).subarray(0, bufLen);
+          mem.write(a.ptr(3), target);
+          mem.setU32(a.ptr(5), target.byteLength);
+          return ok;
+        }),
       path_remove_directory: (mem, a) => {
         requireNamedEntry(readPath(mem, a.ptr(1), a.u32(2)));
-        fs.rmdirSync(this.resolve(a.u32(0), mem, a.ptr(1), a.u32(2), false).host);
-        return ok;
+        return this.beneath(a.u32(0), mem, a.ptr(1), a.u32(2), false, (r) => {
+          fs.rmdirSync(r.host);
+          return ok;
+        });
       },
       path_rename: (mem, a) => {
         requireNamedEntry(readPath(mem, a.ptr(1), a.u32(2)));
         requireNamedEntry(readPath(mem, a.ptr(4), a.u32(5)));
-        const from = this.resolve(a.u32(0), mem, a.ptr(1), a.u32(2), false);
-        const to = this.resolve(a.u32(3), mem, a.ptr(4), a.u32(5), false);
-        fs.renameSync(from.host, to.host);
-        return ok;
+        return this.beneath(a.u32(0), mem, a.ptr(1), a.u32(2), false, (from) =>
+          this.beneath(a.u32(3), mem, a.ptr(4), a.u32(5), false, (to) => {
+            fs.renameSync(from.host, to.host);
+            return ok;
+          }),
+        );
       },
       path_symlink: (mem, a) => {
         const target = readPath(mem, a.ptr(0), a.u32(1));
-        // A link out of the root could never be followed; refuse to make one.
+        // A link out of the root could never be followed; refuse to make one. (A relative one
+        // that climbs out is made, as on any host: it is refused when followed, see beneath.ts.)
         if (target.startsWith('/')) return ERRNO.NOTCAPABLE;
-        fs.symlinkSync(target, this.resolve(a.u32(2), mem, a.ptr(3), a.u32(4), false).host);
-        return ok;
+        return this.beneath(a.u32(2), mem, a.ptr(3), a.u32(4), false, (r) => {
+          fs.symlinkSync(target, r.host);
+          return ok;
+        });
       },
       path_unlink_file: (mem, a) => {
         requireNamedEntry(readPath(mem, a.ptr(1), a.u32(2)));
-        fs.unlinkSync(this.resolve(a.u32(0), mem, a.ptr(1), a.u32(2), false).host);
-        return ok;
+        return this.beneath(a.u32(0), mem, a.ptr(1), a.u32(2), false, (r) => {
+          fs.unlinkSync(r.host);
+          return ok;
+        });
       },
 
       poll_oneoff: (mem, a, ctx) => this.pollOneoff(mem, a, ctx),
@@ -1592,8 +1564,8 @@ export class WasiHost {
 
   private syncFd(fd: number, sync: (hostFd: number) => void): number {
     const e = this.entry(fd);
-    if (e.kind === 'file') sync(e.hostFd);
-    else if (e.kind !== 'dir') return ERRNO.INVAL;
+    if (e.kind === 'file' || e.kind === 'dir') sync(e.hostFd);
+    else return ERRNO.INVAL;
     return ERRNO.SUCCESS;
   }
 }
@@ -1677,7 +1649,8 @@ function encodeDirents(entries: readonly { name: string; type: number; ino: bigi
 // Paths are lists of components, each a plain name (tree.ts's decodePath).
 
 const HOST_MAGIC = 0x48; // 'H'
-const HOST_VERSION = 1;
+/** 2: a directory fd says where its directory is now (it is held open, so it moves with renames). */
+const HOST_VERSION = 2;
 const FD_KINDS = ['stdin', 'stdout', 'stderr', 'dir', 'file', 'listener', 'conn'] as const;
 const OPEN_AT_PATH = 0;
 const OPEN_UNLINKED = 1;
@@ -1685,7 +1658,8 @@ const OPEN_UNLINKED = 1;
 type FdImage = { readonly fd: number; readonly flags: number } & (
   | { readonly kind: 'stdin'; readonly pos: number }
   | { readonly kind: 'stdout' | 'stderr' }
-  | { readonly kind: 'dir'; readonly rel: string[]; readonly preopen: string | null }
+  /** `at`: where to reopen it in the tree, or (null) an empty directory that no longer has a name. */
+  | { readonly kind: 'dir'; readonly rel: string[]; readonly preopen: string | null; readonly at: string[] | null }
   | {
       readonly kind: 'file'; readonly rel: string[]; readonly pos: bigint; readonly filetype: number; readonly access: FileAccess;
       /** Reopen at this path of the tree, or (null) make an unlinked file with `data`. */
@@ -1746,6 +1720,16 @@ function openUnlinked(data: Uint8Array, access: FileAccess): number {
   }
 }
 
+/** An open directory with no name (it was removed while the guest held it): empty, as it was. */
+function openRemovedDirectory(): number {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lockstep-removed-'));
+  try {
+    return openDirectory(dir);
+  } finally {
+    fs.rmdirSync(dir);
+  }
+}
+
 /** Decode and check a host snapshot against this host's listen addresses and stdin. */
 function decodeHostImage(bytes: Uint8Array, addresses: readonly string[], stdinLength: number): HostImage {
   const r = new ByteReader(bytes, 'wasm host snapshot');
@@ -1787,7 +1771,11 @@ function decodeFd(r: ByteReader, listeners: number, stdinLength: number): FdImag
       return { fd, flags, kind };
     case 'dir': {
       const rel = decodePath(r);
-      return { fd, flags, kind, rel, preopen: r.u8() === 0 ? null : r.text() };
+      const preopen = r.u8() === 0 ? null : r.text();
+      const where = r.u8();
+      if (where === OPEN_AT_PATH) return { fd, flags, kind, rel, preopen, at: decodePath(r) };
+      if (where === OPEN_UNLINKED) return { fd, flags, kind, rel, preopen, at: null };
+      return r.corrupt(`bad open-directory source ${where}`);
     }
     case 'file':
       return decodeFileFd(r, fd, flags);
@@ -1820,6 +1808,7 @@ function decodeFileFd(r: ByteReader, fd: number, flags: number): FdImage {
 /** No fd twice, no connection id twice or not yet given out, every file to reopen in the tree. */
 function checkFdImages(r: ByteReader, fds: readonly FdImage[], tree: readonly TreeNode[], nextConnId: number): void {
   const files = new Set(tree.filter((t) => t.kind === 'file' || t.kind === 'link').map((t) => t.path.join('/')));
+  const dirs = new Set(['', ...tree.filter((t) => t.kind === 'dir').map((t) => t.path.join('/'))]);
   const seenFd = new Set<number>();
   const seenConn = new Set<number>();
   for (const f of fds) {
@@ -1830,6 +1819,7 @@ function checkFdImages(r: ByteReader, fds: readonly FdImage[], tree: readonly Tr
       seenConn.add(f.id);
     }
     if (f.kind === 'file' && f.data === null && !files.has(f.at.join('/'))) r.corrupt(`open file ${guestPathOf(f.at)} is not in the snapshot's directory`);
+    if (f.kind === 'dir' && f.at !== null && !dirs.has(f.at.join('/'))) r.corrupt(`open directory ${guestPathOf(f.at)} is not in the snapshot's directory`);
   }
 }
 
@@ -1855,14 +1845,6 @@ function describe(fd: number, e: FdEntry): Record<string, unknown> {
 function openFlagsOf(access: FileAccess): number {
   const c = fs.constants;
   return (access === ACCESS_BOTH ? c.O_RDWR : access === ACCESS_WRITE ? c.O_WRONLY : c.O_RDONLY) | c.O_NOFOLLOW;
-}
-
-function closeQuietly(hostFd: number): void {
-  try {
-    fs.closeSync(hostFd);
-  } catch {
-    // Already closed or never valid: nothing left to release.
-  }
 }
 
 /** close(2) on a connection: flush what was written, send FIN, then free the socket. */
