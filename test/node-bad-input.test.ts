@@ -17,6 +17,7 @@ import { PROTOCOL_VERSION, decodeHandshake, encodeAuthProof, encodeHandshake, en
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fuzzIterations } from '../src/testing/fuzz-scale.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const MB = 1024 * 1024;
@@ -408,7 +409,7 @@ describe('bad input on a running cluster', () => {
     await stillServing('streams of garbage chunks');
   });
 
-  test('fuzz: 200 connections, a few random chunks each, to random ports of the cluster', async () => {
+  test('fuzz: 200 connections (x LOCKSTEP_FUZZ_SCALE), a few random chunks each, to random ports of the cluster', async () => {
     const rng = new Rng(14);
     const ports = cluster.nodes.flatMap((n) => [
       { kind: 'client', port: n.client.port },
@@ -446,7 +447,7 @@ describe('bad input on a running cluster', () => {
       p.socket.destroy();
       await p.closed;
     };
-    const total = 200;
+    const total = fuzzIterations(200);
     let started = 0;
     await Promise.all(Array.from({ length: 8 }, async () => {
       while (started < total) {
@@ -454,7 +455,7 @@ describe('bad input on a running cluster', () => {
         await one();
       }
     }));
-    await stillServing('200 fuzz connections');
+    await stillServing(`${total} fuzz connections`);
     assert.ok(closedByPeer > 0, `the nodes closed some fuzz connections themselves (${closedByPeer})`);
   });
 

@@ -18,6 +18,7 @@ import {
 } from '../src/net/resp.js';
 import type { KvReply } from '../src/guest/kv.js';
 import { Rng } from '../src/sim/rng.js';
+import { fuzzIterations } from '../src/testing/fuzz-scale.js';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const ALL_BYTES = String.fromCharCode(...Array.from({ length: 256 }, (_, i) => i));
@@ -216,7 +217,7 @@ test('fuzz: random and mutated input only ever throws RespProtocolError, and ter
   const limits = { maxArrayLength: 64, maxBulkBytes: 512, maxInlineBytes: 256, maxBufferedBytes: 4096 };
   let errors = 0;
   let commands = 0;
-  for (let iter = 0; iter < 3000; iter++) {
+  for (let iter = 0, n = fuzzIterations(3000); iter < n; iter++) {
     let input: Buffer;
     const mode = iter % 3;
     if (mode === 0) {

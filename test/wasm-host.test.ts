@@ -12,6 +12,7 @@ import { ERRNO, EVENTTYPE, FDFLAGS, FILETYPE, LOOKUPFLAGS, OFLAGS, RIGHTS, SDFLA
 import { GuestMemory, WasiFault } from '../src/wasm/memory.js';
 import { WasiExit, WasiHost, isWait, type OutputEffect, type Wait, type WasiHostOptions } from '../src/wasm/wasi.js';
 import { Guest } from '../src/testing/wasi-guest.js';
+import { fuzzIterations } from '../src/testing/fuzz-scale.js';
 
 // ---- fixtures -------------------------------------------------------------------------------
 
@@ -488,7 +489,7 @@ test('random arguments to every import never throw (except proc_exit / proc_rais
   const rnd = (): number => (seed = (seed * 1103515245 + 12345) & 0x7fffffff);
   const pick = (): number => [0, 1, 3, 4, 8, 64, 1024, 4096, 131071, 131072, -1, 0x7fffffff][rnd() % 12]!;
   const waits: Wait[] = [];
-  for (let i = 0; i < 4000; i++) {
+  for (let i = 0, n = fuzzIterations(4000); i < n; i++) {
     const names = Object.keys(WASI_FUNCTIONS) as (keyof typeof WASI_FUNCTIONS)[];
     const name = names[rnd() % names.length]!;
     const args = WASI_FUNCTIONS[name].map((ty) => (ty === 'i64' ? BigInt(pick()) * BigInt(rnd() % 3 - 1) : pick()));
