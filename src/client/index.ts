@@ -49,9 +49,15 @@ export class ReplyError extends Error {
   }
 }
 
-/** The command did not complete in time; it may or may not have executed. */
+/**
+ * The command did not complete in time. If `mayHaveExecuted` is false it was never sent to any
+ * node and certainly did not execute; otherwise its outcome is unknown.
+ */
 export class CommandTimeoutError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly mayHaveExecuted: boolean,
+  ) {
     super(message);
     this.name = 'CommandTimeoutError';
   }
@@ -65,7 +71,12 @@ interface Pending {
   readonly resolve: (v: KvReply) => void;
   readonly reject: (e: Error) => void;
   readonly deadline: NodeJS.Timeout;
+  /** Written to some connection at least once: only then may it have executed. */
+  sent: boolean;
 }
+
+/** How many connection attempts a CommandTimeoutError reports. */
+const RECENT_ATTEMPTS = 6;
 
 function parseAddress(a: string | Address): Address {
   if (typeof a !== 'string') return a;
@@ -116,6 +127,10 @@ export class LockstepClient {
   private connecting = false;
   private attemptTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** The last connection attempts and how each ended ("127.0.0.1:7001: ECONNREFUSED"), newest last. */
+  private readonly recent: string[] = [];
+  /** The current connection's socket error, if it had one (ECONNREFUSED, ETIMEDOUT ...). */
+  private socketError: string | null = null;
   /** How many times the client moved to another node (for tests and metrics). */
   reconnects = 0;
 
@@ -141,7 +156,7 @@ export class LockstepClient {
       const go = (): void => {
         const seq = this.nextSeq++;
         const deadline = setTimeout(() => this.expire(seq), this.commandTimeoutMs);
-        const p: Pending = { seq, args, resolve, reject, deadline };
+        const p: Pending = { seq, args, resolve, reject, deadline, sent: false };
         this.inflight.push(p);
         this.sendOrConnect([p]);
       };
@@ -167,6 +182,12 @@ export class LockstepClient {
   }
   incrby(key: string, by: number): Promise<number> {
     return this.call('INCRBY', key, by) as Promise<number>;
+  }
+  decr(key: string): Promise<number> {
+    return this.call('DECR', key) as Promise<number>;
+  }
+  decrby(key: string, by: number): Promise<number> {
+    return this.call('DECRBY', key, by) as Promise<number>;
   }
   mget(...keys: string[]): Promise<(string | null)[]> {
     return this.call('MGET', ...keys) as Promise<(string | null)[]>;
@@ -208,6 +229,7 @@ export class LockstepClient {
   private sendOrConnect(ps: Pending[]): void {
     if (this.socket !== null && !this.connecting) {
       this.onWire.push(...ps);
+      for (const p of ps) p.sent = true;
       this.socket.write(ps.length === 1 ? this.wire(ps[0]!) : Buffer.concat(ps.map((p) => this.wire(p))));
       this.armAttemptTimer();
     } else if (!this.connecting) {
@@ -232,7 +254,11 @@ export class LockstepClient {
     this.socket = socket;
     this.parser = new RespReplyParser();
     this.onWire = [];
-    const timer = setTimeout(() => socket.destroy(), this.attemptTimeoutMs);
+    this.socketError = null;
+    const timer = setTimeout(() => {
+      if (this.socket === socket) this.socketError = `no connection within ${this.attemptTimeoutMs} ms`;
+      socket.destroy();
+    }, this.attemptTimeoutMs);
     socket.on('connect', () => {
       clearTimeout(timer);
       if (this.socket !== socket) return;
@@ -253,10 +279,12 @@ export class LockstepClient {
         this.moveOn(`bad reply: ${(e as Error).message}`);
       }
     });
-    socket.on('error', () => {});
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      if (this.socket === socket) this.socketError = e.code ?? e.message;
+    });
     socket.on('close', () => {
       clearTimeout(timer);
-      if (this.socket === socket) this.moveOn('connection closed');
+      if (this.socket === socket) this.moveOn(this.socketError ?? 'connection closed');
     });
   }
 
@@ -285,7 +313,10 @@ export class LockstepClient {
   }
 
   /** Drop this connection and try the next node (or the hinted one), resending what is unanswered. */
-  private moveOn(_why: string): void {
+  private moveOn(why: string): void {
+    const addr = this.nodes[this.target % this.nodes.length]!;
+    this.recent.push(`${addr.host.includes(':') ? `[${addr.host}]` : addr.host}:${addr.port}: ${why}`);
+    if (this.recent.length > RECENT_ATTEMPTS) this.recent.shift();
     if (this.attemptTimer) {
       clearTimeout(this.attemptTimer);
       this.attemptTimer = null;
@@ -309,7 +340,9 @@ export class LockstepClient {
     const i = this.inflight.findIndex((p) => p.seq === seq);
     if (i < 0) return;
     const [p] = this.inflight.splice(i, 1);
-    p!.reject(new CommandTimeoutError(`command ${p!.args[0]} (seq ${seq}) did not complete in ${this.commandTimeoutMs} ms; it may or may not have executed`));
+    const outcome = p!.sent ? 'it may or may not have executed' : 'it was never sent to a node, so it did not execute';
+    const seen = this.recent.length > 0 ? `; last attempts: ${this.recent.join('; ')}` : '';
+    p!.reject(new CommandTimeoutError(`command ${p!.args[0]} (seq ${seq}) did not complete in ${this.commandTimeoutMs} ms; ${outcome}${seen}`, p!.sent));
     this.queued.shift()?.();
   }
 }

@@ -408,8 +408,20 @@ type BinaryenModule = Binaryen.Module;
 let binaryenPromise: Promise<BinaryenApi> | null = null;
 
 /** binaryen.js is a ~15 MB wasm build: load it on first use, so nodes without guests never do. */
+/**
+ * binaryen (about 100 MB) is an optional peer dependency: only the WebAssembly host needs it,
+ * so installing lockstep for the kv service or the client alone does not pull it in.
+ */
+function binaryenMissing(e: unknown): never {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === 'MODULE_NOT_FOUND' || code === 'ERR_MODULE_NOT_FOUND') {
+    throw new LockstepError('E_WASM_MODULE', 'running a WebAssembly guest needs the npm package binaryen (an optional dependency of lockstep): npm install binaryen@132.0.0');
+  }
+  throw e;
+}
+
 function loadBinaryen(): Promise<BinaryenApi> {
-  binaryenPromise ??= import('binaryen').then((m) => m.default);
+  binaryenPromise ??= import('binaryen').then((m) => m.default, binaryenMissing);
   return binaryenPromise;
 }
 
@@ -417,7 +429,12 @@ function loadBinaryen(): Promise<BinaryenApi> {
 let binaryenVersion: string | null = null;
 async function getBinaryenVersion(): Promise<string> {
   if (binaryenVersion === null) {
-    const path = createRequire(import.meta.url).resolve('binaryen/package.json');
+    let path: string;
+    try {
+      path = createRequire(import.meta.url).resolve('binaryen/package.json');
+    } catch (e) {
+      binaryenMissing(e);
+    }
     binaryenVersion = String((JSON.parse(await readFile(path, 'utf8')) as { version: unknown }).version);
   }
   return binaryenVersion;
