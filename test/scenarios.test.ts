@@ -394,3 +394,45 @@ test('fuzz: mutated and random peer messages never throw out of the core, whatev
   }
   assert.equal(thrown, 0);
 });
+
+/**
+ * Issue 16: n1 hands over to recruit n2 (n2 is told the pending view {2, n1, n2}) and then
+ * hears no more acks from it, so it abandons n2 before proposing. n2, cut off from its
+ * primary, asks the arbiter to go live from the pending view, which does not exist yet: a
+ * "no" that is not final. n3 is dead, so no other spare can be recruited.
+ */
+function abandonedHandover(bugs: { noRecruitFence?: boolean } = {}): Harness {
+  const h = new Harness(['n1', 'n2', 'n3'], { bugs });
+  h.boot('n1');
+  h.crash('n3');
+  h.write('n1', 3);
+  const abandoned = (): boolean => h.events('n1', 'recruit-abandoned') > 0;
+  // Once n2 knows the pending view, its acks stop reaching n1 until n1 has abandoned it.
+  const cutAcks = (e: Envelope): boolean =>
+    !(e.from === 'n2' && e.msg.type === 'ack' && !abandoned() && h.replica('n2').following?.pendingView != null);
+  h.advance(1500, { deliver: cutAcks, arbiter: true });
+  assert.ok(abandoned(), 'n1 abandoned its recruit in handover');
+  return h;
+}
+
+test('issue 16: a recruit abandoned in handover is fenced off, goes back to an empty spare and is recruited again', () => {
+  const h = abandonedHandover();
+  assert.ok(h.logs.some((l) => l.node === 'n1' && l.event === 'cas-result' && l.fields['purpose'] === 'fence' && l.fields['won'] === true));
+  assert.deepEqual(h.arbiterView, { epoch: 3, primary: 'n1', backup: 'n2' }, 'fence {2, n1, -}, then n2 recruited again');
+  assert.equal(h.role('n2'), 'backup');
+  assert.equal(h.replica('n2').lastIndex, 3);
+  const [w] = h.write('n1', 1);
+  h.settle(50);
+  assert.equal(h.isReleased('n1', w!), true, 'replicating to the new backup');
+  // The recruit's own attempts to go live from {2, n1, n2} can never land now.
+  assert.ok(h.logs.some((l) => l.node === 'n2' && l.event === 'cas-result' && l.fields['purpose'] === 'goLive' && l.fields['won'] === false));
+});
+
+test('issue 16, planted: without the fence the recruit asks forever and the primary never gets a backup', () => {
+  const h = abandonedHandover({ noRecruitFence: true });
+  assert.ok(h.events('n2', 'cas-not-yet') > 5, 'n2 keeps asking to go live from a view that does not exist');
+  assert.deepEqual(h.arbiterView, { epoch: 1, primary: 'n1', backup: null });
+  assert.equal(h.role('n2'), 'spare');
+  assert.equal(h.replica('n2').cas?.purpose, 'goLive', 'still asking to go live from {2, n1, n2}');
+  assert.equal(h.replica('n1').followers.size, 0, 'and n1 recruits nobody');
+});

@@ -23,7 +23,10 @@ for (const mode of ['rsm', 'state-transfer'] as ReplicationMode[]) {
       for (let seed = first; seed < first + 50; seed++) {
         const r = simulate({ seed, mode });
         assert.ok(r.ok, describeFailure(r));
-        assert.ok(r.stats.opsCompleted > 50, `seed ${seed} did real work (${r.stats.opsCompleted} ops)`);
+        // Stalls of up to 800 ms, aimed at the primary half the time, leave some seeds little
+        // time to serve in; they must pass every check all the same.
+        const minOps = r.faults.includes('stall') ? 10 : 50;
+        assert.ok(r.stats.opsCompleted > minOps, `seed ${seed} did real work (${r.stats.opsCompleted} ops)`);
         assert.equal(r.stats.linearizabilityUnknownKeys, 0, `seed ${seed}: the checker gave up on a key`);
         failovers += r.stats.goLives;
       }
@@ -36,6 +39,16 @@ test('simulator: seeds that once failed stay fixed (regressions found by long sw
   // 113608 and six more: a recruit gave up its state on a refusal that was not final.
   // 203026, 212429: a no-op DEL from a client went unrecorded and a late duplicate ran it.
   for (const seed of [100296, 102356, 105989, 113608, 116141, 116816, 118990, 203026, 212429, 224, 412, 19, 2]) {
+    const r = simulate({ seed });
+    assert.ok(r.ok, describeFailure(r));
+  }
+});
+
+test('simulator: issue 16 seeds (a primary left without a backup while a spare is alive) stay fixed', () => {
+  // Found on the old core with the stall, slow-snapshot and kill fault models. 96, 128, 167,
+  // 288, 357: recruits asked forever to go live from a pending view that never landed
+  // (cas-not-yet). 1, 5, 82: a slow snapshot made the primary abandon every recruit on "no ack".
+  for (const seed of [96, 128, 167, 288, 357, 1, 5, 82]) {
     const r = simulate({ seed });
     assert.ok(r.ok, describeFailure(r));
   }
@@ -57,6 +70,7 @@ const PLANTED: readonly [keyof PlantedBugs, string][] = [
   ['liveWithoutArbiter', 'a backup that goes live without winning the test-and-set'],
   ['staleReads', 'reads answered without a fresh ack (a deposed primary serves stale data)'],
   ['earlyBackup', 'a recruit made backup before it holds every released entry'],
+  ['noRecruitFence', 'a recruit abandoned in handover is not fenced off (it asks to go live forever)'],
 ];
 
 for (const [bug, what] of PLANTED) {

@@ -13,14 +13,16 @@ import type { CheckOutput } from './check.js';
 export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--bug NAME] [--tail LINES] [--history FILE]
 
 Runs the deterministic simulator: a 4-replica kv cluster, its arbiter and 5 clients, under
-faults drawn per seed (crashes, pauses, partitions, broken connections, a slow or unreachable
-arbiter), then heals it and checks linearizability, lost or doubled writes, releases by a
-node that was not the primary, replica divergence and liveness.
+faults drawn per seed (crashes, kills, pauses, stalls, slow snapshots, partitions, broken
+connections, a slow or unreachable arbiter), then heals it and checks linearizability, lost or
+doubled writes, releases by a node that was not the primary, replica divergence, liveness,
+and that the primary gets a backup again.
 
   --seeds N     run seeds S .. S+N-1 (default 100)
   --seed S      the first seed (default 1); with no --seeds, runs that one seed and prints its trace hash
   --mode M      replication mode for every seed (default: drawn per seed)
-  --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup
+  --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
+                noRecruitFence
   --tail LINES  trace lines to print for a failing seed (default 40)
   --history F   write the client history as JSON lines (for lockstep check) to file F: the
                 single seed's, or each failing seed's to F with .seed-N before its extension
@@ -28,7 +30,7 @@ node that was not the primary, replica divergence and liveness.
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
 
-const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup'];
+const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence'];
 
 interface SimArgs {
   readonly first: number;

@@ -11,8 +11,9 @@
 //   §2.2 output rule          hold / tryRelease: an output waits until every guard (the
 //                             backup, or a recruit being handed over) acked its index; a
 //                             read-like output also waits for the ack of a frame sent after it.
-//   §2.3 detecting failure    tick: no frame (backup) or ack (primary) for failureTimeoutMs.
-//                             Suspicion never changes roles; only the test-and-set does.
+//   §2.3 detecting failure    tick: no frame (backup) or ack (primary) for failureTimeoutMs
+//                             of our own running time (a stall of ours is not the peer's
+//                             silence). Suspicion never changes roles; only the test-and-set does.
 //   §2.3 shared-storage       startCas / onArbiterResult: go live when won, halt when lost,
 //        test-and-set         wait (retrying) while the arbiter does not answer.
 //   §3.1 FT VMotion           startRecruit / advanceRecruit: snapshot at i while serving,
@@ -62,6 +63,13 @@ interface Follower {
   readonly snapshotIndex: number;
   /** Recruits in handover: the seq of the first frame that told them of the pending view. */
   handoverSeq: number;
+  /** Recruits: when the snapshot left (the recruit's silence is counted from then). */
+  snapshotSentMs: number;
+  /**
+   * Recruits: how long taking the snapshot blocked us. Installing it blocks the recruit for
+   * about as long, so it gets that much more time (twice over) to ack the snapshot.
+   */
+  snapshotTakeMs: number;
 }
 
 interface Held {
@@ -72,7 +80,7 @@ interface Held {
   readonly freshSeq: number;
 }
 
-type CasPurpose = 'bootstrap' | 'goLive' | 'dropBackup' | 'addBackup';
+type CasPurpose = 'bootstrap' | 'goLive' | 'dropBackup' | 'addBackup' | 'fence';
 
 interface PendingCas {
   readonly purpose: CasPurpose;
@@ -120,6 +128,13 @@ export interface Replica {
   freshSeqWanted: number;
   /** The recruit a takeSnapshot was asked for. */
   snapshotFor: NodeId | null;
+  /**
+   * How long a recruit may stay silent before it acks its snapshot. Installing a snapshot
+   * blocks the recruit for a time that grows with the state, so this doubles each time a
+   * recruit is abandoned there (up to RECRUIT_PATIENCE_MAX times failureTimeoutMs), and is
+   * set from the measured round trip when a snapshot is acked.
+   */
+  recruitPatienceMs: number;
 
   // Backup and recruit.
   following: Following | null;
@@ -127,10 +142,16 @@ export interface Replica {
   // Spare.
   lastJoinMs: number;
 
+  /** The last tick: a longer gap than STALL_MS means this replica itself was not running. */
+  lastTickMs: number;
+
   // The arbiter.
   cas: PendingCas | null;
   nextRequestId: number;
 }
+
+/** The recruit patience grows up to this many failure timeouts. */
+export const RECRUIT_PATIENCE_MAX = 64;
 
 export function createReplica(config: CoreConfig, nowMs: number): Replica {
   assert(config.nodes.includes(config.id), `config.nodes must include this node (${config.id})`);
@@ -153,8 +174,10 @@ export function createReplica(config: CoreConfig, nowMs: number): Replica {
     releasedIndexMax: 0,
     freshSeqWanted: 0,
     snapshotFor: null,
+    recruitPatienceMs: config.failureTimeoutMs,
     following: null,
     lastJoinMs: -Infinity,
+    lastTickMs: nowMs,
     cas: null,
     nextRequestId: 1,
   };
@@ -311,6 +334,11 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
       tryRelease(r, out);
       return;
     }
+    case 'fence':
+      if (!won) return halt(r, out, `lost the test-and-set that fences off an abandoned handover; the view is ${formatView(view)}`);
+      r.view = view;
+      setRole(r, out, 'primary', `fenced off the handover view of epoch ${view.epoch}: no recruit can go live from it`);
+      return;
     case 'addBackup': {
       if (!won) return halt(r, out, `lost the test-and-set to add a backup; the view is ${formatView(view)}`);
       r.view = view;
@@ -392,9 +420,34 @@ function stopFollowing(r: Replica, out: Action[], reason: string): void {
 // ---------------------------------------------------------------------------------------
 // Time: failure detection, retransmission, retries, joins
 
+/**
+ * A gap between ticks longer than this means the replica itself did not run (a GC pause, a
+ * big command, a snapshot serialised inside one event-loop turn, SIGSTOP). Its driver ticks
+ * far more often than this.
+ */
+function stallMs(c: CoreConfig): number {
+  return c.failureTimeoutMs / 2;
+}
+
+/**
+ * We were not running for `gapMs`: the peers' silence over that time is ours, not theirs, and
+ * what they sent meanwhile is still unread (Node runs due timers before it reads sockets).
+ * Count silence only over time we were running, so a stall of ours never makes us suspect
+ * a peer; a peer that is really gone is suspected one failure timeout later than otherwise.
+ */
+function forgiveStall(r: Replica, out: Action[], gapMs: number): void {
+  const now = r.nowMs;
+  for (const f of r.followers.values()) f.lastAckMs = Math.min(now, f.lastAckMs + gapMs);
+  if (r.following !== null) r.following.lastHeardMs = Math.min(now, r.following.lastHeardMs + gapMs);
+  log(out, 'warn', 'stalled', { ms: gapMs, reason: 'this replica did not run; peer silence over that time is not counted' });
+}
+
 function onTick(r: Replica, out: Action[]): void {
   const now = r.nowMs;
   const c = r.config;
+  const gapMs = now - r.lastTickMs;
+  r.lastTickMs = now;
+  if (gapMs > stallMs(c)) forgiveStall(r, out, gapMs);
   if (r.cas !== null && now >= r.cas.retryAtMs) {
     const requestId = r.nextRequestId++;
     r.cas.retryAtMs = now + c.arbiterRetryMs;
@@ -407,13 +460,15 @@ function onTick(r: Replica, out: Action[]): void {
       return;
     case 'primary':
       for (const f of [...r.followers.values()]) {
-        if (now - f.lastAckMs >= c.failureTimeoutMs) {
+        const patienceMs = f.phase === 'snapshot' && f.kind === 'recruit' ? Math.max(r.recruitPatienceMs, c.failureTimeoutMs + 2 * f.snapshotTakeMs) : c.failureTimeoutMs;
+        if (now - f.lastAckMs >= patienceMs) {
           if (f.kind === 'backup') {
             if (r.cas === null) {
               log(out, 'warn', 'suspect', { peer: f.id, role: 'backup', silentMs: now - f.lastAckMs });
               startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: c.id, backup: null });
             }
           } else if (r.cas?.purpose !== 'addBackup') {
+            if (f.phase === 'snapshot') r.recruitPatienceMs = Math.min(2 * r.recruitPatienceMs, RECRUIT_PATIENCE_MAX * c.failureTimeoutMs);
             abandonRecruit(r, out, f, `no ack for ${now - f.lastAckMs} ms`);
           }
           continue;
@@ -638,6 +693,8 @@ function startRecruit(r: Replica, out: Action[], id: NodeId): void {
     rewindSeq: 0,
     snapshotIndex: r.lastIndex,
     handoverSeq: 0,
+    snapshotSentMs: r.nowMs,
+    snapshotTakeMs: 0,
   });
   r.snapshotFor = id;
   log(out, 'info', 'recruit-start', { recruit: id, snapshotIndex: r.lastIndex, epoch: r.view.epoch });
@@ -653,6 +710,11 @@ function onSnapshotTaken(r: Replica, out: Action[], index: number, data: Uint8Ar
   const seq = ++r.frameSeq;
   f.sentSeq = seq;
   f.lastSendMs = r.nowMs;
+  // The recruit's silence counts from now: taking the snapshot may have blocked us for long.
+  f.snapshotTakeMs = r.nowMs - f.snapshotSentMs;
+  f.snapshotSentMs = r.nowMs;
+  f.lastAckMs = r.nowMs;
+  f.lastProgressMs = r.nowMs;
   out.push({ type: 'send', to: f.id, msg: { type: 'snapshot', view: r.view, seq, index, data } });
   log(out, 'info', 'recruit-snapshot-sent', { recruit: f.id, index, bytes: data.length });
   if (r.config.bugs?.earlyBackup && r.cas === null) {
@@ -665,7 +727,10 @@ function onSnapshotTaken(r: Replica, out: Action[], index: number, data: Uint8Ar
 function advanceRecruit(r: Replica, out: Action[], f: Follower): void {
   if (f.phase === 'snapshot' && f.ackedIndex >= f.snapshotIndex) {
     f.phase = 'catchup';
-    log(out, 'info', 'recruit-catchup', { recruit: f.id, ackedIndex: f.ackedIndex, lastIndex: r.lastIndex });
+    // The next recruit's snapshot will be about this big: give it twice this round trip.
+    const roundTripMs = r.nowMs - f.snapshotSentMs;
+    r.recruitPatienceMs = Math.min(Math.max(r.config.failureTimeoutMs, 2 * roundTripMs), RECRUIT_PATIENCE_MAX * r.config.failureTimeoutMs);
+    log(out, 'info', 'recruit-catchup', { recruit: f.id, ackedIndex: f.ackedIndex, lastIndex: r.lastIndex, snapshotRoundTripMs: roundTripMs });
   }
   if (f.phase === 'catchup' && r.lastIndex - f.ackedIndex <= r.config.catchupEntriesMax && r.cas === null) {
     // From now on every output also waits for the recruit's ack (it is a guard).
@@ -679,12 +744,25 @@ function advanceRecruit(r: Replica, out: Action[], f: Follower): void {
   }
 }
 
+/**
+ * Drop a recruit. One that was told the pending view `{e+1, self, it}` may be asking the
+ * arbiter to go live from it, and keeps asking while the arbiter holds epoch e (its "no" is
+ * not final: the view might still land, and an attempt of its own in flight with it). We
+ * never proposed that view (a recruit is never abandoned while our proposal is pending), so
+ * we fence it off: `{e, self, -} -> {e+1, self, -}`. Then epoch e+1 exists without the
+ * recruit, its next refusal is final, it goes back to an empty spare that joins again, and
+ * no attempt of its own still in flight can ever land.
+ */
 function abandonRecruit(r: Replica, out: Action[], f: Follower, reason: string): void {
   r.followers.delete(f.id);
   if (r.snapshotFor === f.id) r.snapshotFor = null;
-  log(out, 'warn', 'recruit-abandoned', { recruit: f.id, reason });
+  log(out, 'warn', 'recruit-abandoned', { recruit: f.id, reason, toldPendingView: f.handoverSeq > 0 });
   trimLog(r);
   tryRelease(r, out);
+  if (f.handoverSeq > 0 && !r.config.bugs?.noRecruitFence) {
+    assert(r.cas === null, `abandoning a recruit in handover while a test-and-set is pending (${r.cas?.purpose})`);
+    startCas(r, out, 'fence', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backup: null });
+  }
 }
 
 // ---------------------------------------------------------------------------------------

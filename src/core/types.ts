@@ -79,6 +79,11 @@ export interface PlantedBugs {
   readonly staleReads?: boolean;
   /** A recruit is made backup as soon as its snapshot is sent, before it holds what was released. */
   readonly earlyBackup?: boolean;
+  /**
+   * A primary that abandons a recruit it told of a pending view does not fence that view off
+   * (issue 16): the recruit keeps asking to go live from a view that never lands, forever.
+   */
+  readonly noRecruitFence?: boolean;
 }
 
 /** The protocol's timing and bounds: what a cluster config sets for every replica. */

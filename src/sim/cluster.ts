@@ -5,8 +5,10 @@
 // machine), the arbiter's test-and-set, concurrent clients that retry with (client id, seq),
 // and a network of FIFO connections with random delay (so messages on different connections
 // reorder), broken connections, partitions (full, one-way, node-to-arbiter), crashes (state
-// lost; restart as an empty spare), pauses (the node takes no steps, then resumes believing
-// what it believed), and an arbiter that is slow or unreachable for a while.
+// lost; restart as an empty spare), kills (a crash with no restart, as a node nobody brings
+// back), pauses (the node takes no steps, then resumes believing what it believed), stalls
+// (the node's event loop is busy inside a step: a GC pause, a big command, a snapshot whose
+// cost grows with the state), and an arbiter that is slow or unreachable for a while.
 //
 // A run has a safety phase, with faults drawn per seed ("swarm": each fault kind on or off),
 // then a liveness phase where everything heals and every client must finish. The checks run
@@ -61,6 +63,7 @@ export type SimCheck =
   | 'release-epoch'
   | 'release-authority'
   | 'liveness'
+  | 'backup-liveness'
   | 'client-error';
 
 export interface SimFailure {
@@ -76,6 +79,7 @@ export interface SimStats {
   readonly recruits: number;
   readonly crashes: number;
   readonly pauses: number;
+  readonly stalls: number;
   readonly partitions: number;
   readonly views: number;
   readonly simMs: number;
@@ -140,6 +144,7 @@ type SimEvent =
   | { readonly k: 'arbiter'; readonly d: Delivery }
   | { readonly k: 'client'; readonly client: number; readonly token: number }
   | { readonly k: 'restart'; readonly node: string; readonly inc: number }
+  | { readonly k: 'unstall'; readonly node: string; readonly inc: number }
   | { readonly k: 'fault' }
   | { readonly k: 'undo'; readonly undo: () => void; readonly what: string }
   | { readonly k: 'heal' };
@@ -203,6 +208,14 @@ interface SimNode {
   inc: number;
   alive: boolean;
   paused: boolean;
+  /**
+   * Stalled (its event loop busy inside a step) until this time. Steps of a stalled node
+   * happen at this time, its sends leave then, and what reaches it waits in pausedQueue.
+   */
+  busyUntil: number;
+  /** Killed: it stays down, even when the faults heal. */
+  killed: boolean;
+  /** Messages that reached the node while it was paused or stalled. */
   pausedQueue: Delivery[];
   replica: Replica;
   service: Service;
@@ -242,6 +255,7 @@ interface Release {
 }
 
 type FaultKind =
+  | NewFaultKind
   | 'crash'
   | 'pause'
   | 'isolate'
@@ -251,6 +265,20 @@ type FaultKind =
   | 'arbiter-slow'
   | 'arbiter-down'
   | 'client-link';
+
+/**
+ * Fault kinds added after the first long sweeps. They are drawn from a generator of their
+ * own, so a seed that switches none of them on draws the same faults as before they existed.
+ *   stall           a node's event loop is busy for a while inside a step (a GC pause, a big
+ *                   command): nothing it receives is read and its timers fire late; when it
+ *                   comes back its timer runs before the messages that waited (as in Node,
+ *                   whose timers phase comes before the poll phase).
+ *   slow-snapshot   taking and installing a snapshot stall the node for a time proportional
+ *                   to the state's size. Unlike other faults, this does not heal.
+ *   kill            a crash with no restart (kill -9 of a node nobody brings back).
+ */
+type NewFaultKind = 'stall' | 'slow-snapshot' | 'kill';
+const NEW_FAULT_KINDS: readonly NewFaultKind[] = ['stall', 'slow-snapshot', 'kill'];
 
 const FAULT_KINDS: readonly FaultKind[] = [
   'crash',
@@ -303,12 +331,16 @@ class Simulation {
   // Faults.
   private readonly faultKinds: FaultKind[];
   private faultMeanMs = 300;
+  /** slow-snapshot: the stall per KiB of snapshot, when taken and when installed. */
+  private readonly snapshotMsPerKiB: number;
   private healed = false;
+  /** When, after healing, the view first named a live backup that acts as one (null: not yet). */
+  private backupSeenAt: number | null = null;
   /** The run is over and the final checks are running (they add nothing to the trace). */
   private finished = false;
 
   private readonly releases: Release[] = [];
-  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, partitions: 0, linearizabilityUnknownKeys: 0 };
+  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, stalls: 0, partitions: 0, linearizabilityUnknownKeys: 0 };
 
   constructor(opts: SimOptions) {
     this.seed = opts.seed;
@@ -321,18 +353,27 @@ class Simulation {
     this.safetyMs = opts.safetyMs ?? 3000;
     this.livenessMs = opts.livenessMs ?? 4000;
     this.tailMax = opts.traceTailLines ?? 60;
-    const n = opts.nodes ?? 4;
+    // The newer fault kinds (and three-node clusters) come from a generator of their own.
+    const xr = new Rng((opts.seed ^ 0x5f3759df) >>> 0);
+    const newKinds = NEW_FAULT_KINDS.filter(() => xr.chance(0.35));
+    // A kill in a three-node cluster leaves the primary one spare: the case of issue 16.
+    const n = opts.nodes ?? (xr.chance(newKinds.includes('kill') ? 0.7 : newKinds.length > 0 ? 0.3 : 0) ? 3 : 4);
+    this.snapshotMsPerKiB = newKinds.includes('slow-snapshot') ? xr.pick([100, 300, 1000]) : 0;
     this.nodeIds = Array.from({ length: n }, (_, i) => `n${i + 1}`);
     this.faultKinds = FAULT_KINDS.filter(() => this.rng.chance(0.5));
     if (this.faultKinds.length === 0) this.faultKinds.push(this.rng.pick(FAULT_KINDS));
     this.faultMeanMs = this.rng.pick([150, 300, 600]);
+    // slow-snapshot is a property of the cluster, not a fault the nemesis injects.
+    this.faultKinds.push(...newKinds.filter((k) => k !== 'slow-snapshot'));
     for (let i = 0; i < (opts.clients ?? 5); i++) {
       this.clients.push({ id: `c${i}`, process: i, seq: 0, pending: null, target: i % n, token: 0, opsAfterHeal: 0, done: false, counter: 0 });
     }
   }
 
   run(): SimResult {
-    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}`);
+    const snap = this.snapshotMsPerKiB > 0 ? ` slow-snapshot=${this.snapshotMsPerKiB}ms/KiB` : '';
+    const size = this.nodeIds.length !== 4 ? ` nodes=${this.nodeIds.length}` : '';
+    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}`);
     for (const id of this.nodeIds) this.startNode(id, 0, this.rng.int(0, 30));
     for (const c of this.clients) this.wakeClient(c, 50 + this.rng.int(0, 50));
     this.q.push(this.rng.exp(this.faultMeanMs) + 200, { k: 'fault' });
@@ -344,7 +385,8 @@ class Simulation {
       this.now = item.at;
       this.events++;
       this.dispatch(item.ev);
-      if (this.healed && this.clients.every((c) => c.done)) break;
+      if (this.healed && this.backupSeenAt === null && this.hasBackup()) this.backupSeenAt = this.now;
+      if (this.healed && this.backupSeenAt !== null && this.clients.every((c) => c.done)) break;
     }
     this.finished = true;
     this.finalChecks();
@@ -356,7 +398,7 @@ class Simulation {
       failures: this.failures,
       traceHash: this.hash.hex(),
       traceTail: this.tail.slice(),
-      faults: this.faultKinds,
+      faults: this.snapshotMsPerKiB > 0 ? [...this.faultKinds, 'slow-snapshot'] : this.faultKinds,
       history: this.history,
       stats: { ...this.stats, events: this.events, views: this.views.length, simMs: Math.round(this.now) },
     };
@@ -389,7 +431,7 @@ class Simulation {
         const node = this.nodes.get(ev.node);
         if (!node || node.inc !== ev.inc || !node.alive) return;
         this.q.push(this.now + TICK_MS, ev);
-        if (!node.paused) this.stepNode(node, { type: 'tick' }, this.now, null);
+        if (!node.paused && this.now >= node.busyUntil) this.stepNode(node, { type: 'tick' }, this.now, null);
         return;
       }
       case 'arbiter':
@@ -398,7 +440,12 @@ class Simulation {
         return this.onClientWake(ev.client, ev.token);
       case 'restart': {
         const node = this.nodes.get(ev.node);
-        if (node && node.inc === ev.inc && !node.alive) this.startNode(ev.node, ev.inc + 1, 0);
+        if (node && node.inc === ev.inc && !node.alive && !node.killed) this.startNode(ev.node, ev.inc + 1, 0);
+        return;
+      }
+      case 'unstall': {
+        const node = this.nodes.get(ev.node);
+        if (node && node.inc === ev.inc) this.unstall(node);
         return;
       }
       case 'fault':
@@ -442,7 +489,9 @@ class Simulation {
     const r = this.netRng;
     let delay = 0.2 + r.exp(1.5);
     if (r.chance(0.03)) delay += r.exp(25);
-    const at = Math.max(this.now + delay, c.last);
+    // A stalled node's sends leave when its event loop is free again.
+    const departs = Math.max(this.now, this.nodes.get(from)?.busyUntil ?? 0);
+    const at = Math.max(departs + delay, c.last);
     c.last = at;
     this.q.push(at, { k: 'deliver', from, fromInc, to, conn: c.id, sentAt: this.now, msg });
   }
@@ -457,7 +506,7 @@ class Simulation {
     const node = this.nodes.get(d.to);
     if (node) {
       if (!node.alive) return;
-      if (node.paused) {
+      if (node.paused || this.now < node.busyUntil) {
         node.pausedQueue.push(d);
         return;
       }
@@ -507,6 +556,8 @@ class Simulation {
       inc,
       alive: true,
       paused: false,
+      busyUntil: 0,
+      killed: false,
       pausedQueue: [],
       replica,
       service,
@@ -522,16 +573,18 @@ class Simulation {
     this.stepNode(node, { type: 'start' }, this.now, null);
   }
 
-  private crash(node: SimNode, restartInMs: number): void {
+  /** Crash `node`; it restarts as an empty spare after `restartInMs` (never, when null). */
+  private crash(node: SimNode, restartInMs: number | null): void {
     node.alive = false;
+    node.killed = restartInMs === null;
     node.paused = false;
     node.pausedQueue = [];
     for (const other of [...this.nodeIds, 'arbiter', ...this.clients.map((c) => c.id)]) {
       this.breakConn(node.id, other);
       this.breakConn(other, node.id);
     }
-    this.trace(`crash ${node.id}#${node.inc}`);
-    this.q.push(this.now + restartInMs, { k: 'restart', node: node.id, inc: node.inc });
+    this.trace(`${node.killed ? 'kill' : 'crash'} ${node.id}#${node.inc}`);
+    if (restartInMs !== null) this.q.push(this.now + restartInMs, { k: 'restart', node: node.id, inc: node.inc });
   }
 
   private nodeReceive(node: SimNode, d: Delivery): void {
@@ -587,7 +640,8 @@ class Simulation {
   private stepNode(node: SimNode, input: Input, authorityAt: number, source: { node: string; inc: number } | null): void {
     let actions: Action[];
     try {
-      actions = step(node.replica, input, this.now);
+      // A stalled node steps when its event loop is free: at the end of the stall.
+      actions = step(node.replica, input, Math.max(this.now, node.busyUntil));
     } catch (e) {
       if (e instanceof AssertionError) {
         this.fail('assertion', `${node.id}#${node.inc} on ${input.type}: ${e.message}`);
@@ -642,11 +696,15 @@ class Simulation {
         const want = source ? this.digestsOf.get(`${source.node}#${source.inc}`)?.get(a.index) : undefined;
         if (want !== service.digest()) this.fail('divergence', `${node.id} snapshot at ${a.index} differs from ${source?.node}'s state`);
         this.stats.recruits++;
+        this.snapshotStall(node, a.data.length, 'install');
         return;
       }
-      case 'takeSnapshot':
-        this.stepNode(node, { type: 'snapshot', index: node.replica.lastIndex, data: node.service.snapshot() }, authorityAt, source);
+      case 'takeSnapshot': {
+        const data = node.service.snapshot();
+        this.snapshotStall(node, data.length, 'take');
+        this.stepNode(node, { type: 'snapshot', index: node.replica.lastIndex, data }, authorityAt, source);
         return;
+      }
       case 'role':
         this.trace(`${node.id} role ${a.role} ${formatView(a.view)}: ${a.reason}`);
         if (a.role === 'primary' && a.reason.includes('suspecting')) this.stats.goLives++;
@@ -659,6 +717,7 @@ class Simulation {
         return;
       case 'log':
         if (a.event !== 'ignoring' && a.event !== 'role') this.trace(`${node.id} ${a.event} ${JSON.stringify(a.fields)}`);
+        if (a.event === 'recruit-handover') this.strikeHandover(node, String(a.fields['recruit']));
         return;
     }
   }
@@ -710,6 +769,12 @@ class Simulation {
     const command: KvCommand =
       p.f === 'get' ? ['GET', p.key] : p.f === 'del' ? ['DEL', p.key] : [p.f === 'set' ? 'SET' : 'APPEND', p.key, p.value!];
     const target = this.nodeIds[c.target]!;
+    if (this.nodes.get(target)?.killed) {
+      // A killed node's port refuses connections: the client knows at once and tries the next.
+      c.target = (c.target + 1) % this.nodeIds.length;
+      this.wakeClient(c, 20);
+      return;
+    }
     this.send(c.id, 0, target, { t: 'request', seq: p.seq, command });
     this.wakeClient(c, CLIENT_TIMEOUT_MS + this.rng.int(0, 50));
   }
@@ -802,6 +867,17 @@ class Simulation {
         this.stats.crashes++;
         this.crash(node, r.int(50, 600));
         return;
+      case 'kill':
+        // One node at most stays down, so the cluster keeps a primary and a spare.
+        if ([...this.nodes.values()].some((n) => n.killed) || !this.mayCrash(node)) return;
+        this.stats.crashes++;
+        this.crash(node, null);
+        return;
+      case 'stall':
+        if (node.paused) return;
+        this.stats.stalls++;
+        this.stall(node, r.pick([r.int(50, 200), r.int(150, 800)]), 'busy');
+        return;
       case 'pause':
         if (node.paused) return;
         this.stats.pauses++;
@@ -854,14 +930,66 @@ class Simulation {
     }
   }
 
+  /**
+   * A handover is where recruit bugs live (issue 16): sometimes, a few milliseconds in, the
+   * primary stalls, or the recruit's acks stop reaching it for a while.
+   */
+  private strikeHandover(primary: SimNode, recruit: string): void {
+    const r = this.rng;
+    const kinds = (['stall', 'one-way'] as const).filter((k) => this.faultKinds.includes(k));
+    if (this.healed || kinds.length === 0 || !r.chance(0.3)) return;
+    const kind = r.pick(kinds);
+    const inc = primary.inc;
+    const ms = r.int(100, 600);
+    if (kind === 'stall') {
+      this.later(r.int(0, 20), `stall ${primary.id} at handover`, () => {
+        if (primary.alive && primary.inc === inc && !primary.paused) this.stall(primary, ms, 'busy at handover');
+      });
+    } else {
+      this.later(r.int(0, 20), `drop ${recruit}>${primary.id} at handover`, () => {
+        this.trace(`drop ${recruit}>${primary.id} for ${ms}`);
+        this.later(ms, `drop ${recruit}>${primary.id}`, this.block(recruit, primary.id));
+      });
+    }
+  }
+
+  /** The node's event loop is busy for `ms` from now (or from the end of a stall under way). */
+  private stall(node: SimNode, ms: number, why: string): void {
+    if (ms <= 0) return;
+    node.busyUntil = Math.max(this.now, node.busyUntil) + ms;
+    this.trace(`stall ${node.id} for ${ms.toFixed(1)} (${why})`);
+    this.q.push(node.busyUntil, { k: 'unstall', node: node.id, inc: node.inc });
+  }
+
+  private snapshotStall(node: SimNode, bytes: number, what: 'take' | 'install'): void {
+    if (this.snapshotMsPerKiB > 0) this.stall(node, (bytes / 1024) * this.snapshotMsPerKiB, `${what} a snapshot of ${bytes} bytes`);
+  }
+
+  /**
+   * The end of a stall. Node runs expired timers before it reads the sockets that filled up
+   * meanwhile, so the tick comes first: the replica sees the silence before the messages.
+   */
+  private unstall(node: SimNode): void {
+    if (!node.alive || node.paused || this.now < node.busyUntil) return;
+    this.trace(`unstall ${node.id}`);
+    this.stepNode(node, { type: 'tick' }, this.now, null);
+    this.receiveQueued(node);
+  }
+
+  /** Deliver what reached a paused or stalled node meanwhile (unless its connection broke). */
+  private receiveQueued(node: SimNode): void {
+    const queued = node.pausedQueue;
+    node.pausedQueue = [];
+    for (const d of queued) if (node.alive && this.conn(d.from, d.to).id === d.conn) this.nodeReceive(node, d);
+  }
+
   private resume(node: SimNode): void {
     if (!node.alive || !node.paused) return;
     node.paused = false;
     this.trace(`resume ${node.id}`);
-    const queued = node.pausedQueue;
-    node.pausedQueue = [];
+    if (this.now < node.busyUntil) return; // the end of its stall delivers what waited
     // It wakes believing what it believed: first the messages that waited, then the time.
-    for (const d of queued) if (node.alive && this.conn(d.from, d.to).id === d.conn) this.nodeReceive(node, d);
+    this.receiveQueued(node);
     if (node.alive) this.stepNode(node, { type: 'tick' }, this.now, null);
   }
 
@@ -872,7 +1000,7 @@ class Simulation {
     this.arbiterSlowUntil = -1;
     for (const node of this.nodes.values()) {
       if (node.paused) this.resume(node);
-      else if (!node.alive) this.startNode(node.id, node.inc + 1, 0);
+      else if (!node.alive && !node.killed) this.startNode(node.id, node.inc + 1, 0);
     }
   }
 
@@ -890,6 +1018,13 @@ class Simulation {
         );
       }
     }
+    if (this.backupSeenAt === null) {
+      const roles = [...this.nodes.values()].map((n) => `${n.id}:${n.alive ? n.replica.role : 'down'}`).join(' ');
+      this.fail(
+        'backup-liveness',
+        `no backup in the view within ${this.livenessMs} ms of healing, with a live primary and a spare (view ${formatView(this.view)}; ${roles})`,
+      );
+    }
     this.checkReleases();
     this.checkAppends();
     const lin = checkHistory(this.history, { maxStatesPerKey: 200_000 });
@@ -902,6 +1037,20 @@ class Simulation {
         .join('; ');
       this.fail('linearizability', `key ${f.key} (state ${JSON.stringify(f.state ?? null)}): cannot place ${ops}`);
     }
+  }
+
+  /**
+   * After healing, with at least two live nodes, the arbiter's view must come to name a live
+   * backup that acts as one, under a live primary of that view: no sequence of timeouts may
+   * leave the primary alone while a spare is alive and reachable.
+   */
+  private hasBackup(): boolean {
+    const v = this.view;
+    const p = v.primary === null ? undefined : this.nodes.get(v.primary);
+    const b = v.backup === null ? undefined : this.nodes.get(v.backup);
+    if (this.liveNodes().length < 2) return true;
+    const acts = (n: SimNode | undefined, role: string): boolean => n !== undefined && n.alive && n.replica.role === role && n.replica.view.epoch === v.epoch;
+    return acts(p, 'primary') && acts(b, 'backup');
   }
 
   /** At most one node releases in an epoch, and only on authority from before a newer view existed. */

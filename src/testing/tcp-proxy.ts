@@ -1,6 +1,7 @@
 // A TCP proxy for fault tests: forwards between a listening port and a target, and can cut
-// the traffic (both ways or one way) or, as 6.824's "unreliable" network does, drop a reply
-// after the request went through (then close the connection, so the client must retry).
+// the traffic (both ways or one way), delay what goes to the target (a slow link, or a peer
+// that answers late), or, as 6.824's "unreliable" network does, drop a reply after the
+// request went through (then close the connection, so the client must retry).
 // A cut drops bytes from a stream that stays open, which no real TCP stream does: `heal()`
 // ends the cut and breaks off the connections, so both ends start over on fresh ones.
 
@@ -15,6 +16,11 @@ export class TcpProxy {
   cut: Direction | null = null;
   /** Probability that a chunk from the target is dropped and the connection closed. */
   dropReplies = 0;
+  /**
+   * Every chunk towards the target is held this long (order kept: one delay for all). Change
+   * it with `reset()` (or `heal()`), so no chunk overtakes one still held.
+   */
+  delayToTargetMs = 0;
   /** Bytes dropped by `cut`, per direction (a test can check that a cut really cut). */
   readonly dropped = { toTarget: 0, fromTarget: 0 };
   private stopping = false;
@@ -56,10 +62,12 @@ export class TcpProxy {
       upstream.destroy();
       this.pairs.delete(pair);
     };
-    client.on('data', (d) => {
-      if (this.cut !== 'both' && this.cut !== 'to-target') upstream.write(d);
-      else this.dropped.toTarget += d.length;
-    });
+    const toTarget = (d: Buffer): void => {
+      if (this.cut === 'both' || this.cut === 'to-target') this.dropped.toTarget += d.length;
+      else if (!upstream.destroyed) upstream.write(d);
+    };
+    // A cut made while chunks are held drops them too: they were still "on the wire".
+    client.on('data', (d) => (this.delayToTargetMs > 0 ? setTimeout(() => toTarget(d), this.delayToTargetMs) : toTarget(d)));
     upstream.on('data', (d) => {
       if (this.cut === 'both' || this.cut === 'from-target') {
         this.dropped.fromTarget += d.length;
