@@ -153,7 +153,9 @@ async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
     const logPath = join(dir, `${id}.log`);
     const log = createWriteStream(logPath, { flags: 'a' });
     log.on('error', () => undefined); // a full disk must not take the supervisor down
-    const child = spawn(process.execPath, [MAIN, 'node', '--config', configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    // A process group of its own: the terminal's Ctrl-C reaches only the supervisor, which then
+    // asks each node to stop (a node still starting up would otherwise die of the SIGINT).
+    const child = spawn(process.execPath, [MAIN, 'node', '--config', configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: true });
     // Both streams go into one file: neither may end it (the other may still be writing).
     child.stdout?.pipe(log, { end: false });
     child.stderr?.pipe(log, { end: false });
@@ -170,7 +172,8 @@ async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
       log.end();
       if (children.get(id) === child) children.delete(id);
       if (stopping) return;
-      const why = lastError(tail());
+      // A node killed by a signal said nothing about it; one that exited may have said why.
+      const why = signal === null ? lastError(tail()) : null;
       const failures = Date.now() - startedMs > RESPAWN_HEALTHY_MS ? 1 : (restarts.get(id) ?? 0) + 1;
       restarts.set(id, failures);
       const delayMs = Math.min(RESPAWN_BACKOFF_MAX_MS, 1000 * 2 ** (failures - 1));

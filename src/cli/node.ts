@@ -31,15 +31,12 @@ export async function nodeCommand(argv: readonly string[], out: CheckOutput): Pr
   await new Promise<void>((resolve) => {
     const stop = (): void => resolve();
     process.once('SIGTERM', stop);
-    if (process.send) {
-      // Supervised (lockstep cluster): the supervisor says when to stop by closing the IPC
-      // channel. The terminal's Ctrl-C reaches every process of the group; acting on it here
-      // as well would race with the supervisor's own request.
-      process.on('SIGINT', () => undefined);
-      process.once('disconnect', stop);
-    } else {
-      process.once('SIGINT', stop);
-    }
+    process.once('SIGINT', stop);
+    // Supervised (lockstep cluster): the supervisor asks a node to stop by closing the IPC
+    // channel, and a supervisor that dies closes it too.
+    if (process.send) process.once('disconnect', stop);
+    // The supervisor may have asked already, while this node was still starting.
+    if (process.send !== undefined && !process.connected) stop();
   });
   await node.stop();
   // Started by `lockstep cluster`: the IPC channel to the supervisor is a handle that would keep
