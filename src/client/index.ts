@@ -18,6 +18,7 @@
 // twice (at-least-once). Use this library where that matters.
 
 import net from 'node:net';
+import tls from 'node:tls';
 import { randomUUID } from 'node:crypto';
 import { RespReplyParser, encodeCommand } from '../net/resp.js';
 import { execArgs } from '../net/exec.js';
@@ -39,6 +40,10 @@ export interface ClientOptions {
   readonly commandTimeoutMs?: number;
   /** At most this many commands in flight (the server's filter keeps 1024 per client). */
   readonly maxInFlight?: number;
+  /** The cluster's client password (its requirePassFile): sent with AUTH on every connection. */
+  readonly password?: string;
+  /** Speak TLS to the client port: true, or node:tls options (e.g. `{ ca }` for a private CA). */
+  readonly tls?: true | tls.ConnectionOptions;
 }
 
 /** An error reply from the server (the command ran, or was refused, and said so). */
@@ -114,6 +119,10 @@ export class LockstepClient {
   private readonly attemptTimeoutMs: number;
   private readonly commandTimeoutMs: number;
   private readonly maxInFlight: number;
+  private readonly password: string | null;
+  private readonly tls: tls.ConnectionOptions | null;
+  /** The AUTH sent on this connection has not been answered yet: the next reply is its. */
+  private authPending = false;
   private nextSeq = 1;
   /** Sent (or to be sent) and not yet answered, in seq order. */
   private readonly inflight: Pending[] = [];
@@ -141,6 +150,8 @@ export class LockstepClient {
     this.attemptTimeoutMs = opts.attemptTimeoutMs ?? 2000;
     this.commandTimeoutMs = opts.commandTimeoutMs ?? 30_000;
     this.maxInFlight = Math.min(opts.maxInFlight ?? 512, 1000);
+    this.password = opts.password ?? null;
+    this.tls = opts.tls === undefined ? null : opts.tls === true ? {} : opts.tls;
   }
 
   /** Run one command exactly once; resolves with its reply as a plain value. */
@@ -249,7 +260,9 @@ export class LockstepClient {
     if (this.closed) return;
     this.connecting = true;
     const addr = this.nodes[this.target % this.nodes.length]!;
-    const socket = net.connect({ host: addr.host, port: addr.port });
+    const socket: net.Socket = this.tls === null
+      ? net.connect({ host: addr.host, port: addr.port })
+      : tls.connect({ servername: net.isIP(addr.host) === 0 ? addr.host : undefined, ...this.tls, host: addr.host, port: addr.port });
     socket.setNoDelay(true);
     this.socket = socket;
     this.parser = new RespReplyParser();
@@ -259,10 +272,12 @@ export class LockstepClient {
       if (this.socket === socket) this.socketError = `no connection within ${this.attemptTimeoutMs} ms`;
       socket.destroy();
     }, this.attemptTimeoutMs);
-    socket.on('connect', () => {
+    socket.on(this.tls === null ? 'connect' : 'secureConnect', () => {
       clearTimeout(timer);
       if (this.socket !== socket) return;
       this.connecting = false;
+      this.authPending = this.password !== null;
+      if (this.password !== null) socket.write(encodeCommand(['AUTH', toWire(this.password)]));
       // Resend everything unanswered, in seq order, with the original seqs.
       const todo = this.inflight.slice();
       if (todo.length > 0) this.sendOrConnect(todo);
@@ -289,6 +304,19 @@ export class LockstepClient {
   }
 
   private onReply(r: KvReply): void {
+    if (this.authPending) {
+      this.authPending = false;
+      if (r.kind === 'error') {
+        // A wrong password is not cured by another node: every command fails with the reason.
+        const e = new ReplyError(`AUTH refused: ${r.message}`);
+        for (const p of this.inflight.splice(0)) {
+          clearTimeout(p.deadline);
+          p.reject(e);
+        }
+        return this.moveOn(`AUTH refused: ${r.message}`);
+      }
+      return;
+    }
     const p = this.onWire.shift();
     if (p === undefined) return this.moveOn('a reply nobody asked for');
     if (this.attemptTimer) {

@@ -62,6 +62,10 @@ export interface ClusterConfig extends CoreTiming {
   readonly maxReplyBytes: number;
   /** Bytes of unparsed client input held across all connections; beyond it a connection is closed. */
   readonly clientInputBytesMax: number;
+  /** The password clients must give with AUTH (from `requirePassFile`), or null: none asked. */
+  readonly requirePass: string | null;
+  /** TLS on the client port (from `clientTls`), or null: plain TCP. */
+  readonly clientTls: TlsFiles | null;
   /** The shared secret peers prove they hold (from `secretFile`), or null: no peer authentication. */
   readonly secret: Uint8Array | null;
   readonly nodes: readonly NodeConfig[];
@@ -125,7 +129,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     return v;
   };
 
-  const top = object(json, '(top level)', [...TOP_REQUIRED, ...INTS, 'secretFile', 'etcd'], TOP_REQUIRED);
+  const top = object(json, '(top level)', [...TOP_REQUIRED, ...INTS, 'secretFile', 'etcd', 'requirePassFile', 'clientTls'], TOP_REQUIRED);
   const cluster = name(top.cluster, 'cluster');
 
   if (typeof top.arbiter !== 'string') fail('arbiter', `must be a string such as "file:.lockstep/arbiter", got ${describe(top.arbiter)}`);
@@ -156,6 +160,11 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
 
   const service = parseService(top.service, baseDir, object, fail);
   const secret = top.secretFile === undefined ? null : readSecret(top.secretFile, baseDir, fail);
+  const requirePass = top.requirePassFile === undefined ? null : readPassword(top.requirePassFile, baseDir, fail);
+  const clientTls = top.clientTls === undefined ? null : readTls(top.clientTls, baseDir, object, fail);
+  if (service.kind === 'wasm' && (requirePass !== null || clientTls !== null)) {
+    fail(requirePass !== null ? 'requirePassFile' : 'clientTls', 'applies to the kv service\'s client port; a wasm guest serves its own sockets');
+  }
   const int = (key: IntKey, dflt: number): number => {
     const v = top[key];
     if (v === undefined) return dflt;
@@ -225,7 +234,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     catchupEntriesMax: int('catchupEntriesMax', DEFAULT_TIMING.catchupEntriesMax),
     maxClientConnections: int('maxClientConnections', 10_000),
     protoMaxBulkLen, maxReplyBytes, clientInputBytesMax,
-    secret, nodes, baseDir,
+    secret, requirePass, clientTls, nodes, baseDir,
   };
 }
 
@@ -276,6 +285,15 @@ function readEtcdOptions(o: Record<string, unknown>, baseDir: string, fail: (pat
 /** At least this many bytes of secret (after trimming whitespace): 128 bits. */
 const SECRET_MIN_BYTES = 16;
 const SECRET_MAX_BYTES = 4096;
+const PEM_MAX_BYTES = 1024 * 1024;
+
+type ObjectFn = (v: unknown, path: string, known: readonly string[], required: readonly string[]) => Record<string, unknown>;
+
+/** PEM bytes for node:tls. */
+export interface TlsFiles {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+}
 
 /** 127.0.0.0/8, ::1 and localhost: addresses only this machine can reach. */
 export function isLoopbackHost(host: string): boolean {
@@ -283,33 +301,56 @@ export function isLoopbackHost(host: string): boolean {
   return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h) || /^::ffff:127\./.test(h);
 }
 
-/** The cluster's shared secret: the file's bytes without surrounding whitespace. */
-function readSecret(v: unknown, baseDir: string, fail: (path: string, msg: string) => never): Uint8Array {
-  if (typeof v !== 'string' || v === '') fail('secretFile', `must be the path of a file holding the cluster's secret, got ${describe(v)}`);
+/**
+ * A small regular file named by config key `key` (relative to the config's directory): a
+ * secret, a password, a certificate. /dev/zero (or a fifo) would be read forever.
+ */
+function readSmallFile(key: string, v: unknown, baseDir: string, maxBytes: number, fail: (path: string, msg: string) => never): Buffer {
+  if (typeof v !== 'string' || v === '') fail(key, `must be the path of a file, got ${describe(v)}`);
   const path = resolve(baseDir, v);
-  let bytes: Buffer;
   try {
-    // A regular file of a few bytes: /dev/zero (or a fifo) would be read forever.
     const fd = openSync(path, 'r');
     try {
       const st = fstatSync(fd);
-      if (!st.isFile()) return fail('secretFile', `${path} is not a regular file`);
-      if (st.size > SECRET_MAX_BYTES) return fail('secretFile', `${path} holds ${st.size} bytes; a secret is at most ${SECRET_MAX_BYTES}`);
-      bytes = Buffer.alloc(st.size);
-      const n = readSync(fd, bytes, 0, st.size, 0);
-      bytes = bytes.subarray(0, n);
+      if (!st.isFile()) return fail(key, `${path} is not a regular file`);
+      if (st.size > maxBytes) return fail(key, `${path} holds ${st.size} bytes; at most ${maxBytes} are expected here`);
+      const bytes = Buffer.alloc(st.size);
+      return bytes.subarray(0, readSync(fd, bytes, 0, st.size, 0));
     } finally {
       closeSync(fd);
     }
   } catch (e) {
     if (isLockstepError(e)) throw e;
-    return fail('secretFile', `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    return fail(key, `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  const secret = Buffer.from(bytes.toString('latin1').trim(), 'latin1');
+}
+
+/** The cluster's shared secret: the file's bytes without surrounding whitespace. */
+function readSecret(v: unknown, baseDir: string, fail: (path: string, msg: string) => never): Uint8Array {
+  if (typeof v !== 'string' || v === '') fail('secretFile', `must be the path of a file holding the cluster's secret, got ${describe(v)}`);
+  const secret = Buffer.from(readSmallFile('secretFile', v, baseDir, SECRET_MAX_BYTES, fail).toString('latin1').trim(), 'latin1');
   if (secret.length < SECRET_MIN_BYTES) {
-    fail('secretFile', `${path} holds ${secret.length} bytes; a secret needs at least ${SECRET_MIN_BYTES} (e.g. \`openssl rand -hex 32 > ${v}\`)`);
+    fail('secretFile', `${resolve(baseDir, v)} holds ${secret.length} bytes; a secret needs at least ${SECRET_MIN_BYTES} (e.g. \`openssl rand -hex 32 > ${v}\`)`);
   }
   return new Uint8Array(secret);
+}
+
+/** The client password (requirePassFile): the file's first line, without surrounding whitespace. */
+function readPassword(v: unknown, baseDir: string, fail: (path: string, msg: string) => never): string {
+  const text = readSmallFile('requirePassFile', v, baseDir, SECRET_MAX_BYTES, fail).toString('latin1');
+  const password = (text.split(/\r?\n/)[0] ?? '').trim();
+  if (password === '') fail('requirePassFile', `${resolve(baseDir, String(v))} holds no password on its first line`);
+  return password;
+}
+
+/** TLS on the client port: a PEM certificate (chain) and its key. */
+function readTls(v: unknown, baseDir: string, object: ObjectFn, fail: (path: string, msg: string) => never): TlsFiles {
+  const o = object(v, 'clientTls', ['certFile', 'keyFile'], ['certFile', 'keyFile']);
+  const cert = readSmallFile('clientTls.certFile', o.certFile, baseDir, PEM_MAX_BYTES, fail);
+  const key = readSmallFile('clientTls.keyFile', o.keyFile, baseDir, PEM_MAX_BYTES, fail);
+  if (!/-----BEGIN [A-Z ]*CERTIFICATE-----/.test(cert.toString('latin1'))) fail('clientTls.certFile', `${resolve(baseDir, String(o.certFile))} is not a PEM certificate`);
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key.toString('latin1'))) fail('clientTls.keyFile', `${resolve(baseDir, String(o.keyFile))} is not a PEM private key`);
+  return { cert, key };
 }
 
 const WASM_KEYS = ['kind', 'module', 'args', 'env', 'listen', 'memoryLimitMb', 'guestDir'] as const;

@@ -6,6 +6,8 @@
 // pipelined behind a held GET waits for it.
 
 import net from 'node:net';
+import tls from 'node:tls';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { canAppend, type Entry, type Replica, type Role, type View } from '../core/index.js';
 import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply } from '../guest/index.js';
 import { AssertionError } from '../core/assert.js';
@@ -34,6 +36,8 @@ class ClientConn {
   /** Bytes of replies in `slots` not yet handed to the socket. */
   slotBytes = 0;
   closed = false;
+  /** AUTH given (or no password asked): until then only AUTH, HELLO and QUIT run. */
+  authed = false;
   constructor(
     readonly socket: net.Socket,
     readonly id: number,
@@ -90,7 +94,12 @@ export class KvFront implements ServiceFront, NodeView {
 
   async start(): Promise<void> {
     const self = nodeOf(this.node.config, this.node.id);
-    const server = net.createServer((s) => this.acceptClient(s));
+    const tlsFiles = this.node.config.clientTls;
+    // With TLS, 'secureConnection' hands over the socket once the handshake is done; a failed
+    // handshake is that connection's tlsClientError, never the node's.
+    const server = tlsFiles === null
+      ? net.createServer((s) => this.acceptClient(s))
+      : tls.createServer({ cert: tlsFiles.cert, key: tlsFiles.key }, (s) => this.acceptClient(s)).on('tlsClientError', () => undefined);
     this.clientServer = server;
     await listenOrExplain('client', server, clientOf(self), (e) => this.node.log('warn', 'client-server-error', { reason: e.code ?? e.message }));
     this.rateTimer = setInterval(() => {
@@ -213,6 +222,7 @@ export class KvFront implements ServiceFront, NodeView {
       maxBufferedBytes: Math.min(config.clientInputBytesMax, Math.max(DEFAULT_RESP_LIMITS.maxBufferedBytes, 2 * config.protoMaxBulkLen)),
     };
     const conn = new ClientConn(socket, this.nextConnId++, limits);
+    conn.authed = config.requirePass === null;
     this.conns.add(conn);
     socket.on('data', (chunk: Buffer) => this.clientData(conn, chunk));
     socket.on('close', () => {
@@ -264,6 +274,10 @@ export class KvFront implements ServiceFront, NodeView {
   /** Run one client command, or park it if flow control is closed. */
   private command(conn: ClientConn, args: string[]): void {
     const name = (args[0] ?? '').toUpperCase();
+    if (name === 'AUTH') return this.reply(conn, this.auth(conn, args));
+    if (!conn.authed && name !== 'QUIT' && name !== 'HELLO') {
+      return this.reply(conn, { kind: 'error', message: 'NOAUTH Authentication required.' });
+    }
     const meta = metaCommand(this, name, args);
     if (meta !== null) {
       const bytes = this.encode(meta.reply);
@@ -311,6 +325,25 @@ export class KvFront implements ServiceFront, NodeView {
     const outputId = this.nextOutputId++;
     this.outputs.set(outputId, { conn, slot });
     this.node.input({ type: 'hold', outputId, fresh: res.entry === null });
+  }
+
+  /** AUTH password, or AUTH default password (Redis 6's form with the default user), as Redis answers it. */
+  private auth(conn: ClientConn, args: readonly string[]): KvReply {
+    if (args.length < 2 || args.length > 3) return { kind: 'error', message: "ERR wrong number of arguments for 'auth' command" };
+    const want = this.node.config.requirePass;
+    if (want === null) {
+      return { kind: 'error', message: 'ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?' };
+    }
+    const user = args.length === 3 ? args[1]! : 'default';
+    const given = args[args.length - 1]!;
+    // Compare digests: equal length, so timingSafeEqual leaks nothing about the password.
+    const digest = (x: string): Buffer => createHash('sha256').update(x, 'latin1').digest();
+    if (user === 'default' && timingSafeEqual(digest(given), digest(want))) {
+      conn.authed = true;
+      return { kind: 'status', value: 'OK' };
+    }
+    this.node.log('warn', 'client-auth-failed', { client: conn.id, remote: conn.socket.remoteAddress ?? '?' });
+    return { kind: 'error', message: 'WRONGPASS invalid username-password pair or user is disabled.' };
   }
 
   /**

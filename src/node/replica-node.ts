@@ -24,7 +24,7 @@ import { openArbiter } from '../arbiter/open.js';
 import type { Arbiter } from '../arbiter/types.js';
 import { isLockstepError } from '../errors.js';
 import { PeerTransport } from '../net/peer-transport.js';
-import { arbiterFor, coreConfigFor, formatAddress, nodeOf, type ClusterConfig } from './config.js';
+import { arbiterFor, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
 import { KvFront } from './kv-front.js';
 import { WasmFront } from './wasm-front.js';
@@ -145,6 +145,12 @@ export class ReplicaNode implements FrontHost {
       arbiter: this.arbiter.description,
       peerAuth: this.config.secret !== null,
     });
+    const client = self.client;
+    if (this.config.service.kind === 'kv' && client !== null && !isLoopbackHost(client.host) && this.config.requirePass === null && this.config.clientTls === null) {
+      this.log('warn', 'client-security-off', {
+        reason: `the client port ${formatAddress(client)} is beyond loopback with neither requirePassFile nor clientTls: anyone who reaches it can read and write every key, and read the traffic`,
+      });
+    }
     if (this.config.secret === null) {
       this.log('warn', 'peer-auth-off', { reason: 'no secretFile in the config: any process that can reach the peer port and knows a node id can send this node protocol messages' });
     }
