@@ -16,6 +16,7 @@ import { assertPreviousRunGone, lockRunDir, retireEtcdView, retireOldArbiter } f
 import type { CheckOutput } from './check.js';
 import { LockstepError, isLockstepError } from '../errors.js';
 import { parseArbiterSpec } from '../arbiter/spec.js';
+import { initClusterArbiter } from './init.js';
 
 export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--name NAME] [--arbiter SPEC] [--no-respawn]
 
@@ -136,6 +137,9 @@ async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
   };
   writeFileSync(configPath, JSON.stringify(raw, null, 2) + '\n');
   const config = await loadConfig(configPath);
+  // The arbiter is created here, as `lockstep init` does, never by a node on first use.
+  const init = await initClusterArbiter(config);
+  out.stdout(`${init.created ? 'initialized' : 'using'} arbiter ${init.description} (id ${init.identity.id})\n`);
 
   const tty = process.stdout.isTTY === true;
   let drawn = 0;
