@@ -18,9 +18,11 @@
 // Every handshake carries the id of the node's arbiter (its identity, from lockstep init). A
 // peer on another arbiter is refused with a warn log `two-arbiters` naming both ids: two
 // arbiters can each make a primary (split brain), which is what a config copied to two
-// directories with a relative `file:` path once did. The node is told (onArbiterMismatch) so
-// that it refuses to start; with a secret, an inbound peer's claim counts only once it has
-// proved it holds the secret (a stranger must not be able to stop a node's start).
+// directories with a relative `file:` path once did. The answering side refuses at once, but
+// first answers with its own handshake, so the dialler learns which arbiter it met. The node is
+// told (onArbiterMismatch) so that it refuses to start: always from the answer to our own dial
+// (the address the config names), from an inbound claim only without a secret (with one, an
+// unproved claim is only logged: a stranger must not be able to stop a node's start).
 //
 // Sending never blocks and never queues without bound: if there is no connection the message
 // is dropped (the core resends from the last ack); while one is being opened, messages wait
@@ -200,10 +202,10 @@ export class PeerTransport {
   }
 
   /**
-   * A peer on another arbiter: logged loudly, the node told, and the reason returned (null: the
-   * same arbiter). `remote` is set for an inbound connection.
+   * A peer on another arbiter: logged loudly, the node told (if `report`), and the reason
+   * returned (null: the same arbiter). `remote` is set for an inbound connection.
    */
-  private arbiterMismatch(h: Handshake, remote: string | null): string | null {
+  private arbiterMismatch(h: Handshake, remote: string | null, report = true): string | null {
     if (h.arbiterId === this.o.arbiterId()) return null;
     const theirs = h.arbiterId ?? '(none)';
     const meaning = 'two arbiters: split brain risk, check the arbiter path in every node\'s config (a relative file: path resolves against the directory of the config file; run lockstep init once per cluster)';
@@ -211,9 +213,9 @@ export class PeerTransport {
     const now = Date.now();
     if (now - (this.twoArbitersLoggedAt.get(h.nodeId) ?? -Infinity) >= TWO_ARBITERS_LOG_MS) {
       this.twoArbitersLoggedAt.set(h.nodeId, now);
-      this.o.log('warn', 'two-arbiters', { peer: h.nodeId, ...(remote !== null ? { remote } : {}), arbiterId: this.o.arbiterId(), peerArbiterId: theirs, meaning });
+      this.o.log('warn', 'two-arbiters', { peer: h.nodeId, ...(remote !== null ? { remote } : {}), arbiterId: this.o.arbiterId(), peerArbiterId: theirs, meaning, ...(report ? {} : { authenticated: false }) });
     }
-    this.o.onArbiterMismatch?.(h.nodeId, theirs);
+    if (report) this.o.onArbiterMismatch?.(h.nodeId, theirs);
     return `${h.nodeId} uses arbiter ${theirs}, this node uses arbiter ${this.o.arbiterId()}: ${meaning}`;
   }
 
@@ -240,8 +242,8 @@ export class PeerTransport {
     let peer: string | null = null;
     /** With a secret: the challenge sent, until the peer's proof answers it. */
     let challenge: Uint8Array | null = null;
-    /** The peer's handshake, kept until it is admitted. */
-    let hello: Handshake | null = null;
+    /** Refused and ending: nothing more it sends is read. */
+    let refused = false;
     const timer = setTimeout(() => {
       this.o.log('warn', 'peer-refused', { remote, peer, reason: peer === null ? 'no handshake within 5 s' : 'no auth proof within 5 s' });
       socket.destroy();
@@ -256,21 +258,24 @@ export class PeerTransport {
       try {
         decoder.push(chunk);
         for (let f = decoder.next(); f !== null; f = decoder.next()) {
-          if (socket.destroyed) return;
+          if (socket.destroyed || refused) return;
           if (peer === null) {
             const h = decodeHandshake(f);
             const why = this.refusal(h, null);
             if (why !== null) return fail(why);
             peer = h.nodeId;
-            hello = h;
+            const other = this.arbiterMismatch(h, remote, this.o.secret === null);
+            if (other !== null) {
+              refused = true;
+              clearTimeout(timer);
+              return this.refuseOtherArbiter(socket, peer, remote, other);
+            }
             if (this.o.secret !== null) {
               // Nothing from this peer is taken until it proves it holds the secret.
               challenge = new Uint8Array(randomBytes(AUTH_BYTES));
               socket.write(this.handshake(challenge));
               continue;
             }
-            const other = this.arbiterMismatch(h, remote);
-            if (other !== null) return this.refuseOtherArbiter(socket, peer, remote, other);
             this.admit(socket, decoder, timer, peer, remote, h.epoch);
             continue;
           }
@@ -280,9 +285,6 @@ export class PeerTransport {
               return fail(`a ${f.length}-byte frame came instead of a valid auth proof: it did not prove it holds the cluster's secret (is secretFile the same on every node?)`);
             }
             challenge = null;
-            // Only now, from a peer that proved it holds the secret, does its arbiter count.
-            const other = this.arbiterMismatch(hello!, remote);
-            if (other !== null) return this.refuseOtherArbiter(socket, peer, remote, other);
             this.admit(socket, decoder, timer, peer, remote, null);
             continue;
           }
@@ -301,13 +303,15 @@ export class PeerTransport {
   }
 
   /**
-   * Close a connection from a peer on another arbiter, and dial it now: our handshake tells it
-   * why (without a secret a refused dialler gets no answer, so it learns from ours).
+   * Refuse a connection from a peer on another arbiter: answer with our handshake (it names our
+   * arbiter, so the dialler learns why) and end it; and dial the peer now, so it hears of us on
+   * its own inbound side too.
    */
   private refuseOtherArbiter(socket: net.Socket, peer: string, remote: string, reason: string): void {
     this.stats.refused++;
     this.o.log('warn', 'peer-refused', { remote, peer, reason });
-    socket.destroy();
+    socket.end(this.handshake());
+    setTimeout(() => socket.destroy(), 1000).unref();
     // Once: two nodes on two arbiters redialling each other at every refusal would never back off.
     if (!this.toldOtherArbiter.has(peer)) {
       this.toldOtherArbiter.add(peer);
@@ -364,7 +368,7 @@ export class PeerTransport {
         for (let f = decoder.next(); f !== null; f = decoder.next()) {
           if (state.ready) throw new Error('the peer sent data on a one-way connection');
           const h = decodeHandshake(f);
-          const why = this.refusal(h, id) ?? this.authMismatch(h) ?? this.arbiterMismatch(h, null);
+          const why = this.refusal(h, id) ?? this.arbiterMismatch(h, null) ?? this.authMismatch(h);
           if (why !== null) throw new Error(why);
           if (h.challenge) socket.write(frame(encodeAuthProof(this.proof(this.o.self, id, h.challenge))));
           state.ready = true;
