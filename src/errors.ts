@@ -18,7 +18,7 @@ export const ERROR_CODES = {
   E_CONFIG_INVALID: 'the config file has a missing, unknown or wrong field (the message names it)',
   E_UNKNOWN_NODE: 'the node id given on the command line is not in the config',
   E_NOT_IMPLEMENTED: 'a feature named in the config or on the command line is not built yet',
-  E_ARBITER_UNAVAILABLE: 'the arbiter cannot be read or written in time (its directory is missing or unusable; etcd is unreachable, slow, without a leader or out of space); the node waits and retries',
+  E_ARBITER_UNAVAILABLE: 'the arbiter cannot be read or written in time (its directory is missing or unusable, or it was never created by lockstep init; etcd is unreachable, slow, without a leader or out of space); the node waits and retries, but refuses to start on an arbiter never initialized',
   E_ARBITER_CLUSTER: 'the arbiter holds a view of another cluster (two clusters share one arbiter directory): give every cluster its own',
   E_ARBITER_MISMATCH: 'a peer uses another arbiter than this node (two arbiters: split brain risk): check the arbiter path in every node\'s config and run lockstep init once per cluster; the node refuses to start',
   E_ARBITER_AUTH: 'etcd refused this node\'s credentials: it demands a user and none is configured, the user or password is wrong, or the user may not read and write the view\'s key',

@@ -28,7 +28,8 @@ defaults to 7000). Logs go to DIR/<id>.log.
 Each start is a new cluster (state lives in memory only). One supervisor at a time may use
 DIR: a second is refused, naming the first one's pid. Views a previous run left in
 DIR/arbiter are kept in DIR/arbiter.old-<time>, never deleted, and only once none of that
-run's nodes answers any more.
+run's nodes answers any more. The new DIR/arbiter is created (as lockstep init does) before
+any node starts.
 
 A node that dies is started again as an empty spare, after 1 s, then 2 s, 4 s ... while it
 keeps dying; its last error is shown. A node that exits with a configuration or usage error
