@@ -559,8 +559,10 @@ describe('etcd arbiter on real etcd', { skip: ETCD_SKIP ?? false }, () => {
     await c.waitHealthy(30_000);
     let cur: View | null = null;
     for (let i = 0; i < 50 && cur === null; i++) cur = await a.current().catch(() => null);
-    assert.deepEqual(cur, v(2, 'n2'), 'the view survived');
-    assert.equal((await a.compareAndSet(v(2, 'n2'), v(3, 'n3'))).ok, true);
+    // The proposal that timed out without quorum may still land once quorum is back (it sat in
+    // the surviving leader's log): a lost answer, which the contract allows. Nothing else may.
+    assert.ok(sameView(cur!, v(2, 'n2')) || sameView(cur!, v(3, 'n3')), `the view survived: ${JSON.stringify(cur)}`);
+    assert.equal((await a.compareAndSet(cur!, v(cur!.epoch + 1, 'n1'))).ok, true);
   });
 
   test('an etcd that demands a user: none given, or a wrong password, is E_ARBITER_AUTH naming the cause; the right one works', async (t) => {
