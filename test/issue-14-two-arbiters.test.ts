@@ -87,6 +87,9 @@ test('issue 14: two config copies with a relative file:arb never give two primar
   const s = await twoCopies(t, true);
   const TWO = /two arbiters: split brain risk, check the arbiter path in every node's config/;
 
+  const help = await runCli(['--help']);
+  assert.match(help.stdout, /^ {2}init +create the cluster's arbiter, once, before its nodes start: lockstep init --config FILE$/m);
+
   // No arbiter yet: the node refuses to start, says to run lockstep init, and creates nothing.
   const early = await runCli(['node', '--config', s.cfgA, '--id', 'n1']);
   assert.equal(early.code, 2, early.stderr);
@@ -167,7 +170,7 @@ for (const secret of [true, false]) {
     // Let the survivor (if any) run on, then look again.
     await new Promise((r) => setTimeout(r, 1500));
     const refused = (['n1', 'n2'] as const).filter((id) => nodes[id].child.exitCode === 2 && /E_ARBITER_MISMATCH/.test(nodes[id].errors()));
-    assert.ok(refused.length >= 1, `at least one node refused to start: ${JSON.stringify({ n1: nodes.n1.errors(), n2: nodes.n2.errors() })}`);
+    assert.ok(refused.length >= 1, `at least one node refused to start: ${JSON.stringify({ n1: nodes.n1.errors() + nodes.n1.output(), n2: nodes.n2.errors() + nodes.n2.output() })}`);
     const running = (['n1', 'n2'] as const).filter((id) => nodes[id].child.exitCode === null);
     assert.ok(running.length <= 1);
     assert.ok(primaries.size <= 1, `primaries seen: ${[...primaries].join(', ')}`);

@@ -220,7 +220,13 @@ export class ReplicaNode implements FrontHost {
     await this.arbiter.close();
     await this.transport.close();
     const admin = this.adminServer;
-    if (admin) await new Promise<void>((resolve) => admin.close(() => resolve()));
+    if (admin) {
+      const closed = new Promise<void>((resolve) => admin.close(() => resolve()));
+      // A /status poller's keep-alive connection, mid-request when close() began, would hold the
+      // stop open (seen: a node refusing to start never exited while a test polled it).
+      admin.closeAllConnections();
+      await closed;
+    }
     this.log('info', 'node-stop', {});
   }
 
