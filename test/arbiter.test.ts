@@ -1,22 +1,23 @@
 // The arbiter contract, run on every implementation (one suite, as js-libp2p's interface
 // compliance tests): memory, file, and etcd (a real etcd process, skipped with one line when
-// etcd-server is not installed). Then what only one implementation has: the file arbiter's
+// etcd-server is not installed). Every store starts without an identity, as before lockstep
+// init; the contract's own tests init it first. Then what only one implementation has: the file arbiter's
 // torn or garbage files and unusable directory, etcd's lost answers, dead members and auth,
 // and the spec parser.
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, readdirSync, writeFileSync, renameSync, readFileSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, readdirSync, writeFileSync, renameSync, readFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { NO_VIEW, sameView, type View } from '../src/core/types.js';
 import { isLockstepError } from '../src/errors.js';
 import { openArbiter, parseArbiterSpec } from '../src/arbiter/open.js';
-import type { Arbiter } from '../src/arbiter/types.js';
+import { isNotInitialized, type Arbiter } from '../src/arbiter/types.js';
 import { MemoryArbiter, MemoryStore } from '../src/arbiter/memory.js';
-import { FileArbiter } from '../src/arbiter/file.js';
+import { FileArbiter, IDENTITY_FILE } from '../src/arbiter/file.js';
 import { EtcdArbiter } from '../src/arbiter/etcd.js';
 import { EtcdCluster, etcdMissing } from '../src/testing/etcd-cluster.js';
 import { freePorts } from '../src/testing/process-cluster.js';
@@ -37,7 +38,10 @@ const ETCD_SKIP = etcdMissing();
 
 /** One arbiter store per test: `open(cluster)` opens an arbiter on it (several may share it). */
 interface Store {
+  /** An arbiter on the store, which starts without an identity (lockstep init not run). */
   open(cluster?: string): Arbiter;
+  /** Whether the store holds anything at all (a file directory, an etcd key under the prefix). */
+  holdsAnything(): Promise<boolean>;
   /** An arbiter on this kind of store that cannot be reached, and how long a call may take. */
   unreachable(): Promise<{ arbiter: Arbiter; boundMs: number }>;
   /** A spec for separate processes (openArbiter(spec, {cluster: 'test'})), or null: in-process only. */
@@ -55,6 +59,7 @@ const implementations: { name: string; skip: string | null; make: (t: T) => Stor
       const store = new MemoryStore();
       return {
         open: (cluster = 'test') => track(t, new MemoryArbiter(cluster, store)),
+        holdsAnything: async () => store.identity !== null || store.view.epoch > 0,
         unreachable: async () => {
           const a = new MemoryArbiter('test', new MemoryStore());
           a.down = true;
@@ -72,6 +77,7 @@ const implementations: { name: string; skip: string | null; make: (t: T) => Stor
       const dir = join(tempDir(t), 'arb');
       return {
         open: (cluster = 'test') => track(t, new FileArbiter(dir, cluster)),
+        holdsAnything: async () => existsSync(dir),
         unreachable: async () => {
           const root = tempDir(t);
           writeFileSync(join(root, 'file'), '');
@@ -86,9 +92,19 @@ const implementations: { name: string; skip: string | null; make: (t: T) => Stor
     name: 'etcd',
     skip: ETCD_SKIP,
     make: (t) => {
-      const spec = etcd!.spec(`/t${randomBytes(6).toString('hex')}`);
+      const prefix = `/t${randomBytes(6).toString('hex')}`;
+      const spec = etcd!.spec(prefix);
       return {
         open: (cluster = 'test') => track(t, openArbiter(spec, { cluster, timeoutMs: 2000 })),
+        holdsAnything: async () => {
+          const { Etcd3 } = await import('etcd3');
+          const raw = new Etcd3({ hosts: `http://${etcd!.endpoints()}` });
+          try {
+            return (await raw.getAll().prefix(`${prefix}/`).keys()).length > 0;
+          } finally {
+            raw.close();
+          }
+        },
         unreachable: async () => {
           const [port] = await freePorts(1);
           return { arbiter: track(t, openArbiter(`etcd://127.0.0.1:${port}`, { cluster: 'test', timeoutMs: 300 })), boundMs: 1500 };
@@ -104,6 +120,15 @@ function track(t: T, a: Arbiter): Arbiter {
   t.after(() => a.close());
   return a;
 }
+
+/** An arbiter on `store`, initialized (lockstep init) for `cluster`. */
+async function ready(store: Store, cluster = 'test'): Promise<Arbiter> {
+  const a = store.open(cluster);
+  await a.init();
+  return a;
+}
+
+const notInitialized = (e: unknown) => isNotInitialized(e) && isCode('E_ARBITER_UNAVAILABLE')(e) && /lockstep init/.test((e as Error).message);
 
 before(async () => {
   if (!ETCD_SKIP) etcd = await EtcdCluster.start({ members: 1 });
@@ -199,7 +224,7 @@ async function raceProcesses(t: T & { diagnostic(s: string): void }, spec: strin
 for (const { name, skip, make } of implementations) {
   describe(`arbiter contract: ${name}`, { skip: skip ?? false }, () => {
     test('starts empty; the bootstrap 0 -> 1 wins once', async (t) => {
-      const a = make(t).open();
+      const a = await ready(make(t));
       assert.deepEqual(await a.current(), NO_VIEW);
       assert.deepEqual(await a.probe(), NO_VIEW);
       assert.deepEqual(await a.compareAndSet(NO_VIEW, v(1, 'n1')), { ok: true, view: v(1, 'n1') });
@@ -208,7 +233,7 @@ for (const { name, skip, make } of implementations) {
     });
 
     test('the whole view is compared; a refusal names the current view', async (t) => {
-      const a = make(t).open();
+      const a = await ready(make(t));
       await a.compareAndSet(NO_VIEW, v(1, 'n1'));
       await a.compareAndSet(v(1, 'n1'), v(2, 'n1', 'n2'));
       assert.deepEqual(await a.compareAndSet(v(1, 'n1'), v(2, 'n1', 'n3')), { ok: false, view: v(2, 'n1', 'n2') });
@@ -221,7 +246,7 @@ for (const { name, skip, make } of implementations) {
 
     test('a lost answer retried: the retry of a proposal that landed sees its own proposal as current', async (t) => {
       const store = make(t);
-      const a = store.open();
+      const a = await ready(store);
       const b = store.open(); // the retry may come through another connection
       await a.compareAndSet(NO_VIEW, v(1, 'n1'));
       const next = v(2, 'n2');
@@ -234,7 +259,7 @@ for (const { name, skip, make } of implementations) {
     });
 
     test('views only move forward', async (t) => {
-      const a = make(t).open();
+      const a = await ready(make(t));
       let cur = NO_VIEW;
       for (let e = 1; e <= 20; e++) {
         const r = await a.compareAndSet(cur, v(e, `n${e % 3}`, e % 2 ? `n${(e + 1) % 3}` : null));
@@ -249,6 +274,7 @@ for (const { name, skip, make } of implementations) {
 
     test('exclusive winner among 8 concurrent proposers (one process)', async (t) => {
       const store = make(t);
+      await ready(store);
       const arbiters = Array.from({ length: 8 }, () => store.open());
       let cur = NO_VIEW;
       for (let round = 0; round < 10; round++) {
@@ -264,12 +290,13 @@ for (const { name, skip, make } of implementations) {
     test('exclusive winner among 8 separate processes racing for 40 epochs', async (t) => {
       const store = make(t);
       if (store.spec === null) return t.skip('in-process arbiter');
+      await ready(store);
       const { chain } = await raceProcesses(t, store.spec);
       assert.deepEqual(await store.open().current(), chain.get(ROUNDS));
     });
 
     test('a malformed proposal is a programming error, not an arbiter outcome', async (t) => {
-      const a = make(t).open();
+      const a = await ready(make(t));
       for (const next of [v(2, 'n1'), v(1, 'n1', 'n1'), { epoch: 1, primary: null, backup: null }]) {
         await assert.rejects(a.compareAndSet(NO_VIEW, next), (e: unknown) => e instanceof Error && !isLockstepError(e));
       }
@@ -278,10 +305,13 @@ for (const { name, skip, make } of implementations) {
 
     test('views are scoped by cluster: never another cluster\'s view', async (t) => {
       const store = make(t);
-      const a = store.open('alpha');
+      const a = await ready(store, 'alpha');
       const b = store.open('beta');
       await a.compareAndSet(NO_VIEW, v(1, 'n1'));
       if (store.otherCluster === 'separate') {
+        await assert.rejects(b.current(), notInitialized, 'the other cluster has an arbiter of its own, not yet initialized');
+        assert.equal((await b.init()).created, true);
+        assert.notEqual((await b.identity()).id, (await a.identity()).id);
         assert.deepEqual(await b.current(), NO_VIEW);
         assert.deepEqual(await b.compareAndSet(NO_VIEW, v(1, 'm1')), { ok: true, view: v(1, 'm1') });
         assert.deepEqual(await a.current(), v(1, 'n1'));
@@ -290,13 +320,49 @@ for (const { name, skip, make } of implementations) {
         await assert.rejects(b.current(), refused);
         await assert.rejects(b.probe(), refused);
         await assert.rejects(b.compareAndSet(v(1, 'n1'), v(2, 'm1')), refused);
+        await assert.rejects(b.identity(), refused);
+        await assert.rejects(b.init(), refused, 'lockstep init on another cluster\'s arbiter');
         assert.deepEqual(await a.current(), v(1, 'n1'));
       }
     });
 
+    test('no identity (lockstep init never run): every call is unavailable, says to run lockstep init, and creates nothing', async (t) => {
+      const store = make(t);
+      const a = store.open();
+      for (const call of [() => a.identity(), () => a.current(), () => a.probe(), () => a.compareAndSet(NO_VIEW, v(1, 'n1'))]) {
+        await assert.rejects(call(), notInitialized);
+      }
+      assert.equal(await store.holdsAnything(), false, 'no call but init creates anything');
+    });
+
+    test('init creates the identity once; init again, from anywhere, finds the same one', async (t) => {
+      const store = make(t);
+      const a = store.open();
+      const before = Date.now();
+      const first = await a.init();
+      assert.equal(first.created, true);
+      assert.match(first.identity.id, /^[0-9a-f]{32}$/);
+      assert.equal(first.identity.cluster, 'test');
+      const at = Date.parse(first.identity.createdAt);
+      assert.ok(at >= before - 1000 && at <= Date.now() + 1000, `createdAt ${first.identity.createdAt}`);
+      assert.deepEqual(await a.identity(), first.identity);
+      const again = await store.open().init();
+      assert.deepEqual(again, { identity: first.identity, created: false }, 'idempotent: the same identity, nothing created');
+      await a.compareAndSet(NO_VIEW, v(1, 'n1'));
+      assert.deepEqual(await a.init(), { identity: first.identity, created: false });
+      assert.deepEqual(await store.open().current(), v(1, 'n1'), 'init again keeps the views');
+    });
+
+    test('8 concurrent inits: exactly one creates, all see its identity', async (t) => {
+      const store = make(t);
+      const results = await Promise.all(Array.from({ length: 8 }, () => store.open().init()));
+      assert.equal(results.filter((r) => r.created).length, 1);
+      for (const r of results) assert.deepEqual(r.identity, results.find((x) => x.created)!.identity);
+    });
+
     test('an unreachable store: every call is E_ARBITER_UNAVAILABLE, in bounded time', async (t) => {
       const { arbiter, boundMs } = await make(t).unreachable();
-      for (const call of [() => arbiter.current(), () => arbiter.probe(), () => arbiter.compareAndSet(NO_VIEW, v(1, 'n1'))]) {
+      for (const call of [() => arbiter.current(), () => arbiter.probe(), () => arbiter.compareAndSet(NO_VIEW, v(1, 'n1')), () => arbiter.identity(), () => arbiter.init()]) {
         const started = Date.now();
         await assert.rejects(call(), isCode('E_ARBITER_UNAVAILABLE'));
         assert.ok(Date.now() - started <= boundMs, `failed within ${boundMs} ms (took ${Date.now() - started})`);
@@ -317,8 +383,9 @@ test('MemoryArbiter: down means unavailable, up again works', async () => {
 
 test('FileArbiter: 8 processes met at the exclusive link, and the views on disk are the winners', async (t) => {
   const dir = join(tempDir(t), 'arb');
+  await new FileArbiter(dir).init();
   const { chain, eexist } = await raceProcesses(t, `file:${dir}`);
-  const names = readdirSync(dir).sort();
+  const names = readdirSync(dir).filter((n) => n !== IDENTITY_FILE).sort();
   assert.deepEqual(names, Array.from({ length: ROUNDS }, (_, i) => `view-${i + 1}`).sort(), 'no temp file left behind');
   for (const n of names) {
     const x = JSON.parse(readFileSync(join(dir, n), 'utf8')) as View & { cluster: string };
@@ -332,6 +399,7 @@ test('FileArbiter: an unusable directory is unavailable, and works again when re
   const root = tempDir(t);
   const dir = join(root, 'arb');
   const a = new FileArbiter(dir);
+  await a.init();
   await a.compareAndSet(NO_VIEW, v(1, 'n1'));
   renameSync(dir, join(root, 'away'));
   writeFileSync(dir, 'not a directory');
@@ -343,19 +411,45 @@ test('FileArbiter: an unusable directory is unavailable, and works again when re
   renameSync(join(root, 'away'), dir);
   assert.deepEqual(await a.current(), v(1, 'n1'));
   assert.deepEqual(await a.compareAndSet(v(1, 'n1'), v(2, 'n1', 'n2')), { ok: true, view: v(2, 'n1', 'n2') });
-  assert.deepEqual(readdirSync(dir).sort(), ['view-1', 'view-2']);
+  assert.deepEqual(readdirSync(dir).sort(), [IDENTITY_FILE, 'view-1', 'view-2']);
 });
 
 test('FileArbiter: a directory that cannot be created is unavailable', async (t) => {
   const root = tempDir(t);
   writeFileSync(join(root, 'file'), '');
-  await assert.rejects(new FileArbiter(join(root, 'file', 'arb')).current(), isCode('E_ARBITER_UNAVAILABLE'));
+  await assert.rejects(new FileArbiter(join(root, 'file', 'arb')).init(), (e) => isCode('E_ARBITER_UNAVAILABLE')(e) && !isNotInitialized(e) && /ENOTDIR/.test((e as Error).message));
+});
+
+test('FileArbiter: a missing directory is not initialized, and is never created but by init', async (t) => {
+  const dir = join(tempDir(t), 'nested', 'arb');
+  const a = new FileArbiter(dir);
+  await assert.rejects(a.compareAndSet(NO_VIEW, v(1, 'n1')), (e) => notInitialized(e) && (e as Error).message.includes(`${dir} does not exist`));
+  assert.equal(existsSync(dir), false);
+  mkdirSync(dir, { recursive: true }); // made by hand: still no identity
+  await assert.rejects(a.current(), (e) => notInitialized(e) && (e as Error).message.includes(`has no ${IDENTITY_FILE}`));
+  const r = await a.init();
+  const onDisk = JSON.parse(readFileSync(join(dir, IDENTITY_FILE), 'utf8')) as Record<string, unknown>;
+  assert.deepEqual(onDisk, { id: r.identity.id, cluster: 'test', createdAt: r.identity.createdAt });
+  assert.deepEqual(readdirSync(dir), [IDENTITY_FILE], 'no temp file left behind');
+});
+
+test('FileArbiter: a garbage identity file is unavailable, never guessed around', async (t) => {
+  const dir = join(tempDir(t), 'arb');
+  const a = new FileArbiter(dir);
+  await a.init();
+  for (const body of ['{"id":"zz","cluster":"test","createdAt":"x"}', 'not json', '{"id":"0123456789abcdef","cluster":"test"}']) {
+    writeFileSync(join(dir, IDENTITY_FILE), body);
+    for (const call of [() => a.identity(), () => a.current(), () => a.init()]) {
+      await assert.rejects(call(), (e) => isCode('E_ARBITER_UNAVAILABLE')(e) && !isNotInitialized(e) && (e as Error).message.includes(join(dir, IDENTITY_FILE)), body);
+    }
+  }
 });
 
 test('FileArbiter: a garbage or corrupt view file is unavailable, never skipped', async (t) => {
   for (const [name, body] of [['view-2', '{"epoch":2,"primary":"n'], ['view-2', '{"epoch":3,"primary":"n1","backup":null}'], ['view-2', '[]'], ['view-02', '{}']] as const) {
     const dir = join(tempDir(t), 'arb');
     const a = new FileArbiter(dir);
+    await a.init();
     await a.compareAndSet(NO_VIEW, v(1, 'n1'));
     writeFileSync(join(dir, name), body);
     await assert.rejects(a.current(), (e) => isCode('E_ARBITER_UNAVAILABLE')(e) && (e as Error).message.includes(join(dir, name)), `${name}: ${body}`);
@@ -368,6 +462,7 @@ test('FileArbiter: temp files are ignored by readers', async (t) => {
   mkdirSync(dir);
   writeFileSync(join(dir, '.tmp-view-1-abc'), '{"epoch":1,"prim');
   const a = new FileArbiter(dir);
+  await a.init();
   assert.deepEqual(await a.current(), NO_VIEW);
   assert.equal((await a.compareAndSet(NO_VIEW, v(1, 'n1'))).ok, true);
 });
@@ -378,10 +473,14 @@ test('openArbiter: spec parsing', async (t) => {
   const f = openArbiter('file:rel/arb', { ...o, baseDir: root });
   assert.ok(f instanceof FileArbiter);
   assert.equal(f.description, `file:${join(root, 'rel/arb')}`);
+  await f.init();
   await f.compareAndSet(NO_VIEW, v(1, 'n1'));
-  assert.deepEqual(readdirSync(join(root, 'rel/arb')), ['view-1']);
+  assert.deepEqual(readdirSync(join(root, 'rel/arb')).sort(), [IDENTITY_FILE, 'view-1']);
   assert.equal(openArbiter(`file:${root}/abs`, { ...o, baseDir: '/nowhere' }).description, `file:${root}/abs`);
-  assert.ok(openArbiter('memory:', o) instanceof MemoryArbiter);
+  const m = openArbiter('memory:', o);
+  assert.ok(m instanceof MemoryArbiter);
+  assert.equal((await m.init()).created, false, 'memory: has its identity from construction');
+  assert.deepEqual(await m.current(), NO_VIEW);
   assert.deepEqual(parseArbiterSpec('file:x'), { kind: 'file', dir: 'x' });
   assert.deepEqual(parseArbiterSpec('etcd://127.0.0.1:2379'), { kind: 'etcd', endpoints: [{ host: '127.0.0.1', port: 2379 }], prefix: '/lockstep' });
   assert.deepEqual(parseArbiterSpec('etcd://a.example:1,10.0.0.2:2,[::1]:3/x/y'), {
@@ -408,6 +507,7 @@ describe('etcd arbiter on real etcd', { skip: ETCD_SKIP ?? false }, () => {
     const prefix = `/lost${randomBytes(4).toString('hex')}`;
     const direct = track(t, openArbiter(etcd!.spec(prefix), { cluster: 'test', timeoutMs: 2000 }));
     const viaProxy = track(t, openArbiter(`etcd://127.0.0.1:${proxy.port}${prefix}`, { cluster: 'test', timeoutMs: 500 }));
+    await direct.init();
     await viaProxy.compareAndSet(NO_VIEW, v(1, 'n1'));
     proxy.cut = 'from-target'; // requests go through, answers do not
     await assert.rejects(viaProxy.compareAndSet(v(1, 'n1'), v(2, 'n2')), isCode('E_ARBITER_UNAVAILABLE'));
@@ -420,6 +520,7 @@ describe('etcd arbiter on real etcd', { skip: ETCD_SKIP ?? false }, () => {
   test('a view written by hand in another byte form is still compared as a view', async (t) => {
     const prefix = `/hand${randomBytes(4).toString('hex')}`;
     const a = track(t, openArbiter(etcd!.spec(prefix), { cluster: 'test' }));
+    await a.init();
     const { Etcd3 } = await import('etcd3');
     const raw = new Etcd3({ hosts: `http://${etcd!.endpoints()}` });
     t.after(() => raw.close());
@@ -433,6 +534,7 @@ describe('etcd arbiter on real etcd', { skip: ETCD_SKIP ?? false }, () => {
     const c = await EtcdCluster.start({ members: 3 });
     t.after(() => c.stop());
     const a = track(t, openArbiter(c.spec(), { cluster: 'test', timeoutMs: 800 }));
+    await a.init();
     assert.equal((await a.compareAndSet(NO_VIEW, v(1, 'n1'))).ok, true);
     const leader = (await c.leader())!;
     assert.ok(leader);
@@ -457,8 +559,10 @@ describe('etcd arbiter on real etcd', { skip: ETCD_SKIP ?? false }, () => {
     await c.waitHealthy(30_000);
     let cur: View | null = null;
     for (let i = 0; i < 50 && cur === null; i++) cur = await a.current().catch(() => null);
-    assert.deepEqual(cur, v(2, 'n2'), 'the view survived');
-    assert.equal((await a.compareAndSet(v(2, 'n2'), v(3, 'n3'))).ok, true);
+    // The proposal that timed out without quorum may still land once quorum is back (it sat in
+    // the surviving leader's log): a lost answer, which the contract allows. Nothing else may.
+    assert.ok(sameView(cur!, v(2, 'n2')) || sameView(cur!, v(3, 'n3')), `the view survived: ${JSON.stringify(cur)}`);
+    assert.equal((await a.compareAndSet(cur!, v(cur!.epoch + 1, 'n1'))).ok, true);
   });
 
   test('an etcd that demands a user: none given, or a wrong password, is E_ARBITER_AUTH naming the cause; the right one works', async (t) => {
@@ -480,13 +584,15 @@ describe('etcd arbiter on real etcd', { skip: ETCD_SKIP ?? false }, () => {
     await root.auth.authEnable();
     root.close();
 
+    const good = track(t, openArbiter(c.spec(), { cluster: 'test', etcd: { user: 'lockstep', password: 'secret-pw' } }));
+    assert.equal((await good.init()).created, true);
     const none = track(t, openArbiter(c.spec(), { cluster: 'test' }));
+    await assert.rejects(none.init(), isCode('E_ARBITER_AUTH'));
     await assert.rejects(none.probe(), (e) => isCode('E_ARBITER_AUTH')(e) && /demands authentication and no user is configured/.test((e as Error).message));
     const wrong = track(t, openArbiter(c.spec(), { cluster: 'test', etcd: { user: 'lockstep', password: 'nope' } }));
     await assert.rejects(wrong.probe(), (e) => isCode('E_ARBITER_AUTH')(e) && /refused the user and password/.test((e as Error).message));
     const reader = track(t, openArbiter(c.spec(), { cluster: 'test', etcd: { user: 'reader', password: 'reader-pw' } }));
     await assert.rejects(reader.probe(), (e) => isCode('E_ARBITER_AUTH')(e) && /may not read and write/.test((e as Error).message));
-    const good = track(t, openArbiter(c.spec(), { cluster: 'test', etcd: { user: 'lockstep', password: 'secret-pw' } }));
     assert.deepEqual(await good.probe(), NO_VIEW);
     assert.equal((await good.compareAndSet(NO_VIEW, v(1, 'n1'))).ok, true);
   });

@@ -54,6 +54,7 @@ const RUN = new Set([
   './lockstep run examples/clockrand/clockrand.wasm 5',
   './lockstep run --listen 127.0.0.1:7301 examples/kvserver/kvserver.wasm',
   "exec 3<>/dev/tcp/127.0.0.1/7301; printf 'SET a 1\\nGET a\\n' >&3; timeout 1 cat <&3; exec 3>&-",
+  './lockstep init --config cluster.json',
   './lockstep node --config cluster.json --id n1',
   './lockstep sim --seeds 500',
   './lockstep sim --seed 42',
@@ -212,6 +213,10 @@ test('the documented commands, pasted in order, do what the docs say', { timeout
   const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
   const config = /```json\n(\{ "cluster": "demo"[\s\S]*?)```/.exec(readme)![1]!;
   writeFileSync(join(dir, 'cluster.json'), config);
+  const init = await run(t, dir, './lockstep init --config cluster.json');
+  assert.equal(init.code, 0, init.out);
+  const again2 = await run(t, dir, './lockstep init --config cluster.json');
+  assert.equal(again2.code, 0, `run again it changes nothing: ${again2.out}`);
   const node = sh(t, dir, './lockstep node --config cluster.json --id n1');
   await until('the node to log node-start', () => /"event":"node-start"/.test(node.out()), 30_000);
   process.kill(-node.child.pid!, 'SIGTERM');

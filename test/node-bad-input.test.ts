@@ -35,9 +35,12 @@ function randomBytes(rng: Rng, n: number): Buffer {
   return b;
 }
 
+/** The cluster the handshakes below are forged for (its arbiter's id goes in every one). */
+let forgingFor: ProcessCluster | null = null;
+
 /** A handshake frame as a peer sends it first (the node expects exactly this layout). */
 function handshakeFrame(h: Partial<Handshake> & { cluster: string; nodeId: string }): Buffer {
-  return frame(encodeHandshake({ protocolVersion: PROTOCOL_VERSION, epoch: 0, ...h }));
+  return frame(encodeHandshake({ protocolVersion: PROTOCOL_VERSION, epoch: 0, arbiterId: forgingFor?.arbiterId ?? '', ...h }));
 }
 
 /** A u32 big-endian length prefix. */
@@ -187,6 +190,7 @@ describe('bad input on a running cluster', () => {
     // Without a shared secret, so that a raw socket passes the handshake as a member and the
     // garbage that follows reaches the message decoder; peer authentication has its own suite.
     cluster = await ProcessCluster.start({ nodes: 3, heartbeatMs: 50, failureTimeoutMs: 1500, secret: false });
+    forgingFor = cluster;
     const p = await cluster.primary();
     assert.ok(p && p.view.backup, 'a primary with a backup');
     primaryId = p.id;
@@ -323,6 +327,7 @@ describe('bad input on a running cluster', () => {
       { h: { cluster: cluster.cluster, nodeId: 'n99' }, reason: /unknown node id "n99"/ },
       { h: { cluster: cluster.cluster, nodeId: n.id }, reason: /own/ },
       { h: { cluster: cluster.cluster, nodeId: primaryId, epoch: 1_000_000, protocolVersion: 0 }, reason: /protocol version 0/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 2 }, reason: /protocol version 2, this node speaks 3/ },
     ];
     for (const { h, reason } of cases) {
       const p = await connect(n.peer.port);
@@ -531,6 +536,7 @@ describe('peer authentication (a shared secret)', () => {
 
   before(async () => {
     cluster = await ProcessCluster.start({ nodes: 3, heartbeatMs: 50, failureTimeoutMs: 1500 });
+    forgingFor = cluster;
     const p = (await cluster.primary())!;
     assert.ok(p.view.backup, 'the nodes authenticated each other: a backup was recruited');
     primaryId = p.id;
@@ -543,9 +549,9 @@ describe('peer authentication (a shared secret)', () => {
   });
 
   /** Dial `to` as member `as`; resolve with the probe and the challenge in the node's answer. */
-  async function handshakeAs(to: string, as: string): Promise<{ p: Probe; challenge: Uint8Array }> {
+  async function handshakeAs(to: string, as: string, arbiterId = cluster.arbiterId): Promise<{ p: Probe; challenge: Uint8Array }> {
     const p = await connect(cluster.node(to).peer.port);
-    await write(p, handshakeFrame({ cluster: cluster.cluster, nodeId: as }));
+    await write(p, handshakeFrame({ cluster: cluster.cluster, nodeId: as, arbiterId }));
     const decoder = new FrameDecoder(64 * 1024);
     let challenge: Uint8Array | null | undefined;
     await cluster.waitFor(() => {
@@ -606,5 +612,23 @@ describe('peer authentication (a shared secret)', () => {
     assert.equal((await loggedFor(cluster, primaryId, 'peer-garbage', p.localPort)).peer, other);
     await stillPrimary('an authenticated member sending garbage');
   });
-});
 
+  test('a member on another arbiter is refused at its handshake, told which arbiter it met, and logged naming both; the primary carries on', async () => {
+    const other = cluster.nodes.find((n) => n.id !== primaryId)!.id;
+    const p = await connect(cluster.node(primaryId).peer.port);
+    await write(p, handshakeFrame({ cluster: cluster.cluster, nodeId: other, arbiterId: 'feedfacefeedface' }));
+    await closedByNode(p, 'a member on another arbiter');
+    const answer = new FrameDecoder(64 * 1024);
+    answer.push(Buffer.concat(p.received));
+    const f = answer.next();
+    assert.ok(f !== null, 'the node answers with its handshake before it closes');
+    const h = decodeHandshake(f);
+    assert.equal(h.arbiterId, cluster.arbiterId, 'the answer names the node\'s arbiter');
+    assert.equal(h.challenge, null, 'no challenge: it is not let in');
+    const rec = await loggedFor(cluster, primaryId, 'peer-refused', p.localPort);
+    assert.match(String(rec.reason), new RegExp(`${other} uses arbiter feedfacefeedface, this node uses arbiter ${cluster.arbiterId}: two arbiters: split brain risk, check the arbiter path in every node's config`));
+    const warn = await loggedFor(cluster, primaryId, 'two-arbiters', p.localPort);
+    assert.deepEqual([warn.level, warn.arbiterId, warn.peerArbiterId, warn.authenticated], ['warn', cluster.arbiterId, 'feedfacefeedface', false]);
+    await stillPrimary('a member on another arbiter');
+  });
+});

@@ -66,6 +66,7 @@ test('lockstep node refuses a port that is taken', async (t) => {
   t.after(() => blocker.close());
   const path = join(dir, 'c.json');
   writeFileSync(path, JSON.stringify({ cluster: 'c', arbiter: 'file:a', service: { kind: 'kv', mode: 'rsm' }, nodes: [{ id: 'n1', peer: `127.0.0.1:${p1}`, client: `127.0.0.1:${p2}`, admin: `127.0.0.1:${p3}` }] }));
+  assert.equal((await run(['init', '--config', path])).code, 0);
   const r = await run(['node', '--config', path, '--id', 'n1']);
   assert.equal(r.code, 2);
   assert.match(r.stderr, /E_LISTEN.*client address 127\.0\.0\.1:\d+: EADDRINUSE/);

@@ -122,10 +122,12 @@ test('fuzz: garbage and mutated messages throw PeerCodecError or decode to somet
 
 test('handshake: round trip, a foreign version still decodes, garbage and stray clients refused', () => {
   const hs: Handshake[] = [
-    { cluster: 'prod', nodeId: 'a', protocolVersion: PROTOCOL_VERSION, epoch: 0, challenge: null },
-    { cluster: 'prod', nodeId: 'b', protocolVersion: PROTOCOL_VERSION, epoch: 7, challenge: Uint8Array.from({ length: 32 }, (_, i) => i * 7) },
-    { cluster: 'ünï ☃', nodeId: 'node-with-a-long-name-'.repeat(10), protocolVersion: 9, epoch: 2 ** 50, challenge: null },
-    // Version 1 had no flags byte: still decoded, so that such a peer is told why it is refused.
+    { cluster: 'prod', nodeId: 'a', protocolVersion: PROTOCOL_VERSION, epoch: 0, arbiterId: '0123456789abcdef0123456789abcdef', challenge: null },
+    { cluster: 'prod', nodeId: 'b', protocolVersion: PROTOCOL_VERSION, epoch: 7, arbiterId: 'ffff0000', challenge: Uint8Array.from({ length: 32 }, (_, i) => i * 7) },
+    { cluster: 'ünï ☃', nodeId: 'node-with-a-long-name-'.repeat(10), protocolVersion: 9, epoch: 2 ** 50, arbiterId: '', challenge: null },
+    // Version 2 had no arbiter id, version 1 no flags byte: still decoded, so that such a peer
+    // is told why it is refused.
+    { cluster: 'old', nodeId: 'd', protocolVersion: 2, epoch: 3, challenge: null },
     { cluster: 'old', nodeId: 'c', protocolVersion: 1, epoch: 3 },
   ];
   for (const h of hs) {
@@ -136,6 +138,7 @@ test('handshake: round trip, a foreign version still decodes, garbage and stray 
     for (let n = 0; n < enc.length; n++) assert.throws(() => decodeHandshake(enc.subarray(0, n)), PeerCodecError);
     assert.throws(() => decodeHandshake(Uint8Array.from([...enc, 1])), /trailing/);
   }
+  assert.throws(() => encodeHandshake({ cluster: 'x', nodeId: 'a', protocolVersion: 3, epoch: 0 }), /arbiterId/);
   assert.throws(() => decodeHandshake(Buffer.from('*1\r\n$4\r\nPING\r\n')), /bad magic/);
   assert.throws(() => decodeHandshake(Buffer.from('GET / HTTP/1.1\r\n')), /bad magic/);
   assert.throws(() => decodeHandshake(encodePeerMessage({ type: 'join' })), /bad magic/);
@@ -223,7 +226,7 @@ test('auth proof: round trip; anything else is not a proof', () => {
   assert.equal(Buffer.from(enc.subarray(0, 4)).toString('latin1'), 'LSTA');
   assert.deepEqual(decodeAuthProof(enc), mac);
   assert.throws(() => encodeAuthProof(mac.subarray(1)), /32 bytes/);
-  for (const bad of [enc.subarray(0, 35), Uint8Array.from([...enc, 0]), encodeHandshake({ cluster: 'c', nodeId: 'n', protocolVersion: PROTOCOL_VERSION, epoch: 0 }), encodePeerMessage({ type: 'join' })]) {
+  for (const bad of [enc.subarray(0, 35), Uint8Array.from([...enc, 0]), encodeHandshake({ cluster: 'c', nodeId: 'n', protocolVersion: PROTOCOL_VERSION, epoch: 0, arbiterId: 'ab' }), encodePeerMessage({ type: 'join' })]) {
     assert.throws(() => decodeAuthProof(bad), PeerCodecError);
   }
 });

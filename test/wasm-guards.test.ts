@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { loadModule } from '../src/wasm/module.js';
 import { recordLocally, replayLocally } from '../src/wasm/local.js';
 import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
-import { spawnCli } from '../src/testing/cli-child.js';
+import { runCli, spawnCli } from '../src/testing/cli-child.js';
 
 const here = (p: string): string => fileURLToPath(new URL(p, import.meta.url));
 const fixture = (name: string): string => here(`../../test/fixtures/wasm/${name}`);
@@ -52,6 +52,7 @@ test('wasm guards: a node whose guest traps stops with a fail-stop record and ex
     service: { kind: 'wasm', module: fixture('oom.wasm'), listen: [], memoryLimitMb: 4 },
     nodes: [{ id: 'n1', peer: `127.0.0.1:${peer}`, client: `127.0.0.1:${client}`, admin: `127.0.0.1:${admin}` }],
   }));
+  assert.equal((await runCli(['init', '--config', config])).code, 0);
   const node = spawnCli(t, ['node', '--config', config, '--id', 'n1']);
   const code = await node.exited;
   const out = node.output();

@@ -19,6 +19,10 @@
 // proposal as the current view, which the core counts as a win. Credentials that etcd refuses
 // are E_ARBITER_AUTH: waiting does not fix them.
 //
+// Identity: `PREFIX/CLUSTER/id`, created by init() in one Txn only if absent
+// (create_revision = 0). current() reads it with the view in one Txn, and compareAndSet's compare
+// includes it, so an uninitialized prefix is ArbiterNotInitialized and never gains a view.
+//
 // Client: the `etcd3` npm package (microsoft/etcd3, over @grpc/grpc-js), with its retries and
 // circuit breakers replaced by one bounded retry over the endpoints (see docs/ARCHITECTURE.md).
 // It is loaded on first use (loading its gRPC definitions takes about half a second), so a node
@@ -27,8 +31,9 @@
 import type { Etcd3, IOptions } from 'etcd3';
 import { LockstepError } from '../errors.js';
 import { NO_VIEW, sameView, type View } from '../core/types.js';
-import { etcdViewKey, formatEndpoint } from './spec.js';
-import { checkProposal, encodeView, type Arbiter, type CasResult, type EtcdClientOptions, type EtcdEndpoint } from './types.js';
+import { etcdIdentityKey, etcdViewKey, formatEndpoint } from './spec.js';
+import { ArbiterNotInitialized, checkProposal, decodeIdentity, encodeIdentity, encodeView, newIdentity } from './types.js';
+import type { Arbiter, ArbiterIdentity, CasResult, EtcdClientOptions, EtcdEndpoint, InitResult } from './types.js';
 
 export const ETCD_DEFAULT_TIMEOUT_MS = 1000;
 
@@ -41,6 +46,7 @@ interface Stored { readonly view: View; readonly bytes: string; readonly modRevi
 export class EtcdArbiter implements Arbiter {
   readonly description: string;
   readonly key: string;
+  readonly identityKey: string;
   private client: Promise<Etcd3> | null = null;
   private readonly options: Omit<IOptions, 'faultHandling'>;
   private readonly timeoutMs: number;
@@ -54,6 +60,7 @@ export class EtcdArbiter implements Arbiter {
   ) {
     if (endpoints.length === 0) throw new Error('EtcdArbiter needs at least one endpoint');
     this.key = etcdViewKey(prefix, cluster);
+    this.identityKey = etcdIdentityKey(prefix, cluster);
     this.timeoutMs = opts.timeoutMs ?? ETCD_DEFAULT_TIMEOUT_MS;
     const tls = opts.ca !== undefined;
     const hosts = endpoints.map((e) => `${tls ? 'https' : 'http'}://${formatEndpoint(e)}`);
@@ -90,10 +97,27 @@ export class EtcdArbiter implements Arbiter {
     return this.client;
   }
 
+  async identity(): Promise<ArbiterIdentity> {
+    const deadline = await this.deadline();
+    const res = await this.call('identity read', (etcd) => etcd.get(this.identityKey).options({ deadline }).exec());
+    return this.decodeIdentity(res.kvs[0] as Kv | undefined);
+  }
+
+  async init(): Promise<InitResult> {
+    const mine = newIdentity(this.cluster);
+    const deadline = await this.deadline();
+    const res = await this.call('init', (etcd) =>
+      etcd.if(this.identityKey, 'Create', '==', 0).then(etcd.put(this.identityKey).value(encodeIdentity(mine))).else(etcd.get(this.identityKey)).options({ deadline }).commit(),
+    );
+    if (res.succeeded) return { identity: mine, created: true };
+    return { identity: this.decodeIdentity(res.responses[0]?.response_range?.kvs[0] as Kv | undefined), created: false };
+  }
+
   async current(): Promise<View> {
     const deadline = await this.deadline();
-    const res = await this.call('read', (etcd) => etcd.get(this.key).options({ deadline }).exec());
-    return this.decode(res.kvs[0]).view;
+    // One read of both keys, at one revision.
+    const res = await this.call('read', (etcd) => etcd.if(this.key, 'Version', '<', 0).else(etcd.get(this.identityKey), etcd.get(this.key)).options({ deadline }).commit());
+    return this.fromElse(res).view;
   }
 
   async compareAndSet(expected: View, next: View): Promise<CasResult> {
@@ -102,7 +126,13 @@ export class EtcdArbiter implements Arbiter {
     const deadline = await this.deadline();
     const txn = (column: 'Create' | 'Value' | 'Mod', value: string | number) =>
       this.call('transaction', (etcd) =>
-        etcd.if(this.key, column, '==', value).then(etcd.put(this.key).value(body)).else(etcd.get(this.key)).options({ deadline }).commit(),
+        etcd
+          .if(this.key, column, '==', value)
+          .and(this.identityKey, 'Create', '>', 0)
+          .then(etcd.put(this.key).value(body))
+          .else(etcd.get(this.identityKey), etcd.get(this.key))
+          .options({ deadline })
+          .commit(),
       );
     let res = await txn(expected.epoch === 0 ? 'Create' : 'Value', expected.epoch === 0 ? 0 : encodeView(this.cluster, expected));
     if (res.succeeded) return { ok: true, view: next };
@@ -175,10 +205,18 @@ export class EtcdArbiter implements Arbiter {
     return new LockstepError('E_ARBITER_UNAVAILABLE', `${where} failed${late ? ` (no answer within ${this.timeoutMs} ms)` : ''}: ${msg}`);
   }
 
+  /** The else-branch of a Txn that reads [identity, view]: the view, if the identity is there. */
   private fromElse(res: { responses: { response_range?: { kvs: unknown[] } | null }[] }): Stored {
-    const range = res.responses[0]?.response_range;
-    if (!range) throw new LockstepError('E_ARBITER_UNAVAILABLE', `arbiter ${this.description}: a refused transaction came back without the current value`);
-    return this.decode(range.kvs[0] as Kv | undefined);
+    const id = res.responses[0]?.response_range;
+    const view = res.responses[1]?.response_range;
+    if (!id || !view) throw new LockstepError('E_ARBITER_UNAVAILABLE', `arbiter ${this.description}: a refused transaction came back without the current value`);
+    this.decodeIdentity(id.kvs[0] as Kv | undefined);
+    return this.decode(view.kvs[0] as Kv | undefined);
+  }
+
+  private decodeIdentity(kv: Kv | undefined): ArbiterIdentity {
+    if (kv === undefined) throw new ArbiterNotInitialized(this.description, `etcd has no ${this.identityKey}`);
+    return decodeIdentity(Buffer.from(kv.value).toString('utf8'), `${this.identityKey} on etcd`, this.cluster);
   }
 
   private decode(kv: Kv | undefined): Stored {

@@ -9,15 +9,23 @@
 // Each view file names its cluster; a view of another cluster (two clusters given one
 // directory) is E_ARBITER_CLUSTER. A file without the field (written before views carried
 // it) is taken as this cluster's.
+//
+// The directory is created only by `init` (lockstep init), together with its identity file
+// `arbiter.json` (published by the same write-fsync-link as a view, so two racing inits make
+// one identity). Every other call on a directory that is missing or has no identity file is
+// ArbiterNotInitialized: creating it on first use once let two config copies with a relative
+// path give a cluster two arbiters (issue 14).
 
 import { constants as fsConstants, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { LockstepError } from '../errors.js';
 import { NO_VIEW, sameView, type View } from '../core/types.js';
-import { checkProposal, encodeView, type Arbiter, type CasResult } from './types.js';
+import { ArbiterNotInitialized, checkProposal, decodeIdentity, encodeIdentity, encodeView, newIdentity } from './types.js';
+import type { Arbiter, ArbiterIdentity, CasResult, InitResult } from './types.js';
 
 const VIEW_FILE = /^view-(\d+)$/;
+export const IDENTITY_FILE = 'arbiter.json';
 
 function unavailable(path: string, what: string, e: unknown): LockstepError {
   const code = (e as NodeJS.ErrnoException | null)?.code;
@@ -36,7 +44,6 @@ async function step<T>(path: string, what: string, f: () => Promise<T>): Promise
 
 export class FileArbiter implements Arbiter {
   readonly description: string;
-  private created = false;
 
   constructor(
     readonly dir: string,
@@ -53,10 +60,42 @@ export class FileArbiter implements Arbiter {
 
   async close(): Promise<void> {}
 
+  async identity(): Promise<ArbiterIdentity> {
+    await this.names(); // a missing directory or identity file: not initialized
+    return this.readIdentity();
+  }
+
+  async init(): Promise<InitResult> {
+    await step(this.dir, 'mkdir', () => fs.mkdir(this.dir, { recursive: true }));
+    const mine = newIdentity(this.cluster);
+    const created = await this.publish(join(this.dir, IDENTITY_FILE), encodeIdentity(mine) + '\n');
+    return created ? { identity: mine, created: true } : { identity: await this.readIdentity(), created: false };
+  }
+
+  /** The directory's names; it must exist and hold the identity file (read by identity()). */
+  private async names(): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await fs.readdir(this.dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new ArbiterNotInitialized(this.description, `the directory ${this.dir} does not exist`);
+      throw unavailable(this.dir, 'readdir', e);
+    }
+    if (!names.includes(IDENTITY_FILE)) throw new ArbiterNotInitialized(this.description, `${this.dir} has no ${IDENTITY_FILE}`);
+    return names;
+  }
+
+  private async readIdentity(): Promise<ArbiterIdentity> {
+    const path = join(this.dir, IDENTITY_FILE);
+    const text = await step(path, 'read', () => fs.readFile(path, 'utf8'));
+    return decodeIdentity(text, path, this.cluster);
+  }
+
   async current(): Promise<View> {
-    await this.ensureDir();
+    const names = await this.names();
+    await this.readIdentity(); // another cluster's arbiter is refused even before it holds a view
     let best = 0;
-    for (const name of await step(this.dir, 'readdir', () => fs.readdir(this.dir))) {
+    for (const name of names) {
       const m = VIEW_FILE.exec(name);
       if (!m) continue; // temp files and anything else that is not a view
       const epoch = Number(m[1]);
@@ -73,9 +112,17 @@ export class FileArbiter implements Arbiter {
     const cur = await this.current();
     if (!sameView(cur, expected)) return { ok: false, view: cur };
 
-    const temp = join(this.dir, `.tmp-view-${process.pid}-${randomBytes(8).toString('hex')}`);
     const target = join(this.dir, `view-${next.epoch}`);
-    const body = encodeView(this.cluster, next) + '\n';
+    if (!(await this.publish(target, encodeView(this.cluster, next) + '\n'))) return { ok: false, view: await this.current() };
+    return { ok: true, view: next };
+  }
+
+  /**
+   * Write `body` whole to a private temp file, fsync it, and link it to `target`, then fsync the
+   * directory. False if `target` exists (someone else published first): exclusive, never torn.
+   */
+  private async publish(target: string, body: string): Promise<boolean> {
+    const temp = join(this.dir, `.tmp-${process.pid}-${randomBytes(8).toString('hex')}`);
     try {
       await step(temp, 'write', async () => {
         const fh = await fs.open(temp, 'wx');
@@ -89,7 +136,7 @@ export class FileArbiter implements Arbiter {
       try {
         await fs.link(temp, target);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'EEXIST') return { ok: false, view: await this.current() };
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
         throw unavailable(target, 'link', e);
       }
     } finally {
@@ -103,14 +150,7 @@ export class FileArbiter implements Arbiter {
         await fh.close();
       }
     });
-    return { ok: true, view: next };
-  }
-
-  /** Created lazily, once: recreating a vanished directory later would silently forget every view. */
-  private async ensureDir(): Promise<void> {
-    if (this.created) return;
-    await step(this.dir, 'mkdir', () => fs.mkdir(this.dir, { recursive: true }));
-    this.created = true;
+    return true;
   }
 
   private async readView(epoch: number): Promise<View> {

@@ -47,6 +47,11 @@ export function etcdViewKey(prefix: string, cluster: string): string {
   return `${prefix}/${cluster}/view`;
 }
 
+/** The etcd key a cluster's arbiter identity lives under (created once, by lockstep init). */
+export function etcdIdentityKey(prefix: string, cluster: string): string {
+  return `${prefix}/${cluster}/id`;
+}
+
 export function formatEndpoint(e: EtcdEndpoint): string {
   return e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`;
 }

@@ -4,9 +4,16 @@
 // An arbiter that cannot be read or written says so (E_ARBITER_UNAVAILABLE) and never guesses:
 // the caller waits and retries, as VMware FT "just waits until it can".
 //
+// Every arbiter has an identity, created once by `lockstep init` (never on first use): a random
+// id, the cluster's name and the creation time. Nodes carry the id in the peer handshake and
+// refuse a peer whose arbiter is another one: two config copies whose relative `file:arb`
+// resolved to two directories gave two arbiters, each with its own primary (issue 14).
+//
 // This file is the bottom of the arbiter package: types and the proposal check only. The
 // implementations (memory.ts, file.ts, etcd.ts) import it; the factory (open.ts) imports them.
 
+import { randomBytes } from 'node:crypto';
+import { LockstepError } from '../errors.js';
 import { formatView, type View } from '../core/types.js';
 
 export interface CasResult {
@@ -31,10 +38,80 @@ export interface Arbiter {
    * it once at start, so that what no retry can fix is a clear error there and then.
    */
   probe(): Promise<View>;
+  /**
+   * The identity `init` created. An arbiter without one rejects this and every other call with
+   * ArbiterNotInitialized (code E_ARBITER_UNAVAILABLE, saying to run lockstep init); one of
+   * another cluster with E_ARBITER_CLUSTER.
+   */
+  identity(): Promise<ArbiterIdentity>;
+  /**
+   * Create the identity if there is none, atomically (exactly one of racing inits creates it);
+   * otherwise return the one there (`created: false`). The only call that creates anything.
+   */
+  init(): Promise<InitResult>;
   /** Free connections and timers; later calls reject. */
   close(): Promise<void>;
   /** Which store, for logs and status: 'file:/abs/dir', 'etcd://h:p,h:p/prefix (key ...)'. */
   readonly description: string;
+}
+
+/** Who an arbiter is: created once, never changed. */
+export interface ArbiterIdentity {
+  /** 32 hex digits, random. */
+  readonly id: string;
+  readonly cluster: string;
+  /** ISO 8601, when `lockstep init` created it. */
+  readonly createdAt: string;
+}
+
+export interface InitResult {
+  readonly identity: ArbiterIdentity;
+  /** False: the arbiter already had an identity (returned as it is). */
+  readonly created: boolean;
+}
+
+/** The arbiter has no identity: `lockstep init` was never run on it (or the path is wrong). */
+export class ArbiterNotInitialized extends LockstepError {
+  readonly notInitialized = true;
+  constructor(description: string, detail: string) {
+    super(
+      'E_ARBITER_UNAVAILABLE',
+      `arbiter ${description} is not initialized (${detail}): run \`lockstep init --config FILE\` once for the cluster, then start the nodes; if it was initialized, this node's arbiter path is wrong (a relative file: path resolves against the config file's directory)`,
+    );
+  }
+}
+
+export function isNotInitialized(e: unknown): e is ArbiterNotInitialized {
+  return e instanceof ArbiterNotInitialized;
+}
+
+export function newIdentity(cluster: string): ArbiterIdentity {
+  return Object.freeze({ id: randomBytes(16).toString('hex'), cluster, createdAt: new Date().toISOString() });
+}
+
+/** The JSON an identity is stored as (file, etcd), one canonical form. */
+export function encodeIdentity(i: ArbiterIdentity): string {
+  return JSON.stringify({ id: i.id, cluster: i.cluster, createdAt: i.createdAt });
+}
+
+/**
+ * Parse a stored identity; `where` names it in errors. Garbage is E_ARBITER_UNAVAILABLE (never
+ * guessed around); another cluster's is E_ARBITER_CLUSTER.
+ */
+export function decodeIdentity(text: string, where: string, cluster: string): ArbiterIdentity {
+  let o: Record<string, unknown> | null = null;
+  try {
+    o = JSON.parse(text) as Record<string, unknown> | null;
+  } catch {
+    // handled below
+  }
+  if (typeof o !== 'object' || o === null || typeof o.id !== 'string' || !/^[0-9a-f]{8,64}$/.test(o.id) || typeof o.cluster !== 'string' || typeof o.createdAt !== 'string') {
+    throw new LockstepError('E_ARBITER_UNAVAILABLE', `arbiter identity ${where} is not valid: ${JSON.stringify(text.slice(0, 200))}; it is written once by lockstep init and never edited`);
+  }
+  if (o.cluster !== cluster) {
+    throw new LockstepError('E_ARBITER_CLUSTER', `arbiter identity ${where} belongs to cluster ${JSON.stringify(o.cluster)}, not ${JSON.stringify(cluster)}: give every cluster its own arbiter`);
+  }
+  return Object.freeze({ id: o.id, cluster: o.cluster, createdAt: o.createdAt });
 }
 
 /** Options every arbiter gets from the factory (open.ts). */

@@ -16,6 +16,7 @@ import { assertPreviousRunGone, lockRunDir, retireEtcdView, retireOldArbiter } f
 import type { CheckOutput } from './check.js';
 import { LockstepError, isLockstepError } from '../errors.js';
 import { parseArbiterSpec } from '../arbiter/spec.js';
+import { initClusterArbiter } from './init.js';
 
 export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--name NAME] [--arbiter SPEC] [--no-respawn]
 
@@ -27,7 +28,8 @@ defaults to 7000). Logs go to DIR/<id>.log.
 Each start is a new cluster (state lives in memory only). One supervisor at a time may use
 DIR: a second is refused, naming the first one's pid. Views a previous run left in
 DIR/arbiter are kept in DIR/arbiter.old-<time>, never deleted, and only once none of that
-run's nodes answers any more.
+run's nodes answers any more. The new DIR/arbiter is created (as lockstep init does) before
+any node starts.
 
 A node that dies is started again as an empty spare, after 1 s, then 2 s, 4 s ... while it
 keeps dying; its last error is shown. A node that exits with a configuration or usage error
@@ -136,6 +138,9 @@ async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
   };
   writeFileSync(configPath, JSON.stringify(raw, null, 2) + '\n');
   const config = await loadConfig(configPath);
+  // The arbiter is created here, as `lockstep init` does, never by a node on first use.
+  const init = await initClusterArbiter(config);
+  out.stdout(`${init.created ? 'initialized' : 'using'} arbiter ${init.description} (id ${init.identity.id})\n`);
 
   const tty = process.stdout.isTTY === true;
   let drawn = 0;

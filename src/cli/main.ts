@@ -9,6 +9,7 @@ import { nodeCommand } from './node.js';
 import { clusterCommand } from './cluster.js';
 import { statusCommand } from './status.js';
 import { runCommand } from './run.js';
+import { initCommand } from './init.js';
 import { readFileSync } from 'node:fs';
 
 /** The version in the package.json this command was installed with. */
@@ -25,14 +26,16 @@ exit status: 0 success, 2 a usage, configuration or input error (error E_CODE: .
 commands:
   cluster  start a local replicated kv cluster (the main job; npm start)
   run      run a WebAssembly/WASI program under fault tolerance: lockstep run GUEST.wasm [ARGS]
-  node     run one replica: lockstep node --config FILE --id ID
+  init     create the cluster's arbiter, once, before its nodes start: lockstep init --config FILE
+  node     run one replica: lockstep node --config FILE --id ID (after lockstep init)
   status   the view and every node's state: lockstep status --config FILE
   sim      run the deterministic simulator over many seeds
   check    check that a key/value history is linearizable
   help     print this help
   version  print the version (also --version)
 
-Each command takes --help.
+Each command takes --help. Running replicas yourself: write one config file, run
+lockstep init --config FILE once, then lockstep node --config FILE --id ID on every node.
 `;
 
 // Output piped into a reader that stops early (`lockstep sim ... | head`) is not an error.
@@ -53,6 +56,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return simCommand(rest, io);
     case 'check':
       return checkCommand(rest, io);
+    case 'init':
+      return initCommand(rest, io);
     case 'node':
       return nodeCommand(rest, io);
     case 'cluster':

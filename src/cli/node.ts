@@ -12,6 +12,11 @@ export const NODE_USAGE = `usage: lockstep node --config FILE --id ID
 Runs replica ID of the cluster described in FILE (JSON; see README). It listens on its peer,
 client and admin addresses, takes part in the cluster's test-and-set on the arbiter, and logs
 one JSON object a line on stdout. SIGTERM or SIGINT stops it.
+
+The arbiter must have been created first (lockstep init --config FILE, once per cluster): a
+node waits while its arbiter does not answer, but refuses to start (exit 2) on one that was
+never initialized, and on finding a peer whose arbiter is another one (two arbiters: split
+brain risk; check the arbiter path in every node's config).
 `;
 
 export async function nodeCommand(argv: readonly string[], out: CheckOutput): Promise<number> {

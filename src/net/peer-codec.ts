@@ -15,13 +15,15 @@
 // decoded and can be told why it is refused; the magic tells a stray client apart. From
 // version 2 a flags byte follows; flag 1: a 32-byte challenge follows (the answering side of a
 // cluster with a shared secret asks the dialling side to prove it holds the secret).
+// From version 3, text arbiterId (the identity lockstep init gave the node's arbiter) comes
+// between the epoch and the flags byte: nodes on two arbiters refuse each other.
 // Auth proof (version 2): magic 'LSTA' and a 32-byte HMAC-SHA256, the dialler's first frame
 // after the answer's handshake when it was challenged.
 
 import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import type { PeerMessage, View } from '../core/types.js';
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /** Bytes of a handshake challenge and of an auth proof. */
 export const AUTH_BYTES = 32;
@@ -31,6 +33,8 @@ export interface Handshake {
   readonly nodeId: string;
   readonly protocolVersion: number;
   readonly epoch: number;
+  /** Version 3: the id of the arbiter this node uses (its identity, from lockstep init). */
+  readonly arbiterId?: string;
   /** Version 2: the challenge the dialler must answer with an auth proof, or null. */
   readonly challenge?: Uint8Array | null;
 }
@@ -90,6 +94,10 @@ export function encodeHandshake(h: Handshake): Uint8Array {
   return encodeWith((w) => {
     for (const b of MAGIC) w.u8(b);
     w.varuint(h.protocolVersion).text(h.cluster).text(h.nodeId).varuint(h.epoch);
+    if (h.protocolVersion >= 3) {
+      if (h.arbiterId === undefined) throw new RangeError('a version 3 handshake carries an arbiterId');
+      w.text(h.arbiterId);
+    }
     if (h.protocolVersion < 2) return;
     const c = h.challenge ?? null;
     if (c !== null && c.length !== AUTH_BYTES) throw new RangeError(`a challenge is ${AUTH_BYTES} bytes, got ${c.length}`);
@@ -107,10 +115,11 @@ export function decodeHandshake(bytes: Uint8Array): Handshake {
     const nodeId = r.text();
     const epoch = r.varuint();
     if (protocolVersion < 2) return { cluster, nodeId, protocolVersion, epoch };
+    const arbiter = protocolVersion >= 3 ? { arbiterId: r.text() } : {};
     const flags = r.u8();
     if (flags > 1) r.corrupt(`bad handshake flags ${flags}`);
     const challenge = flags === 1 ? raw(r, AUTH_BYTES).slice() : null;
-    return { cluster, nodeId, protocolVersion, epoch, challenge };
+    return { cluster, nodeId, protocolVersion, epoch, ...arbiter, challenge };
   });
 }
 

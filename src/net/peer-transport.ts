@@ -15,6 +15,15 @@
 // depose the primary). A fresh challenge per connection makes a recorded proof useless. Both
 // sides must agree on having a secret; a mismatch is refused with the reason.
 //
+// Every handshake carries the id of the node's arbiter (its identity, from lockstep init). A
+// peer on another arbiter is refused with a warn log `two-arbiters` naming both ids: two
+// arbiters can each make a primary (split brain), which is what a config copied to two
+// directories with a relative `file:` path once did. The answering side refuses at once, but
+// first answers with its own handshake, so the dialler learns which arbiter it met. The node is
+// told (onArbiterMismatch) so that it refuses to start: always from the answer to our own dial
+// (the address the config names), from an inbound claim only without a secret (with one, an
+// unproved claim is only logged: a stranger must not be able to stop a node's start).
+//
 // Sending never blocks and never queues without bound: if there is no connection the message
 // is dropped (the core resends from the last ack); while one is being opened, messages wait
 // (bounded) for its handshake; writes of one event-loop turn are coalesced into one socket
@@ -53,6 +62,10 @@ export interface PeerTransportOptions {
   readonly epoch: () => number;
   /** The cluster's shared secret: peers must prove they hold it. Null: no authentication. */
   readonly secret: Uint8Array | null;
+  /** The identity id of this node's arbiter (read before start()); a peer's must be the same. */
+  readonly arbiterId: () => string;
+  /** A peer uses another arbiter (already logged as `two-arbiters`). */
+  readonly onArbiterMismatch?: (peer: string, peerArbiterId: string) => void;
   readonly onMessage: (from: string, msg: unknown) => void;
   readonly log: (level: 'info' | 'warn', event: string, fields: Record<string, unknown>) => void;
 }
@@ -64,12 +77,15 @@ interface Outbound {
   pendingBytes: number;
   retryTimer: NodeJS.Timeout | null;
   backoffMs: number;
+  /** How the last dial ended: no TCP connection at all ('unreachable'), or not yet / otherwise. */
+  lastOutcome: 'pending' | 'unreachable' | 'connected';
 }
 
 const HANDSHAKE_TIMEOUT_MS = 5000;
 const HANDSHAKE_MAX_BYTES = 64 * 1024;
 const RECONNECT_MIN_MS = 20;
 const RECONNECT_MAX_MS = 1000;
+const TWO_ARBITERS_LOG_MS = 5000;
 
 export class PeerTransport {
   private server: net.Server | null = null;
@@ -77,6 +93,8 @@ export class PeerTransport {
   private readonly inbound = new Set<net.Socket>();
   private closed = false;
   private flushScheduled = false;
+  private readonly twoArbitersLoggedAt = new Map<string, number>();
+  private readonly toldOtherArbiter = new Set<string>();
   /** Counters for /metrics. */
   readonly stats = { framesSent: 0, bytesSent: 0, framesReceived: 0, bytesReceived: 0, dropped: 0, refused: 0 };
 
@@ -148,8 +166,13 @@ export class PeerTransport {
     return this.out.get(to)?.ready === true;
   }
 
+  /** Nothing listens at the peer's address (its last dial got no TCP connection): it is down. */
+  isUnreachable(to: string): boolean {
+    return this.out.get(to)?.lastOutcome === 'unreachable';
+  }
+
   private handshake(challenge: Uint8Array | null = null): Buffer {
-    const h: Handshake = { cluster: this.o.cluster, nodeId: this.o.self, protocolVersion: PROTOCOL_VERSION, epoch: this.o.epoch(), challenge };
+    const h: Handshake = { cluster: this.o.cluster, nodeId: this.o.self, protocolVersion: PROTOCOL_VERSION, epoch: this.o.epoch(), arbiterId: this.o.arbiterId(), challenge };
     return frame(encodeHandshake(h));
   }
 
@@ -178,6 +201,24 @@ export class PeerTransport {
     return null;
   }
 
+  /**
+   * A peer on another arbiter: logged loudly, the node told (if `report`), and the reason
+   * returned (null: the same arbiter). `remote` is set for an inbound connection.
+   */
+  private arbiterMismatch(h: Handshake, remote: string | null, report = true): string | null {
+    if (h.arbiterId === this.o.arbiterId()) return null;
+    const theirs = h.arbiterId ?? '(none)';
+    const meaning = 'two arbiters: split brain risk, check the arbiter path in every node\'s config (a relative file: path resolves against the directory of the config file; run lockstep init once per cluster)';
+    // Loud, but not a line per reconnect: once per peer every TWO_ARBITERS_LOG_MS.
+    const now = Date.now();
+    if (now - (this.twoArbitersLoggedAt.get(h.nodeId) ?? -Infinity) >= TWO_ARBITERS_LOG_MS) {
+      this.twoArbitersLoggedAt.set(h.nodeId, now);
+      this.o.log('warn', 'two-arbiters', { peer: h.nodeId, ...(remote !== null ? { remote } : {}), arbiterId: this.o.arbiterId(), peerArbiterId: theirs, meaning, ...(report ? {} : { authenticated: false }) });
+    }
+    if (report) this.o.onArbiterMismatch?.(h.nodeId, theirs);
+    return `${h.nodeId} uses arbiter ${theirs}, this node uses arbiter ${this.o.arbiterId()}: ${meaning}`;
+  }
+
   /** Why a peer's handshake is refused, or null. */
   private refusal(h: Handshake, expectedId: string | null): string | null {
     if (h.protocolVersion !== PROTOCOL_VERSION) return `protocol version ${h.protocolVersion}, this node speaks ${PROTOCOL_VERSION}`;
@@ -201,6 +242,8 @@ export class PeerTransport {
     let peer: string | null = null;
     /** With a secret: the challenge sent, until the peer's proof answers it. */
     let challenge: Uint8Array | null = null;
+    /** Refused and ending: nothing more it sends is read. */
+    let refused = false;
     const timer = setTimeout(() => {
       this.o.log('warn', 'peer-refused', { remote, peer, reason: peer === null ? 'no handshake within 5 s' : 'no auth proof within 5 s' });
       socket.destroy();
@@ -215,12 +258,18 @@ export class PeerTransport {
       try {
         decoder.push(chunk);
         for (let f = decoder.next(); f !== null; f = decoder.next()) {
-          if (socket.destroyed) return;
+          if (socket.destroyed || refused) return;
           if (peer === null) {
             const h = decodeHandshake(f);
             const why = this.refusal(h, null);
             if (why !== null) return fail(why);
             peer = h.nodeId;
+            const other = this.arbiterMismatch(h, remote, this.o.secret === null);
+            if (other !== null) {
+              refused = true;
+              clearTimeout(timer);
+              return this.refuseOtherArbiter(socket, peer, remote, other);
+            }
             if (this.o.secret !== null) {
               // Nothing from this peer is taken until it proves it holds the secret.
               challenge = new Uint8Array(randomBytes(AUTH_BYTES));
@@ -253,6 +302,23 @@ export class PeerTransport {
     });
   }
 
+  /**
+   * Refuse a connection from a peer on another arbiter: answer with our handshake (it names our
+   * arbiter, so the dialler learns why) and end it; and dial the peer now, so it hears of us on
+   * its own inbound side too.
+   */
+  private refuseOtherArbiter(socket: net.Socket, peer: string, remote: string, reason: string): void {
+    this.stats.refused++;
+    this.o.log('warn', 'peer-refused', { remote, peer, reason });
+    socket.end(this.handshake());
+    setTimeout(() => socket.destroy(), 1000).unref();
+    // Once: two nodes on two arbiters redialling each other at every refusal would never back off.
+    if (!this.toldOtherArbiter.has(peer)) {
+      this.toldOtherArbiter.add(peer);
+      this.redialNow(peer);
+    }
+  }
+
   /** The peer is who it says: take its messages (and snapshot-sized frames) from now on. */
   private admit(socket: net.Socket, decoder: FrameDecoder, timer: NodeJS.Timeout, peer: string, remote: string, epoch: number | null): void {
     clearTimeout(timer);
@@ -283,21 +349,26 @@ export class PeerTransport {
     if (this.closed) return;
     const addr = this.o.peers.get(id)!;
     let o = this.out.get(id);
-    if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS }));
+    if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS, lastOutcome: 'pending' }));
     const state = o;
     const socket = net.connect({ host: addr.host, port: addr.port });
     state.socket = socket;
     state.ready = false;
     socket.setNoDelay(true);
     const decoder = new FrameDecoder(HANDSHAKE_MAX_BYTES);
-    socket.on('connect', () => socket.write(this.handshake()));
+    let connected = false;
+    socket.on('connect', () => {
+      connected = true;
+      state.lastOutcome = 'connected';
+      socket.write(this.handshake());
+    });
     socket.on('data', (chunk: Buffer) => {
       try {
         decoder.push(chunk);
         for (let f = decoder.next(); f !== null; f = decoder.next()) {
           if (state.ready) throw new Error('the peer sent data on a one-way connection');
           const h = decodeHandshake(f);
-          const why = this.refusal(h, id) ?? this.authMismatch(h);
+          const why = this.refusal(h, id) ?? this.arbiterMismatch(h, null) ?? this.authMismatch(h);
           if (why !== null) throw new Error(why);
           if (h.challenge) socket.write(frame(encodeAuthProof(this.proof(this.o.self, id, h.challenge))));
           state.ready = true;
@@ -314,6 +385,7 @@ export class PeerTransport {
     socket.on('error', () => {});
     socket.on('close', () => {
       if (state.socket !== socket) return;
+      if (!connected) state.lastOutcome = 'unreachable';
       if (state.ready) this.o.log('warn', 'peer-disconnected', { peer: id });
       state.socket = null;
       state.ready = false;

@@ -7,6 +7,12 @@
 // machine behind a RESP2 port (kv-front.ts) or a WebAssembly guest (wasm-front.ts). Every
 // completed piece of I/O comes back into the core as an Input through `input()`; every
 // Action the core returns is carried out in `act()`, in order.
+//
+// Start, in order: read the arbiter's identity (wait while the arbiter does not answer; refuse
+// to start, exit 2, if it was never initialized), probe it, open the ports, then survey the
+// peers before the core's first step: wait (at most PEER_SURVEY_MS) until every peer has either
+// answered the handshake or is found down. A peer on another arbiter refuses the start
+// (E_ARBITER_MISMATCH, exit 2): two arbiters would each let a node bootstrap as primary.
 
 import http from 'node:http';
 import {
@@ -21,8 +27,8 @@ import {
   type View,
 } from '../core/index.js';
 import { openArbiter } from '../arbiter/open.js';
-import type { Arbiter } from '../arbiter/types.js';
-import { isLockstepError } from '../errors.js';
+import { isNotInitialized, type Arbiter, type ArbiterIdentity } from '../arbiter/types.js';
+import { LockstepError, isLockstepError } from '../errors.js';
 import { PeerTransport } from '../net/peer-transport.js';
 import { arbiterFor, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
@@ -36,6 +42,13 @@ const PEER_MAX_FRAME_BYTES = 512 * 1024 * 1024;
 const PEER_MAX_QUEUED_BYTES = 256 * 1024 * 1024;
 /** How often /status's arbiter health is refreshed by a read when nothing else asked it. */
 const ARBITER_HEALTH_MS = 2000;
+/** How often a node that cannot read its arbiter's identity at start asks again. */
+const IDENTITY_RETRY_MS = 1000;
+/**
+ * The longest a starting node waits for its peers to answer or be found down before its first
+ * step. A down peer is found at once (connection refused); a peer's redial backoff is at most 1 s.
+ */
+const PEER_SURVEY_MS = 2500;
 
 /** What /status says about the arbiter: which one, whether its last answer came, how fast. */
 export interface ArbiterHealth {
@@ -55,6 +68,10 @@ export class ReplicaNode implements FrontHost {
   private readonly core: CoreConfig;
   private readonly transport: PeerTransport;
   private readonly arbiter: Arbiter;
+  /** Read at start, before anything opens; carried in every peer handshake. */
+  private arbiterIdentity: ArbiterIdentity | null = null;
+  /** Peers seen on another arbiter: id -> their arbiter's id. */
+  readonly arbiterMismatches = new Map<string, string>();
   readonly arbiterHealth: ArbiterHealth;
   private arbiterHealthTimer: NodeJS.Timeout | null = null;
   private arbiterCallsInFlight = 0;
@@ -93,6 +110,11 @@ export class ReplicaNode implements FrontHost {
       maxQueuedBytes: PEER_MAX_QUEUED_BYTES,
       epoch: () => this.replicaState.view.epoch,
       secret: config.secret,
+      arbiterId: () => {
+        if (this.arbiterIdentity === null) throw new Error('lockstep invariant broken: a handshake before the arbiter identity was read');
+        return this.arbiterIdentity.id;
+      },
+      onArbiterMismatch: (peer, theirs) => this.arbiterMismatches.set(peer, theirs),
       onMessage: (from, msg) => this.input({ type: 'message', from, msg }),
       log: (level, event, fields) => this.log(level, event, fields),
     });
@@ -116,6 +138,12 @@ export class ReplicaNode implements FrontHost {
 
   async start(): Promise<void> {
     const self = nodeOf(this.config, this.id);
+    try {
+      this.arbiterIdentity = await this.readIdentity();
+    } catch (e) {
+      await this.arbiter.close();
+      throw e;
+    }
     // What waiting cannot fix (a refused user, another cluster's view) stops the start here,
     // before any port opens; an arbiter that does not answer is only waited for.
     try {
@@ -132,6 +160,7 @@ export class ReplicaNode implements FrontHost {
     const admin = http.createServer((req, res) => this.serveAdmin(req, res));
     this.adminServer = admin;
     await explainListen('admin', self.admin, () => listenOn(admin, self.admin, (e) => this.log('warn', 'admin-server-error', { reason: e.code ?? e.message })));
+    await this.surveyPeers();
     const tickMs = Math.max(1, Math.floor(this.config.heartbeatMs / 5));
     this.tickTimer = setInterval(() => this.input({ type: 'tick' }), tickMs);
     this.arbiterHealthTimer = setInterval(() => this.checkArbiterHealth(), ARBITER_HEALTH_MS);
@@ -143,6 +172,7 @@ export class ReplicaNode implements FrontHost {
       service: this.config.service.kind,
       mode: this.config.service.kind === 'kv' ? this.config.service.mode : 'record-replay',
       arbiter: this.arbiter.description,
+      arbiterId: this.arbiterIdentity.id,
       peerAuth: this.config.secret !== null,
     });
     const client = self.client;
@@ -157,6 +187,50 @@ export class ReplicaNode implements FrontHost {
     this.input({ type: 'start' });
   }
 
+  /**
+   * The arbiter's identity. The node goes no further until it has it: an arbiter that does not
+   * answer is waited for (logged each time); one never initialized, or another cluster's, or
+   * refusing our credentials, is thrown (the start fails, exit 2).
+   */
+  private async readIdentity(): Promise<ArbiterIdentity> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const identity = await this.askArbiter(() => this.arbiter.identity());
+        this.log('info', 'arbiter-identity', { arbiter: this.arbiter.description, arbiterId: identity.id, createdAt: identity.createdAt });
+        return identity;
+      } catch (e) {
+        if (isNotInitialized(e) || !isLockstepError(e) || e.code !== 'E_ARBITER_UNAVAILABLE' || this.stopped) throw e;
+        this.log('warn', 'arbiter-unavailable', { reason: e.message, attempt, waitingFor: `the arbiter's identity; this node opens no port and takes no step until it can read it (asking again every ${IDENTITY_RETRY_MS} ms)` });
+        await new Promise((r) => setTimeout(r, IDENTITY_RETRY_MS));
+      }
+    }
+  }
+
+  /**
+   * Before the first step: wait until every peer has answered the handshake or is found down
+   * (bounded), and refuse to start if any is on another arbiter.
+   */
+  private async surveyPeers(): Promise<void> {
+    const peers = this.config.nodes.map((n) => n.id).filter((id) => id !== this.id);
+    const startedMs = performance.now();
+    for (;;) {
+      if (this.arbiterMismatches.size > 0) {
+        const [peer, theirs] = [...this.arbiterMismatches][0]!;
+        throw new LockstepError(
+          'E_ARBITER_MISMATCH',
+          `peer ${peer} uses arbiter ${theirs}, this node (${this.id}) uses arbiter ${this.arbiterIdentity!.id} at ${this.arbiter.description}: two arbiters: split brain risk, check the arbiter path in every node's config (a relative file: path resolves against the config file's directory) and run lockstep init once per cluster`,
+        );
+      }
+      const unknown = peers.filter((p) => !this.transport.isConnected(p) && !this.transport.isUnreachable(p));
+      const waitedMs = performance.now() - startedMs;
+      if (unknown.length === 0 || waitedMs >= PEER_SURVEY_MS || this.stopped) {
+        if (unknown.length > 0) this.log('info', 'peer-survey-incomplete', { unanswered: unknown, waitedMs: Math.round(waitedMs) });
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
@@ -166,7 +240,13 @@ export class ReplicaNode implements FrontHost {
     await this.arbiter.close();
     await this.transport.close();
     const admin = this.adminServer;
-    if (admin) await new Promise<void>((resolve) => admin.close(() => resolve()));
+    if (admin) {
+      const closed = new Promise<void>((resolve) => admin.close(() => resolve()));
+      // A /status poller's keep-alive connection, mid-request when close() began, would hold the
+      // stop open (seen: a node refusing to start never exited while a test polled it).
+      admin.closeAllConnections();
+      await closed;
+    }
     this.log('info', 'node-stop', {});
   }
 
@@ -306,7 +386,8 @@ export class ReplicaNode implements FrontHost {
       retainedEntries: s.retainedEntries,
       recruit: s.recruit,
       service: this.config.service.kind,
-      arbiter: { ...this.arbiterHealth },
+      arbiter: { ...this.arbiterHealth, id: this.arbiterIdentity?.id ?? null },
+      ...(this.arbiterMismatches.size > 0 ? { peersOnOtherArbiters: Object.fromEntries(this.arbiterMismatches) } : {}),
       ...this.front.status(),
       rssBytes: process.memoryUsage.rss(),
       incarnation: this.incarnation,

@@ -4,6 +4,7 @@
 // is left behind even when an assertion fails. With `peerProxies`, every node listens for the
 // logging channel on its own `peerListen` port and a TcpProxy sits on its `peer` address (the
 // one the other nodes dial), so a test can cut, or reset, any node's incoming channel.
+// The arbiter is created before any node starts, by the code `lockstep init` runs.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -14,6 +15,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fetchStatus, type NodeStatus } from '../cli/admin-client.js';
 import { TcpProxy } from './tcp-proxy.js';
+import { initClusterArbiter } from '../cli/init.js';
+import { loadConfig } from '../node/config.js';
 
 const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
@@ -71,6 +74,8 @@ export class ProcessCluster {
   readonly cluster = 'test';
   /** The proxy on each node's peer address, by node id (peerProxies only). */
   readonly peerProxies = new Map<string, TcpProxy>();
+  /** The id of the arbiter's identity (what every node carries in its handshake). */
+  arbiterId = '';
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -118,6 +123,7 @@ export class ProcessCluster {
         })),
       };
       writeFileSync(c.configPath, JSON.stringify(config, null, 2));
+      c.arbiterId = (await initClusterArbiter(await loadConfig(c.configPath))).identity.id;
       // The first node starts first so that it wins the bootstrap; the rest are spares.
       c.spawn('n1');
       await c.waitFor(async () => (await c.status('n1'))?.role === 'primary', 30_000, 'n1 to become primary');
