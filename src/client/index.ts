@@ -138,6 +138,8 @@ export class LockstepClient {
   private closed = false;
   /** The last connection attempts and how each ended ("127.0.0.1:7001: ECONNREFUSED"), newest last. */
   private readonly recent: string[] = [];
+  /** The node of the current (or last) connection. */
+  private current: Address | null = null;
   /** The current connection's socket error, if it had one (ECONNREFUSED, ETIMEDOUT ...). */
   private socketError: string | null = null;
   /** How many times the client moved to another node (for tests and metrics). */
@@ -260,6 +262,7 @@ export class LockstepClient {
     if (this.closed) return;
     this.connecting = true;
     const addr = this.nodes[this.target % this.nodes.length]!;
+    this.current = addr;
     const socket: net.Socket = this.tls === null
       ? net.connect({ host: addr.host, port: addr.port })
       : tls.connect({ servername: net.isIP(addr.host) === 0 ? addr.host : undefined, ...this.tls, host: addr.host, port: addr.port });
@@ -342,9 +345,11 @@ export class LockstepClient {
 
   /** Drop this connection and try the next node (or the hinted one), resending what is unanswered. */
   private moveOn(why: string): void {
-    const addr = this.nodes[this.target % this.nodes.length]!;
-    this.recent.push(`${addr.host.includes(':') ? `[${addr.host}]` : addr.host}:${addr.port}: ${why}`);
-    if (this.recent.length > RECENT_ATTEMPTS) this.recent.shift();
+    const addr = this.current;
+    if (addr !== null) {
+      this.recent.push(`${addr.host.includes(':') ? `[${addr.host}]` : addr.host}:${addr.port}: ${why}`);
+      if (this.recent.length > RECENT_ATTEMPTS) this.recent.shift();
+    }
     if (this.attemptTimer) {
       clearTimeout(this.attemptTimer);
       this.attemptTimer = null;
