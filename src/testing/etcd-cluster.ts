@@ -18,7 +18,11 @@ export const ETCD_BINARY = process.env.LOCKSTEP_ETCD ?? 'etcd';
 /** Null when an etcd server binary is on PATH; otherwise the one-line reason tests skip with. */
 export function etcdMissing(): string | null {
   const r = spawnSync(ETCD_BINARY, ['--version'], { encoding: 'utf8' });
-  if (r.error || r.status !== 0) return `etcd is not installed: apt-get install etcd-server (looked for '${ETCD_BINARY}')`;
+  if (r.error || r.status !== 0) {
+    // In CI a missing etcd is a broken CI (.ci/run installs it), not a reason to skip.
+    if (process.env.CI) throw new Error(`CI without etcd ('${ETCD_BINARY}'): .ci/run must install etcd-server`);
+    return `etcd is not installed: apt-get install etcd-server (looked for '${ETCD_BINARY}')`;
+  }
   return null;
 }
 
