@@ -129,7 +129,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     return v;
   };
 
-  const top = object(json, '(top level)', [...TOP_REQUIRED, ...INTS, 'secretFile', 'etcd', 'requirePassFile', 'clientTls'], TOP_REQUIRED);
+  const top = object(json, '(top level)', CONFIG_KEYS.top, TOP_REQUIRED);
   const cluster = name(top.cluster, 'cluster');
 
   if (typeof top.arbiter !== 'string') fail('arbiter', `must be a string such as "file:.lockstep/arbiter", got ${describe(top.arbiter)}`);
@@ -194,7 +194,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     const path = `nodes[${i}]`;
     // A wasm guest listens on its own addresses (service.listen): its nodes need no client port.
     const required = service.kind === 'wasm' ? ['id', 'peer', 'admin'] : ['id', ...ROLES];
-    const o = object(raw, path, ['id', ...ROLES, 'peerListen', 'arbiter'], required);
+    const o = object(raw, path, CONFIG_KEYS.node, required);
     const id = name(o.id, `${path}.id`);
     const twin = ids.get(id);
     if (twin !== undefined) fail(`${path}.id`, `node id ${id} is already used by ${twin}; node ids must be unique`);
@@ -345,7 +345,7 @@ function readPassword(v: unknown, baseDir: string, fail: (path: string, msg: str
 
 /** TLS on the client port: a PEM certificate (chain) and its key. */
 function readTls(v: unknown, baseDir: string, object: ObjectFn, fail: (path: string, msg: string) => never): TlsFiles {
-  const o = object(v, 'clientTls', ['certFile', 'keyFile'], ['certFile', 'keyFile']);
+  const o = object(v, 'clientTls', CONFIG_KEYS.clientTls, CONFIG_KEYS.clientTls);
   const cert = readSmallFile('clientTls.certFile', o.certFile, baseDir, PEM_MAX_BYTES, fail);
   const key = readSmallFile('clientTls.keyFile', o.keyFile, baseDir, PEM_MAX_BYTES, fail);
   if (!/-----BEGIN [A-Z ]*CERTIFICATE-----/.test(cert.toString('latin1'))) fail('clientTls.certFile', `${resolve(baseDir, String(o.certFile))} is not a PEM certificate`);
@@ -355,6 +355,19 @@ function readTls(v: unknown, baseDir: string, object: ObjectFn, fail: (path: str
 
 const WASM_KEYS = ['kind', 'module', 'args', 'env', 'listen', 'memoryLimitMb', 'guestDir'] as const;
 
+/**
+ * Every key the config may hold, by object. docs/cluster.schema.json (for editors) names the
+ * same ones: test/config-schema keeps the two in step.
+ */
+export const CONFIG_KEYS = {
+  top: [...TOP_REQUIRED, ...INTS, 'secretFile', 'etcd', 'requirePassFile', 'clientTls'],
+  node: ['id', ...ROLES, 'peerListen', 'arbiter'],
+  kvService: ['kind', 'mode'],
+  wasmService: WASM_KEYS,
+  etcd: ETCD_KEYS,
+  clientTls: ['certFile', 'keyFile'],
+} as const;
+
 function parseService(
   v: unknown,
   baseDir: string,
@@ -363,7 +376,7 @@ function parseService(
 ): ServiceConfig {
   const kind = typeof v === 'object' && v !== null ? (v as Record<string, unknown>).kind : undefined;
   if (kind === 'wasm') return parseWasmService(object(v, 'service', WASM_KEYS, ['kind', 'module', 'listen']), baseDir, fail);
-  const svc = object(v, 'service', ['kind', 'mode'], ['kind', 'mode']);
+  const svc = object(v, 'service', CONFIG_KEYS.kvService, CONFIG_KEYS.kvService);
   if (svc.kind !== 'kv') fail('service.kind', `must be "kv" or "wasm", got ${describe(svc.kind)}`);
   if (svc.mode !== 'rsm' && svc.mode !== 'state-transfer') fail('service.mode', `must be "rsm" or "state-transfer", got ${describe(svc.mode)}`);
   return { kind: 'kv', mode: svc.mode };
