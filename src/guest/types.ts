@@ -54,6 +54,17 @@ export interface StateMachine<Command, Reply, Change> {
    * Applying `change` with `applyChange` to an equal state must give an equal state.
    */
   execute(command: Command): Execution<Reply, Change>;
+  /**
+   * Optional admission check, run on the primary only, before `execute` (and after the
+   * duplicate filter): a reply here refuses the command, which is neither executed, logged nor
+   * recorded (kv: maxmemory). It may read only replicated state.
+   */
+  admit?(command: Command): Reply | null;
+  /**
+   * Optional: the reply the duplicate filter records for a retry (`changed`: the command
+   * changed the state). A machine may shorten replies of commands that changed nothing.
+   */
+  recordedReply?(reply: Reply, changed: boolean): Reply;
   /** Install a change produced by `execute` on another replica. Never executes a command. */
   applyChange(change: Change): void;
   /** The whole state as bytes (for recruiting a new backup). */
