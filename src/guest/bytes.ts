@@ -38,6 +38,16 @@ function hasWideChar(s: string): boolean {
   return /[^\x00-\xff]/.test(s);
 }
 
+/** Bytes of `v` as an unsigned LEB128 varint. */
+export function varuintSize(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v = Math.floor(v / 0x80);
+    n++;
+  }
+  return n;
+}
+
 /** Copy the latin1 string `s` into `buf` at `pos` (the room is there); chars above 0xff throw. */
 export function writeLatin1(buf: Uint8Array, pos: number, s: string): void {
   const n = s.length;

@@ -21,7 +21,7 @@
 // so rsm backups never see it). Reads and DEL always work.
 
 import type { GuestCodec, Execution, StateMachine } from './types.js';
-import { ByteReader, ByteWriter, Hash64, SumDigest } from './bytes.js';
+import { ByteReader, ByteWriter, Hash64, SumDigest, varuintSize } from './bytes.js';
 import { BIG_VALUE_CHARS, appendBig, hashBig, type BigPair } from './value-hash.js';
 
 export type KvCommand = readonly string[];
@@ -464,11 +464,18 @@ function readReply(r: ByteReader, depth: number): KvReply {
 
 export const kvCodec: GuestCodec<KvCommand, KvReply, KvChange> = {
   encodeCommand(command) {
-    let size = 10;
-    for (const a of command) size += a.length + 10;
-    const w = scratch.reset().expect(size).varuint(command.length);
-    for (const a of command) w.latin1(a);
+    const w = scratch.reset().expect(kvCodec.commandLength!(command));
+    kvCodec.writeCommand!(w, command);
     return w.take();
+  },
+  commandLength(command) {
+    let n = varuintSize(command.length);
+    for (const a of command) n += varuintSize(a.length) + a.length;
+    return n;
+  },
+  writeCommand(w, command) {
+    w.varuint(command.length);
+    for (const a of command) w.latin1(a);
   },
   decodeCommand(bytes) {
     const r = new ByteReader(bytes, 'kv command');

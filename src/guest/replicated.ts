@@ -167,8 +167,17 @@ export class ReplicatedService<C, R, X> {
     else w.u8(1).text(id).varuint(seq).varuint(ackedBelow);
     const replyBytes = id === null ? null : this.toRecord(reply, change !== null);
     if (this.mode === 'rsm') {
-      const cmd = m.codec.encodeCommand(command);
-      w.expect(cmd.length + 9).bytes(cmd);
+      const codec = m.codec;
+      if (codec.commandLength !== undefined && codec.writeCommand !== undefined) {
+        const n = codec.commandLength(command);
+        w.expect(n + 9).varuint(n);
+        const at = w.length;
+        codec.writeCommand(w, command);
+        if (w.length - at !== n) throw new Error(`${m.name}: commandLength said ${n} bytes, writeCommand wrote ${w.length - at}`);
+      } else {
+        const cmd = codec.encodeCommand(command);
+        w.expect(cmd.length + 9).bytes(cmd);
+      }
     } else {
       if (replyBytes !== null) w.bytes(replyBytes);
       if (change === null) w.u8(0);
