@@ -12,7 +12,7 @@ export const ERROR_CODES = {
   E_HISTORY_PARSE: 'a line of a history file is not valid JSON',
   E_HISTORY_EVENT: 'a history event is missing a field or has a field of the wrong kind',
   E_HISTORY_ORDER: 'a history breaks process order (a completion with no invoke, two invokes in a row, time going back)',
-  E_DEDUP_STALE: 'a client retried a request whose reply it already acknowledged',
+  E_DEDUP_STALE: 'a client retried a request whose reply it already acknowledged, or whose recorded reply was evicted to keep the filter under `dedupBytesMax`; the request is not run again',
   E_DEDUP_WINDOW: 'a client has too many requests in flight for the duplicate filter',
   E_CORRUPT_ENTRY: 'a log entry or snapshot could not be decoded',
   E_CONFIG_PARSE: 'the config file is not valid JSON',

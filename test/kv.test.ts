@@ -76,7 +76,7 @@ const cases: readonly Case[] = [
   { name: 'DEL arity', cmd: ['DEL'], reply: arity('del') },
   // APPEND
   { name: 'APPEND creates', cmd: ['APPEND', 'k', 'ab'], reply: int(2), writes: [['k', 'ab']] },
-  { name: 'APPEND extends', setup: [['SET', 'k', 'ab']], cmd: ['APPEND', 'k', 'cd'], reply: int(4), writes: [['k', 'abcd']] },
+  { name: 'APPEND extends', setup: [['SET', 'k', 'ab']], cmd: ['APPEND', 'k', 'cd'], reply: int(4), writes: [['k', 'cd', 'append']] }, // state transfer ships the delta
   { name: 'APPEND empty to missing creates the key', cmd: ['APPEND', 'k', ''], reply: int(0), writes: [['k', '']] },
   { name: 'APPEND empty to existing changes nothing', setup: [['SET', 'k', 'ab']], cmd: ['APPEND', 'k', ''], reply: int(2) },
   { name: 'APPEND arity', cmd: ['APPEND', 'k'], reply: arity('append') },
@@ -327,4 +327,74 @@ test('snapshot/restore round trip: equal digest, equal behaviour', () => {
   assert.throws(() => a.restore(snap.subarray(0, snap.length - 1)), LockstepError);
   assert.equal(a.digest(), digest);
   assert.equal(a.fullDigest(), digest);
+});
+
+test('big values: native digest, APPEND extends it, every path agrees (issue 14 item 4)', () => {
+  const big = (n: number, c: string): string => c.repeat(n);
+  const a = createKv();
+  const b = createKv();
+  const ship = (cmd: KvCommand): KvReply => {
+    const { reply, change } = a.execute(cmd);
+    if (change) b.applyChange(kvCodec.decodeChange(kvCodec.encodeChange(change)));
+    assert.equal(a.digest(), b.digest(), cmd[0]);
+    assert.equal(a.digest(), a.fullDigest(), `${cmd[0]}: incremental digest = full recompute`);
+    return reply;
+  };
+  // Across both thresholds (4 KiB: SHA-256; 64 KiB: a running hash kept for appends).
+  ship(['SET', 'x', big(4000, 'a')]);
+  for (let i = 0; i < 30; i++) ship(['APPEND', 'x', big(5000, String.fromCharCode(0xe0 + i))]);
+  assert.equal(a.get('x')!.length, 4000 + 30 * 5000);
+  ship(['SET', 'x', big(70_000, 'q')]); // overwrite a big value
+  const { change } = a.execute(['APPEND', 'x', 'tail']);
+  assert.deepEqual(change?.writes, [['x', 'tail', 'append']], 'state transfer ships only the appended bytes');
+  b.applyChange(change!);
+  assert.equal(a.digest(), b.digest());
+  // The same value reached by one SET digests the same as by SET + APPENDs.
+  const c = createKv();
+  c.execute(['SET', 'x', a.get('x')!]);
+  assert.equal(c.digest(), a.digest());
+  // A snapshot restores it, and appends continue from there.
+  const d = createKv();
+  d.restore(a.snapshot());
+  assert.equal(d.digest(), a.digest());
+  ship(['APPEND', 'x', 'more']);
+  d.execute(['APPEND', 'x', 'more']);
+  assert.equal(d.digest(), a.digest());
+  ship(['DEL', 'x']);
+  assert.equal(a.digest(), createKv().digest());
+  // Wide chars cannot enter a big value through the codec.
+  assert.throws(() => kvCodec.encodeCommand(['SET', 'k', 'a'.repeat(1000) + '\u0100']), RangeError);
+});
+
+test('change encodings from before op 2 still decode', () => {
+  // varuint 2 writes; op 1 set 'k' = 'v'; op 0 delete 'z'
+  const old = new Uint8Array([2, 1, 1, 0x6b, 1, 0x76, 0, 1, 0x7a]);
+  assert.deepEqual(kvCodec.decodeChange(old), { writes: [['k', 'v'], ['z', null]] });
+  const w = kvCodec.encodeChange({ writes: [['k', 'v'], ['z', null]] });
+  assert.deepEqual([...w], [...old]);
+  assert.throws(() => kvCodec.decodeChange(new Uint8Array([1, 3, 1, 0x6b])), LockstepError);
+});
+
+test('maxmemory: writes that could pass it get -OOM, reads and DEL work (issue 14 item 8)', () => {
+  const kv = createKv(1 << 20, 1000);
+  assert.deepEqual(kv.admit(['SET', 'a', 'x'.repeat(500)]), null);
+  kv.execute(['SET', 'a', 'x'.repeat(500)]);
+  assert.equal(kv.usedBytes, 1 + 500 + 64);
+  const oom = err("OOM command not allowed when used memory > 'maxmemory'.");
+  assert.deepEqual(kv.admit(['SET', 'b', 'y'.repeat(400)]), oom);
+  assert.deepEqual(kv.admit(['APPEND', 'a', 'y'.repeat(436)]), oom);
+  assert.deepEqual(kv.admit(['APPEND', 'a', 'y'.repeat(435)]), null);
+  assert.deepEqual(kv.admit(['MSET', 'b', '1', 'c', 'z'.repeat(400)]), oom);
+  assert.deepEqual(kv.admit(['INCR', 'n']), null);
+  for (const read of [['GET', 'a'], ['MGET', 'a'], ['EXISTS', 'a'], ['DBSIZE'], ['DEL', 'a']]) assert.equal(kv.admit(read), null, read[0]);
+  kv.execute(['DEL', 'a']);
+  assert.equal(kv.usedBytes, 0);
+  assert.equal(kv.admit(['SET', 'b', 'y'.repeat(400)]), null);
+  // The count survives a snapshot and an append change.
+  kv.execute(['SET', 'b', 'y'.repeat(400)]);
+  kv.execute(['APPEND', 'b', 'zz']);
+  const other = createKv(1 << 20, 1000);
+  other.restore(kv.snapshot());
+  assert.equal(other.usedBytes, kv.usedBytes);
+  assert.equal(createKv().admit(['SET', 'k', 'x'.repeat(100_000)]), null, 'no limit by default');
 });

@@ -14,6 +14,7 @@ import {
   decodePeerMessage,
   encodeHandshake,
   encodePeerMessage,
+  encodePeerFrame,
   type Handshake,
 } from '../src/net/peer-codec.js';
 import { FrameDecoder, FramingError, frame } from '../src/net/framing.js';
@@ -63,6 +64,20 @@ test('every message kind round-trips exactly, from a Uint8Array and from a Buffe
   assert.deepEqual(decodePeerMessage(encodePeerMessage(odd as unknown as PeerMessage)), odd);
   assert.equal(encodePeerMessage({ type: 'join' }).length, 1);
   assert.equal(encodePeerMessage({ type: 'ack', epoch: 3, seq: 4, ackedIndex: 100, gap: false }).length, 5);
+});
+
+test('encodePeerFrame is frame(encodePeerMessage) in parts, big payloads uncopied (issue 14 item 4)', () => {
+  const big = bytes(200_000);
+  const msgs: PeerMessage[] = [
+    ...MESSAGES,
+    { type: 'frame', view: V2, seq: 2, prevIndex: 0, payloads: [bytes(10), big, bytes(70_000), bytes(3)], primaryIndex: 4, pendingView: null },
+    { type: 'snapshot', view: V2, seq: 3, index: 9, data: big },
+  ];
+  for (const msg of msgs) {
+    const parts = encodePeerFrame(msg);
+    assert.deepEqual(Buffer.concat(parts), frame(encodePeerMessage(msg)), msg.type);
+  }
+  assert.ok(encodePeerFrame(msgs[msgs.length - 1]!).includes(big), 'the snapshot data is a part of its own');
 });
 
 test('decoded payloads are views into the frame buffer (no copy)', () => {

@@ -303,3 +303,54 @@ test('requests with a bad seq are a caller bug', () => {
   assert.throws(() => p.execute(req('c', 1, ['SET', 'k', 'v'], -1)), RangeError);
   assert.throws(() => service('rsm', { clientsMax: 0 }), RangeError);
 });
+
+test('the filter is bounded in bytes: old replies go first, then their retries are refused, never re-run (issue 14 item 7)', () => {
+  for (const mode of REPLICATION_MODES) {
+    const limits = { bytesMax: 4000 };
+    const p = new ReplicatedService(createKv(), mode, limits);
+    const b = new ReplicatedService(createKv(), mode, limits);
+    // 10 clients, 3 writes each: about 10 * (240 + 3 * 165) counted bytes, well over 4000.
+    for (let seq = 1; seq <= 3; seq++) for (let c = 0; c < 10; c++) step(p, [b], req(`c${c}`, seq, ['APPEND', 'k', 'x']));
+    assert.ok(p.filterBytes <= 4000, `${p.filterBytes}`);
+    assertSame(p, b, mode);
+    // The most recent client still has its replies; the first lost them but is remembered.
+    assert.equal(step(p, [b], req('c9', 3, ['APPEND', 'k', 'x'])).duplicate, true);
+    const evicted = step(p, [b], req('c0', 1, ['APPEND', 'k', 'x']));
+    assert.ok(isStale(evicted.reply), JSON.stringify(evicted.reply));
+    assert.equal(evicted.entry, null, 'an evicted reply\'s retry does not run again');
+    assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: 'x'.repeat(30) });
+    const fresh = new ReplicatedService(createKv(), mode, limits);
+    fresh.restore(p.snapshot());
+    assert.equal(fresh.filterBytes, p.filterBytes);
+    step(p, [b, fresh], req('new', 1, ['APPEND', 'k', 'y']));
+    assertSame(fresh, p, mode);
+    assertSame(b, p, mode);
+  }
+});
+
+test('refused commands are recorded short', () => {
+  for (const mode of REPLICATION_MODES) {
+    const p = service(mode);
+    const b = service(mode);
+    const long = ['NOSUCH', 'a'.repeat(500), 'b'.repeat(500)];
+    const first = step(p, [b], req('c', 1, long));
+    assert.ok(first.reply.kind === 'error' && first.reply.message.length > 128, 'the client gets the whole error');
+    const retry = step(p, [b], req('c', 1, long));
+    assert.equal(retry.duplicate, true);
+    assert.ok(retry.reply.kind === 'error' && retry.reply.message.startsWith("ERR unknown command 'NOSUCH'") && retry.reply.message.length <= 96, JSON.stringify(retry.reply));
+    assert.ok(p.filterBytes < 600, `${p.filterBytes}`);
+    assertSame(p, b, mode);
+  }
+});
+
+test('maxmemory is decided on the primary: a refused write is neither logged nor recorded', () => {
+  for (const mode of REPLICATION_MODES) {
+    const p = new ReplicatedService(createKv(1 << 20, 300), mode);
+    const b = new ReplicatedService(createKv(1 << 20, 300), mode);
+    const res = step(p, [b], req('c', 1, ['SET', 'k', 'v'.repeat(300)]));
+    assert.deepEqual(res.reply, { kind: 'error', message: "OOM command not allowed when used memory > 'maxmemory'." });
+    assert.equal(res.entry, null);
+    assert.equal(step(p, [b], req('c', 1, ['SET', 'k', 'v'])).duplicate, false, 'the retry is judged afresh');
+    assertSame(p, b, mode);
+  }
+});

@@ -17,6 +17,9 @@ export interface NodeStatus {
   readonly opsPerSec?: number;
   readonly clients?: number;
   readonly digest?: string;
+  /** kv: the state's size as counted for maxmemory, and the duplicate filter's as counted for dedupBytesMax. */
+  readonly usedMemoryBytes?: number;
+  readonly dedupBytes?: number;
   /** wasm: the guest's state (wasm-front.ts `status`). */
   readonly guest?: GuestStatus;
   readonly rssBytes: number;

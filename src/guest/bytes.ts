@@ -1,7 +1,9 @@
 // Byte encoding for log entries, snapshots and codecs, plus a small 64-bit hash for digests.
 //
-// Everything under src/guest must be pure and deterministic, and run on any JS engine, so this
-// uses only Uint8Array/DataView (no Buffer, no TextEncoder). Integers are little-endian;
+// Everything under src/guest must be pure and deterministic. This file runs on any JS engine
+// (Uint8Array/DataView), and where Node's Buffer exists it moves long byte strings with Buffer's
+// native latin1 copies instead of a loop per byte: a 64 MiB value once took seconds here,
+// longer than the failure timeout (issue 14 item 4). Both paths give the same bytes. Integers are little-endian;
 // lengths and counts are unsigned LEB128 varints. Strings come in two flavours:
 //   latin1  a byte string (Redis keys/values): one char (code 0..255) = one byte.
 //   text    any JS string: each UTF-16 code unit as a varint (ASCII = 1 byte, lossless).
@@ -12,6 +14,67 @@ import { LockstepError } from '../errors.js';
 
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 const CHUNK = 8192; // String.fromCharCode.apply argument limit, kept well below the stack cap
+/** From this length on, a latin1 string is copied natively (when Buffer exists). */
+const NATIVE_CHARS = 512;
+/** A writer whose buffer grew past this hands it over on take() instead of copying it. */
+const TAKE_BYTES = 64 * 1024;
+
+interface NativeBuffer extends Uint8Array {
+  latin1Write(s: string, offset: number, length: number): number;
+  latin1Slice(start: number, end: number): string;
+}
+interface NativeBufferClass {
+  from(ab: ArrayBufferLike, byteOffset: number, length: number): NativeBuffer;
+}
+const NodeBuffer = (globalThis as unknown as { Buffer?: NativeBufferClass }).Buffer;
+
+/** A Buffer over the same memory as `b` (no copy), where Buffer exists. */
+function asNative(b: Uint8Array): NativeBuffer | null {
+  return NodeBuffer === undefined ? null : NodeBuffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/** True when some char of `s` is above 0xff (V8 answers at once for one-byte strings). */
+function hasWideChar(s: string): boolean {
+  return /[^\x00-\xff]/.test(s);
+}
+
+/** Bytes of `v` as an unsigned LEB128 varint. */
+export function varuintSize(v: number): number {
+  let n = 1;
+  while (v >= 0x80) {
+    v = Math.floor(v / 0x80);
+    n++;
+  }
+  return n;
+}
+
+/** Copy the latin1 string `s` into `buf` at `pos` (the room is there); chars above 0xff throw. */
+export function writeLatin1(buf: Uint8Array, pos: number, s: string): void {
+  const n = s.length;
+  if (n >= NATIVE_CHARS && NodeBuffer !== undefined) {
+    if (hasWideChar(s)) throw new RangeError('not a latin1 string');
+    const written = asNative(buf)!.latin1Write(s, pos, n);
+    if (written !== n) throw new RangeError(`latin1 write of ${n} chars wrote ${written}`);
+    return;
+  }
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c > 0xff) throw new RangeError(`not a latin1 string (char ${c} at ${i})`);
+    buf[pos + i] = c;
+  }
+}
+
+/** The bytes buf[start, end) as a latin1 string (a copy). */
+export function readLatin1(buf: Uint8Array, start: number, end: number): string {
+  const n = end - start;
+  if (n <= CHUNK) return String.fromCharCode.apply(null, buf.subarray(start, end) as unknown as number[]);
+  if (NodeBuffer !== undefined) return asNative(buf)!.latin1Slice(start, end);
+  let s = '';
+  for (let i = start; i < end; i += CHUNK) {
+    s += String.fromCharCode.apply(null, buf.subarray(i, Math.min(i + CHUNK, end)) as unknown as number[]);
+  }
+  return s;
+}
 
 export class ByteWriter {
   private buf: Uint8Array;
@@ -38,8 +101,8 @@ export class ByteWriter {
   private reserve(n: number): void {
     const need = this.pos + n;
     if (need <= this.buf.length) return;
-    let cap = this.buf.length * 2;
-    while (cap < need) cap *= 2;
+    // Doubling, but never to twice a large need: one 64 MiB value must not reserve 128 MiB.
+    const cap = Math.max(need, this.buf.length * 2);
     const next = new Uint8Array(cap);
     next.set(this.buf.subarray(0, this.pos));
     this.buf = next;
@@ -94,14 +157,8 @@ export class ByteWriter {
     const n = s.length;
     this.varuint(n);
     this.reserve(n);
-    const buf = this.buf;
-    let p = this.pos;
-    for (let i = 0; i < n; i++) {
-      const c = s.charCodeAt(i);
-      if (c > 0xff) throw new RangeError(`not a latin1 string (char ${c} at ${i})`);
-      buf[p++] = c;
-    }
-    this.pos = p;
+    writeLatin1(this.buf, this.pos, s);
+    this.pos += n;
     return this;
   }
 
@@ -141,6 +198,29 @@ export class ByteWriter {
   /** A copy of exactly the bytes written; the writer can keep going or be reset. */
   finish(): Uint8Array {
     return this.buf.slice(0, this.pos);
+  }
+
+  /**
+   * The bytes written, and the writer starts over empty. A large buffer is handed over as it is
+   * (no copy: a 64 MiB entry is not copied twice), a small one is copied and kept for reuse.
+   */
+  take(): Uint8Array {
+    if (this.pos < TAKE_BYTES) {
+      const out = this.buf.slice(0, this.pos);
+      this.pos = 0;
+      return out;
+    }
+    const out = this.buf.subarray(0, this.pos);
+    this.buf = new Uint8Array(256);
+    this.dv = null;
+    this.pos = 0;
+    return out;
+  }
+
+  /** Make room for at least `n` more bytes now (one allocation when the size is known). */
+  expect(n: number): this {
+    this.reserve(n);
+    return this;
   }
 
   reset(): this {
@@ -228,13 +308,7 @@ export class ByteReader {
     this.need(n);
     const start = this.pos;
     this.pos += n;
-    const buf = this.buf;
-    if (n <= CHUNK) return String.fromCharCode.apply(null, buf.subarray(start, start + n) as unknown as number[]);
-    let s = '';
-    for (let i = start; i < start + n; i += CHUNK) {
-      s += String.fromCharCode.apply(null, buf.subarray(i, Math.min(i + CHUNK, start + n)) as unknown as number[]);
-    }
-    return s;
+    return readLatin1(this.buf, start, start + n);
   }
 
   text(): string {

@@ -10,10 +10,19 @@
 // Determinism: the store is a Map, whose iteration order depends on the history of deletes
 // and re-inserts, which differs between a replica that executes and one that installs
 // changes. So nothing observable iterates the Map in its own order: snapshots sort keys and
-// the digest is an order-independent sum of per-pair hashes, updated on every write (O(1)).
+// the digest is an order-independent sum of per-pair hashes, updated on every write (O(1) in
+// the number of keys; a big value is hashed natively, and an APPEND hashes only what it adds:
+// value-hash.ts). In state-transfer mode an APPEND ships only the appended bytes.
+//
+// Memory (issue 14 item 8): the state's size is counted deterministically, as the bytes of
+// every key and value plus KEY_OVERHEAD_BYTES per key, the same on every replica. With a
+// maxmemory limit, a write that could take it past the limit is refused with Redis's -OOM
+// error before it executes (`admit`, on the primary only: a refused command is never logged,
+// so rsm backups never see it). Reads and DEL always work.
 
 import type { GuestCodec, Execution, StateMachine } from './types.js';
-import { ByteReader, ByteWriter, Hash64, SumDigest } from './bytes.js';
+import { ByteReader, ByteWriter, Hash64, SumDigest, varuintSize } from './bytes.js';
+import { BIG_VALUE_CHARS, appendBig, hashBig, type BigPair } from './value-hash.js';
 
 export type KvCommand = readonly string[];
 
@@ -24,10 +33,22 @@ export type KvReply =
   | { readonly kind: 'bulk'; readonly value: string | null }
   | { readonly kind: 'array'; readonly items: readonly KvReply[] };
 
-/** Writes in order; a null value deletes the key. */
-export type KvChange = { readonly writes: readonly (readonly [key: string, value: string | null])[] };
+/**
+ * Writes in order; a null value deletes the key; with `append`, the value is appended to the
+ * key's current value (which exists: an APPEND to a missing key is a plain set).
+ */
+export type KvChange = { readonly writes: readonly Write[] };
 
-type Write = readonly [key: string, value: string | null];
+type Write = readonly [key: string, value: string | null, append?: 'append'];
+
+/** What each key costs in the memory count beyond its bytes (the Map entry, string headers). */
+export const KEY_OVERHEAD_BYTES = 64;
+/** The bytes an INCR may write: the longest int64 in decimal. */
+const INT64_CHARS = 20;
+/** Redis's shared.oomerr (server.c), without the leading '-'. */
+export const OOM_MESSAGE = "OOM command not allowed when used memory > 'maxmemory'.";
+/** A recorded error reply of a command that changed nothing is cut to this many chars. */
+const RECORDED_ERROR_CHARS = 96;
 
 const INT64_MIN = -(1n << 63n);
 const INT64_MAX = (1n << 63n) - 1n;
@@ -94,13 +115,24 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   readonly codec: GuestCodec<KvCommand, KvReply, KvChange> = kvCodec;
 
   private data = new Map<string, string>();
+  /** Digest parts of the values of BIG_VALUE_CHARS or more (so removing one needs no rehash). */
+  private bigs = new Map<string, BigPair>();
   /** The longest value a command may make (Redis's proto-max-bulk-len); the same on every replica. */
   private readonly maxValueBytes: number;
+  /** The limit on usedBytes beyond which writes are refused (Infinity: none). */
+  readonly maxmemoryBytes: number;
+  private used = 0;
   private readonly sum = new SumDigest();
   private readonly h = new Hash64();
 
-  constructor(maxValueBytes = MAX_STRING) {
+  constructor(maxValueBytes = MAX_STRING, maxmemoryBytes = Infinity) {
     this.maxValueBytes = maxValueBytes;
+    this.maxmemoryBytes = maxmemoryBytes;
+  }
+
+  /** The state's size as counted for maxmemory: key and value bytes plus KEY_OVERHEAD_BYTES a key. */
+  get usedBytes(): number {
+    return this.used;
   }
 
   /** Number of keys. */
@@ -121,6 +153,45 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
     return err('ERR ' + message);
   }
 
+  /**
+   * Refuse a write that could take the state past maxmemory (Redis's denyoom commands: every
+   * kv write but DEL). The bound is what the command could add at most, so the state never
+   * passes the limit; Redis checks only that it is not already past it.
+   */
+  admit(args: KvCommand): KvReply | null {
+    if (this.maxmemoryBytes === Infinity) return null;
+    const name = commandName(args);
+    let grow = 0;
+    switch (name) {
+      case 'set':
+      case 'mset':
+        for (let i = 1; i + 1 < args.length; i += 2) grow += args[i]!.length + args[i + 1]!.length + KEY_OVERHEAD_BYTES;
+        break;
+      case 'append':
+        grow = (args[2]?.length ?? 0) + (args[1] !== undefined && this.data.has(args[1]) ? 0 : args[1]!.length + KEY_OVERHEAD_BYTES);
+        break;
+      case 'incr':
+      case 'decr':
+      case 'incrby':
+      case 'decrby':
+        grow = INT64_CHARS + (args[1]?.length ?? 0) + KEY_OVERHEAD_BYTES;
+        break;
+      default:
+        return null;
+    }
+    return this.used + grow > this.maxmemoryBytes ? err(OOM_MESSAGE) : null;
+  }
+
+  /**
+   * What the duplicate filter records for a reply: a long error from a command that changed
+   * nothing (an unknown command quotes its arguments) is cut short; the client that sent it
+   * got it whole, and a retry gets the same error, shortened.
+   */
+  recordedReply(reply: KvReply, changed: boolean): KvReply {
+    if (changed || reply.kind !== 'error' || reply.message.length <= RECORDED_ERROR_CHARS) return reply;
+    return err(`${reply.message.slice(0, RECORDED_ERROR_CHARS - 3)}...`);
+  }
+
   execute(args: KvCommand): Execution<KvReply, KvChange> {
     const writes: Write[] = [];
     const reply = this.run(args, writes);
@@ -128,7 +199,11 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   }
 
   applyChange(change: KvChange): void {
-    for (const [key, value] of change.writes) this.put(key, value);
+    for (const [key, value, append] of change.writes) {
+      if (append === undefined) this.put(key, value);
+      else if (value === null || !this.data.has(key)) throw new Error('kv: an append change to a missing key');
+      else this.appendTo(key, value);
+    }
   }
 
   snapshot(): Uint8Array {
@@ -154,7 +229,10 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
     }
     r.end();
     this.data = data;
-    this.recomputeDigest(this.sum);
+    this.bigs = new Map();
+    this.used = 0;
+    for (const [k, v] of data) this.used += k.length + v.length + KEY_OVERHEAD_BYTES;
+    this.recomputeDigest(this.sum, this.bigs);
   }
 
   /** Incremental, order-independent digest of the whole store: O(1). */
@@ -165,25 +243,65 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   /** The same digest recomputed from scratch (O(n)): tests check it equals digest(). */
   fullDigest(): string {
     const s = new SumDigest();
-    this.recomputeDigest(s);
+    this.recomputeDigest(s, new Map());
     return s.hex();
   }
 
-  private recomputeDigest(s: SumDigest): void {
+  private recomputeDigest(s: SumDigest, bigs: Map<string, BigPair>): void {
     s.clear();
-    for (const [k, v] of this.data) s.add(this.h.reset().str(k).str(v));
+    for (const [k, v] of this.data) this.addPair(s, bigs, k, v);
   }
 
-  /** Set (or delete, value null) and keep the digest in step. */
+  /** Add the pair (key, value) to digest `s`, remembering a big value's hash in `bigs`. */
+  private addPair(s: SumDigest, bigs: Map<string, BigPair>, key: string, value: string): void {
+    if (value.length < BIG_VALUE_CHARS) {
+      s.add(this.h.reset().str(key).str(value));
+      return;
+    }
+    const p = hashBig(this.h, key, value);
+    bigs.set(key, p);
+    s.addPair(p.a, p.b, 1);
+  }
+
+  /** Take the pair (key, old) out of the digest and the memory count. */
+  private removePair(key: string, old: string): void {
+    const big = this.bigs.get(key);
+    if (big !== undefined) {
+      this.sum.addPair(-big.a, -big.b, -1);
+      this.bigs.delete(key);
+    } else {
+      this.sum.sub(this.h.reset().str(key).str(old));
+    }
+    this.used -= key.length + old.length + KEY_OVERHEAD_BYTES;
+  }
+
+  /** Set (or delete, value null) and keep the digest and the memory count in step. */
   private put(key: string, value: string | null): void {
     const old = this.data.get(key);
-    if (old !== undefined) this.sum.sub(this.h.reset().str(key).str(old));
+    if (old !== undefined) this.removePair(key, old);
     if (value === null) {
       this.data.delete(key);
     } else {
       this.data.set(key, value);
-      this.sum.add(this.h.reset().str(key).str(value));
+      this.addPair(this.sum, this.bigs, key, value);
+      this.used += key.length + value.length + KEY_OVERHEAD_BYTES;
     }
+  }
+
+  /** Append `add` to the existing value at `key`: a big value hashes only `add`. */
+  private appendTo(key: string, add: string): void {
+    const old = this.data.get(key)!;
+    const value = old + add;
+    const big = this.bigs.get(key);
+    if (big === undefined) {
+      this.put(key, value);
+      return;
+    }
+    const p = appendBig(this.h, key, big, add, value);
+    this.sum.addPair(p.a - big.a, p.b - big.b, 0);
+    this.bigs.set(key, p);
+    this.data.set(key, value);
+    this.used += add.length;
   }
 
   /** A write made by a command: applied and recorded, unless it changes nothing. */
@@ -224,9 +342,14 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
         if (old.length + add.length > this.maxValueBytes) {
           return err('ERR string exceeds maximum allowed size (proto-max-bulk-len)');
         }
-        const value = old + add;
-        this.write(writes, a1, value);
-        return int(value.length);
+        if (!this.data.has(a1)) {
+          this.write(writes, a1, add);
+          return int(add.length);
+        }
+        if (add.length === 0) return int(old.length);
+        this.appendTo(a1, add);
+        writes.push([a1, add, 'append']);
+        return int(old.length + add.length);
       }
       case 'incr':
         return this.incrBy(writes, a1, 1n);
@@ -272,14 +395,18 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   }
 }
 
-/** A kv machine whose values are at most `maxValueBytes` long (default and ceiling: what a string can hold). */
-export function createKv(maxValueBytes = MAX_STRING): KvMachine {
-  return new KvMachine(Math.min(maxValueBytes, MAX_STRING));
+/**
+ * A kv machine whose values are at most `maxValueBytes` long (default and ceiling: what a string
+ * can hold) and whose state is at most `maxmemoryBytes` as counted by usedBytes (default: no limit).
+ */
+export function createKv(maxValueBytes = MAX_STRING, maxmemoryBytes = Infinity): KvMachine {
+  return new KvMachine(Math.min(maxValueBytes, MAX_STRING), maxmemoryBytes);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Codec. Command: varuint argc, latin1 args. Change: varuint count, then per write u8 (0 delete,
-// 1 set), latin1 key, [latin1 value]. Reply: u8 tag, then
+// 1 set, 2 append: the value is appended to the key's), latin1 key, [latin1 value]. Op 2 is
+// new with issue 14; changes without it are encoded as before. Reply: u8 tag, then
 //   0 status text | 1 error text | 2 integer bigint | 3 bulk latin1 | 4 null bulk |
 //   5 array varuint count + replies.
 
@@ -337,9 +464,18 @@ function readReply(r: ByteReader, depth: number): KvReply {
 
 export const kvCodec: GuestCodec<KvCommand, KvReply, KvChange> = {
   encodeCommand(command) {
-    const w = scratch.reset().varuint(command.length);
+    const w = scratch.reset().expect(kvCodec.commandLength!(command));
+    kvCodec.writeCommand!(w, command);
+    return w.take();
+  },
+  commandLength(command) {
+    let n = varuintSize(command.length);
+    for (const a of command) n += varuintSize(a.length) + a.length;
+    return n;
+  },
+  writeCommand(w, command) {
+    w.varuint(command.length);
     for (const a of command) w.latin1(a);
-    return w.finish();
   },
   decodeCommand(bytes) {
     const r = new ByteReader(bytes, 'kv command');
@@ -352,7 +488,7 @@ export const kvCodec: GuestCodec<KvCommand, KvReply, KvChange> = {
   },
   encodeReply(reply) {
     writeReply(scratch.reset(), reply);
-    return scratch.finish();
+    return scratch.take();
   },
   decodeReply(bytes) {
     const r = new ByteReader(bytes, 'kv reply');
@@ -361,12 +497,14 @@ export const kvCodec: GuestCodec<KvCommand, KvReply, KvChange> = {
     return reply;
   },
   encodeChange(change) {
-    const w = scratch.reset().varuint(change.writes.length);
-    for (const [k, v] of change.writes) {
+    let size = 10;
+    for (const [k, v] of change.writes) size += k.length + (v?.length ?? 0) + 21;
+    const w = scratch.reset().expect(size).varuint(change.writes.length);
+    for (const [k, v, append] of change.writes) {
       if (v === null) w.u8(0).latin1(k);
-      else w.u8(1).latin1(k).latin1(v);
+      else w.u8(append === undefined ? 1 : 2).latin1(k).latin1(v);
     }
-    return w.finish();
+    return w.take();
   },
   decodeChange(bytes) {
     const r = new ByteReader(bytes, 'kv change');
@@ -375,9 +513,9 @@ export const kvCodec: GuestCodec<KvCommand, KvReply, KvChange> = {
     const writes: Write[] = [];
     for (let i = 0; i < n; i++) {
       const op = r.u8();
-      if (op > 1) r.corrupt(`unknown write op ${op}`);
+      if (op > 2) r.corrupt(`unknown write op ${op}`);
       const k = r.latin1();
-      writes.push([k, op === 0 ? null : r.latin1()]);
+      writes.push(op === 0 ? [k, null] : op === 1 ? [k, r.latin1()] : [k, r.latin1(), 'append']);
     }
     r.end();
     return { writes };

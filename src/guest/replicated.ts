@@ -21,6 +21,13 @@
 // beyond that is refused with E_DEDUP_WINDOW); at most clientsMax clients are remembered, the
 // least recently used (by logged step) being evicted. An evicted client loses its at-most-once
 // guarantee: a retry of one of its old requests would execute again.
+// The filter is also bounded in bytes (bytesMax, counted deterministically: reply bytes plus a
+// fixed overhead per record and per client, so every replica evicts the same). Past it, the
+// least recently used client's recorded replies are dropped first, and its floor raised above
+// them: a retry of one of them is refused with E_DEDUP_STALE (it executed once; its reply is
+// gone), never executed again. Only if that is not enough are whole clients evicted, as above.
+// A command that changed nothing is recorded as the machine shortens it (`recordedReply`: kv
+// cuts long error replies), so refused commands cost little.
 
 import type { ReplicationMode, StateMachine } from './types.js';
 import { ByteReader, ByteWriter, Hash64, SumDigest } from './bytes.js';
@@ -47,7 +54,15 @@ export interface ServiceResult<R> {
 export interface DedupLimits {
   readonly clientsMax?: number;
   readonly repliesPerClientMax?: number;
+  /** Bytes the filter may hold, as counted by filterBytes (the same on every replica). */
+  readonly bytesMax?: number;
 }
+
+/** Counted per recorded reply beyond its bytes (the Map entry, the record, the array header). */
+export const RECORD_OVERHEAD_BYTES = 160;
+/** Counted per remembered client beyond its id (its state, two Map entries). */
+export const CLIENT_OVERHEAD_BYTES = 240;
+export const DEDUP_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
 
 const TAG_RSM = 1;
 const TAG_STATE_TRANSFER = 2;
@@ -61,7 +76,8 @@ interface Recorded {
 }
 
 interface ClientState {
-  /** Lowest seq still accepted; replies below it were acknowledged and forgotten. */
+  readonly id: string;
+  /** Lowest seq still accepted; replies below it were acknowledged (or evicted) and forgotten. */
   floor: number;
   readonly replies: Map<number, Recorded>;
 }
@@ -81,9 +97,13 @@ function positiveInt(v: number | undefined, dflt: number, what: string): number 
 export class ReplicatedService<C, R, X> {
   readonly clientsMax: number;
   readonly repliesPerClientMax: number;
+  readonly bytesMax: number;
 
   /** Clients in least-recently-used-first order (Map delete + reinsert on each logged use). */
   private clients = new Map<string, ClientState>();
+  /** The clients holding recorded replies, in the same order (the first to lose them). */
+  private withReplies = new Map<string, ClientState>();
+  private bytes = 0;
   private readonly filterSum = new SumDigest();
   private readonly h = new Hash64();
   private readonly w = new ByteWriter(256); // reused for every entry
@@ -97,6 +117,12 @@ export class ReplicatedService<C, R, X> {
     if (mode !== 'rsm' && mode !== 'state-transfer') throw new RangeError(`unknown replication mode ${String(mode)}`);
     this.clientsMax = positiveInt(limits.clientsMax, 100_000, 'clientsMax');
     this.repliesPerClientMax = positiveInt(limits.repliesPerClientMax, 1024, 'repliesPerClientMax');
+    this.bytesMax = positiveInt(limits.bytesMax, DEDUP_BYTES_MAX_DEFAULT, 'bytesMax');
+  }
+
+  /** The duplicate filter's size as bounded by bytesMax. */
+  get filterBytes(): number {
+    return this.bytes;
   }
 
   /** Entries executed or applied so far (logged steps only). */
@@ -126,6 +152,10 @@ export class ReplicatedService<C, R, X> {
       const refused = this.refusal(id, seq, ackedBelow);
       if (refused !== null) return { ...refused, entry: null, readOnly: false };
     }
+    // Admission (kv: maxmemory) is decided here, on the primary, before anything executes: a
+    // refused command is neither logged nor recorded, so no backup ever sees it.
+    const denied = m.admit?.(command) ?? null;
+    if (denied !== null) return { reply: denied, entry: null, duplicate: false, readOnly: false };
     const { reply, change } = m.execute(command);
     // A write that changed nothing need not be logged for a plain client. For a client with an
     // id it must be: otherwise a delayed duplicate of it, arriving after the client moved on,
@@ -135,17 +165,36 @@ export class ReplicatedService<C, R, X> {
     const w = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER);
     if (id === null) w.u8(0);
     else w.u8(1).text(id).varuint(seq).varuint(ackedBelow);
-    let replyBytes: Uint8Array | null = null;
+    const replyBytes = id === null ? null : this.toRecord(reply, change !== null);
     if (this.mode === 'rsm') {
-      w.bytes(m.codec.encodeCommand(command));
+      const codec = m.codec;
+      if (codec.commandLength !== undefined && codec.writeCommand !== undefined) {
+        const n = codec.commandLength(command);
+        w.expect(n + 9).varuint(n);
+        const at = w.length;
+        codec.writeCommand(w, command);
+        if (w.length - at !== n) throw new Error(`${m.name}: commandLength said ${n} bytes, writeCommand wrote ${w.length - at}`);
+      } else {
+        const cmd = codec.encodeCommand(command);
+        w.expect(cmd.length + 9).bytes(cmd);
+      }
     } else {
-      if (id !== null) w.bytes((replyBytes = m.codec.encodeReply(reply)));
+      if (replyBytes !== null) w.bytes(replyBytes);
       if (change === null) w.u8(0);
-      else w.u8(1).bytes(m.codec.encodeChange(change));
+      else {
+        const bytes = m.codec.encodeChange(change);
+        w.expect(bytes.length + 10).u8(1).bytes(bytes);
+      }
     }
-    if (id !== null) this.commit(id, seq, ackedBelow, replyBytes ?? m.codec.encodeReply(reply));
+    if (id !== null) this.commit(id, seq, ackedBelow, replyBytes!);
     this.applied++;
-    return { reply, entry: w.finish(), duplicate: false, readOnly: false };
+    return { reply, entry: w.take(), duplicate: false, readOnly: false };
+  }
+
+  /** The encoded reply the filter records (the machine may shorten it: `recordedReply`). */
+  private toRecord(reply: R, changed: boolean): Uint8Array {
+    const m = this.machine;
+    return m.codec.encodeReply(m.recordedReply ? m.recordedReply(reply, changed) : reply);
   }
 
   /** Backup side: apply an entry made by `execute` on a primary in the same mode. */
@@ -175,7 +224,7 @@ export class ReplicatedService<C, R, X> {
       }
       const { reply, change } = m.execute(command);
       if (change === null && id === null) throw new Error('replica divergence: the command changed nothing here but did on the primary');
-      if (id !== null) this.commit(id, seq, ackedBelow, m.codec.encodeReply(reply));
+      if (id !== null) this.commit(id, seq, ackedBelow, this.toRecord(reply, change !== null));
     } else {
       let replyBytes: Uint8Array | null = null;
       if (id !== null) {
@@ -214,6 +263,8 @@ export class ReplicatedService<C, R, X> {
     const n = r.varuint();
     if (n > r.remaining) r.corrupt('client count larger than the snapshot');
     const clients = new Map<string, ClientState>();
+    const withReplies = new Map<string, ClientState>();
+    let filterBytes = 0;
     for (let i = 0; i < n; i++) {
       const id = r.text();
       if (clients.has(id)) r.corrupt('duplicate client id');
@@ -227,12 +278,18 @@ export class ReplicatedService<C, R, X> {
         const reply = r.bytes().slice();
         this.machine.codec.decodeReply(reply); // validate
         replies.set(seq, this.recorded(id, seq, reply));
+        filterBytes += reply.length + RECORD_OVERHEAD_BYTES;
       }
-      clients.set(id, { floor, replies });
+      const c: ClientState = { id, floor, replies };
+      clients.set(id, c);
+      if (replies.size > 0) withReplies.set(id, c);
+      filterBytes += id.length + CLIENT_OVERHEAD_BYTES;
     }
     r.end();
     this.machine.restore(machine);
     this.clients = clients;
+    this.withReplies = withReplies;
+    this.bytes = filterBytes;
     this.applied = applied;
     this.filterSum.clear();
     for (const [id, c] of clients) {
@@ -255,7 +312,9 @@ export class ReplicatedService<C, R, X> {
     const m = this.machine;
     if (seq < c.floor) {
       return {
-        reply: m.errorReply(`E_DEDUP_STALE request ${seq} was already acknowledged (the filter keeps seq >= ${c.floor})`),
+        reply: m.errorReply(
+          `E_DEDUP_STALE request ${seq} is below this client's floor ${c.floor}: it was acknowledged, or its reply was evicted to keep the duplicate filter under its byte limit; it is not run again`,
+        ),
         duplicate: false,
       };
     }
@@ -282,37 +341,74 @@ export class ReplicatedService<C, R, X> {
   private commit(id: string, seq: number, ackedBelow: number, replyBytes: Uint8Array): void {
     let c = this.clients.get(id);
     if (c === undefined) {
-      c = { floor: 1, replies: new Map() };
+      c = { id, floor: 1, replies: new Map() };
       this.addFloor(id, c.floor, 1);
+      this.bytes += id.length + CLIENT_OVERHEAD_BYTES;
     } else {
       this.clients.delete(id);
+      this.withReplies.delete(id);
     }
     this.clients.set(id, c);
-    const floor = newFloor(c.floor, seq, ackedBelow);
-    if (floor > c.floor) {
-      this.addFloor(id, c.floor, -1);
-      for (const [s, rec] of c.replies) {
-        if (s < floor) {
-          c.replies.delete(s);
-          this.filterSum.addPair(-rec.a, -rec.b, -1);
-        }
-      }
-      c.floor = floor;
-      this.addFloor(id, floor, 1);
-    }
+    this.withReplies.set(id, c);
+    this.raiseFloor(c, newFloor(c.floor, seq, ackedBelow));
     const rec = this.recorded(id, seq, replyBytes);
     c.replies.set(seq, rec);
     this.filterSum.addPair(rec.a, rec.b, 1);
-    if (this.clients.size > this.clientsMax) this.evictOldest();
+    this.bytes += replyBytes.length + RECORD_OVERHEAD_BYTES;
+    if (this.clients.size > this.clientsMax) this.evict(this.clients.values().next().value!);
+    this.shrink(c, seq);
   }
 
-  private evictOldest(): void {
-    const first = this.clients.entries().next();
-    if (first.done === true) return;
-    const [id, c] = first.value;
-    this.clients.delete(id);
-    this.addFloor(id, c.floor, -1);
-    for (const rec of c.replies.values()) this.filterSum.addPair(-rec.a, -rec.b, -1);
+  /** Forget c's replies below `floor` (acknowledged, or evicted) and refuse those seqs from now on. */
+  private raiseFloor(c: ClientState, floor: number): void {
+    if (floor <= c.floor) return;
+    this.addFloor(c.id, c.floor, -1);
+    for (const [s, rec] of c.replies) {
+      if (s < floor) {
+        c.replies.delete(s);
+        this.filterSum.addPair(-rec.a, -rec.b, -1);
+        this.bytes -= rec.bytes.length + RECORD_OVERHEAD_BYTES;
+      }
+    }
+    c.floor = floor;
+    this.addFloor(c.id, floor, 1);
+    if (c.replies.size === 0) this.withReplies.delete(c.id);
+  }
+
+  /**
+   * Over bytesMax: drop the replies of the least recently used clients (their floors rise past
+   * them), then whole clients; the client `current` just recorded `seq` keeps that reply.
+   * Deterministic: it depends only on replicated state and the bound.
+   */
+  private shrink(current: ClientState, seq: number): void {
+    while (this.bytes > this.bytesMax) {
+      const withReplies = this.withReplies.values().next();
+      if (withReplies.done !== true && withReplies.value !== current) {
+        const c = withReplies.value;
+        let top = c.floor;
+        for (const s of c.replies.keys()) top = Math.max(top, s + 1);
+        this.raiseFloor(c, top);
+        continue;
+      }
+      const oldest = this.clients.values().next();
+      if (oldest.done !== true && oldest.value !== current) {
+        this.evict(oldest.value);
+        continue;
+      }
+      this.raiseFloor(current, seq); // the current client alone is over: keep only its latest
+      return;
+    }
+  }
+
+  private evict(c: ClientState): void {
+    this.clients.delete(c.id);
+    this.withReplies.delete(c.id);
+    this.addFloor(c.id, c.floor, -1);
+    this.bytes -= c.id.length + CLIENT_OVERHEAD_BYTES;
+    for (const rec of c.replies.values()) {
+      this.filterSum.addPair(-rec.a, -rec.b, -1);
+      this.bytes -= rec.bytes.length + RECORD_OVERHEAD_BYTES;
+    }
   }
 
   private recorded(id: string, seq: number, bytes: Uint8Array): Recorded {

@@ -11,6 +11,8 @@
 // Everything here must be deterministic: same state + same command = same reply, same change,
 // same digest, on every replica and in every mode.
 
+import type { ByteWriter } from './bytes.js';
+
 /** How entries are produced and consumed (the two approaches of the seed material). */
 export type ReplicationMode = 'rsm' | 'state-transfer';
 
@@ -25,6 +27,12 @@ export interface Execution<Reply, Change> {
 /** Byte encodings of a guest's commands, replies and changes (log entries, snapshots). */
 export interface GuestCodec<Command, Reply, Change> {
   encodeCommand(command: Command): Uint8Array;
+  /**
+   * Optional, together: the length of encodeCommand's bytes, and writing those same bytes into
+   * a writer, so an entry is built with one allocation and no copy of a big command.
+   */
+  commandLength?(command: Command): number;
+  writeCommand?(w: ByteWriter, command: Command): void;
   decodeCommand(bytes: Uint8Array): Command;
   encodeReply(reply: Reply): Uint8Array;
   decodeReply(bytes: Uint8Array): Reply;
@@ -54,6 +62,17 @@ export interface StateMachine<Command, Reply, Change> {
    * Applying `change` with `applyChange` to an equal state must give an equal state.
    */
   execute(command: Command): Execution<Reply, Change>;
+  /**
+   * Optional admission check, run on the primary only, before `execute` (and after the
+   * duplicate filter): a reply here refuses the command, which is neither executed, logged nor
+   * recorded (kv: maxmemory). It may read only replicated state.
+   */
+  admit?(command: Command): Reply | null;
+  /**
+   * Optional: the reply the duplicate filter records for a retry (`changed`: the command
+   * changed the state). A machine may shorten replies of commands that changed nothing.
+   */
+  recordedReply?(reply: Reply, changed: boolean): Reply;
   /** Install a change produced by `execute` on another replica. Never executes a command. */
   applyChange(change: Change): void;
   /** The whole state as bytes (for recruiting a new backup). */

@@ -56,16 +56,12 @@ const enum Tag {
   Join = 5,
 }
 
-/** Writers keep their grown buffer; one that grew past this is dropped after use. */
-const KEEP_WRITER_BYTES = 1 << 20;
-let shared = new ByteWriter(4096);
+/** One writer for every encode; take() hands a large buffer over rather than copy it. */
+const shared = new ByteWriter(4096);
 
 function encodeWith(write: (w: ByteWriter) => void): Uint8Array {
-  const w = shared.reset();
-  write(w);
-  const out = w.finish();
-  if (out.length > KEEP_WRITER_BYTES) shared = new ByteWriter(4096);
-  return out;
+  write(shared.reset());
+  return shared.take();
 }
 
 /** Run a decoder, turning the reader's errors (and any other slip) into PeerCodecError. */
@@ -156,7 +152,38 @@ function readView(r: ByteReader): View {
 }
 
 export function encodePeerMessage(msg: PeerMessage): Uint8Array {
-  return encodeWith((w) => {
+  return encodeWith((w) => writeMessage(w, msg, (b) => w.bytes(b)));
+}
+
+/** Payloads and snapshots from this size on are not copied into a frame but written beside it. */
+const BESIDE_BYTES = 64 * 1024;
+
+/**
+ * A message as one whole frame (framing.ts: u32 big-endian length, then the message) in parts
+ * to write in order: large payloads and snapshot data are their own parts, views of the
+ * caller's bytes, so a 64 MiB entry is never copied on its way out (issue 14 item 4). The
+ * caller must leave them unmodified until written (log entries and snapshots are immutable).
+ */
+export function encodePeerFrame(msg: PeerMessage): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  const w = shared.reset().u32(0);
+  writeMessage(w, msg, (b) => {
+    if (b.length < BESIDE_BYTES) {
+      w.bytes(b);
+      return;
+    }
+    w.varuint(b.length);
+    parts.push(w.take(), b);
+  });
+  parts.push(w.take());
+  let n = -4;
+  for (const p of parts) n += p.length;
+  if (n > 0xffffffff) throw new RangeError(`frame payload too large: ${n} bytes`);
+  new DataView(parts[0]!.buffer, parts[0]!.byteOffset, 4).setUint32(0, n, false);
+  return parts;
+}
+
+function writeMessage(w: ByteWriter, msg: PeerMessage, bytes: (b: Uint8Array) => void): void {
     switch (msg.type) {
       case 'frame':
         w.u8(Tag.Frame);
@@ -165,12 +192,13 @@ export function encodePeerMessage(msg: PeerMessage): Uint8Array {
         if (msg.pendingView === null) w.u8(0);
         else writeView(w.u8(1), msg.pendingView);
         w.varuint(msg.payloads.length);
-        for (const p of msg.payloads) w.bytes(p);
+        for (const p of msg.payloads) bytes(p);
         return;
       case 'snapshot':
         w.u8(Tag.Snapshot);
         writeView(w, msg.view);
-        w.varuint(msg.seq).varuint(msg.index).bytes(msg.data);
+        w.varuint(msg.seq).varuint(msg.index);
+        bytes(msg.data);
         return;
       case 'ack':
         w.u8(Tag.Ack).varuint(msg.epoch).varuint(msg.seq).varuint(msg.ackedIndex).u8(msg.gap ? 1 : 0);
@@ -182,7 +210,6 @@ export function encodePeerMessage(msg: PeerMessage): Uint8Array {
         w.u8(Tag.Join);
         return;
     }
-  });
 }
 
 /**

@@ -40,7 +40,7 @@ import {
   decodePeerMessage,
   encodeAuthProof,
   encodeHandshake,
-  encodePeerMessage,
+  encodePeerFrame,
   type Handshake,
 } from './peer-codec.js';
 import type { PeerMessage } from '../core/index.js';
@@ -73,8 +73,10 @@ export interface PeerTransportOptions {
 interface Outbound {
   socket: net.Socket | null;
   ready: boolean;
-  pending: Buffer[];
+  /** Frames to write at the next flush, in parts (encodePeerFrame). */
+  pending: Uint8Array[];
   pendingBytes: number;
+  pendingFrames: number;
   retryTimer: NodeJS.Timeout | null;
   backoffMs: number;
   /** How the last dial ended: no TCP connection at all ('unreachable'), or not yet / otherwise. */
@@ -139,9 +141,11 @@ export class PeerTransport {
       this.o.log('warn', 'peer-backlog-full', { peer: to, queuedBytes: o.socket.writableLength + o.pendingBytes });
       return;
     }
-    const buf = frame(encodePeerMessage(msg));
-    o.pending.push(buf);
-    o.pendingBytes += buf.length;
+    for (const part of encodePeerFrame(msg)) {
+      o.pending.push(part);
+      o.pendingBytes += part.length;
+    }
+    o.pendingFrames++;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(() => this.flush());
@@ -153,12 +157,33 @@ export class PeerTransport {
     this.flushScheduled = false;
     for (const o of this.out.values()) {
       if (o.pending.length === 0 || !o.socket || !o.ready) continue; // held until the handshake is done
-      const data = o.pending.length === 1 ? o.pending[0]! : Buffer.concat(o.pending, o.pendingBytes);
-      this.stats.framesSent += o.pending.length;
-      this.stats.bytesSent += data.length;
+      // Small parts are joined into one buffer; a large part (a big entry, a snapshot) goes as
+      // it is, uncopied, in the same corked write.
+      const socket = o.socket;
+      this.stats.framesSent += o.pendingFrames;
+      this.stats.bytesSent += o.pendingBytes;
+      socket.cork();
+      let run: Uint8Array[] = [];
+      let runBytes = 0;
+      const writeRun = (): void => {
+        if (run.length > 0) socket.write(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
+        run = [];
+        runBytes = 0;
+      };
+      for (const part of o.pending) {
+        if (part.length >= 64 * 1024) {
+          writeRun();
+          socket.write(part);
+        } else {
+          run.push(part);
+          runBytes += part.length;
+        }
+      }
+      writeRun();
       o.pending = [];
       o.pendingBytes = 0;
-      o.socket.write(data);
+      o.pendingFrames = 0;
+      socket.uncork();
     }
   }
 
@@ -349,7 +374,7 @@ export class PeerTransport {
     if (this.closed) return;
     const addr = this.o.peers.get(id)!;
     let o = this.out.get(id);
-    if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS, lastOutcome: 'pending' }));
+    if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, pendingFrames: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS, lastOutcome: 'pending' }));
     const state = o;
     const socket = net.connect({ host: addr.host, port: addr.port });
     state.socket = socket;
@@ -391,6 +416,7 @@ export class PeerTransport {
       state.ready = false;
       state.pending = [];
       state.pendingBytes = 0;
+      state.pendingFrames = 0;
       if (this.closed) return;
       const delay = state.backoffMs;
       state.backoffMs = Math.min(RECONNECT_MAX_MS, state.backoffMs * 2);

@@ -66,6 +66,10 @@ export interface ClusterConfig extends CoreTiming {
   readonly requirePass: string | null;
   /** TLS on the client port (from `clientTls`), or null: plain TCP. */
   readonly clientTls: TlsFiles | null;
+  /** kv: the state's size limit (key and value bytes plus 64 a key); writes past it get -OOM. Replicated: the same on every node. */
+  readonly maxmemory: number;
+  /** kv: the duplicate filter's size limit in counted bytes; the oldest clients' replies go first. Replicated: the same on every node. */
+  readonly dedupBytesMax: number;
   /** The shared secret peers prove they hold (from `secretFile`), or null: no peer authentication. */
   readonly secret: Uint8Array | null;
   readonly nodes: readonly NodeConfig[];
@@ -82,6 +86,14 @@ const DEFAULT_MAX_REPLY_BYTES = 256 * 1024 * 1024;
 /** A Buffer holds at most 4 GiB; one reply is one Buffer. */
 const MAX_BUFFER_BYTES = 2 ** 32 - 1;
 const DEFAULT_CLIENT_INPUT_BYTES_MAX = 512 * 1024 * 1024;
+const DEFAULT_MAXMEMORY = 256 * 1024 * 1024;
+const DEFAULT_DEDUP_BYTES_MAX = 64 * 1024 * 1024;
+/**
+ * A recruit gets the whole state (kv and filter) in one snapshot frame of at most 512 MiB
+ * (replica-node.ts); the counted sizes bound the snapshot's bytes from above, so their sum must
+ * stay below it, with room for the frame's own fields.
+ */
+const STATE_BYTES_CEILING = 480 * 1024 * 1024;
 /**
  * Cluster names and node ids: they name files and directories (a node's log, a wasm guest's
  * directory `guestDir/<id>`, which is emptied at start), so they start with a letter or digit:
@@ -93,7 +105,7 @@ const TOP_REQUIRED = ['cluster', 'arbiter', 'service', 'nodes'] as const;
 const INTS = [
   'heartbeatMs', 'failureTimeoutMs', 'retransmitMs', 'arbiterRetryMs', 'joinIntervalMs', 'unackedEntriesMax',
   'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections', 'arbiterTimeoutMs',
-  'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax',
+  'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax', 'maxmemory', 'dedupBytesMax',
 ] as const;
 const ETCD_KEYS = ['caFile', 'certFile', 'keyFile', 'authFile'] as const;
 /** The default bound on one etcd call: well above a LAN etcd's commit time, below a human's patience. */
@@ -182,6 +194,11 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
   if (maxReplyBytes > MAX_BUFFER_BYTES) fail('maxReplyBytes', `must be at most ${MAX_BUFFER_BYTES}, got ${maxReplyBytes}`);
   const clientInputBytesMax = int('clientInputBytesMax', DEFAULT_CLIENT_INPUT_BYTES_MAX);
   if (clientInputBytesMax < 2 * protoMaxBulkLen) fail('clientInputBytesMax', `${clientInputBytesMax} must be at least twice protoMaxBulkLen (${protoMaxBulkLen}), or no command with the largest value could ever arrive`);
+  const maxmemory = int('maxmemory', DEFAULT_MAXMEMORY);
+  const dedupBytesMax = int('dedupBytesMax', DEFAULT_DEDUP_BYTES_MAX);
+  if (maxmemory + dedupBytesMax > STATE_BYTES_CEILING) {
+    fail(maxmemory > dedupBytesMax ? 'maxmemory' : 'dedupBytesMax', `maxmemory (${maxmemory}) plus dedupBytesMax (${dedupBytesMax}) must be at most ${STATE_BYTES_CEILING}: a new backup receives the whole state in one snapshot frame of at most 512 MiB`);
+  }
   const retransmitMs = int('retransmitMs', 3 * heartbeatMs);
   if (retransmitMs >= failureTimeoutMs) fail('retransmitMs', `retransmit interval ${retransmitMs} ms must be below the failure timeout ${failureTimeoutMs} ms, or a lost frame is retransmitted only after a failover`);
 
@@ -233,7 +250,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     frameBytesMax: int('frameBytesMax', DEFAULT_TIMING.frameBytesMax),
     catchupEntriesMax: int('catchupEntriesMax', DEFAULT_TIMING.catchupEntriesMax),
     maxClientConnections: int('maxClientConnections', 10_000),
-    protoMaxBulkLen, maxReplyBytes, clientInputBytesMax,
+    protoMaxBulkLen, maxReplyBytes, clientInputBytesMax, maxmemory, dedupBytesMax,
     secret, requirePass, clientTls, nodes, baseDir,
   };
 }

@@ -9,7 +9,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { canAppend, type Entry, type Replica, type Role, type View } from '../core/index.js';
-import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply } from '../guest/index.js';
+import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvMachine, type KvReply } from '../guest/index.js';
 import { AssertionError } from '../core/assert.js';
 import { RespProtocolError, RespRequestParser, encodeReply, replySize, DEFAULT_RESP_LIMITS, type RespLimits } from '../net/resp.js';
 import { EXEC_COMMAND, parseExec } from '../net/exec.js';
@@ -171,6 +171,8 @@ export class KvFront implements ServiceFront, NodeView {
       clients: this.conns.size,
       opsPerSec: this.counters.opsLastSecond,
       mode: this.mode,
+      usedMemoryBytes: (this.service.machine as KvMachine).usedBytes,
+      dedupBytes: this.service.filterBytes,
     };
   }
 
@@ -181,6 +183,9 @@ export class KvFront implements ServiceFront, NodeView {
     metric('lockstep_released_outputs_total', 'counter', 'Replies released by the output rule.', c.releases);
     metric('lockstep_discarded_outputs_total', 'counter', 'Replies discarded when this node stopped being primary.', c.discards);
     metric('lockstep_client_protocol_errors_total', 'counter', 'Client connections closed for protocol garbage.', c.clientErrors);
+    metric('lockstep_kv_used_memory_bytes', 'gauge', 'kv state size as counted for maxmemory (key and value bytes, 64 a key).', (this.service.machine as KvMachine).usedBytes);
+    metric('lockstep_kv_maxmemory_bytes', 'gauge', 'The maxmemory limit.', this.node.config.maxmemory);
+    metric('lockstep_dedup_filter_bytes', 'gauge', 'Duplicate filter size as counted for dedupBytesMax.', this.service.filterBytes);
   }
 
   // ---- the service -------------------------------------------------------------------------
@@ -192,7 +197,8 @@ export class KvFront implements ServiceFront, NodeView {
   }
 
   private freshService(): Service {
-    return new ReplicatedService(createKv(this.node.config.protoMaxBulkLen), this.mode);
+    const c = this.node.config;
+    return new ReplicatedService(createKv(c.protoMaxBulkLen, c.maxmemory), this.mode, { bytesMax: c.dedupBytesMax });
   }
 
   /** Remove and return the held outputs with these ids (those still known), in order. */
