@@ -112,13 +112,19 @@ test('both sides suspect each other: exactly one wins the test-and-set, the othe
   }
 });
 
-test('a deposed primary wakes up: it releases nothing and learns it is deposed', () => {
+/** n1 primary of epoch 2 is paused while n2 goes live; n1 is still paused on return. */
+function deposedWhilePaused(): Harness {
   const h = steady();
   h.write('n1', 2);
   h.deliver();
   h.pause('n1');
   h.advance(200, { deliver: (e) => e.from !== 'n1', arbiter: true });
   assert.equal(h.role('n2'), 'primary');
+  return h;
+}
+
+test('a deposed primary wakes up: it releases nothing and learns it is deposed', () => {
+  const h = deposedWhilePaused();
   const releasedBefore = (h.released.get('n1') ?? []).length;
   h.resume('n1');
   // It still believes it is primary of epoch 2: a read and a write it takes now must never go out.
@@ -435,4 +441,125 @@ test('issue 16, planted: without the fence the recruit asks forever and the prim
   assert.equal(h.role('n2'), 'spare');
   assert.equal(h.replica('n2').cas?.purpose, 'goLive', 'still asking to go live from {2, n1, n2}');
   assert.equal(h.replica('n1').followers.size, 0, 'and n1 recruits nobody');
+});
+
+// ---------------------------------------------------------------------------------------
+// Issue 14 item 9: a peer's word alone never makes a replica discard its state. A rumour of a
+// newer epoch (a refuse, a frame or an ack) is checked with the arbiter first.
+
+const FORGED = 1_000_000;
+
+function forge(h: Harness, to: string, from: string, msg: Envelope['msg']): void {
+  h.input(to, { type: 'message', from, msg });
+}
+
+function ignoredRumours(h: Harness, node: string): number {
+  return h.logs.filter((l) => l.node === node && l.event === 'ignoring' && l.fields.reason === `rumour of epoch ${FORGED} not confirmed by the arbiter`).length;
+}
+
+test('issue 14.9: a forged refuse to the primary is checked with the arbiter, ignored, and the primary keeps serving', () => {
+  const h = steady();
+  const before = h.write('n1', 3);
+  h.deliver();
+  forge(h, 'n1', 'n2', { type: 'refuse', epoch: FORGED, reason: 'forged' });
+  assert.equal(h.role('n1'), 'primary', 'no halt on a peer\'s word');
+  assert.deepEqual(h.readQueue.map((q) => q.from), ['n1'], 'it asked the arbiter what view it holds');
+  // While the read is pending the primary serves on: the output rule still guards every release.
+  const during = h.write('n1', 2);
+  h.deliver();
+  for (const o of [...before, ...during]) assert.equal(h.isReleased('n1', o), true);
+  h.answerArbiter();
+  assert.equal(ignoredRumours(h, 'n1'), 1, 'logged: ignoring (rumour of epoch N not confirmed by the arbiter)');
+  assert.equal(h.role('n1'), 'primary');
+  assert.deepEqual(h.replica('n1').view, { epoch: 2, primary: 'n1', backup: 'n2' });
+  assert.equal(h.replica('n1').knownEpoch, 2, 'the rumoured epoch is not believed either');
+  assert.equal(h.discarded.get('n1'), undefined);
+  // The forged ack and the forged "newer primary" frame are rumours too.
+  // (Reads for rumours go at most once per arbiterRetryMs: a flood of forgeries is not a
+  // flood of reads.)
+  forge(h, 'n1', 'n2', { type: 'ack', epoch: FORGED, seq: 1, ackedIndex: 0, gap: false });
+  assert.equal(h.readQueue.length, 0, 'not at once: the last read was just now');
+  h.advance(60, { deliver: () => true, arbiter: true });
+  assert.equal(ignoredRumours(h, 'n1'), 2);
+  forge(h, 'n1', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backup: null }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null });
+  h.advance(100, { deliver: () => true, arbiter: true });
+  assert.equal(ignoredRumours(h, 'n1'), 3);
+  assert.equal(h.role('n1'), 'primary');
+  assert.equal(h.arbiterView.epoch, 2, 'no view change at all');
+  const after = h.write('n1', 1);
+  h.deliver();
+  assert.equal(h.isReleased('n1', after[0]!), true);
+});
+
+test('issue 14.9: a forged refuse, and a forged "you are backup of epoch N", leave the backup with its state', () => {
+  const h = steady();
+  h.write('n1', 4);
+  h.deliver();
+  forge(h, 'n2', 'n3', { type: 'refuse', epoch: FORGED, reason: 'forged' });
+  assert.equal(h.role('n2'), 'backup');
+  const during = h.write('n1', 1);
+  h.deliver();
+  assert.equal(h.isReleased('n1', during[0]!), true, 'the backup keeps acking while it checks');
+  h.answerArbiter();
+  assert.equal(ignoredRumours(h, 'n2'), 1);
+  forge(h, 'n2', 'n1', { type: 'frame', view: { epoch: FORGED, primary: 'n1', backup: 'n2' }, seq: 1, prevIndex: 5, payloads: [], primaryIndex: 5, pendingView: null });
+  forge(h, 'n2', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backup: null }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null });
+  h.advance(60, { deliver: () => true, arbiter: true });
+  assert.equal(ignoredRumours(h, 'n2'), 2, 'both frames were one rumour, checked with one read');
+  assert.deepEqual(h.replica('n2').view, { epoch: 2, primary: 'n1', backup: 'n2' }, 'not backup of the forged epoch');
+  assert.equal(h.replica('n2').lastIndex, 5);
+  // The state it kept is the state that survives the primary.
+  h.crash('n1');
+  h.advance(300, { deliver: () => true, arbiter: true });
+  assert.equal(h.role('n2'), 'primary');
+  assert.equal(h.replica('n2').lastIndex, 5);
+});
+
+test('issue 14.9: a refuse the arbiter confirms still halts the deposed primary', () => {
+  const h = deposedWhilePaused();
+  h.resume('n1');
+  const [w] = h.write('n1', 1);
+  h.deliver(); // n2 refuses n1's frame with its epoch: n1 asks the arbiter
+  assert.ok(h.events('n1', 'confirming') >= 1);
+  assert.equal(h.role('n1'), 'primary', 'not before the arbiter answers');
+  h.answerArbiter();
+  assert.equal(h.role('n1'), 'halted');
+  assert.match(h.replica('n1').haltReason ?? '', /deposed: n2 knows newer epoch \d+ .*the arbiter holds \{epoch \d+, primary n2/);
+  assert.equal(h.isReleased('n1', w!), false);
+  assert.deepEqual(h.discarded.get('n1'), [w]);
+});
+
+test('issue 14.9: arbiter unreachable while confirming: the replicas keep their state and roles, neither halts nor goes live', () => {
+  const h = steady();
+  h.write('n1', 3);
+  h.deliver();
+  h.arbiterUp = false;
+  forge(h, 'n1', 'n2', { type: 'refuse', epoch: FORGED, reason: 'forged' });
+  forge(h, 'n2', 'n1', { type: 'refuse', epoch: FORGED, reason: 'forged' });
+  h.advance(1000, { deliver: () => true });
+  assert.equal(h.role('n1'), 'primary');
+  assert.equal(h.role('n2'), 'backup');
+  assert.ok(h.events('n1', 'confirm-retry') >= 10, 'it keeps asking, once per arbiterRetryMs');
+  assert.equal(ignoredRumours(h, 'n1'), 0, 'nothing decided without the arbiter');
+  const out = h.write('n1', 1);
+  h.deliver();
+  assert.equal(h.isReleased('n1', out[0]!), true, 'and serves on meanwhile');
+  h.arbiterUp = true;
+  h.advance(100, { deliver: () => true, arbiter: true });
+  assert.equal(ignoredRumours(h, 'n1'), 1);
+  assert.equal(ignoredRumours(h, 'n2'), 1);
+  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backup: 'n2' });
+  assert.equal(h.replica('n2').lastIndex, 4);
+});
+
+test('issue 14.9, planted: believing the peer (haltOnRumour) loses every copy of the state', () => {
+  const h = new Harness(['n1', 'n2', 'n3'], { bugs: { haltOnRumour: true } });
+  h.boot('n1');
+  h.settle(300);
+  h.write('n1', 3);
+  h.deliver();
+  forge(h, 'n1', 'n2', { type: 'refuse', epoch: FORGED, reason: 'forged' });
+  forge(h, 'n2', 'n1', { type: 'refuse', epoch: FORGED, reason: 'forged' });
+  assert.equal(h.role('n1'), 'halted');
+  assert.equal(h.role('n2'), 'halted');
 });

@@ -331,7 +331,8 @@ export class LockstepClient {
       const hinted = /at (\S+):(\d+) /.exec(r.message);
       if (hinted) {
         const i = this.nodes.findIndex((n) => n.host === hinted[1] && n.port === Number(hinted[2]));
-        if (i >= 0) this.target = i - 1; // moveOn steps to it
+        // moveOn steps to it (from the node before it: for the first node, the last one).
+        if (i >= 0) this.target = (i - 1 + this.nodes.length) % this.nodes.length;
       }
       return this.moveOn('not the primary');
     }

@@ -16,6 +16,8 @@
 //                             silence). Suspicion never changes roles; only the test-and-set does.
 //   §2.3 shared-storage       startCas / onArbiterResult: go live when won, halt when lost,
 //        test-and-set         wait (retrying) while the arbiter does not answer.
+//   (refinement)              rumour / onArbiterView: a peer's word that a newer epoch exists
+//                             is read back from the arbiter before the replica halts on it.
 //   §3.1 FT VMotion           startRecruit / advanceRecruit: snapshot at i while serving,
 //        (new backup)         entries after i, handover (hold outputs for the recruit too,
 //                             wait until it holds everything released), then the test-and-set.
@@ -91,6 +93,24 @@ interface PendingCas {
   retryAtMs: number;
 }
 
+/**
+ * A peer said a newer epoch exists that this replica is not part of (a `refuse`, a frame or an
+ * ack of a newer epoch). Before it acts on that (halts, or drops the state it follows) it reads
+ * the arbiter's view; until the answer it carries on as it was.
+ */
+interface PendingConfirm {
+  /** The newest epoch rumoured while this confirmation is pending. */
+  epoch: number;
+  /** What the peer said, for the logs. */
+  reason: string;
+  /** Every read for this confirmation has a request id >= this one. */
+  readonly firstRequestId: number;
+  /** When to (re)send the read; reads are at most one per arbiterRetryMs. */
+  retryAtMs: number;
+  /** Reads sent so far. */
+  reads: number;
+}
+
 /** A backup's or recruit's record of the primary it takes frames from. */
 interface Following {
   readonly primary: NodeId;
@@ -147,6 +167,10 @@ export interface Replica {
 
   // The arbiter.
   cas: PendingCas | null;
+  /** A rumour of a newer epoch being checked with the arbiter. */
+  confirm: PendingConfirm | null;
+  /** When the last arbiterRead was sent (reads for rumours are rate-limited by arbiterRetryMs). */
+  lastReadMs: number;
   nextRequestId: number;
 }
 
@@ -179,6 +203,8 @@ export function createReplica(config: CoreConfig, nowMs: number): Replica {
     lastJoinMs: -Infinity,
     lastTickMs: nowMs,
     cas: null,
+    confirm: null,
+    lastReadMs: -Infinity,
     nextRequestId: 1,
   };
 }
@@ -250,10 +276,16 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
     case 'arbiterResult':
       onArbiterResult(r, out, input.requestId, input.ok, input.view);
       break;
+    case 'arbiterView':
+      onArbiterView(r, out, input.requestId, input.view);
+      break;
     case 'arbiterFailed':
       if (r.cas && input.requestId >= r.cas.firstRequestId) {
         const waitingFor = `${r.cas.purpose}: ${formatView(r.cas.expected)} -> ${formatView(r.cas.next)}`;
         log(out, 'warn', 'arbiter-unavailable', { requestId: input.requestId, reason: input.reason, waitingFor, retryInMs: r.cas.retryAtMs - r.nowMs });
+      } else if (r.confirm && input.requestId >= r.confirm.firstRequestId) {
+        const waitingFor = `confirmation of a rumour of epoch ${r.confirm.epoch}: keeping our state`;
+        log(out, 'warn', 'arbiter-unavailable', { requestId: input.requestId, reason: input.reason, waitingFor, retryInMs: r.confirm.retryAtMs - r.nowMs });
       }
       break;
     case 'append':
@@ -391,27 +423,104 @@ function halt(r: Replica, out: Action[], reason: string): void {
   r.retainedBytes = 0;
   r.following = null;
   r.cas = null;
+  r.confirm = null;
   r.haltReason = reason;
   setRole(r, out, 'halted', reason);
 }
 
 /**
- * A peer says epoch `epoch` exists and this replica is not in it. Halt, unless a test-and-set
- * of ours for that very epoch is pending: the newer view may be our own (its answer was lost
- * or is late), and halting the only replica that holds the state would lose it. The arbiter's
- * answer decides.
+ * A peer says epoch `epoch` exists and this replica is not in it (or not as it thinks). That
+ * is a rumour, not the arbiter's word: a forged message (any peer with no secret configured,
+ * or a member) must not make a primary or a backup discard the only copies of the state
+ * (issue 14 item 9). So the replica reads the arbiter's view first and carries on meanwhile;
+ * `onArbiterView` decides. If a test-and-set of ours for that very epoch is pending, the newer
+ * view may be our own (its answer was lost or is late): the test-and-set's answer decides.
  */
-function deposed(r: Replica, out: Action[], epoch: number, reason: string): void {
+function rumour(r: Replica, out: Action[], epoch: number, reason: string): void {
   if (r.cas !== null && r.cas.next.epoch >= epoch) {
     log(out, 'warn', 'deferring', { reason: `${reason}; our test-and-set for epoch ${r.cas.next.epoch} is pending`, epoch });
     return;
   }
-  halt(r, out, `deposed: ${reason}`);
+  if (r.config.bugs?.haltOnRumour) {
+    // PLANTED BUG: believe the peer.
+    if (r.role === 'spare') stopFollowing(r, out, reason);
+    else halt(r, out, `deposed: ${reason}`);
+    return;
+  }
+  const c = r.confirm;
+  if (c !== null) {
+    // One confirmation at a time: its answer covers every rumour heard before it is read.
+    if (epoch > c.epoch) {
+      c.epoch = epoch;
+      c.reason = reason;
+    }
+    return;
+  }
+  r.confirm = { epoch, reason, firstRequestId: r.nextRequestId, retryAtMs: Math.max(r.nowMs, r.lastReadMs + r.config.arbiterRetryMs), reads: 0 };
+  log(out, 'warn', 'confirming', { reason, epoch, with: 'the arbiter', meanwhile: 'keeping our state and role' });
+  if (r.nowMs >= r.confirm.retryAtMs) readArbiter(r, out, r.confirm);
+}
+
+function readArbiter(r: Replica, out: Action[], c: PendingConfirm): void {
+  const requestId = r.nextRequestId++;
+  r.lastReadMs = r.nowMs;
+  c.retryAtMs = r.nowMs + r.config.arbiterRetryMs;
+  c.reads++;
+  out.push({ type: 'arbiterRead', requestId });
+}
+
+/** The epoch this replica acts in; null when it holds nothing a rumour could take away. */
+function ownEpoch(r: Replica): number | null {
+  switch (r.role) {
+    case 'primary':
+    case 'backup':
+      return r.view.epoch;
+    case 'spare':
+      return r.following?.epoch ?? null;
+    default:
+      return null;
+  }
+}
+
+/**
+ * The arbiter's answer to a confirmation. A view no newer than our own: the rumour was false
+ * (forged, or garbled), ignore it and carry on. A newer view: it is true. A follower named
+ * backup of its own primary in it takes that view (a recruit handover whose pending view it
+ * never heard); anyone else not in it halts (a recruit drops back to an empty spare).
+ */
+function onArbiterView(r: Replica, out: Action[], requestId: number, view: View): void {
+  const c = r.confirm;
+  if (c === null || requestId < c.firstRequestId) {
+    log(out, 'info', 'ignoring', { reason: 'answer to an old read of the arbiter', requestId, view: formatView(view) });
+    return;
+  }
+  r.confirm = null;
+  r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
+  const mine = ownEpoch(r);
+  if (mine === null || view.epoch <= mine) {
+    log(out, 'warn', 'ignoring', { reason: `rumour of epoch ${c.epoch} not confirmed by the arbiter`, rumour: c.reason, arbiterView: formatView(view), reads: c.reads });
+    return;
+  }
+  if (r.cas !== null && (r.cas.next.epoch >= view.epoch || r.role === 'spare')) {
+    log(out, 'warn', 'deferring', { reason: `${c.reason}; the arbiter holds ${formatView(view)} and our test-and-set for epoch ${r.cas.next.epoch} is pending`, epoch: view.epoch });
+    return;
+  }
+  log(out, 'warn', 'confirmed', { reason: c.reason, arbiterView: formatView(view) });
+  const f = r.following;
+  if (r.role !== 'primary' && f !== null && view.primary === f.primary && view.backup === r.config.id) {
+    f.epoch = view.epoch;
+    becomeBackup(r, out, view);
+  } else if (r.role === 'spare') {
+    stopFollowing(r, out, `${c.reason}; the arbiter holds ${formatView(view)}`);
+  } else {
+    halt(r, out, `deposed: ${c.reason}; the arbiter holds ${formatView(view)}`);
+  }
 }
 
 /** A recruit whose primary went away: back to an empty spare that asks to be recruited. */
 function stopFollowing(r: Replica, out: Action[], reason: string): void {
   r.following = null;
+  r.confirm = null;
   r.lastIndex = 0;
   r.lastJoinMs = -Infinity;
   setRole(r, out, 'spare', reason);
@@ -453,6 +562,10 @@ function onTick(r: Replica, out: Action[]): void {
     r.cas.retryAtMs = now + c.arbiterRetryMs;
     log(out, 'warn', 'cas-retry', { purpose: r.cas.purpose, next: formatView(r.cas.next), requestId });
     out.push({ type: 'arbiterCas', requestId, expected: r.cas.expected, next: r.cas.next });
+  }
+  if (r.confirm !== null && now >= r.confirm.retryAtMs) {
+    if (r.confirm.reads > 0) log(out, 'warn', 'confirm-retry', { epoch: r.confirm.epoch, reads: r.confirm.reads });
+    readArbiter(r, out, r.confirm);
   }
   switch (r.role) {
     case 'booting':
@@ -537,10 +650,9 @@ function onMessage(r: Replica, out: Action[], from: NodeId, raw: unknown): void 
       return;
     case 'refuse': {
       const mine = r.role === 'spare' ? (r.following?.epoch ?? Infinity) : r.view.epoch;
-      if (msg.epoch > mine) {
-        r.knownEpoch = Math.max(r.knownEpoch, msg.epoch);
-        if (r.role !== 'spare') deposed(r, out, msg.epoch, `${from} knows newer epoch ${msg.epoch} (${msg.reason})`);
-        else if (r.cas === null) stopFollowing(r, out, `${from} knows newer epoch ${msg.epoch}`);
+      // A spare asking to go live from its pending view lets the arbiter's answer decide.
+      if (msg.epoch > mine && (r.role !== 'spare' || r.cas === null)) {
+        rumour(r, out, msg.epoch, `${from} knows newer epoch ${msg.epoch} (${msg.reason.slice(0, 200)})`);
       }
       return;
     }
@@ -566,11 +678,10 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
     return;
   }
   if (r.role === 'primary') {
-    if (epoch > r.view.epoch) deposed(r, out, epoch, `${from} is primary of newer epoch ${epoch}`);
+    if (epoch > r.view.epoch) rumour(r, out, epoch, `${from} is primary of newer epoch ${epoch}`);
     else refuse(out, from, r.view.epoch, `${m.type} of epoch ${epoch}, I am primary of epoch ${r.view.epoch}`);
     return;
   }
-  r.knownEpoch = Math.max(r.knownEpoch, epoch);
   if (r.cas?.purpose === 'goLive') {
     // We asked the arbiter to make us primary. Acking now could let the old primary release
     // an output after our new view exists, and taking a snapshot would swap the state the
@@ -590,6 +701,7 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
       return;
     }
     r.following = { primary: from, epoch, lastHeardMs: r.nowMs, pendingView: null };
+    r.knownEpoch = Math.max(r.knownEpoch, epoch);
     r.lastIndex = m.index;
     out.push({ type: 'installSnapshot', index: m.index, data: m.data });
     log(out, 'info', 'recruit-snapshot-installed', { primary: from, epoch, index: m.index, bytes: m.data.length });
@@ -600,19 +712,29 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
   const mine = f?.epoch ?? r.knownEpoch;
   if (f === null || f.primary !== from || epoch < f.epoch) {
     if (epoch < mine) refuse(out, from, mine, `frame of epoch ${epoch}`);
-    else if (r.role === 'backup' && epoch > r.view.epoch) deposed(r, out, epoch, `${from} is primary of newer epoch ${epoch}`);
+    else if (r.role === 'backup' && epoch > r.view.epoch) rumour(r, out, epoch, `${from} is primary of newer epoch ${epoch}`);
     else log(out, 'info', 'ignoring', { reason: 'frame from a primary this replica does not follow', from, epoch });
     return;
   }
   if (epoch > f.epoch) {
-    if (m.view.backup !== r.config.id) {
-      if (r.role === 'backup') deposed(r, out, epoch, `view ${formatView(m.view)} has another backup`);
-      else stopFollowing(r, out, `primary moved to ${formatView(m.view)} without this recruit`);
+    // A newer view from our own primary. The one expected is a recruit's handover: the view
+    // its primary told it it was proposing. Anything else (another backup, or "you are the
+    // backup of epoch N" out of the blue) is checked with the arbiter first.
+    const expected = r.role === 'spare' && f.pendingView !== null && sameView(f.pendingView, m.view);
+    if (!expected) {
+      const what = m.view.backup === r.config.id ? 'names this replica backup' : r.role === 'backup' ? 'has another backup' : 'does not name this recruit';
+      rumour(r, out, epoch, `${from} says view ${formatView(m.view)}, which ${what}`);
       return;
     }
     f.epoch = epoch;
+    becomeBackup(r, out, m.view);
+  } else if (r.role === 'spare' && m.view.backup === r.config.id) {
+    // Named backup of the epoch it was recruited in: no primary says that (a view naming a
+    // backup is always newer than the recruit's snapshot).
+    rumour(r, out, epoch + 1, `${from} says view ${formatView(m.view)}, which names this recruit backup of the epoch it was recruited in`);
+    return;
   }
-  if (m.view.backup === r.config.id && (r.role !== 'backup' || r.view.epoch !== epoch)) becomeBackup(r, out, m.view);
+  r.knownEpoch = Math.max(r.knownEpoch, epoch);
   f.lastHeardMs = r.nowMs;
   f.pendingView = r.role === 'spare' ? m.pendingView : null;
   const gap = m.prevIndex > r.lastIndex;
@@ -633,7 +755,7 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
 
 function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'ack' }>): void {
   if (r.role !== 'primary') return;
-  if (m.epoch > r.view.epoch) return deposed(r, out, m.epoch, `${from} acked in newer epoch ${m.epoch}`);
+  if (m.epoch > r.view.epoch) return rumour(r, out, m.epoch, `${from} acked in newer epoch ${m.epoch}`);
   const f = r.followers.get(from);
   if (f === undefined || m.epoch < r.view.epoch) {
     log(out, 'info', 'ignoring', { reason: f === undefined ? 'ack from a node that is not a follower' : 'ack from an older epoch', from, epoch: m.epoch });

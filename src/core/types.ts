@@ -84,6 +84,12 @@ export interface PlantedBugs {
    * (issue 16): the recruit keeps asking to go live from a view that never lands, forever.
    */
   readonly noRecruitFence?: boolean;
+  /**
+   * A replica acts on a peer's word that a newer epoch exists (a `refuse`, a frame or ack of a
+   * newer epoch) without confirming it with the arbiter: one forged message halts a primary
+   * or a backup and discards its state (issue 14 item 9; the behaviour before the fix).
+   */
+  readonly haltOnRumour?: boolean;
 }
 
 /** The protocol's timing and bounds: what a cluster config sets for every replica. */
@@ -140,7 +146,9 @@ export type Input =
   | { readonly type: 'message'; readonly from: NodeId; readonly msg: unknown }
   /** The arbiter's answer to arbiterCas `requestId`: `view` is the view it now holds. */
   | { readonly type: 'arbiterResult'; readonly requestId: number; readonly ok: boolean; readonly view: View }
-  /** The arbiter could not be asked (unreachable, timed out). The core retries later. */
+  /** The arbiter's answer to arbiterRead `requestId`: the view it holds now. */
+  | { readonly type: 'arbiterView'; readonly requestId: number; readonly view: View }
+  /** The arbiter could not be asked (unreachable, timed out), for arbiterCas or arbiterRead `requestId`. The core retries later. */
   | { readonly type: 'arbiterFailed'; readonly requestId: number; readonly reason: string }
   /** Primary: append a guest entry. Only when `canAppend` (flow control). */
   | { readonly type: 'append'; readonly payload: Uint8Array }
@@ -166,6 +174,12 @@ export type Action =
    * "create epoch N+1 if epoch N is the newest and is the view I think it is".
    */
   | { readonly type: 'arbiterCas'; readonly requestId: number; readonly expected: View; readonly next: View }
+  /**
+   * Read the arbiter's current view and give it back as an `arbiterView` input with this
+   * `requestId` (or `arbiterFailed`). The core asks before it acts on a peer's word that a
+   * newer epoch exists: a peer's word alone never makes a replica discard its state.
+   */
+  | { readonly type: 'arbiterRead'; readonly requestId: number }
   /** These held outputs may now be released, in this order. */
   | { readonly type: 'release'; readonly outputIds: readonly number[] }
   /** These held outputs will never be released (this node stopped being primary). */

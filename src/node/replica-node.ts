@@ -304,6 +304,21 @@ export class ReplicaNode implements FrontHost {
         );
         return;
       }
+      case 'arbiterRead': {
+        // A peer said a newer epoch exists: the core asks what the arbiter holds before it
+        // believes it. Unanswered, it keeps its state and asks again (arbiterRetryMs).
+        const incarnation = this.incarnation;
+        this.askArbiter(() => this.arbiter.current()).then(
+          (view) => {
+            this.sawView(view);
+            if (incarnation === this.incarnation) this.input({ type: 'arbiterView', requestId: a.requestId, view });
+          },
+          (e: unknown) => {
+            if (incarnation === this.incarnation) this.input({ type: 'arbiterFailed', requestId: a.requestId, reason: (e as Error).message });
+          },
+        );
+        return;
+      }
       case 'release':
         this.front.release(a.outputIds);
         return;

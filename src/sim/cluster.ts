@@ -8,7 +8,8 @@
 // lost; restart as an empty spare), kills (a crash with no restart, as a node nobody brings
 // back), pauses (the node takes no steps, then resumes believing what it believed), stalls
 // (the node's event loop is busy inside a step: a GC pause, a big command, a snapshot whose
-// cost grows with the state), and an arbiter that is slow or unreachable for a while.
+// cost grows with the state), an arbiter that is slow or unreachable for a while, and a
+// forger that sends live nodes refuses, frames and acks of newer epochs in other nodes' names.
 //
 // A run has a safety phase, with faults drawn per seed ("swarm": each fault kind on or off),
 // then a liveness phase where everything heals and every client must finish. The checks run
@@ -52,6 +53,8 @@ export interface SimOptions {
   readonly livenessMs?: number;
   /** Lines of trace kept for the report. */
   readonly traceTailLines?: number;
+  /** Switch the forger on (true) or off (false); drawn from the seed when absent. */
+  readonly forge?: boolean;
 }
 
 export type SimCheck =
@@ -124,6 +127,8 @@ type NetMsg =
   | { readonly t: 'peer'; readonly msg: PeerMessage }
   | { readonly t: 'cas'; readonly requestId: number; readonly expected: View; readonly next: View }
   | { readonly t: 'casResult'; readonly requestId: number; readonly ok: boolean; readonly view: View }
+  | { readonly t: 'read'; readonly requestId: number }
+  | { readonly t: 'readResult'; readonly requestId: number; readonly view: View }
   | { readonly t: 'request'; readonly seq: number; readonly command: KvCommand }
   | { readonly t: 'reply'; readonly seq: number; readonly reply: KvReply }
   | { readonly t: 'redirect'; readonly seq: number; readonly primary: string | null };
@@ -147,6 +152,7 @@ type SimEvent =
   | { readonly k: 'unstall'; readonly node: string; readonly inc: number }
   | { readonly k: 'fault' }
   | { readonly k: 'undo'; readonly undo: () => void; readonly what: string }
+  | { readonly k: 'forge' }
   | { readonly k: 'heal' };
 
 interface Queued {
@@ -330,6 +336,14 @@ class Simulation {
 
   // Faults.
   private readonly faultKinds: FaultKind[];
+  /**
+   * The forger (issue 14 item 9): a process that holds the cluster's secret, or any process
+   * when there is none, sends live nodes `refuse`s, frames and acks of newer epochs, from
+   * random node ids, all through the run (healing does not stop it). Its draws come from a
+   * generator of its own, so a seed without it runs as before it existed.
+   */
+  private readonly forgeRng: Rng;
+  private readonly forgeMeanMs: number | null;
   private faultMeanMs = 300;
   /** slow-snapshot: the stall per KiB of snapshot, when taken and when installed. */
   private readonly snapshotMsPerKiB: number;
@@ -365,6 +379,10 @@ class Simulation {
     this.faultMeanMs = this.rng.pick([150, 300, 600]);
     // slow-snapshot is a property of the cluster, not a fault the nemesis injects.
     this.faultKinds.push(...newKinds.filter((k) => k !== 'slow-snapshot'));
+    this.forgeRng = new Rng((opts.seed ^ 0x2545f491) >>> 0);
+    const forge = this.forgeRng.chance(0.35);
+    const forgeMeanMs = this.forgeRng.pick([30, 100, 300]);
+    this.forgeMeanMs = (opts.forge ?? forge) ? forgeMeanMs : null;
     for (let i = 0; i < (opts.clients ?? 5); i++) {
       this.clients.push({ id: `c${i}`, process: i, seq: 0, pending: null, target: i % n, token: 0, opsAfterHeal: 0, done: false, counter: 0 });
     }
@@ -373,7 +391,9 @@ class Simulation {
   run(): SimResult {
     const snap = this.snapshotMsPerKiB > 0 ? ` slow-snapshot=${this.snapshotMsPerKiB}ms/KiB` : '';
     const size = this.nodeIds.length !== 4 ? ` nodes=${this.nodeIds.length}` : '';
-    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}`);
+    const forge = this.forgeMeanMs !== null ? ` forge=${this.forgeMeanMs}ms` : '';
+    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}`);
+    if (this.forgeMeanMs !== null) this.q.push(100 + this.forgeRng.exp(this.forgeMeanMs), { k: 'forge' });
     for (const id of this.nodeIds) this.startNode(id, 0, this.rng.int(0, 30));
     for (const c of this.clients) this.wakeClient(c, 50 + this.rng.int(0, 50));
     this.q.push(this.rng.exp(this.faultMeanMs) + 200, { k: 'fault' });
@@ -398,7 +418,7 @@ class Simulation {
       failures: this.failures,
       traceHash: this.hash.hex(),
       traceTail: this.tail.slice(),
-      faults: this.snapshotMsPerKiB > 0 ? [...this.faultKinds, 'slow-snapshot'] : this.faultKinds,
+      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : [])],
       history: this.history,
       stats: { ...this.stats, events: this.events, views: this.views.length, simMs: Math.round(this.now) },
     };
@@ -457,6 +477,10 @@ class Simulation {
         if (this.healed) return;
         this.trace(`undo ${ev.what}`);
         ev.undo();
+        return;
+      case 'forge':
+        this.forgeOne();
+        this.q.push(this.now + this.forgeRng.exp(this.forgeMeanMs ?? 100), { k: 'forge' });
         return;
       case 'heal':
         return this.heal();
@@ -522,6 +546,10 @@ class Simulation {
 
   private arbiterProcess(d: Delivery): void {
     const m = d.msg;
+    if (m.t === 'read') {
+      this.send('arbiter', 0, d.from, { t: 'readResult', requestId: m.requestId, view: this.view });
+      return;
+    }
     if (m.t !== 'cas') return;
     const ok = sameView(this.view, m.expected) && m.next.epoch === this.view.epoch + 1;
     if (ok) {
@@ -598,6 +626,10 @@ class Simulation {
         this.trace(`arbiter>${node.id} cas#${m.requestId} ok=${m.ok} ${formatView(m.view)}`);
         this.stepNode(node, { type: 'arbiterResult', requestId: m.requestId, ok: m.ok, view: m.view }, d.sentAt, null);
         break;
+      case 'readResult':
+        this.trace(`arbiter>${node.id} read#${m.requestId} ${formatView(m.view)}`);
+        this.stepNode(node, { type: 'arbiterView', requestId: m.requestId, view: m.view }, d.sentAt, null);
+        break;
       case 'request':
         if (node.replica.role !== 'primary') {
           const hint = node.replica.view.primary === node.id ? null : node.replica.view.primary;
@@ -661,6 +693,9 @@ class Simulation {
         return;
       case 'arbiterCas':
         this.send(node.id, node.inc, 'arbiter', { t: 'cas', requestId: a.requestId, expected: a.expected, next: a.next });
+        return;
+      case 'arbiterRead':
+        this.send(node.id, node.inc, 'arbiter', { t: 'read', requestId: a.requestId });
         return;
       case 'release':
         for (const id of a.outputIds) {
@@ -931,6 +966,34 @@ class Simulation {
   }
 
   /**
+   * One forged message to a live node, as if from another node: a `refuse`, a frame (a
+   * heartbeat: no entries) or an ack, naming an epoch newer than the arbiter's, sometimes
+   * just past it, sometimes absurd. Half the time it aims at the primary or the backup.
+   */
+  private forgeOne(): void {
+    const r = this.forgeRng;
+    const live = this.liveNodes();
+    if (live.length === 0) return;
+    const members = live.filter((n) => n.id === this.view.primary || n.id === this.view.backup);
+    const target = members.length > 0 && r.chance(0.5) ? r.pick(members) : r.pick(live);
+    const from = r.pick(this.nodeIds.filter((id) => id !== target.id));
+    const epoch = this.view.epoch + (r.chance(0.5) ? r.int(1, 3) : r.int(4, 1_000_000));
+    let msg: PeerMessage;
+    const kind = r.pick(['refuse', 'refuse', 'frame', 'ack'] as const);
+    if (kind === 'refuse') {
+      msg = { type: 'refuse', epoch, reason: 'forged' };
+    } else if (kind === 'frame') {
+      const backup = r.pick([target.id, null, r.pick(this.nodeIds)]);
+      const last = target.replica.lastIndex;
+      msg = { type: 'frame', view: { epoch, primary: from, backup: backup === from ? null : backup }, seq: r.int(1, 1000), prevIndex: last, payloads: [], primaryIndex: last, pendingView: null };
+    } else {
+      msg = { type: 'ack', epoch, seq: 1, ackedIndex: 0, gap: false };
+    }
+    this.trace(`forge ${from}>${target.id} ${describe(msg)}`);
+    this.send(from, this.nodes.get(from)?.inc ?? 0, target.id, { t: 'peer', msg });
+  }
+
+  /**
    * A handover is where recruit bugs live (issue 16): sometimes, a few milliseconds in, the
    * primary stalls, or the recruit's acks stop reaching it for a while.
    */
@@ -1026,6 +1089,7 @@ class Simulation {
       );
     }
     this.checkReleases();
+    this.checkStateKept();
     this.checkAppends();
     const lin = checkHistory(this.history, { maxStatesPerKey: 200_000 });
     this.stats.linearizabilityUnknownKeys = lin.keys.filter((k) => k.timedOut).length;
@@ -1051,6 +1115,22 @@ class Simulation {
     if (this.liveNodes().length < 2) return true;
     const acts = (n: SimNode | undefined, role: string): boolean => n !== undefined && n.alive && n.replica.role === role && n.replica.view.epoch === v.epoch;
     return acts(p, 'primary') && acts(b, 'backup');
+  }
+
+  /**
+   * Some live node of the arbiter's view still holds the state: the nemesis never crashes the
+   * last holder, so if none is left a replica discarded it on its own (a halt on a peer's
+   * word: issue 14 item 9), and every acknowledged write went with it.
+   */
+  private checkStateKept(): void {
+    const v = this.view;
+    if (v.primary === null) return;
+    const holders = [v.primary, v.backup].filter((id) => id !== null && this.holdsState(this.nodes.get(id)!));
+    const acked = this.history.filter((e) => e.type === 'ok' && e.f !== 'get').length;
+    if (holders.length === 0 && acked > 0) {
+      const roles = [...this.nodes.values()].map((n) => `${n.id}:${n.alive ? n.replica.role : 'down'}`).join(' ');
+      this.fail('lost-write', `every copy of the state is gone: no live node of ${formatView(v)} holds it (${roles}); ${acked} acknowledged writes lost`);
+    }
   }
 
   /** At most one node releases in an epoch, and only on authority from before a newer view existed. */

@@ -57,6 +57,8 @@ export class Harness {
   net: Envelope[] = [];
   /** Test-and-set requests that reached the arbiter and are not yet answered. */
   casQueue: CasRequest[] = [];
+  /** Reads of the view (arbiterRead) that reached the arbiter and are not yet answered. */
+  readQueue: { readonly from: string; readonly requestId: number }[] = [];
   arbiterView: View = NO_VIEW;
   /** When false, requests to the arbiter are lost (it is unreachable). */
   arbiterUp = true;
@@ -103,6 +105,9 @@ export class Harness {
       case 'arbiterCas':
         if (this.arbiterUp) this.casQueue.push({ from: id, requestId: a.requestId, expected: a.expected, next: a.next });
         return;
+      case 'arbiterRead':
+        if (this.arbiterUp) this.readQueue.push({ from: id, requestId: a.requestId });
+        return;
       case 'release':
         this.released.set(id, [...(this.released.get(id) ?? []), ...a.outputIds]);
         return;
@@ -136,7 +141,7 @@ export class Harness {
     this.answerArbiter();
   }
 
-  /** The arbiter answers every queued test-and-set, in arrival order. */
+  /** The arbiter answers every queued test-and-set, in arrival order, then every queued read. */
   answerArbiter(): void {
     const queue = this.casQueue;
     this.casQueue = [];
@@ -145,6 +150,9 @@ export class Harness {
       if (ok) this.arbiterView = req.next;
       if (!this.stopped.has(req.from)) this.input(req.from, { type: 'arbiterResult', requestId: req.requestId, ok, view: this.arbiterView });
     }
+    const reads = this.readQueue;
+    this.readQueue = [];
+    for (const req of reads) if (!this.stopped.has(req.from)) this.input(req.from, { type: 'arbiterView', requestId: req.requestId, view: this.arbiterView });
   }
 
   /** Deliver queued messages (those matching `which`), in order, until none is left. */
