@@ -20,7 +20,7 @@ import { etcdViewKey, formatEndpoint, parseArbiterSpec } from '../arbiter/spec.j
 const LOCK = 'supervisor.lock';
 
 /** Whether a process with this pid exists (it may belong to another user: EPERM). */
-function alive(pid: number): boolean {
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
