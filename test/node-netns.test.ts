@@ -63,7 +63,10 @@ async function world(t: TestContext): Promise<World> {
   const backup = p.view.backup!;
   const spare = cluster.nodes.map((n) => n.id).find((id) => id !== p.id && id !== backup)!;
   await cluster.waitFor(async () => (await cluster.status(spare))?.role === 'spare', 30_000, `${spare} to be a spare`);
-  return { net, etcd, cluster, primary: p.id, backup, spare, epoch0: p.view.epoch };
+  const w = { net, etcd, cluster, primary: p.id, backup, spare, epoch0: p.view.epoch };
+  const now = await newest(w);
+  assert.equal(now.epoch, p.view.epoch, `no view change while nothing failed: ${now.roles}\n${suspicions(w)}`);
+  return w;
 }
 
 /** Start a 4-client workload from the root namespace; `finish()` stops it and returns its result. */
@@ -149,7 +152,12 @@ test('netns helper: hosts reach each other and the root namespace; a one-way cut
     return r.status === 0;
   };
   assert.ok(probe(1, 2), 'host 1 reaches host 2');
-  assert.ok(await connectMs(hosts.host(2).ip, 9000) < 20, 'the root namespace reaches host 2 at once');
+  const fastest = async (): Promise<number> => {
+    const samples: number[] = [];
+    for (let i = 0; i < 5; i++) samples.push(await connectMs(hosts.host(2).ip, 9000));
+    return Math.min(...samples);
+  };
+  const base = await fastest();
   hosts.cut([1], [2]);
   assert.ok(!probe(1, 2), 'cut 1 -> 2: nothing gets through');
   hosts.heal();
@@ -159,14 +167,11 @@ test('netns helper: hosts reach each other and the root namespace; a one-way cut
   assert.ok(probe(1, 2), 'healed');
 
   await hosts.delay(2, 30);
-  const samples: number[] = [];
-  for (let i = 0; i < 5; i++) samples.push(await connectMs(hosts.host(2).ip, 9000));
-  t.diagnostic(`connects: ${samples.map((x) => x.toFixed(1)).join(' ')}`);
-  const delayed = Math.min(...samples);
-  t.diagnostic(`delay by ${hosts.delayMechanism}: connect from the root namespace took ${delayed.toFixed(1)} ms with 30 ms on host 2`);
-  assert.ok(delayed >= 29 && delayed < 200, `host 2's answers wait 30 ms (${delayed} ms)`);
+  const delayed = await fastest();
+  t.diagnostic(`delay by ${hosts.delayMechanism}: connect from the root namespace took ${delayed.toFixed(1)} ms with 30 ms on host 2, ${base.toFixed(1)} ms without`);
+  assert.ok(delayed >= 30 && delayed - base >= 25, `host 2's answers wait 30 ms (${delayed} ms, ${base} ms without)`);
   await hosts.delay(2, 0);
-  assert.ok(await connectMs(hosts.host(2).ip, 9000) < 20, 'delay removed');
+  assert.ok(await fastest() < delayed - 25, 'delay removed');
 
   hosts.loss(2, 100);
   await assert.rejects(Promise.race([connectMs(hosts.host(2).ip, 9000), sleep(500).then(() => Promise.reject(new Error('silence')))]));
@@ -250,7 +255,7 @@ test('5. 20 ms delay on every host, default timing: no false failover over a sus
   const sustainMs = 10_000;
   await sleep(sustainMs);
   const n = await newest(w);
-  assert.equal(n.epoch, w.epoch0, `no view change in ${sustainMs} ms with 20 ms delay: ${n.roles}`);
+  assert.equal(n.epoch, w.epoch0, `no view change in ${sustainMs} ms with 20 ms delay: ${n.roles}\n${suspicions(w)}`);
   assert.equal(n.primary, w.primary);
   // A real failure is still seen and acted on.
   const t0 = performance.now();
@@ -272,6 +277,11 @@ test('6. 40 % loss on the primary\'s link: any failover that happens is safe', o
   t.diagnostic(`after 6 s of 40 % loss: epoch ${w.epoch0} -> ${n.epoch} (${n.epoch - w.epoch0} view changes), ${n.roles}`);
   await finishAndCheck(t, w, l, 3000);
 });
+
+/** Every suspicion the nodes logged, for a failure message. */
+function suspicions(w: World): string {
+  return w.cluster.nodes.flatMap((n) => w.cluster.log(n.id).split('\n').filter((l) => l.includes('"event":"suspect"')).map((l) => `${n.id}: ${l}`)).join('\n');
+}
 
 function latencies(r: WorkloadResult): { p50: number; p99: number } {
   const open = new Map<number, number>();
