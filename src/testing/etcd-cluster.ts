@@ -4,13 +4,15 @@
 // the test process dies first). Members can be killed with -9 and started again on the same
 // data, and the helper finds the raft leader, so fault tests can take quorum away and give
 // it back. Election timing is short (heartbeat 50 ms, election 500 ms) to keep tests fast.
-// Addresses are a parameter (`host`), so tests in network namespaces can reuse it.
+// Addresses are a parameter (`host`, or one host per member with `hosts`, then on etcd's
+// standard ports 2379/2380), and `wrap` runs each member under a command prefix (`ip netns
+// exec NAME`), so tests in network namespaces (src/testing/netns.ts) reuse it.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { freePorts } from './process-cluster.js';
 
 export const ETCD_BINARY = process.env.LOCKSTEP_ETCD ?? 'etcd';
@@ -28,6 +30,7 @@ export function etcdMissing(): string | null {
 
 export interface EtcdMember {
   readonly name: string;
+  readonly host: string;
   readonly clientPort: number;
   readonly peerPort: number;
   readonly dataDir: string;
@@ -38,6 +41,10 @@ export interface EtcdClusterOptions {
   /** 1 or 3 (any odd number works). */
   readonly members?: number;
   readonly host?: string;
+  /** One address per member (its own host: every member on ports 2379 and 2380); overrides `host`. */
+  readonly hosts?: readonly string[];
+  /** A command prefix to run member `name` under, e.g. ['ip', 'netns', 'exec', 'lsN-1-4']. */
+  readonly wrap?: (name: string) => readonly string[];
   readonly heartbeatMs?: number;
   readonly electionMs?: number;
 }
@@ -53,21 +60,23 @@ export class EtcdCluster {
 
   private constructor(
     readonly dir: string,
-    readonly host: string,
+    hosts: readonly string[],
     ports: number[],
-    count: number,
     private readonly heartbeatMs: number,
     private readonly electionMs: number,
+    private readonly wrap: ((name: string) => readonly string[]) | undefined,
   ) {
-    for (let i = 0; i < count; i++) {
-      this.members.push({ name: `e${i + 1}`, clientPort: ports[2 * i]!, peerPort: ports[2 * i + 1]!, dataDir: join(dir, `e${i + 1}`), child: null });
+    for (const [i, host] of hosts.entries()) {
+      this.members.push({ name: `e${i + 1}`, host, clientPort: ports[2 * i]!, peerPort: ports[2 * i + 1]!, dataDir: join(dir, `e${i + 1}`), child: null });
     }
-    this.initialCluster = this.members.map((m) => `${m.name}=http://${host}:${m.peerPort}`).join(',');
+    this.initialCluster = this.members.map((m) => `${m.name}=http://${m.host}:${m.peerPort}`).join(',');
   }
 
   static async start(opts: EtcdClusterOptions = {}): Promise<EtcdCluster> {
-    const count = opts.members ?? 1;
-    const c = new EtcdCluster(mkdtempSync(join(tmpdir(), 'lockstep-etcd-')), opts.host ?? '127.0.0.1', await freePorts(2 * count), count, opts.heartbeatMs ?? 50, opts.electionMs ?? 500);
+    const count = opts.hosts?.length ?? opts.members ?? 1;
+    const hosts = opts.hosts ?? Array.from({ length: count }, () => opts.host ?? '127.0.0.1');
+    const ports = opts.hosts ? hosts.flatMap(() => [2379, 2380]) : await freePorts(2 * count);
+    const c = new EtcdCluster(mkdtempSync(join(tmpdir(), 'lockstep-etcd-')), hosts, ports, opts.heartbeatMs ?? 50, opts.electionMs ?? 500, opts.wrap);
     live.add(c);
     try {
       for (const m of c.members) c.spawn(m.name, 'new');
@@ -81,7 +90,7 @@ export class EtcdCluster {
 
   /** "host:port,host:port,..." of every member's client URL (or of the members named). */
   endpoints(names?: readonly string[]): string {
-    return this.members.filter((m) => !names || names.includes(m.name)).map((m) => `${this.host}:${m.clientPort}`).join(',');
+    return this.members.filter((m) => !names || names.includes(m.name)).map((m) => `${m.host}:${m.clientPort}`).join(',');
   }
 
   /** An arbiter spec for lockstep: etcd://<every member>[prefix]. */
@@ -98,13 +107,14 @@ export class EtcdCluster {
   /** Start member `name` (again, on its data directory: `existing` once the cluster has formed). */
   spawn(name: string, state: 'new' | 'existing' = 'existing'): ChildProcess {
     const m = this.member(name);
-    const url = (port: number): string => `http://${this.host}:${port}`;
+    const url = (port: number): string => `http://${m.host}:${port}`;
     const log = createWriteStream(join(this.dir, `${name}.log`), { flags: 'a' });
-    const child = spawn(ETCD_BINARY, [
+    const [command, ...prefix] = [...(this.wrap?.(name) ?? []), ETCD_BINARY];
+    const child = spawn(command!, [...prefix,
       '--name', name, '--data-dir', m.dataDir,
       '--listen-client-urls', url(m.clientPort), '--advertise-client-urls', url(m.clientPort),
       '--listen-peer-urls', url(m.peerPort), '--initial-advertise-peer-urls', url(m.peerPort),
-      '--initial-cluster', this.initialCluster, '--initial-cluster-token', `lockstep-test-${this.members[0]!.clientPort}`,
+      '--initial-cluster', this.initialCluster, '--initial-cluster-token', `lockstep-test-${basename(this.dir)}`,
       '--initial-cluster-state', state,
       '--heartbeat-interval', String(this.heartbeatMs), '--election-timeout', String(this.electionMs),
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -127,7 +137,7 @@ export class EtcdCluster {
   /** What one member's maintenance/status says, or null if it does not answer in time. */
   async memberStatus(name: string, timeoutMs = 1000): Promise<{ memberId: string; leader: string } | null> {
     const m = this.member(name);
-    const body = await post(this.host, m.clientPort, '/v3/maintenance/status', '{}', timeoutMs);
+    const body = await post(m.host, m.clientPort, '/v3/maintenance/status', '{}', timeoutMs);
     if (body === null) return null;
     try {
       const o = JSON.parse(body) as { header?: { member_id?: string }; leader?: string };
@@ -150,7 +160,7 @@ export class EtcdCluster {
     const end = Date.now() + timeoutMs;
     for (;;) {
       const running = this.members.filter((m) => m.child !== null);
-      const ok = await Promise.all(running.map(async (m) => /"health":\s*"true"/.test((await get(this.host, m.clientPort, '/health', 1000)) ?? '')));
+      const ok = await Promise.all(running.map(async (m) => /"health":\s*"true"/.test((await get(m.host, m.clientPort, '/health', 1000)) ?? '')));
       if (ok.every(Boolean)) return;
       if (Date.now() > end) throw new Error(`etcd did not become healthy within ${timeoutMs} ms; logs in ${this.dir}`);
       await new Promise((r) => setTimeout(r, 50));

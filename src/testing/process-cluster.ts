@@ -3,7 +3,9 @@
 // `stop()` kills every child and removes the directory; tests call it in `after` so nothing
 // is left behind even when an assertion fails. With `peerProxies`, every node listens for the
 // logging channel on its own `peerListen` port and a TcpProxy sits on its `peer` address (the
-// one the other nodes dial), so a test can cut, or reset, any node's incoming channel.
+// one the other nodes dial), so a test can cut, or reset, any node's incoming channel. With
+// `hosts` and `wrap`, every node runs on a host of its own (a network namespace with its own
+// address, src/testing/netns.ts) on fixed ports, under a command prefix (`ip netns exec`).
 // The arbiter is created before any node starts, by the code `lockstep init` runs.
 
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -41,6 +43,13 @@ export interface ProcessClusterOptions {
   readonly arbiter?: string;
   /** Extra fields of one node's config entry (e.g. its own `arbiter` endpoints). */
   readonly nodeExtra?: (id: string) => Record<string, unknown>;
+  /**
+   * One address per node, in order (the node count is then its length): node i listens there
+   * on ports 7000 (client), 7100 (peer), 7200 (admin), as on a machine of its own.
+   */
+  readonly hosts?: readonly string[];
+  /** A command prefix to run node `id` under, e.g. ['ip', 'netns', 'exec', 'lsN-1-1']. */
+  readonly wrap?: (id: string) => readonly string[];
 }
 
 export interface ProcessNode {
@@ -76,6 +85,7 @@ export class ProcessCluster {
   readonly peerProxies = new Map<string, TcpProxy>();
   /** The id of the arbiter's identity (what every node carries in its handshake). */
   arbiterId = '';
+  private wrap: ((id: string) => readonly string[]) | undefined;
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -83,17 +93,20 @@ export class ProcessCluster {
   }
 
   static async start(opts: ProcessClusterOptions = {}): Promise<ProcessCluster> {
-    const count = opts.nodes ?? 3;
+    const count = opts.hosts?.length ?? opts.nodes ?? 3;
     const c = new ProcessCluster(mkdtempSync(join(tmpdir(), 'lockstep-test-')));
+    c.wrap = opts.wrap;
     try {
+      if (opts.hosts && opts.peerProxies) throw new Error('peerProxies listen on loopback; with hosts, cut the network instead (netns.ts)');
       const per = opts.peerProxies ? 4 : 3;
-      const ports = await freePorts(count * per);
+      const ports = opts.hosts ? opts.hosts.flatMap(() => [7000, 7100, 7200]) : await freePorts(count * per);
       for (let i = 0; i < count; i++) {
+        const host = opts.hosts?.[i] ?? '127.0.0.1';
         c.nodes.push({
           id: `n${i + 1}`,
-          client: { host: '127.0.0.1', port: ports[i * per]! },
-          peer: { host: '127.0.0.1', port: ports[i * per + 1]! },
-          admin: { host: '127.0.0.1', port: ports[i * per + 2]! },
+          client: { host, port: ports[i * per]! },
+          peer: { host, port: ports[i * per + 1]! },
+          admin: { host, port: ports[i * per + 2]! },
           ...(opts.peerProxies ? { peerListen: { host: '127.0.0.1', port: ports[i * per + 3]! } } : {}),
           child: null,
         });
@@ -153,7 +166,8 @@ export class ProcessCluster {
   spawn(id: string): ChildProcess {
     const n = this.node(id);
     const log = createWriteStream(join(this.dir, `${id}.log`), { flags: 'a' });
-    const child = spawn(process.execPath, [MAIN, 'node', '--config', this.configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [command, ...prefix] = [...(this.wrap?.(id) ?? []), process.execPath];
+    const child = spawn(command!, [...prefix, MAIN, 'node', '--config', this.configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout?.pipe(log);
     child.stderr?.pipe(log);
     n.child = child;
