@@ -9,6 +9,7 @@ import net from 'node:net';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { LockstepClient } from '../src/client/index.js';
 import { encodeCommand } from '../src/net/resp.js';
+import { rawExchange } from '../src/testing/raw-exchange.js';
 
 const MB = 1024 * 1024;
 /** Small limits, so that the test can reach them quickly; the defaults are checked elsewhere. */
@@ -16,37 +17,8 @@ const PROTO_MAX_BULK_LEN = 1 * MB;
 const CLIENT_INPUT_BYTES_MAX = 16 * MB;
 const MAX_REPLY_BYTES = 64 * MB;
 
-/** Send raw bytes, collect what comes back until the node closes or `quietMs` passes. */
-function exchange(port: number, data: Buffer | string, quietMs = 1500): Promise<{ reply: string; closed: boolean }> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    let reply = '';
-    let closed = false;
-    let timer: NodeJS.Timeout;
-    const done = (): void => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve({ reply, closed });
-    };
-    const arm = (): void => {
-      clearTimeout(timer);
-      timer = setTimeout(done, quietMs);
-    };
-    s.on('data', (d: Buffer) => {
-      reply += d.toString('latin1');
-      arm();
-    });
-    s.on('error', () => undefined);
-    s.on('close', () => {
-      closed = true;
-      done();
-    });
-    s.on('connect', () => {
-      s.write(data);
-      arm();
-    });
-  });
-}
+/** Raw bytes to the node; the answer until it closes or is quiet for `quietMs`. */
+const exchange = (port: number, data: Buffer | string, quietMs = 1500): Promise<{ reply: string; closed: boolean }> => rawExchange(port, data, quietMs);
 
 describe('poison commands on a 3-node cluster', { timeout: 300_000 }, () => {
   let cluster: ProcessCluster;

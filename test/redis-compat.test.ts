@@ -6,39 +6,14 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
+import { rawExchange } from '../src/testing/raw-exchange.js';
 
 const HAVE_REDIS = spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0;
 if (process.env.CI && !HAVE_REDIS) throw new Error('CI without redis-server: .ci/run must install redis-server');
 
-/** Send `data` on a fresh connection; collect everything until the server closes or goes quiet. */
-function exchange(port: number, data: string, quietMs = 300): Promise<string> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    let got = '';
-    let timer: NodeJS.Timeout | undefined;
-    const done = (): void => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(got);
-    };
-    const arm = (): void => {
-      clearTimeout(timer);
-      timer = setTimeout(done, quietMs);
-    };
-    s.on('data', (d: Buffer) => {
-      got += d.toString('latin1');
-      arm();
-    });
-    s.on('error', () => undefined);
-    s.on('close', done);
-    s.on('connect', () => {
-      s.write(Buffer.from(data, 'latin1'));
-      arm();
-    });
-  });
-}
+/** Send `data` on a fresh connection; everything until the server closes or goes quiet. */
+const exchange = async (port: number, data: string, quietMs = 300): Promise<string> => (await rawExchange(port, data, quietMs)).reply;
 
 /** Same bytes in, same bytes out. */
 const SAME: readonly [string, string][] = [
