@@ -21,7 +21,9 @@ test('the schema and the config check name the same keys, object by object', () 
   assert.deepEqual(keys(wasm), sorted(CONFIG_KEYS.wasmService));
   assert.deepEqual(keys(p.etcd), sorted(CONFIG_KEYS.etcd));
   assert.deepEqual(keys(p.clientTls), sorted(CONFIG_KEYS.clientTls));
-  for (const s of [schema, p.nodes!.items!, kv!, wasm!, p.etcd!, p.clientTls!]) assert.equal(s.additionalProperties, false, 'unknown keys are refused, as the node refuses them');
+  assert.deepEqual(keys(p.peerTls), sorted(CONFIG_KEYS.peerTls));
+  assert.deepEqual(p.peerTls!.required!.slice().sort(), sorted(CONFIG_KEYS.peerTls), 'the node requires all three files');
+  for (const s of [schema, p.nodes!.items!, kv!, wasm!, p.etcd!, p.clientTls!, p.peerTls!]) assert.equal(s.additionalProperties, false, 'unknown keys are refused, as the node refuses them');
 });
 
 test("the README's example config passes the node's check, and has only the schema's keys", () => {
