@@ -17,11 +17,12 @@ import tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { LockstepClient } from '../src/client/index.js';
 import { HAVE_OPENSSL, makeCa, makeCert } from '../src/testing/certs.js';
 import { frame } from '../src/net/framing.js';
 import { PROTOCOL_VERSION, encodeHandshake } from '../src/net/peer-codec.js';
+import { PeerTransport, type PeerTransportOptions } from '../src/net/peer-transport.js';
+import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
 
 if (process.env.CI && !HAVE_OPENSSL) throw new Error('CI without openssl: .ci/run must install openssl');
 const SKIP = HAVE_OPENSSL ? false : 'openssl not installed (apt-get install openssl)';
@@ -164,5 +165,61 @@ describe('the same observer on a cluster without peerTls', { skip: SKIP, timeout
     const seen = observe(cluster);
     const canary = await writeCanary(cluster);
     assert.notEqual(Buffer.concat(seen).indexOf(canary), -1);
+  });
+});
+
+describe('PeerTransport with peerTls, in one process', { skip: SKIP, timeout: 60_000 }, () => {
+  let dir: string;
+  const pem = (name: string): Buffer => readFileSync(join(dir, name));
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'lockstep-peer-tls-unit-'));
+    makeCa(dir);
+    makeCert(dir, 'a');
+    makeCert(dir, 'elsewhere', 'ca', '127.0.0.2');
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  /** Two transports a and b with the given TLS settings; after 1.5 s, the logs and whether each reached the other. */
+  async function pair(tlsA: PeerTransportOptions['tls'], tlsB: PeerTransportOptions['tls']): Promise<{ logs: string[]; aToB: boolean; bToA: boolean }> {
+    const [pa, pb] = await freePorts(2);
+    const logs: string[] = [];
+    const make = (self: string, other: string, port: number, otherPort: number, t: PeerTransportOptions['tls']): PeerTransport =>
+      new PeerTransport({
+        cluster: 't', self, listen: { host: '127.0.0.1', port }, peers: new Map([[other, { host: '127.0.0.1', port: otherPort }]]),
+        maxFrameBytes: 1 << 20, maxQueuedBytes: 1 << 20, epoch: () => 1, secret: null, tls: t, arbiterId: () => 'a1a1',
+        onMessage: () => {}, log: (_l, event, fields) => logs.push(`${self} ${event} ${JSON.stringify(fields)}`),
+      });
+    const a = make('a', 'b', pa!, pb!, tlsA);
+    const b = make('b', 'a', pb!, pa!, tlsB);
+    try {
+      await a.start();
+      await b.start();
+      await new Promise((r) => setTimeout(r, 1500));
+      return { logs, aToB: a.isConnected('b'), bToA: b.isConnected('a') };
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  }
+
+  test('both with certificates of the CA: connected both ways', async () => {
+    const t = { cert: pem('a.pem'), key: pem('a.key'), ca: pem('ca.pem') };
+    const r = await pair(t, t);
+    assert.deepEqual([r.aToB, r.bToA], [true, true], r.logs.join('\n'));
+    assert.ok(r.logs.some((l) => /^a peer-accepted .*"tls":true/.test(l)));
+  });
+
+  test('a TLS node and a plain one refuse each other, each saying TLS is the difference', async () => {
+    const r = await pair({ cert: pem('a.pem'), key: pem('a.key'), ca: pem('ca.pem') }, null);
+    assert.deepEqual([r.aToB, r.bToA], [false, false]);
+    const logs = r.logs.join('\n');
+    assert.match(logs, /^b peer-refused .*it speaks TLS, but this node has no peerTls/m, 'the plain node, dialled with TLS');
+    assert.match(logs, /^a peer-refused .*TLS handshake failed \(ERR_SSL_WRONG_VERSION_NUMBER\)/m, 'the TLS node, dialled in plain TCP');
+  });
+
+  test("a peer whose certificate does not name the address dialled is refused by the dialler", async () => {
+    // b's certificate is the CA's, but for 127.0.0.2: a dials b at 127.0.0.1.
+    const r = await pair({ cert: pem('a.pem'), key: pem('a.key'), ca: pem('ca.pem') }, { cert: pem('elsewhere.pem'), key: pem('elsewhere.key'), ca: pem('ca.pem') });
+    assert.equal(r.aToB, false);
+    assert.match(r.logs.join('\n'), /^a peer-refused .*ERR_TLS_CERT_ALTNAME_INVALID/m);
   });
 });

@@ -20,10 +20,10 @@ export function makeCa(dir: string, name = 'ca'): string {
   return join(dir, `${name}.pem`);
 }
 
-/** A certificate for 127.0.0.1 (`NAME.pem`, `NAME.key` in `dir`) signed by CA `ca` made by makeCa in the same dir. */
-export function makeCert(dir: string, name: string, ca = 'ca'): { certFile: string; keyFile: string } {
-  openssl(dir, ['req', ...EC, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=127.0.0.1`]);
-  writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
+/** A certificate for `ip` (`NAME.pem`, `NAME.key` in `dir`) signed by CA `ca` made by makeCa in the same dir. */
+export function makeCert(dir: string, name: string, ca = 'ca', ip = '127.0.0.1'): { certFile: string; keyFile: string } {
+  openssl(dir, ['req', ...EC, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${ip}`]);
+  writeFileSync(join(dir, 'san.ext'), `subjectAltName=IP:${ip}\n`);
   openssl(dir, ['x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', `${name}.pem`, '-days', '2', '-extfile', 'san.ext']);
   return { certFile: join(dir, `${name}.pem`), keyFile: join(dir, `${name}.key`) };
 }
