@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { CONFIG_KEYS, parseConfig } from '../src/node/config.js';
 import { isLockstepError } from '../src/errors.js';
+import { validConfig } from '../src/testing/config-fixture.js';
 
 type Schema = { properties?: Record<string, Schema>; items?: Schema; oneOf?: Schema[]; required?: string[]; additionalProperties?: boolean };
 const schema = JSON.parse(readFileSync(new URL('../../docs/cluster.schema.json', import.meta.url), 'utf8')) as Schema;
@@ -45,14 +46,7 @@ test("the README's example config passes the node's check, and has only the sche
 test('ajv compiles the schema (strict) and agrees with the node on valid configs and on shape mistakes', () => {
   const ajv = new Ajv2020({ strict: true, allErrors: true });
   const validate = ajv.compile(schema);
-  const base = (): Record<string, unknown> => ({
-    cluster: 'demo',
-    arbiter: 'file:.lockstep/arbiter',
-    service: { kind: 'kv', mode: 'rsm' },
-    heartbeatMs: 50,
-    failureTimeoutMs: 500,
-    nodes: [1, 2, 3].map((i) => ({ id: `n${i}`, peer: `127.0.0.1:710${i}`, client: `127.0.0.1:700${i}`, admin: `127.0.0.1:720${i}` })),
-  });
+  const base = validConfig;
   const schemaOk = (c: unknown): boolean => validate(c) as boolean;
   const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
   assert.ok(schemaOk(JSON.parse(/```json\n(\{ "cluster": "demo"[\s\S]*?)```/.exec(readme)![1]!)), JSON.stringify(validate.errors));

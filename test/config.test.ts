@@ -10,19 +10,11 @@ import { join } from 'node:path';
 import { DEFAULT_TIMING } from '../src/core/types.js';
 import { isLockstepError } from '../src/errors.js';
 import { coreConfigFor, formatAddress, loadConfig, nodeOf, parseConfig } from '../src/node/config.js';
+import { validConfig } from '../src/testing/config-fixture.js';
 
 type Json = Record<string, unknown>;
 
-function base(): Json {
-  return {
-    cluster: 'demo',
-    arbiter: 'file:.lockstep/arbiter',
-    service: { kind: 'kv', mode: 'rsm' },
-    heartbeatMs: 50,
-    failureTimeoutMs: 500,
-    nodes: [1, 2, 3].map((i) => ({ id: `n${i}`, peer: `127.0.0.1:710${i}`, client: `127.0.0.1:700${i}`, admin: `127.0.0.1:720${i}` })),
-  };
-}
+const base = (): Json => validConfig();
 const parse = (j: Json) => parseConfig(JSON.stringify(j, null, 2), 'cluster.json', '/etc/lockstep');
 const node = (j: Json, i: number) => (j.nodes as Json[])[i]!;
 
