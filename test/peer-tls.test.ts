@@ -223,3 +223,34 @@ describe('PeerTransport with peerTls, in one process', { skip: SKIP, timeout: 60
     assert.match(r.logs.join('\n'), /^a peer-refused .*ERR_TLS_CERT_ALTNAME_INVALID/m);
   });
 });
+
+describe('the start warning for a peer port beyond loopback', { skip: SKIP, timeout: 120_000 }, () => {
+  let dir: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'lockstep-peer-tls-warn-'));
+    makeCa(dir);
+    makeCert(dir, 'node');
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  for (const withTls of [false, true]) {
+    test(`a node listening for peers on 0.0.0.0 ${withTls ? 'with peerTls says nothing' : 'without peerTls logs peer-tls-off'}`, async () => {
+      const [port] = await freePorts(1);
+      const cluster = await ProcessCluster.start({
+        nodes: 1,
+        nodeExtra: () => ({ peerListen: `0.0.0.0:${port}` }),
+        ...(withTls ? { extra: { peerTls: { certFile: join(dir, 'node.pem'), keyFile: join(dir, 'node.key'), caFile: join(dir, 'ca.pem') } } } : {}),
+      });
+      try {
+        // Every line the start logs is in the file once the stop's own line is.
+        cluster.signal('n1', 'SIGTERM');
+        await cluster.waitFor(() => /"event":"node-stop"/.test(cluster.log('n1')), 10_000, 'node-stop logged');
+        const log = cluster.log('n1');
+        if (withTls) assert.doesNotMatch(log, /peer-tls-off/);
+        else assert.match(log, /"event":"peer-tls-off".*the peer port 0\.0\.0\.0:\d+ is beyond loopback without peerTls/);
+      } finally {
+        await cluster.stop();
+      }
+    });
+  }
+});
