@@ -288,7 +288,8 @@ export class PeerTransport {
     if (socket instanceof tls.TLSSocket && !socket.authorized) {
       // Nothing it sent is read: a certificate our CA did not sign (or none) ends it here.
       this.stats.refused++;
-      const none = Object.keys(socket.getPeerCertificate()).length === 0; // its authorizationError would name an issuer then
+      // No certificate at all: its authorizationError would name a missing issuer. (null: already destroyed.)
+      const none = Object.keys((socket.getPeerCertificate() as object | null) ?? {}).length === 0;
       this.o.log('warn', 'peer-refused', { remote, peer: null, reason: `TLS handshake failed (${none ? 'no certificate' : String(socket.authorizationError)}): ${PEER_TLS_HINT}` });
       return void socket.destroy();
     }
