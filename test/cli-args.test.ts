@@ -32,3 +32,16 @@ test('unknown flags, stray arguments, missing values: E_USAGE naming the argumen
   refused(['--id', 'n1', '--config'], 'E_USAGE', /^--config needs a value \(see lockstep node --help\)$/);
   refused(['--json=yes'], 'E_USAGE', /^--json takes no value, got "--json=yes"/);
 });
+
+test('lockstep run: its own flags stop at the module; what follows is the guest\'s', async () => {
+  const { runCommand } = await import('../src/cli/run.js');
+  const printed: string[] = [];
+  const out = { stdout: (s: string) => void printed.push(s), stderr: (s: string) => void printed.push(s) };
+  const coded = (code: string, message: RegExp) => (e: unknown) => isLockstepError(e) && e.code === code && message.test(e.message);
+  await assert.rejects(runCommand(['--frobnicate', 'guest.wasm'], out), coded('E_USAGE', /^unknown argument "--frobnicate" \(see lockstep run --help\)/));
+  // The guest's own flags are not lockstep's: the module is looked for, not the flag refused.
+  await assert.rejects(runCommand(['--nodes', '2', '--listen=127.0.0.1:7301', 'missing.wasm', '--guest-flag', '-x'], out), coded('E_FILE_READ', /no such guest module: .*missing\.wasm/));
+  // -h is help, not a module named "-h".
+  assert.equal(await runCommand(['-h'], out), 0);
+  assert.match(printed.join(''), /usage: lockstep run/);
+});

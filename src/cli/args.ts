@@ -24,7 +24,7 @@ export interface ParsedFlags {
 export type ArgToken =
   /** `flag` is `--name` for a known flag (`-h` is `--help`), else the argument as typed; `value` is undefined when none came. */
   | { readonly kind: 'flag'; readonly flag: string; readonly known: boolean; readonly value: string | undefined; readonly typed: string }
-  | { readonly kind: 'positional'; readonly value: string }
+  | { readonly kind: 'positional'; readonly value: string; /** Its index in argv. */ readonly index: number }
   /** `--`: no subcommand gives it a meaning. */
   | { readonly kind: 'terminator'; readonly typed: string };
 
@@ -38,7 +38,7 @@ export function argTokens(argv: readonly string[], valueFlags: readonly string[]
   for (const f of switches) options[f.replace(/^--/, '')] = { type: 'boolean' };
   const { tokens } = parseArgs({ args: [...argv], options, strict: false, allowPositionals: true, tokens: true });
   return tokens.map((t): ArgToken => {
-    if (t.kind === 'positional') return { kind: 'positional', value: t.value };
+    if (t.kind === 'positional') return { kind: 'positional', value: t.value, index: t.index };
     if (t.kind === 'option-terminator') return { kind: 'terminator', typed: argv[t.index]! };
     const known = Object.hasOwn(options, t.name) && (t.rawName === `--${t.name}` || (t.name === 'help' && t.rawName === '-h'));
     return { kind: 'flag', flag: known ? `--${t.name}` : argv[t.index]!, known, value: t.value, typed: argv[t.index]! };
