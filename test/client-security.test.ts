@@ -6,8 +6,7 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { tmpdir } from 'node:os';
@@ -16,24 +15,10 @@ import { Redis } from 'ioredis';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { LockstepClient } from '../src/client/index.js';
 import { encodeCommand } from '../src/net/resp.js';
+import { HAVE_OPENSSL, makeCerts } from '../src/testing/certs.js';
 
-const HAVE_OPENSSL = spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0;
 if (process.env.CI && !HAVE_OPENSSL) throw new Error('CI without openssl: .ci/run must install openssl');
 const PASSWORD = 'correct horse battery staple';
-
-/** A CA and a certificate for 127.0.0.1 signed by it, in `dir`. */
-function makeCerts(dir: string): { ca: Buffer; certFile: string; keyFile: string } {
-  const run = (args: string[]): void => {
-    const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`openssl ${args.join(' ')}: ${r.stderr}`);
-  };
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  run(['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=lockstep test CA']);
-  run(['req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1']);
-  writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
-  run(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'san.ext']);
-  return { ca: readFileSync(join(dir, 'ca.pem')), certFile: join(dir, 'server.pem'), keyFile: join(dir, 'server.key') };
-}
 
 /** Send RESP commands over TLS on one connection; the replies as one string. */
 function tlsExchange(port: number, ca: Buffer, commands: string[][]): Promise<string> {

@@ -10,19 +10,11 @@ import { join } from 'node:path';
 import { DEFAULT_TIMING } from '../src/core/types.js';
 import { isLockstepError } from '../src/errors.js';
 import { coreConfigFor, formatAddress, loadConfig, nodeOf, parseConfig } from '../src/node/config.js';
+import { validConfig } from '../src/testing/config-fixture.js';
 
 type Json = Record<string, unknown>;
 
-function base(): Json {
-  return {
-    cluster: 'demo',
-    arbiter: 'file:.lockstep/arbiter',
-    service: { kind: 'kv', mode: 'rsm' },
-    heartbeatMs: 50,
-    failureTimeoutMs: 500,
-    nodes: [1, 2, 3].map((i) => ({ id: `n${i}`, peer: `127.0.0.1:710${i}`, client: `127.0.0.1:700${i}`, admin: `127.0.0.1:720${i}` })),
-  };
-}
+const base = (): Json => validConfig();
 const parse = (j: Json) => parseConfig(JSON.stringify(j, null, 2), 'cluster.json', '/etc/lockstep');
 const node = (j: Json, i: number) => (j.nodes as Json[])[i]!;
 
@@ -299,4 +291,36 @@ test('no secretFile with a peer address beyond loopback: refused; on loopback: a
   node(local, 0).peer = 'localhost:7101';
   node(local, 1).peer = '[::1]:7102';
   assert.equal(parse(local).secret, null);
+});
+
+test('peerTls: certFile, keyFile and caFile, each a PEM file; it stands in for secretFile beyond loopback', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-peertls-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // The config check reads the files and looks for PEM blocks; node:tls judges them at start.
+  writeFileSync(join(dir, 'node.pem'), '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+  writeFileSync(join(dir, 'ca.pem'), '-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n');
+  writeFileSync(join(dir, 'node.key'), '-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n');
+  const files = { certFile: 'node.pem', keyFile: 'node.key', caFile: 'ca.pem' };
+  const withTls = (peerTls: unknown, edit: (j: Json) => void = () => {}): string => {
+    const j = { ...base(), peerTls };
+    edit(j);
+    return JSON.stringify(j);
+  };
+  const c = parseConfig(withTls(files), 'c.json', dir);
+  assert.equal(c.peerTls!.ca.toString().includes('MIIC'), true);
+  assert.equal(c.peerTls!.cert.toString().includes('MIIB'), true);
+  assert.equal(parseConfig(JSON.stringify(base()), 'c.json', dir).peerTls, null, 'no peerTls: plain TCP');
+  // Mutual TLS authenticates peers: a peer port beyond loopback needs no secretFile then.
+  assert.deepEqual(parseConfig(withTls(files, (j) => void (node(j, 1).peer = '10.0.0.2:7102')), 'c.json', dir).nodes[1]!.peer, { host: '10.0.0.2', port: 7102 });
+  const cases: [unknown, RegExp][] = [
+    [{ certFile: 'node.pem', keyFile: 'node.key' }, /c\.json: peerTls\.caFile: missing; it is required/],
+    [{ ...files, verify: false }, /unknown key peerTls\.verify; known keys: certFile, keyFile, caFile/],
+    [{ ...files, caFile: 'node.key' }, /peerTls\.caFile: .*node\.key is not a PEM certificate/],
+    [{ ...files, keyFile: 'ca.pem' }, /peerTls\.keyFile: .*ca\.pem is not a PEM private key/],
+    [{ ...files, certFile: 'nope.pem' }, /peerTls\.certFile: cannot read .*nope\.pem: ENOENT/],
+    ['certs/', /peerTls: must be a JSON object/],
+  ];
+  for (const [peerTls, message] of cases) {
+    assert.throws(() => parseConfig(withTls(peerTls), 'c.json', dir), (e) => isLockstepError(e) && e.code === 'E_CONFIG_INVALID' && message.test(e.message), JSON.stringify(peerTls));
+  }
 });

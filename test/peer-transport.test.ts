@@ -15,6 +15,7 @@ function transport(self: string, other: string, ports: Record<string, number>, g
     maxQueuedBytes: 1 << 20,
     epoch: () => 1,
     secret: new Uint8Array(32).fill(9),
+    tls: null,
     arbiterId: () => 'a1a1a1a1',
     onMessage: (from, msg) => got.push(`${from}:${(msg as { type: string }).type}`),
     log: () => {},

@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { LockstepError, isLockstepError } from '../errors.js';
 import { pairOperations, parseHistoryLines, type Operation } from '../sim/history.js';
 import { checkOperations, DEFAULT_MAX_STATES_PER_KEY } from '../sim/linearizability.js';
+import { argTokens } from './args.js';
 
 export interface CheckOutput {
   readonly stdout: (s: string) => void;
@@ -36,19 +37,18 @@ export function formatOperation(op: Operation): string {
 function parseArgs(argv: readonly string[]): { help: true } | { help: false; file: string; maxStates: number } {
   let file: string | undefined;
   let maxStates = DEFAULT_MAX_STATES_PER_KEY;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--help' || a === '-h') return { help: true };
-    if (a === '--max-states') {
-      const v = argv[++i];
+  for (const t of argTokens(argv, ['--max-states'])) {
+    if (t.kind === 'flag' && t.flag === '--help') return { help: true };
+    if (t.kind === 'flag' && t.flag === '--max-states') {
+      const v = t.value;
       if (v === undefined) throw new LockstepError('E_USAGE', '--max-states needs a value');
       if (!/^[1-9][0-9]*$/.test(v)) throw new LockstepError('E_BAD_FLAG_VALUE', `--max-states must be a positive integer, got ${JSON.stringify(v)}`);
       maxStates = Number(v);
-    } else if (a.startsWith('-') && a !== '-') {
-      throw new LockstepError('E_USAGE', `unknown flag ${a} (see lockstep check --help)`);
+    } else if (t.kind !== 'positional') {
+      throw new LockstepError('E_USAGE', `unknown flag ${t.typed} (see lockstep check --help)`);
     } else if (file !== undefined) {
-      throw new LockstepError('E_USAGE', `unexpected argument ${JSON.stringify(a)}: check takes one FILE`);
-    } else file = a;
+      throw new LockstepError('E_USAGE', `unexpected argument ${JSON.stringify(t.value)}: check takes one FILE`);
+    } else file = t.value;
   }
   if (file === undefined) throw new LockstepError('E_USAGE', 'missing FILE (usage: lockstep check [--max-states N] FILE)');
   return { help: false, file, maxStates };

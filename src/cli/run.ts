@@ -6,7 +6,7 @@
 
 import { existsSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
-import { intValue, parseFlags } from './args.js';
+import { argTokens, intValue, parseFlags } from './args.js';
 import type { CheckOutput } from './check.js';
 import { superviseCluster } from './cluster.js';
 import { LockstepError } from '../errors.js';
@@ -22,11 +22,15 @@ lockstep cluster (DIR defaults to .lockstep/run, P to 7400; see lockstep cluster
 the run directory's lock and for restarts).
 `;
 
+const RUN_VALUES = ['--dir', '--nodes', '--base-port', '--memory-mb', '--name'];
+const RUN_REPEATED = ['--listen'];
+const RUN_SWITCHES = ['--no-respawn'];
+
 export async function runCommand(argv: readonly string[], out: CheckOutput): Promise<number> {
   const dash = argv.indexOf('--');
   const firstPositional = dash >= 0 ? dash + 1 : findModuleArg(argv);
   const own = firstPositional < 0 ? argv : argv.slice(0, dash >= 0 ? dash : firstPositional);
-  const flags = parseFlags('run', own, { values: ['--dir', '--nodes', '--base-port', '--memory-mb', '--name'], repeated: ['--listen'], switches: ['--no-respawn'] });
+  const flags = parseFlags('run', own, { values: RUN_VALUES, repeated: RUN_REPEATED, switches: RUN_SWITCHES });
   if (flags.help) {
     out.stdout(RUN_USAGE);
     return 0;
@@ -72,11 +76,6 @@ export async function runCommand(argv: readonly string[], out: CheckOutput): Pro
 
 /** The index of the first argument that is not a flag or a flag's value (the module). */
 function findModuleArg(argv: readonly string[]): number {
-  const withValue = new Set(['--dir', '--nodes', '--base-port', '--memory-mb', '--name', '--listen']);
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (withValue.has(a)) i++;
-    else if (!a.startsWith('--')) return i;
-  }
-  return -1;
+  const first = argTokens(argv, [...RUN_VALUES, ...RUN_REPEATED], RUN_SWITCHES).find((t) => t.kind === 'positional');
+  return first?.kind === 'positional' ? first.index : -1;
 }

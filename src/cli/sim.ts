@@ -9,6 +9,7 @@ import type { PlantedBugs } from '../core/index.js';
 import type { ReplicationMode } from '../guest/index.js';
 import { simulate, type SimResult } from '../sim/index.js';
 import type { CheckOutput } from './check.js';
+import { argTokens } from './args.js';
 
 export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--bug NAME] [--tail LINES] [--history FILE]
 
@@ -59,42 +60,39 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
   let bugs: PlantedBugs | undefined;
   let tail = 40;
   let history: string | null = null;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
+  for (const t of argTokens(argv, ['--seeds', '--seed', '--mode', '--bug', '--tail', '--history'])) {
+    const a = t.kind === 'flag' ? t.flag : '';
+    const v = t.kind === 'flag' ? t.value : undefined;
     switch (a) {
       case '--help':
-      case '-h':
         return 'help';
       case '--seeds':
-        count = intFlag(a, argv[++i], 1);
+        count = intFlag(a, v, 1);
         break;
       case '--seed':
-        first = intFlag(a, argv[++i], 0);
+        first = intFlag(a, v, 0);
         seedGiven = true;
         break;
       case '--mode': {
-        const m = argv[++i];
-        if (m !== 'rsm' && m !== 'state-transfer') throw new LockstepError('E_BAD_FLAG_VALUE', `--mode must be rsm or state-transfer, got ${JSON.stringify(m ?? '')}`);
-        mode = m;
+        if (v !== 'rsm' && v !== 'state-transfer') throw new LockstepError('E_BAD_FLAG_VALUE', `--mode must be rsm or state-transfer, got ${JSON.stringify(v ?? '')}`);
+        mode = v;
         break;
       }
       case '--bug': {
-        const b = argv[++i];
-        if (!BUGS.includes(b as keyof PlantedBugs)) throw new LockstepError('E_BAD_FLAG_VALUE', `--bug must be one of ${BUGS.join(', ')}, got ${JSON.stringify(b ?? '')}`);
-        bugs = { [b as keyof PlantedBugs]: true };
+        if (!BUGS.includes(v as keyof PlantedBugs)) throw new LockstepError('E_BAD_FLAG_VALUE', `--bug must be one of ${BUGS.join(', ')}, got ${JSON.stringify(v ?? '')}`);
+        bugs = { [v as keyof PlantedBugs]: true };
         break;
       }
       case '--tail':
-        tail = intFlag(a, argv[++i], 0);
+        tail = intFlag(a, v, 0);
         break;
       case '--history': {
-        const f = argv[++i];
-        if (f === undefined || f.startsWith('--')) throw new LockstepError('E_USAGE', '--history needs a file to write the history to (see lockstep sim --help)');
-        history = f;
+        if (v === undefined || v.startsWith('--')) throw new LockstepError('E_USAGE', '--history needs a file to write the history to (see lockstep sim --help)');
+        history = v;
         break;
       }
       default:
-        throw new LockstepError('E_USAGE', `unknown argument ${JSON.stringify(a)} (see lockstep sim --help)`);
+        throw new LockstepError('E_USAGE', `unknown argument ${JSON.stringify(t.kind === 'positional' ? t.value : t.typed)} (see lockstep sim --help)`);
     }
   }
   const single = seedGiven && count === undefined;

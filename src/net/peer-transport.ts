@@ -24,6 +24,14 @@
 // (the address the config names), from an inbound claim only without a secret (with one, an
 // unproved claim is only logged: a stranger must not be able to stop a node's start).
 //
+// With peerTls (the config's certificate, key and CA), the channel is mutual TLS (node:tls):
+// the answering side asks for the dialler's certificate and refuses one its CA did not sign,
+// the dialler checks that the answering side's certificate chains to the CA and names the
+// address it dialled. Only then does the lockstep handshake above run, inside TLS, so a reader
+// of the network sees neither the state nor the handshake. A plain peer meeting a TLS node, or
+// the other way round, is refused (`peer-refused`, naming TLS as the reason); a failed TLS
+// handshake ends that connection only.
+//
 // Sending never blocks and never queues without bound: if there is no connection the message
 // is dropped (the core resends from the last ack); while one is being opened, messages wait
 // (bounded) for its handshake; writes of one event-loop turn are coalesced into one socket
@@ -31,6 +39,7 @@
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
+import tls from 'node:tls';
 import { FrameDecoder, frame } from './framing.js';
 import {
   AUTH_BYTES,
@@ -62,6 +71,8 @@ export interface PeerTransportOptions {
   readonly epoch: () => number;
   /** The cluster's shared secret: peers must prove they hold it. Null: no authentication. */
   readonly secret: Uint8Array | null;
+  /** Mutual TLS: this node's certificate and key, and the CA every peer's must chain to. Null: plain TCP. */
+  readonly tls: { readonly cert: Buffer; readonly key: Buffer; readonly ca: Buffer } | null;
   /** The identity id of this node's arbiter (read before start()); a peer's must be the same. */
   readonly arbiterId: () => string;
   /** A peer uses another arbiter (already logged as `two-arbiters`). */
@@ -88,6 +99,9 @@ const HANDSHAKE_MAX_BYTES = 64 * 1024;
 const RECONNECT_MIN_MS = 20;
 const RECONNECT_MAX_MS = 1000;
 const TWO_ARBITERS_LOG_MS = 5000;
+const PEER_TLS_HINT = 'peerTls needs a certificate signed by this node\'s caFile on every node';
+/** The first byte of a TLS record carrying a handshake (a ClientHello): no frame of ours starts so (it would be over 64 KiB). */
+const TLS_HANDSHAKE_RECORD = 0x16;
 
 export class PeerTransport {
   private server: net.Server | null = null;
@@ -104,7 +118,19 @@ export class PeerTransport {
 
   /** Listen on the peer address and start dialling every peer. */
   async start(): Promise<void> {
-    const server = net.createServer((socket) => this.accept(socket));
+    const t = this.o.tls;
+    const server = t === null
+      ? net.createServer((socket) => this.accept(socket))
+      // rejectUnauthorized is ours to do (accept()): node:tls would end the socket before we
+      // could log who it was and why.
+      : tls.createServer({ cert: t.cert, key: t.key, ca: t.ca, requestCert: true, rejectUnauthorized: false, handshakeTimeout: HANDSHAKE_TIMEOUT_MS }, (socket) => this.accept(socket));
+    if (t !== null) {
+      // A peer without a certificate of our CA, a plain peer, or a stranger: refused, logged, and only that connection ends.
+      server.on('tlsClientError', (e: NodeJS.ErrnoException, socket: tls.TLSSocket) => {
+        this.stats.refused++;
+        this.o.log('warn', 'peer-refused', { remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, peer: null, reason: `TLS handshake failed (${e.code ?? e.message}): ${PEER_TLS_HINT}` });
+      });
+    }
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -258,9 +284,17 @@ export class PeerTransport {
 
   private accept(socket: net.Socket): void {
     if (this.closed) return void socket.destroy();
+    const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    if (socket instanceof tls.TLSSocket && !socket.authorized) {
+      // Nothing it sent is read: a certificate our CA did not sign (or none) ends it here.
+      this.stats.refused++;
+      // No certificate at all: its authorizationError would name a missing issuer. (null: already destroyed.)
+      const none = Object.keys((socket.getPeerCertificate() as object | null) ?? {}).length === 0;
+      this.o.log('warn', 'peer-refused', { remote, peer: null, reason: `TLS handshake failed (${none ? 'no certificate' : String(socket.authorizationError)}): ${PEER_TLS_HINT}` });
+      return void socket.destroy();
+    }
     this.inbound.add(socket);
     socket.setNoDelay(true);
-    const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     // Until the peer has identified itself, only a handshake-sized frame is accepted: a
     // stranger must not make this node buffer a snapshot-sized frame.
     const decoder = new FrameDecoder(HANDSHAKE_MAX_BYTES);
@@ -278,8 +312,13 @@ export class PeerTransport {
       this.o.log('warn', peer === null ? 'peer-refused' : 'peer-garbage', { remote, peer, reason });
       socket.destroy();
     };
+    let first = true;
     socket.on('data', (chunk: Buffer) => {
       this.stats.bytesReceived += chunk.length;
+      if (first && this.o.tls === null && chunk[0] === TLS_HANDSHAKE_RECORD) {
+        return fail('it speaks TLS, but this node has no peerTls: set the same peerTls on every node');
+      }
+      first = false;
       try {
         decoder.push(chunk);
         for (let f = decoder.next(); f !== null; f = decoder.next()) {
@@ -349,7 +388,7 @@ export class PeerTransport {
     clearTimeout(timer);
     decoder.maxFrameBytes = this.o.maxFrameBytes;
     if (this.o.secret === null) socket.write(this.handshake());
-    this.o.log('info', 'peer-accepted', { peer, remote, ...(epoch !== null ? { peerEpoch: epoch } : {}), authenticated: this.o.secret !== null });
+    this.o.log('info', 'peer-accepted', { peer, remote, ...(epoch !== null ? { peerEpoch: epoch } : {}), authenticated: this.o.secret !== null, tls: this.o.tls !== null });
     this.redialNow(peer);
   }
 
@@ -376,7 +415,9 @@ export class PeerTransport {
     let o = this.out.get(id);
     if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, pendingFrames: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS, lastOutcome: 'pending' }));
     const state = o;
-    const socket = net.connect({ host: addr.host, port: addr.port });
+    const t = this.o.tls;
+    // With TLS, the peer's certificate must chain to our CA and name the host we dial (node:tls's default identity check).
+    const socket: net.Socket = t === null ? net.connect({ host: addr.host, port: addr.port }) : tls.connect({ host: addr.host, port: addr.port, cert: t.cert, key: t.key, ca: t.ca });
     state.socket = socket;
     state.ready = false;
     socket.setNoDelay(true);
@@ -385,8 +426,10 @@ export class PeerTransport {
     socket.on('connect', () => {
       connected = true;
       state.lastOutcome = 'connected';
-      socket.write(this.handshake());
+      if (t === null) socket.write(this.handshake());
     });
+    // Our handshake goes only once the peer proved its certificate: it names the cluster and our arbiter.
+    if (t !== null) socket.on('secureConnect', () => socket.write(this.handshake()));
     socket.on('data', (chunk: Buffer) => {
       try {
         decoder.push(chunk);
@@ -407,7 +450,12 @@ export class PeerTransport {
         socket.destroy();
       }
     });
-    socket.on('error', () => {});
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      // A TCP error (refused, reset) is the reconnect loop's business; a TLS one is a refusal worth saying.
+      if (t === null || !connected || e.code === 'ECONNRESET' || e.code === 'EPIPE') return;
+      this.stats.refused++;
+      this.o.log('warn', 'peer-refused', { peer: id, reason: `TLS (${e.code ?? 'error'}): ${e.message}; ${PEER_TLS_HINT}, naming that node's peer host` });
+    });
     socket.on('close', () => {
       if (state.socket !== socket) return;
       if (!connected) state.lastOutcome = 'unreachable';

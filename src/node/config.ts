@@ -66,6 +66,8 @@ export interface ClusterConfig extends CoreTiming {
   readonly requirePass: string | null;
   /** TLS on the client port (from `clientTls`), or null: plain TCP. */
   readonly clientTls: TlsFiles | null;
+  /** Mutual TLS on the peer port (from `peerTls`), or null: plain TCP. */
+  readonly peerTls: PeerTlsFiles | null;
   /** kv: the state's size limit (key and value bytes plus 64 a key); writes past it get -OOM. Replicated: the same on every node. */
   readonly maxmemory: number;
   /** kv: the duplicate filter's size limit in counted bytes; the oldest clients' replies go first. Replicated: the same on every node. */
@@ -174,6 +176,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
   const secret = top.secretFile === undefined ? null : readSecret(top.secretFile, baseDir, fail);
   const requirePass = top.requirePassFile === undefined ? null : readPassword(top.requirePassFile, baseDir, fail);
   const clientTls = top.clientTls === undefined ? null : readTls(top.clientTls, baseDir, object, fail);
+  const peerTls = top.peerTls === undefined ? null : readPeerTls(top.peerTls, baseDir, object, fail);
   if (service.kind === 'wasm' && (requirePass !== null || clientTls !== null)) {
     fail(requirePass !== null ? 'requirePassFile' : 'clientTls', 'applies to the kv service\'s client port; a wasm guest serves its own sockets');
   }
@@ -231,12 +234,12 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     return { id, peer, peerListen, client: o.client === undefined ? null : addr('client'), admin: addr('admin'), arbiter: nodeArbiter(o.arbiter, `${path}.arbiter`) };
   });
 
-  if (secret === null) {
-    // Without a secret anyone who can reach a peer port speaks the replication protocol. On
-    // loopback that is this machine's users (the node warns); beyond it, it is the network.
+  if (secret === null && peerTls === null) {
+    // Without a secret or mutual TLS anyone who can reach a peer port speaks the replication
+    // protocol. On loopback that is this machine's users (the node warns); beyond it, the network.
     const open = nodes.find((n) => !isLoopbackHost(n.peerListen.host));
     if (open) {
-      fail('secretFile', `missing, but ${open.id} listens for peers on ${formatAddress(open.peerListen)}, which is not a loopback address: anyone on that network could speak the replication protocol. Make a secret (\`openssl rand -hex 32 > secret\`, the same file on every node) and name it in secretFile`);
+      fail('secretFile', `missing, but ${open.id} listens for peers on ${formatAddress(open.peerListen)}, which is not a loopback address: anyone on that network could speak the replication protocol. Make a secret (\`openssl rand -hex 32 > secret\`, the same file on every node) and name it in secretFile, or give every node a certificate of one CA in peerTls`);
     }
   }
 
@@ -251,7 +254,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     catchupEntriesMax: int('catchupEntriesMax', DEFAULT_TIMING.catchupEntriesMax),
     maxClientConnections: int('maxClientConnections', 10_000),
     protoMaxBulkLen, maxReplyBytes, clientInputBytesMax, maxmemory, dedupBytesMax,
-    secret, requirePass, clientTls, nodes, baseDir,
+    secret, requirePass, clientTls, peerTls, nodes, baseDir,
   };
 }
 
@@ -311,6 +314,10 @@ export interface TlsFiles {
   readonly cert: Buffer;
   readonly key: Buffer;
 }
+/** The peer port's PEM bytes: this node's certificate and key, and the CA every peer's must chain to. */
+export interface PeerTlsFiles extends TlsFiles {
+  readonly ca: Buffer;
+}
 
 /** 127.0.0.0/8, ::1 and localhost: addresses only this machine can reach. */
 export function isLoopbackHost(host: string): boolean {
@@ -363,11 +370,28 @@ function readPassword(v: unknown, baseDir: string, fail: (path: string, msg: str
 /** TLS on the client port: a PEM certificate (chain) and its key. */
 function readTls(v: unknown, baseDir: string, object: ObjectFn, fail: (path: string, msg: string) => never): TlsFiles {
   const o = object(v, 'clientTls', CONFIG_KEYS.clientTls, CONFIG_KEYS.clientTls);
-  const cert = readSmallFile('clientTls.certFile', o.certFile, baseDir, PEM_MAX_BYTES, fail);
-  const key = readSmallFile('clientTls.keyFile', o.keyFile, baseDir, PEM_MAX_BYTES, fail);
-  if (!/-----BEGIN [A-Z ]*CERTIFICATE-----/.test(cert.toString('latin1'))) fail('clientTls.certFile', `${resolve(baseDir, String(o.certFile))} is not a PEM certificate`);
-  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key.toString('latin1'))) fail('clientTls.keyFile', `${resolve(baseDir, String(o.keyFile))} is not a PEM private key`);
-  return { cert, key };
+  return { cert: readPem('clientTls.certFile', o.certFile, 'CERTIFICATE', baseDir, fail), key: readPem('clientTls.keyFile', o.keyFile, 'PRIVATE KEY', baseDir, fail) };
+}
+
+/**
+ * Mutual TLS on the peer port: this node's certificate and key (presented both when it dials
+ * and when it answers) and the CA that signed every node's certificate (a peer's must verify
+ * against it, and name the peer address this node dials).
+ */
+function readPeerTls(v: unknown, baseDir: string, object: ObjectFn, fail: (path: string, msg: string) => never): PeerTlsFiles {
+  const o = object(v, 'peerTls', CONFIG_KEYS.peerTls, CONFIG_KEYS.peerTls);
+  return {
+    cert: readPem('peerTls.certFile', o.certFile, 'CERTIFICATE', baseDir, fail),
+    key: readPem('peerTls.keyFile', o.keyFile, 'PRIVATE KEY', baseDir, fail),
+    ca: readPem('peerTls.caFile', o.caFile, 'CERTIFICATE', baseDir, fail),
+  };
+}
+
+/** A PEM file of the given kind (`CERTIFICATE`, `PRIVATE KEY`), or a config error naming the key. */
+function readPem(key: string, v: unknown, kind: 'CERTIFICATE' | 'PRIVATE KEY', baseDir: string, fail: (path: string, msg: string) => never): Buffer {
+  const bytes = readSmallFile(key, v, baseDir, PEM_MAX_BYTES, fail);
+  if (!new RegExp(`-----BEGIN [A-Z ]*${kind}-----`).test(bytes.toString('latin1'))) fail(key, `${resolve(baseDir, String(v))} is not a PEM ${kind === 'CERTIFICATE' ? 'certificate' : 'private key'}`);
+  return bytes;
 }
 
 const WASM_KEYS = ['kind', 'module', 'args', 'env', 'listen', 'memoryLimitMb', 'guestDir'] as const;
@@ -377,12 +401,13 @@ const WASM_KEYS = ['kind', 'module', 'args', 'env', 'listen', 'memoryLimitMb', '
  * same ones: test/config-schema keeps the two in step.
  */
 export const CONFIG_KEYS = {
-  top: [...TOP_REQUIRED, ...INTS, 'secretFile', 'etcd', 'requirePassFile', 'clientTls'],
+  top: [...TOP_REQUIRED, ...INTS, 'secretFile', 'etcd', 'requirePassFile', 'clientTls', 'peerTls'],
   node: ['id', ...ROLES, 'peerListen', 'arbiter'],
   kvService: ['kind', 'mode'],
   wasmService: WASM_KEYS,
   etcd: ETCD_KEYS,
   clientTls: ['certFile', 'keyFile'],
+  peerTls: ['certFile', 'keyFile', 'caFile'],
 } as const;
 
 function parseService(

@@ -110,6 +110,7 @@ export class ReplicaNode implements FrontHost {
       maxQueuedBytes: PEER_MAX_QUEUED_BYTES,
       epoch: () => this.replicaState.view.epoch,
       secret: config.secret,
+      tls: config.peerTls,
       arbiterId: () => {
         if (this.arbiterIdentity === null) throw new Error('lockstep invariant broken: a handshake before the arbiter identity was read');
         return this.arbiterIdentity.id;
@@ -174,6 +175,7 @@ export class ReplicaNode implements FrontHost {
       arbiter: this.arbiter.description,
       arbiterId: this.arbiterIdentity.id,
       peerAuth: this.config.secret !== null,
+      peerTls: this.config.peerTls !== null,
     });
     const client = self.client;
     if (this.config.service.kind === 'kv' && client !== null && !isLoopbackHost(client.host) && this.config.requirePass === null && this.config.clientTls === null) {
@@ -181,8 +183,13 @@ export class ReplicaNode implements FrontHost {
         reason: `the client port ${formatAddress(client)} is beyond loopback with neither requirePassFile nor clientTls: anyone who reaches it can read and write every key, and read the traffic`,
       });
     }
-    if (this.config.secret === null) {
-      this.log('warn', 'peer-auth-off', { reason: 'no secretFile in the config: any process that can reach the peer port and knows a node id can send this node protocol messages' });
+    if (this.config.secret === null && this.config.peerTls === null) {
+      this.log('warn', 'peer-auth-off', { reason: 'neither secretFile nor peerTls in the config: any process that can reach the peer port and knows a node id can send this node protocol messages' });
+    }
+    if (this.config.peerTls === null && !isLoopbackHost(self.peerListen.host)) {
+      this.log('warn', 'peer-tls-off', {
+        reason: `the peer port ${formatAddress(self.peerListen)} is beyond loopback without peerTls: anyone who can read that network reads the replicated state`,
+      });
     }
     this.input({ type: 'start' });
   }

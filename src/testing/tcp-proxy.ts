@@ -21,6 +21,8 @@ export class TcpProxy {
    * it with `reset()` (or `heal()`), so no chunk overtakes one still held.
    */
   delayToTargetMs = 0;
+  /** Called with every chunk that passes, before it is forwarded: a passive observer of the wire. */
+  tap: ((direction: 'to-target' | 'from-target', chunk: Buffer) => void) | null = null;
   /** Bytes dropped by `cut`, per direction (a test can check that a cut really cut). */
   readonly dropped = { toTarget: 0, fromTarget: 0 };
   private stopping = false;
@@ -64,7 +66,10 @@ export class TcpProxy {
     };
     const toTarget = (d: Buffer): void => {
       if (this.cut === 'both' || this.cut === 'to-target') this.dropped.toTarget += d.length;
-      else if (!upstream.destroyed) upstream.write(d);
+      else if (!upstream.destroyed) {
+        this.tap?.('to-target', d);
+        upstream.write(d);
+      }
     };
     // A cut made while chunks are held drops them too: they were still "on the wire".
     client.on('data', (d) => (this.delayToTargetMs > 0 ? setTimeout(() => toTarget(d), this.delayToTargetMs) : toTarget(d)));
@@ -74,6 +79,7 @@ export class TcpProxy {
         return;
       }
       if (this.dropReplies > 0 && this.rng() < this.dropReplies) return close();
+      this.tap?.('from-target', d);
       client.write(d);
     });
     client.on('error', close);
