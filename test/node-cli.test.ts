@@ -10,6 +10,7 @@ import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parsePrometheusText } from '../src/testing/prom-text.js';
 import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
 import { freeBasePort, spawnCli } from '../src/testing/cli-child.js';
 import { LockstepClient } from '../src/client/index.js';
@@ -85,9 +86,7 @@ test('/status, /metrics and lockstep status describe the cluster', async (t) => 
   assert.equal(status.role, 'primary');
   assert.ok((status.logIndex as number) >= 20);
   const metrics = (await get(p.admin.port, '/metrics')).body;
-  for (const line of metrics.split('\n').filter((l) => l && !l.startsWith('#'))) {
-    assert.match(line, /^[a-z_]+(\{[a-z]+="[a-z]+"\})? -?\d+(\.\d+)?$/, `a Prometheus sample line: ${line}`);
-  }
+  parsePrometheusText(metrics); // throws on a line that is not Prometheus text
   assert.match(metrics, /^lockstep_role\{role="primary"\} 1$/m);
   assert.match(metrics, /^# TYPE lockstep_client_commands_total counter$/m);
   assert.equal((await get(p.admin.port, '/nope')).status, 404);
