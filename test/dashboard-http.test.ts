@@ -5,9 +5,13 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { parsePrometheusText, sampleValue } from '../src/testing/prom-text.js';
 import { LockstepClient } from '../src/client/index.js';
+
+const GRAFANA = fileURLToPath(new URL('../../docs/grafana-dashboard.json', import.meta.url));
 
 async function get(port: number, path: string): Promise<{ status: number; type: string; body: string }> {
   const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(10_000) });
@@ -52,6 +56,12 @@ test('/metrics is Prometheus text with histograms, per-command counters and proc
   assert.ok(sampleValue(fams, 'lockstep_ack_round_trip_seconds_count')! > 0, 'acks timed');
   assert.equal(sampleValue(fams, 'lockstep_failover_duration_seconds_count'), 0, 'no failover yet');
   assert.ok(fams.has('process_cpu_user_seconds_total') && fams.has('nodejs_heap_size_used_bytes'), 'process metrics');
+  // The Grafana dashboard reads only metrics that exist.
+  const exposed = new Set([...fams.values()].flatMap((f) => f.samples.map((x) => x.name)));
+  const grafana = JSON.parse(readFileSync(GRAFANA, 'utf8')) as { panels: { targets: { expr: string }[] }[] };
+  const read = new Set(grafana.panels.flatMap((pa) => pa.targets.flatMap((x) => x.expr.match(/\b(?:lockstep|process|nodejs)_[a-z0-9_]+/g) ?? [])));
+  assert.ok(read.size >= 10);
+  assert.deepEqual([...read].filter((n) => !exposed.has(n)), [], 'metrics docs/grafana-dashboard.json reads but /metrics lacks');
 
   const r1 = JSON.parse((await get(cluster.node(backupId).admin.port, '/api/cluster')).body) as ClusterReport;
   assert.equal(r1.servedBy, backupId);

@@ -60,7 +60,9 @@ export function serveAdmin(host: AdminHost, req: http.IncomingMessage, res: http
       return send(res, 200, 'application/json', JSON.stringify(nodeReport(host)) + '\n');
     case '/api/cluster':
       clusterReport(host).then(
-        (r) => send(res, 200, 'application/json', JSON.stringify(r) + '\n'),
+        // Any page may read it (as any client may read /status): a dashboard whose own node
+        // died asks the others.
+        (r) => send(res, 200, 'application/json', JSON.stringify(r) + '\n', { 'access-control-allow-origin': '*' }),
         (e: unknown) => send(res, 500, 'text/plain', `cluster report failed: ${(e as Error).message}\n`),
       );
       return;
@@ -69,8 +71,8 @@ export function serveAdmin(host: AdminHost, req: http.IncomingMessage, res: http
   }
 }
 
-function send(res: http.ServerResponse, code: number, type: string, body: string): void {
-  res.writeHead(code, { 'content-type': type, 'cache-control': 'no-store' });
+function send(res: http.ServerResponse, code: number, type: string, body: string, headers: Record<string, string> = {}): void {
+  res.writeHead(code, { 'content-type': type, 'cache-control': 'no-store', ...headers });
   res.end(body);
 }
 

@@ -18,7 +18,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   #meta.stale { color: #b3261e; font-weight: 600; }
   table { border-collapse: collapse; background: #fff; box-shadow: 0 1px 2px #0002; }
   th, td { padding: .35em .8em; border-bottom: 1px solid #e3e6eb; text-align: right; white-space: nowrap; }
-  th:first-child, td:first-child, td.role, td.view { text-align: left; }
+  th:first-child, td:first-child, th:nth-child(2), td.role, th:nth-child(4), td.view { text-align: left; }
   th { background: #eef1f5; font-weight: 600; }
   tr.down td { color: #9aa3b0; }
   .pill { display: inline-block; padding: 0 .55em; border-radius: .8em; font-size: .9em; color: #fff; background: #8a94a3; }
@@ -102,8 +102,10 @@ function drawChart(id, data, pick) {
   var svg = document.getElementById(id);
   svg.textContent = "";
   var W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), L = 44, B = 18, T = 6;
-  var now = Date.now(), span = 5 * 60 * 1000, max = 0;
-  data.nodes.forEach(function (n) { (n.series || []).forEach(function (p) { var y = pick(p); if (y !== null && y > max) max = y; }); });
+  // The last 5 minutes, or less while the nodes have less (at least 20 s).
+  var now = Date.now(), oldest = now, max = 0;
+  data.nodes.forEach(function (n) { (n.series || []).forEach(function (p) { var y = pick(p); if (y !== null && y > max) max = y; if (p.t < oldest) oldest = p.t; }); });
+  var span = Math.min(5 * 60 * 1000, Math.max(20 * 1000, now - oldest));
   max = max <= 0 ? 1 : max * 1.1;
   svg.appendChild(svgEl("rect", { x: L, y: T, width: W - L - 2, height: H - T - B, fill: "#fafbfc", stroke: "#d5dae1" }));
   [0, 0.5, 1].forEach(function (f) {
@@ -112,7 +114,7 @@ function drawChart(id, data, pick) {
     t.textContent = (max * f >= 10 ? Math.round(max * f) : (max * f).toFixed(2));
     svg.appendChild(t);
   });
-  [["-5 min", L], ["now", W - 2]].forEach(function (a, i) {
+  [[span >= 5 * 60 * 1000 ? "-5 min" : "-" + Math.round(span / 1000) + " s", L], ["now", W - 2]].forEach(function (a, i) {
     var t = svgEl("text", { x: a[1], y: H - 4, "text-anchor": i ? "end" : "start", "font-size": 10, fill: "#5a6474" });
     t.textContent = a[0];
     svg.appendChild(t);
@@ -158,16 +160,39 @@ function drawTimeline(data) {
   });
 }
 
-function refresh() {
-  fetch("/api/cluster", { cache: "no-store" }).then(function (r) {
+// Where to ask: this page's own node first, then (when it does not answer: it may be the primary
+// that was just killed) the other nodes' admin addresses from the last answer.
+var sources = [""];
+var current = 0;
+
+function ask(i) {
+  var base = sources[i];
+  return fetch(base + "/api/cluster", { cache: "no-store", signal: AbortSignal.timeout(2500) }).then(function (r) {
     if (!r.ok) throw new Error("HTTP " + r.status);
     return r.json();
-  }).then(function (data) {
+  });
+}
+
+function askAny(i, tried, firstError) {
+  if (tried >= sources.length) return Promise.reject(firstError);
+  return ask(i).then(function (data) { current = i; return data; }, function (e) {
+    return askAny((i + 1) % sources.length, tried + 1, firstError || e);
+  });
+}
+
+var busy = false;
+function refresh() {
+  if (busy) return;
+  busy = true;
+  askAny(current, 0, null).then(function (data) {
     lastOk = Date.now();
+    sources = [""].concat(data.nodes.map(function (n) { return "http://" + n.admin; }).filter(function (u) { return u !== location.origin; }));
+    if (current >= sources.length) current = 0;
     document.getElementById("cluster").textContent = data.cluster;
     var meta = document.getElementById("meta");
-    meta.className = "";
-    meta.textContent = "served by " + data.servedBy + " · updated " + new Date(data.time).toLocaleTimeString();
+    meta.className = current === 0 ? "" : "stale";
+    meta.textContent = "served by " + data.servedBy + (current === 0 ? "" : " (the node of this page does not answer)") + " · updated " + new Date(data.time).toLocaleTimeString();
+    if (current !== 0) current = 0; // try this page's node first again next time
     drawNodes(data);
     drawChart("chart-ops", data, function (p) { return p.ops; });
     drawChart("chart-latency", data, function (p) { return p.meanMs; });
@@ -176,8 +201,8 @@ function refresh() {
   }).catch(function (e) {
     var meta = document.getElementById("meta");
     meta.className = "stale";
-    meta.textContent = "this node does not answer (" + e.message + ")" + (lastOk ? "; last update " + new Date(lastOk).toLocaleTimeString() : "") + ": open another node's admin address";
-  });
+    meta.textContent = "no node answers (" + e.message + ")" + (lastOk ? "; last update " + new Date(lastOk).toLocaleTimeString() : "");
+  }).then(function () { busy = false; });
 }
 refresh();
 setInterval(refresh, 1000);

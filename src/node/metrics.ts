@@ -64,6 +64,7 @@ export class NodeMetrics {
   private batchMs = new Float64Array(BATCH_MAX);
   private batchLen = 0;
   private readonly labels = new Set<string>();
+  private readonly labelOf = new Map<string, string>();
   private readonly series: SeriesPoint[] = [];
   private secondOps = 0;
   private secondSumMs = 0;
@@ -183,18 +184,22 @@ export class NodeMetrics {
     if (n === 0) return;
     this.batchLen = 0;
     const counts = new Map<string, { n: number; ms: number }>();
+    let last: { n: number; ms: number } | undefined;
+    let lastName = '';
     for (let i = 0; i < n; i++) {
       const ms = this.batchMs[i]!;
       this.latency.observe(ms / 1000);
       this.secondSumMs += ms;
       if (ms > this.secondMaxMs) this.secondMaxMs = ms;
-      const name = this.label(this.batchNames[i]!);
-      const c = counts.get(name);
-      if (c === undefined) counts.set(name, { n: 1, ms });
-      else {
-        c.n++;
-        c.ms += ms;
+      const raw = this.batchNames[i]!;
+      if (raw !== lastName || last === undefined) {
+        const name = this.label(raw);
+        last = counts.get(name);
+        if (last === undefined) counts.set(name, (last = { n: 0, ms: 0 }));
+        lastName = raw;
       }
+      last.n++;
+      last.ms += ms;
     }
     this.secondOps += n;
     for (const [command, c] of counts) {
@@ -203,12 +208,19 @@ export class NodeMetrics {
     }
   }
 
+  /** A command name as a label: lower case, checked, at most COMMAND_LABELS_MAX of them (cached by the name as sent). */
   private label(name: string): string {
+    const known = this.labelOf.get(name);
+    if (known !== undefined) return known;
     const lower = name.toLowerCase();
-    if (this.labels.has(lower)) return lower;
-    if (this.labels.size >= COMMAND_LABELS_MAX || !/^[a-z][a-z0-9._|-]{0,31}$/.test(lower)) return 'other';
-    this.labels.add(lower);
-    return lower;
+    let label = 'other';
+    if (this.labels.has(lower)) label = lower;
+    else if (this.labels.size < COMMAND_LABELS_MAX && /^[a-z][a-z0-9._|-]{0,31}$/.test(lower)) {
+      this.labels.add(lower);
+      label = lower;
+    }
+    if (this.labelOf.size < COMMAND_LABELS_MAX * 4) this.labelOf.set(name, label);
+    return label;
   }
 
   // ---- scrape ------------------------------------------------------------------------------
