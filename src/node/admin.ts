@@ -11,8 +11,8 @@ import { formatAddress, type ClusterConfig, type NodeAddress } from './config.js
 import { DASHBOARD_HTML } from './dashboard.js';
 import type { NodeMetrics, SeriesPoint } from './metrics.js';
 
-/** How long /api/cluster waits for a peer's /api/node. */
-const PEER_TIMEOUT_MS = 800;
+/** How long /api/cluster waits for a peer's /api/node (a node whose event loop is busy answers late). */
+const PEER_TIMEOUT_MS = 1500;
 
 export interface AdminHost {
   readonly id: string;

@@ -119,15 +119,23 @@ function drawChart(id, data, pick) {
     t.textContent = a[0];
     svg.appendChild(t);
   });
+  // A line through consecutive seconds that have a value (a second without commands has no
+  // latency: a gap), and a dot on each point.
   data.nodes.forEach(function (n, i) {
-    var pts = [];
+    var color = COLORS[i % COLORS.length], run = [];
+    var flush = function () {
+      if (run.length > 1) svg.appendChild(svgEl("polyline", { points: run.join(" "), fill: "none", stroke: color, "stroke-width": 1.5 }));
+      run = [];
+    };
     (n.series || []).forEach(function (p) {
       var y = pick(p);
-      if (y === null || p.t < now - span) return;
-      var x = L + (W - L - 2) * (1 - (now - p.t) / span);
-      pts.push(x.toFixed(1) + "," + (T + (H - T - B) * (1 - y / max)).toFixed(1));
+      if (p.t < now - span) return;
+      if (y === null) return flush();
+      var x = L + (W - L - 2) * (1 - (now - p.t) / span), yy = T + (H - T - B) * (1 - y / max);
+      run.push(x.toFixed(1) + "," + yy.toFixed(1));
+      svg.appendChild(svgEl("circle", { cx: x.toFixed(1), cy: yy.toFixed(1), r: 1.8, fill: color }));
     });
-    if (pts.length > 1) svg.appendChild(svgEl("polyline", { points: pts.join(" "), fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 1.5 }));
+    flush();
   });
 }
 
