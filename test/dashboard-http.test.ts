@@ -83,12 +83,7 @@ test('/metrics is Prometheus text with histograms, per-command counters and proc
   const started = Date.now();
   // The backup goes live (under heavy load the primary may have replaced it before the kill:
   // the new primary is whichever the cluster says).
-  let newPrimary = '';
-  await cluster.waitFor(async () => {
-    const s = await cluster.primary();
-    if (s !== null && s.id !== primary.id) newPrimary = s.id;
-    return newPrimary !== '';
-  }, 30_000, 'a new primary');
+  const newPrimary = await cluster.newPrimary(primary.id, 30_000);
   const b = cluster.node(newPrimary);
   const fams2 = parsePrometheusText((await get(b.admin.port, '/metrics')).body);
   assert.equal(sampleValue(fams2, 'lockstep_failover_duration_seconds_count'), 1);
