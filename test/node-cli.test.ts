@@ -106,6 +106,10 @@ test('lockstep cluster starts three nodes, serves, and leaves no process on Ctrl
   const ready = (): boolean => /primary/.test(output().split('kill -9')[1] ?? '') && /backup/.test(output().split('kill -9')[1] ?? '') && new Set(output().match(/pid \d+/g)).size >= 3;
   while (!ready() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   assert.match(output(), /connect: redis-cli -p \d+/);
+  // The dashboard's address is printed, and answers with the page.
+  const dash = new RegExp(`dashboard: http://127\\.0\\.0\\.1:${basePort + 201}/ `).exec(output());
+  assert.ok(dash, output());
+  assert.match((await get(basePort + 201, '/')).body, /<title>lockstep dashboard<\/title>/);
   const client = new LockstepClient({ nodes: [1, 2, 3].map((i) => `127.0.0.1:${basePort + i}`) });
   try {
     assert.equal(await client.set('hello', 'world'), 'OK');
