@@ -10,6 +10,7 @@ import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parsePrometheusText } from '../src/testing/prom-text.js';
 import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
 import { freeBasePort, spawnCli } from '../src/testing/cli-child.js';
 import { LockstepClient } from '../src/client/index.js';
@@ -85,9 +86,7 @@ test('/status, /metrics and lockstep status describe the cluster', async (t) => 
   assert.equal(status.role, 'primary');
   assert.ok((status.logIndex as number) >= 20);
   const metrics = (await get(p.admin.port, '/metrics')).body;
-  for (const line of metrics.split('\n').filter((l) => l && !l.startsWith('#'))) {
-    assert.match(line, /^[a-z_]+(\{[a-z]+="[a-z]+"\})? -?\d+(\.\d+)?$/, `a Prometheus sample line: ${line}`);
-  }
+  parsePrometheusText(metrics); // throws on a line that is not Prometheus text
   assert.match(metrics, /^lockstep_role\{role="primary"\} 1$/m);
   assert.match(metrics, /^# TYPE lockstep_client_commands_total counter$/m);
   assert.equal((await get(p.admin.port, '/nope')).status, 404);
@@ -107,6 +106,10 @@ test('lockstep cluster starts three nodes, serves, and leaves no process on Ctrl
   const ready = (): boolean => /primary/.test(output().split('kill -9')[1] ?? '') && /backup/.test(output().split('kill -9')[1] ?? '') && new Set(output().match(/pid \d+/g)).size >= 3;
   while (!ready() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   assert.match(output(), /connect: redis-cli -p \d+/);
+  // The dashboard's address is printed, and answers with the page.
+  const dash = new RegExp(`dashboard: http://127\\.0\\.0\\.1:${basePort + 201}/ `).exec(output());
+  assert.ok(dash, output());
+  assert.match((await get(basePort + 201, '/')).body, /<title>lockstep dashboard<\/title>/);
   const client = new LockstepClient({ nodes: [1, 2, 3].map((i) => `127.0.0.1:${basePort + i}`) });
   try {
     assert.equal(await client.set('hello', 'world'), 'OK');

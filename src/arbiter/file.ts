@@ -22,7 +22,7 @@ import { randomBytes } from 'node:crypto';
 import { LockstepError } from '../errors.js';
 import { NO_VIEW, sameView, type View } from '../core/types.js';
 import { ArbiterNotInitialized, checkProposal, decodeIdentity, encodeIdentity, encodeView, newIdentity } from './types.js';
-import type { Arbiter, ArbiterIdentity, CasResult, InitResult } from './types.js';
+import type { Arbiter, ArbiterIdentity, CasResult, InitResult, ViewRecord } from './types.js';
 
 const VIEW_FILE = /^view-(\d+)$/;
 export const IDENTITY_FILE = 'arbiter.json';
@@ -105,6 +105,23 @@ export class FileArbiter implements Arbiter {
       best = Math.max(best, epoch);
     }
     return best === 0 ? NO_VIEW : this.readView(best);
+  }
+
+  /** The last `limit` view-<epoch> files, oldest first; `at` is the file's modification time (when it was published). */
+  async history(limit = 50): Promise<readonly ViewRecord[]> {
+    const epochs = (await this.names())
+      .map((name) => VIEW_FILE.exec(name))
+      .filter((m): m is RegExpExecArray => m !== null && m[0] === `view-${Number(m[1])}`)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => a - b)
+      .slice(-limit);
+    const out: ViewRecord[] = [];
+    for (const epoch of epochs) {
+      const path = join(this.dir, `view-${epoch}`);
+      const st = await step(path, 'stat', () => fs.stat(path));
+      out.push({ view: await this.readView(epoch), at: st.mtime.toISOString() });
+    }
+    return out;
   }
 
   async compareAndSet(expected: View, next: View): Promise<CasResult> {

@@ -51,8 +51,21 @@ export interface Arbiter {
   init(): Promise<InitResult>;
   /** Free connections and timers; later calls reject. */
   close(): Promise<void>;
+  /**
+   * Every view the arbiter still holds, oldest first, with when it was written where the store
+   * knows it: for the dashboard's timeline, never for deciding. Absent where the store keeps only
+   * the current view (etcd).
+   */
+  history?(): Promise<readonly ViewRecord[]>;
   /** Which store, for logs and status: 'file:/abs/dir', 'etcd://h:p,h:p/prefix (key ...)'. */
   readonly description: string;
+}
+
+/** A view as the arbiter recorded it. */
+export interface ViewRecord {
+  readonly view: View;
+  /** ISO 8601, when it was written (null: the store does not say). */
+  readonly at: string | null;
 }
 
 /** Who an arbiter is: created once, never changed. */

@@ -22,8 +22,8 @@ export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [-
 
 Starts a local replicated kv cluster: N nodes (default 3: primary, backup, spare) as child
 processes, on the file arbiter in DIR/arbiter (DIR defaults to .lockstep/cluster). Node i
-listens for clients on P+i, for peers on P+100+i and for /status and /metrics on P+200+i (P
-defaults to 7000). Logs go to DIR/<id>.log.
+listens for clients on P+i, for peers on P+100+i and for the dashboard, /status and /metrics
+on P+200+i (P defaults to 7000). Logs go to DIR/<id>.log.
 
 Each start is a new cluster (state lives in memory only). One supervisor at a time may use
 DIR: a second is refused, naming the first one's pid. Views a previous run left in
@@ -201,6 +201,7 @@ async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
     [
       `lockstep cluster "${name}" (${c.describe}) on arbiter ${c.arbiter ?? 'file:arbiter'}: ${count} nodes, config ${configPath}, logs ${dir}/<id>.log`,
       ...config.nodes.map((n) => `  ${n.id}: ${n.client === null ? '' : `clients ${formatAddress(n.client)}  `}admin http://${formatAddress(n.admin)}/status`),
+      `dashboard: http://${formatAddress(config.nodes[0]!.admin)}/   (any node's admin address serves it)`,
       c.connect ?? `connect: redis-cli -p ${base + 1}   (any node answers INFO, ROLE and SENTINEL; writes go to the primary)`,
       `status:  lockstep status --config ${configPath}`,
       'kill -9 the primary\'s pid (shown below) to watch the backup go live. Ctrl-C stops the cluster.',

@@ -28,6 +28,8 @@ export interface FrontHost {
   log(level: 'info' | 'warn', event: string, fields: LogFields): void;
   /** This replica gave up (a fail-stop event in the service): log it and exit the process. */
   failStop(reason: string): void;
+  /** Where a front reports each answered command's latency (absent: not measured). */
+  readonly metrics?: { command(name: string, startMs: number): void };
 }
 
 export interface ServiceFront {

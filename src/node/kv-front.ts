@@ -26,6 +26,9 @@ interface Slot {
   held?: boolean;
   /** Close the connection once this reply is written (QUIT). */
   close?: boolean;
+  /** A held reply's command name and performance.now() at its read, for the latency metrics. */
+  command?: string;
+  readAt?: number;
 }
 
 class ClientConn {
@@ -130,9 +133,11 @@ export class KvFront implements ServiceFront, NodeView {
   }
 
   release(outputIds: readonly number[]): void {
+    const metrics = this.node.metrics;
     for (const o of this.takeOutputs(outputIds)) {
       this.counters.releases++;
       o.slot.held = false;
+      if (metrics !== undefined) metrics.command(o.slot.command!, o.slot.readAt!);
       this.flushConn(o.conn);
     }
   }
@@ -248,6 +253,7 @@ export class KvFront implements ServiceFront, NodeView {
   private clientData(conn: ClientConn, chunk: Buffer): void {
     if (conn.closed) return; // refused: what it still sends is dropped
     const before = conn.parser.bufferedBytes;
+    const readAt = performance.now();
     try {
       if (this.inputBytes + chunk.length > this.node.config.clientInputBytesMax) {
         throw new RespProtocolError(`client input buffers are full (clientInputBytesMax ${this.node.config.clientInputBytesMax} bytes over all connections)`);
@@ -258,7 +264,7 @@ export class KvFront implements ServiceFront, NodeView {
         this.counters.commands++;
         this.counters.opsThisSecond++;
         if (conn.waiting.length > 0 || this.outputFull(conn)) this.park(conn, cmd);
-        else this.command(conn, cmd);
+        else this.command(conn, cmd, readAt);
       }
     } catch (e) {
       if (e instanceof AssertionError) throw e;
@@ -277,12 +283,15 @@ export class KvFront implements ServiceFront, NodeView {
     }
   }
 
-  /** Run one client command, or park it if flow control is closed. */
-  private command(conn: ClientConn, args: string[]): void {
+  /**
+   * Run one client command, or park it if flow control is closed. `readAt`: performance.now()
+   * when its bytes were read (a parked command is timed from when it runs).
+   */
+  private command(conn: ClientConn, args: string[], readAt = performance.now()): void {
     const name = (args[0] ?? '').toUpperCase();
-    if (name === 'AUTH') return this.reply(conn, this.auth(conn, args));
+    if (name === 'AUTH') return this.reply(conn, this.auth(conn, args), name, readAt);
     if (!conn.authed && name !== 'QUIT' && name !== 'HELLO') {
-      return this.reply(conn, { kind: 'error', message: 'NOAUTH Authentication required.' });
+      return this.reply(conn, { kind: 'error', message: 'NOAUTH Authentication required.' }, name, readAt);
     }
     const meta = metaCommand(this, name, args);
     if (meta !== null) {
@@ -290,10 +299,11 @@ export class KvFront implements ServiceFront, NodeView {
       conn.slots.push({ bytes, close: meta.close === true });
       conn.slotBytes += bytes.length;
       this.flushConn(conn);
+      this.node.metrics?.command(name, readAt);
       return;
     }
     if (this.node.replica.role !== 'primary') {
-      this.reply(conn, { kind: 'error', message: this.notPrimaryMessage() });
+      this.reply(conn, { kind: 'error', message: this.notPrimaryMessage() }, name, readAt);
       return;
     }
     if (!this.flowOpen()) {
@@ -304,7 +314,7 @@ export class KvFront implements ServiceFront, NodeView {
     if (name === EXEC_COMMAND) {
       const parsed = parseExec(args);
       if (typeof parsed === 'string') {
-        this.reply(conn, { kind: 'error', message: parsed });
+        this.reply(conn, { kind: 'error', message: parsed }, name, readAt);
         return;
       }
       req = parsed;
@@ -320,11 +330,11 @@ export class KvFront implements ServiceFront, NodeView {
       // crash instead, the client's retry would crash each new primary in turn.
       if (e instanceof AssertionError) throw e;
       this.node.log('warn', 'command-failed', { command: name.slice(0, 64), args: args.length, reason: (e as Error).message?.slice(0, 300) ?? String(e) });
-      this.reply(conn, { kind: 'error', message: `ERR internal error running ${name.slice(0, 64)}: ${(e as Error).message?.slice(0, 200) ?? String(e)}` });
+      this.reply(conn, { kind: 'error', message: `ERR internal error running ${name.slice(0, 64)}: ${(e as Error).message?.slice(0, 200) ?? String(e)}` }, name, readAt);
       return;
     }
     if (res.entry !== null) this.node.input({ type: 'append', payload: res.entry });
-    const slot: Slot = { bytes: this.encode(res.reply), held: true };
+    const slot: Slot = { bytes: this.encode(res.reply), held: true, command: req.command[0] ?? name, readAt };
     conn.slots.push(slot);
     conn.slotBytes += slot.bytes!.length;
     // The reply exists but stays in its slot, unwritten, until the output rule releases it.
@@ -364,11 +374,13 @@ export class KvFront implements ServiceFront, NodeView {
     return encodeReply({ kind: 'error', message: `ERR reply of ${size} bytes exceeds maxReplyBytes (${max}); ask for fewer or smaller values at a time` });
   }
 
-  private reply(conn: ClientConn, reply: KvReply): void {
+  /** An answer that waits for nothing (an error, AUTH); `name` and `readAt` time a command's. */
+  private reply(conn: ClientConn, reply: KvReply, name?: string, readAt?: number): void {
     const bytes = this.encode(reply);
     conn.slots.push({ bytes });
     conn.slotBytes += bytes.length;
     this.flushConn(conn);
+    if (name !== undefined) this.node.metrics?.command(name, readAt!);
   }
 
   /** Keep a command for later, in order, and stop reading the connection meanwhile. */

@@ -35,6 +35,9 @@ import type { FrontHost, LogFields, ServiceFront } from './front.js';
 import { KvFront } from './kv-front.js';
 import { WasmFront } from './wasm-front.js';
 import { explainListen, listenOn } from './listen.js';
+import { serveAdmin, type AdminHost } from './admin.js';
+import { NodeMetrics } from './metrics.js';
+import type { ViewRecord } from '../arbiter/types.js';
 
 export type LogRecord = Record<string, unknown>;
 
@@ -62,7 +65,7 @@ export interface ArbiterHealth {
   lastError: string | null;
 }
 
-export class ReplicaNode implements FrontHost {
+export class ReplicaNode implements FrontHost, AdminHost {
   private replicaState: Replica;
   private readonly front: ServiceFront;
   private readonly core: CoreConfig;
@@ -80,6 +83,8 @@ export class ReplicaNode implements FrontHost {
   private lastArbiterCallMs = -Infinity;
   private adminServer: http.Server | null = null;
   private tickTimer: NodeJS.Timeout | null = null;
+  private metricsTimer: NodeJS.Timeout | null = null;
+  readonly metrics: NodeMetrics;
   private flushScheduled = false;
   private lastNowMs = 0;
   /** Bumped when this replica halts and starts over as an empty spare. */
@@ -119,6 +124,7 @@ export class ReplicaNode implements FrontHost {
       onMessage: (from, msg) => this.input({ type: 'message', from, msg }),
       log: (level, event, fields) => this.log(level, event, fields),
     });
+    this.metrics = new NodeMetrics({ currentRole: () => this.replicaState.role, gauges: (metric) => this.scrapedMetrics(metric) });
   }
 
   get replica(): Replica {
@@ -158,13 +164,14 @@ export class ReplicaNode implements FrontHost {
     }
     await explainListen('peer', self.peerListen, () => this.transport.start());
     await this.front.start();
-    const admin = http.createServer((req, res) => this.serveAdmin(req, res));
+    const admin = http.createServer((req, res) => serveAdmin(this, req, res));
     this.adminServer = admin;
     await explainListen('admin', self.admin, () => listenOn(admin, self.admin, (e) => this.log('warn', 'admin-server-error', { reason: e.code ?? e.message })));
     await this.surveyPeers();
     const tickMs = Math.max(1, Math.floor(this.config.heartbeatMs / 5));
     this.tickTimer = setInterval(() => this.input({ type: 'tick' }), tickMs);
     this.arbiterHealthTimer = setInterval(() => this.checkArbiterHealth(), ARBITER_HEALTH_MS);
+    this.metricsTimer = setInterval(() => this.metrics.tick(), 1000);
     this.log('info', 'node-start', {
       cluster: this.config.cluster,
       peer: formatAddress(self.peer),
@@ -243,6 +250,7 @@ export class ReplicaNode implements FrontHost {
     this.stopped = true;
     if (this.tickTimer) clearInterval(this.tickTimer);
     if (this.arbiterHealthTimer) clearInterval(this.arbiterHealthTimer);
+    if (this.metricsTimer) clearInterval(this.metricsTimer);
     await this.front.stop();
     await this.arbiter.close();
     await this.transport.close();
@@ -274,6 +282,7 @@ export class ReplicaNode implements FrontHost {
   /** Feed the core one input and carry out what it asks. */
   input(input: Input): void {
     if (this.stopped) return;
+    if (input.type === 'message') this.metrics.received(input.from, input.msg);
     const actions = step(this.replicaState, input, this.nowMs());
     for (const a of actions) this.act(a);
     if (input.type === 'message' || input.type === 'arbiterResult' || input.type === 'tick') this.front.flowMayHaveOpened();
@@ -296,6 +305,7 @@ export class ReplicaNode implements FrontHost {
   private act(a: Action): void {
     switch (a.type) {
       case 'send':
+        this.metrics.sent(a.to, a.msg);
         this.transport.send(a.to, a.msg);
         return;
       case 'arbiterCas': {
@@ -343,6 +353,7 @@ export class ReplicaNode implements FrontHost {
         return;
       case 'role':
         this.counters.viewChanges++;
+        this.metrics.role(a.role);
         if (a.role === 'halted') this.startOver(a.reason);
         else this.front.role(a.role, a.view, a.reason);
         return;
@@ -389,7 +400,7 @@ export class ReplicaNode implements FrontHost {
     setImmediate(() => this.input({ type: 'start' }));
   }
 
-  // ---- admin: /status and /metrics ---------------------------------------------------------
+  // ---- admin: /status, /metrics, the dashboard (admin.ts) ---------------------------------------------------------
 
   statusJson(): Record<string, unknown> {
     const s = coreStatus(this.replicaState);
@@ -417,16 +428,10 @@ export class ReplicaNode implements FrontHost {
     };
   }
 
-  private metricsText(): string {
+  /** The scraped numbers for /metrics (lockstep_role is metrics.ts's own). */
+  private scrapedMetrics(metric: (name: string, type: 'gauge' | 'counter', help: string, value: number) => void): void {
     const s = coreStatus(this.replicaState);
     const t = this.transport.stats;
-    const c = this.counters;
-    const lines: string[] = [];
-    const metric = (name: string, type: 'gauge' | 'counter', help: string, value: number, labels = ''): void => {
-      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, `${name}${labels} ${value}`);
-    };
-    lines.push('# HELP lockstep_role The replica\'s role (1 for the current one).', '# TYPE lockstep_role gauge');
-    for (const role of ['booting', 'spare', 'backup', 'primary', 'halted']) lines.push(`lockstep_role{role="${role}"} ${s.role === role ? 1 : 0}`);
     metric('lockstep_epoch', 'gauge', 'Epoch of the view this replica acts in.', s.view.epoch);
     metric('lockstep_log_index', 'gauge', 'Highest log index held.', s.lastIndex);
     metric('lockstep_acked_index', 'gauge', 'Highest index the backup acked (primary).', s.ackedIndex);
@@ -436,27 +441,18 @@ export class ReplicaNode implements FrontHost {
     this.front.metrics(metric);
     metric('lockstep_arbiter_up', 'gauge', 'Whether the arbiter\'s last call was answered (1) or failed (0); -1 before the first.', this.arbiterHealth.health === 'ok' ? 1 : this.arbiterHealth.health === 'unavailable' ? 0 : -1);
     metric('lockstep_arbiter_latency_ms', 'gauge', 'How long the arbiter\'s last answered call took.', this.arbiterHealth.lastLatencyMs ?? 0);
-    metric('lockstep_role_changes_total', 'counter', 'Role or view changes.', c.viewChanges);
+    metric('lockstep_role_changes_total', 'counter', 'Role or view changes.', this.counters.viewChanges);
     metric('lockstep_peer_frames_sent_total', 'counter', 'Logging-channel frames sent.', t.framesSent);
     metric('lockstep_peer_bytes_sent_total', 'counter', 'Logging-channel bytes sent.', t.bytesSent);
     metric('lockstep_peer_frames_received_total', 'counter', 'Logging-channel frames received.', t.framesReceived);
     metric('lockstep_peer_messages_dropped_total', 'counter', 'Messages dropped because the link was down or full.', t.dropped);
     metric('lockstep_peer_refused_total', 'counter', 'Peer connections refused or closed for garbage.', t.refused);
-    return lines.join('\n') + '\n';
   }
 
-  private serveAdmin(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const path = (req.url ?? '/').split('?')[0];
-    if (req.method === 'GET' && path === '/status') {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(this.statusJson()) + '\n');
-    } else if (req.method === 'GET' && path === '/metrics') {
-      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' });
-      res.end(this.metricsText());
-    } else {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found: try /status or /metrics\n');
-    }
+  /** The arbiter's views for the dashboard's timeline (null: this arbiter keeps no history). */
+  async arbiterHistory(): Promise<readonly ViewRecord[] | null> {
+    const arbiter = this.arbiter;
+    return arbiter.history === undefined ? null : arbiter.history();
   }
 
   // ---- logs --------------------------------------------------------------------------------

@@ -215,6 +215,17 @@ export class ProcessCluster {
   }
 
   /** Poll `pred` until it holds, or fail after `timeoutMs` naming what was awaited. */
+  /** Wait until a node other than `old` is primary (after a kill of `old`); its id. */
+  async newPrimary(old: string, timeoutMs: number): Promise<string> {
+    let id = '';
+    await this.waitFor(async () => {
+      const s = await this.primary();
+      if (s !== null && s.id !== old) id = s.id;
+      return id !== '';
+    }, timeoutMs, `a primary other than ${old}`);
+    return id;
+  }
+
   async waitFor(pred: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
     const end = Date.now() + timeoutMs;
     for (;;) {
