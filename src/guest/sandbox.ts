@@ -5,7 +5,7 @@
 // differs between replicas is replaced by a function that throws an error naming the call:
 // Date, Math.random, timers, queueMicrotask, WeakRef, FinalizationRegistry, Intl, require,
 // process, console, fetch. The only import allowed is 'lockstep/guest'; any other import (a
-// node builtin, a package, another file) is refused at load, a dynamic import() at run time.
+// node builtin, a package, another file) is refused at load, a dynamic import() too (the source is refused at load if it mentions one).
 //
 // node:vm is no security boundary: this guards against mistakes, not against hostile code.
 // Every command runs under a time limit (vm's timeout): a command that loops forever is
@@ -95,6 +95,8 @@ export function moduleToScript(source: string, path: string): string {
     }
     throw moduleError(path, `import ${w} from 'lockstep/guest': use import { defineService } from 'lockstep/guest'`);
   });
+  const dynamic = /\bimport\s*\(\s*(['"`]?)([^'"`)]*)/.exec(out);
+  if (dynamic) throw moduleError(path, `import(${dynamic[1]}${dynamic[2]}${dynamic[1]}) is not available in a lockstep service: node builtins and I/O differ between replicas`);
   out = out.replace(/^([ \t]*)export\s+default\s+/gm, '$1__lockstep_exports.default = ');
   out = out.replace(/^([ \t]*)export\s+(?=(const|let|var|function|class|async)\b)/gm, '$1');
   if (/^[ \t]*export\s/m.test(out)) throw moduleError(path, 'only `export default defineService({...})` and `export const/function ...` are understood');
@@ -145,12 +147,7 @@ export function loadServiceSource(source: string, path: string, opts: LoadOption
   context.__lockstep_exports = exportsObj;
   context.__lockstep_guest = Object.freeze({ defineService });
   try {
-    new vm.Script(script, {
-      filename: path,
-      importModuleDynamically: ((spec: string) => {
-        throw new Error(`import('${spec}') is not available in a lockstep service: node builtins and I/O differ between replicas`);
-      }) as never,
-    }).runInContext(context, { timeout: timeoutMs });
+    new vm.Script(script, { filename: path }).runInContext(context, { timeout: timeoutMs });
   } catch (e) {
     if (e instanceof LockstepError) throw e;
     const code = (e as { code?: unknown }).code;

@@ -248,7 +248,7 @@ export function toReply(v: unknown, path = 'reply', depth = 0): KvReply {
     case 'string': return { kind: 'bulk', value: v };
     case 'object': {
       if (v === null) return { kind: 'bulk', value: null };
-      if (Array.isArray(v)) return { kind: 'array', items: v.map((x, i) => toReply(x, `${path}[${i}]`, depth + 1)) };
+      if (Array.isArray(v)) return { kind: 'array', items: Array.from(v as unknown[], (x, i) => toReply(x, `${path}[${i}]`, depth + 1)) };
       const proto = protoName(v);
       if (proto !== 'Object' && proto !== 'null') throw new NotSerialisable(path, kindOf(v));
       const items: KvReply[] = [];
