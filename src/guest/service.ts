@@ -343,7 +343,11 @@ export function serviceMachine<S>(def: DefinedService<S>, runner: CommandRunner 
       try {
         out = runner.run(c.fn, work, args);
       } catch (e) {
-        if (isInfrastructureError(e)) throw e;
+        // A time limit is not the command's own outcome (another replica may finish in time):
+        // it must not become a reply in the log. The caller decides (ModuleFront).
+        if (isInfrastructureError(e)) {
+          throw Object.assign(new Error(`${name} was stopped: ${(e as Error).message}; it had no effect`), { code: (e as { code: string }).code });
+        }
         return { reply: err(errorMessage(e)), change: null };
       }
       let reply: KvReply;
