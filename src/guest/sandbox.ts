@@ -123,6 +123,8 @@ function makeRunner(context: vm.Context, timeoutMs: number): CommandRunner {
 
 export interface LoadedService {
   readonly definition: DefinedService<unknown>;
+  /** The module's source, to load it again into a sandbox of its own (one per simulated replica). */
+  readonly source: string;
   /** A fresh machine (empty state) running this module's commands in its sandbox. */
   machine(): ServiceMachine;
 }
@@ -159,12 +161,41 @@ export function loadServiceSource(source: string, path: string, opts: LoadOption
   const runner = makeRunner(context, timeoutMs);
   return {
     definition: def,
+    source,
     machine: () => {
       try {
         return serviceMachine(def, runner);
       } catch (e) {
         throw moduleError(path, `its initial state: ${(e as Error).message}`);
       }
+    },
+  };
+}
+
+/**
+ * A service module as the simulator runs it (lockstep sim --service): every replica its own
+ * sandbox (module-level variables are not shared between replicas, as on real machines), and
+ * clients drawing commands from the module's `simulate`.
+ */
+export function simServiceOf(path: string, opts: LoadOptions = {}): {
+  name: string;
+  machine: () => ServiceMachine;
+  command: (random: (n: number) => number, client: string, counter: number) => readonly string[];
+} {
+  const first = loadServiceModule(path, opts);
+  const simulate = first.definition.simulate;
+  if (simulate === undefined) {
+    throw moduleError(path, 'has no simulate(random, client, counter) in its definition, so lockstep sim cannot make a workload for it (docs/SERVICES.md, "Testing a service")');
+  }
+  return {
+    name: first.definition.name,
+    machine: () => loadServiceSource(first.source, path, opts).machine(),
+    command: (random, client, counter) => {
+      const out: unknown = simulate(random, client, counter);
+      if (!Array.isArray(out) || out.length === 0 || !out.every((a) => typeof a === 'string')) {
+        throw moduleError(path, `simulate must return a non-empty array of strings, got ${String(out)}`);
+      }
+      return Array.from(out as string[]);
     },
   };
 }

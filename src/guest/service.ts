@@ -48,6 +48,11 @@ export interface ServiceDefinition<S> {
   /** The empty state (a function is called once per fresh replica). */
   readonly initial: S | (() => S);
   readonly commands: Readonly<Record<string, CommandFn<S> | CommandSpec<S>>>;
+  /**
+   * Optional, for `lockstep sim --service`: a simulated client's next command, drawn with
+   * `random(n)` (an integer in [0, n), deterministic per seed), e.g. ['TRANSFER', 'a', 'b', '5'].
+   */
+  readonly simulate?: (random: (n: number) => number, client: string, counter: number) => readonly string[];
 }
 
 export interface DefinedService<S> extends ServiceDefinition<S> {
@@ -75,6 +80,7 @@ export function defineService<S>(def: ServiceDefinition<S>): DefinedService<S> {
       throw new TypeError(where(`command ${key} is async: a replicated command must finish before it returns (no await)`));
     }
   }
+  if (def.simulate !== undefined && typeof def.simulate !== 'function') throw new TypeError(where('simulate must be a function (random, client, counter) => command'));
   return Object.freeze({ ...def, __lockstepService: true as const });
 }
 

@@ -15,6 +15,18 @@ function arity(args, n, usage) {
 export default defineService({
   name: 'bank',
   initial: () => ({ accounts: {}, total: 0 }),
+  // lockstep sim --service bank.js: simulated clients open a few accounts, then move money.
+  simulate(random, client, counter) {
+    const names = ['ann', 'bob', 'cat', 'dan'];
+    if (counter === 1) return ['OPEN', `${client}-own`, String(100 + random(100))];
+    const pick = () => names[random(names.length)];
+    switch (random(5)) {
+      case 0: return ['OPEN', pick(), String(random(500))];
+      case 1: return ['BALANCE', pick()];
+      case 2: return ['AUDIT'];
+      default: return ['TRANSFER', pick(), pick(), String(random(200))];
+    }
+  },
   commands: {
     // OPEN name cents: a new account with an opening deposit (money enters the bank here only).
     open(state, args) {

@@ -8,6 +8,15 @@ export default defineService({
   name: 'jobs',
   // pending: ids in FIFO order; jobs: id -> { body, worker }.
   initial: () => ({ nextId: 1, pending: [], jobs: {} }),
+  // lockstep sim --service jobs.js: clients enqueue, claim, ack (sometimes a job not theirs).
+  simulate(random, client, counter) {
+    switch (random(4)) {
+      case 0: return ['ENQUEUE', `${client}.${counter}`];
+      case 1: return ['CLAIM', client];
+      case 2: return random(2) === 0 ? ['ACKALL', client] : ['ACK', String(1 + random(counter)), client];
+      default: return ['STATS'];
+    }
+  },
   commands: {
     // ENQUEUE body -> job id
     enqueue(state, [body]) {
@@ -31,6 +40,18 @@ export default defineService({
       if (job === undefined || job.worker !== worker) throw new Error(`NOTYOURS job ${id} is not claimed by ${worker}`);
       delete state.jobs[id];
       return 1;
+    },
+    // ACKALL worker -> how many jobs of this worker were done (a worker finishing a batch)
+    ackall(state, [worker]) {
+      if (worker === undefined) throw new Error('usage: ACKALL worker');
+      let n = 0;
+      for (const [id, job] of Object.entries(state.jobs)) {
+        if (job.worker === worker) {
+          delete state.jobs[id];
+          n++;
+        }
+      }
+      return n;
     },
     // REQUEUE id: put a claimed job back at the head of the queue (its worker died)
     requeue(state, [id]) {

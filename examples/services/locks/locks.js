@@ -13,6 +13,17 @@ function int(text, what) {
 export default defineService({
   name: 'locks',
   initial: () => ({ locks: {}, lastToken: 0, now: 0 }),
+  // lockstep sim --service locks.js: clients contend for two locks with growing logical time.
+  simulate(random, client, counter) {
+    const lock = random(2) === 0 ? 'a' : 'b';
+    const now = String(counter * 10 + random(10));
+    switch (random(4)) {
+      case 0: return ['ACQUIRE', lock, client, now, String(5 + random(30))];
+      case 1: return ['RENEW', lock, client, String(1 + random(counter)), now, '20'];
+      case 2: return ['RELEASE', lock, client, String(1 + random(counter))];
+      default: return ['HOLDER', lock];
+    }
+  },
   commands: {
     // ACQUIRE lock owner now ttl -> fencing token, or error HELD
     acquire(state, [lock, owner, now, ttl]) {
