@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { LockstepError } from '../src/errors.js';
+import { parseConfig } from '../src/node/config.js';
 import { ReplicatedService, loadServiceModule, loadServiceSource, type KvReply } from '../src/guest/index.js';
 
 const HEAD = "import { defineService } from 'lockstep/guest';\n";
@@ -175,5 +176,25 @@ test('the three examples load and answer', () => {
   for (const [file, cmd] of [['bank/bank.js', ['AUDIT']], ['locks/locks.js', ['HOLDER', 'x']], ['jobs/jobs.js', ['STATS']]] as const) {
     const s = new ReplicatedService(loadServiceModule(ex(file)).machine(), 'rsm');
     assert.notEqual(s.execute({ clientId: null, seq: 1, ackedBelow: 0, command: cmd }).reply.kind, 'error', file);
+  }
+});
+
+test('the config refuses a module service it cannot run, naming the field', () => {
+  const cfg = (service: Record<string, unknown>): string => JSON.stringify({
+    cluster: 'c', arbiter: 'file:a', service,
+    nodes: [{ id: 'n1', peer: '127.0.0.1:9000', client: '127.0.0.1:9001', admin: '127.0.0.1:9002' }],
+  });
+  const ok = parseConfig(cfg({ kind: 'module', module: 'bank.js', mode: 'rsm' }), 'c.json', '/srv');
+  assert.deepEqual(ok.service, { kind: 'module', module: '/srv/bank.js', mode: 'rsm', digestEvery: 1, timeoutMs: 1000 });
+  const bad: [Record<string, unknown>, RegExp][] = [
+    [{ kind: 'module', module: 'bank.ts', mode: 'rsm' }, /service\.module: must be the path of a \.js or \.mjs file/],
+    [{ kind: 'module', module: 'bank.js', mode: 'fast' }, /service\.mode: must be "rsm" or "state-transfer"/],
+    [{ kind: 'module', module: 'bank.js' }, /service\.mode: missing/],
+    [{ kind: 'module', module: 'bank.js', mode: 'rsm', digestEvery: -1 }, /service\.digestEvery: must be an integer from 0/],
+    [{ kind: 'module', module: 'bank.js', mode: 'rsm', timeoutMs: 0 }, /service\.timeoutMs: must be an integer from 1/],
+    [{ kind: 'module', module: 'bank.js', mode: 'rsm', listen: [] }, /unknown key service\.listen/],
+  ];
+  for (const [service, want] of bad) {
+    assert.throws(() => parseConfig(cfg(service), 'c.json', '/srv'), (e: unknown) => e instanceof LockstepError && e.code === 'E_CONFIG_INVALID' && want.test(e.message), JSON.stringify(service));
   }
 });
