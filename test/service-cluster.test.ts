@@ -12,7 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
+import { Redis } from 'ioredis';
 import { LockstepClient, ReplyError } from '../src/client/index.js';
+import { freeBasePort, spawnCli } from '../src/testing/cli-child.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const example = (p: string): string => fileURLToPath(new URL(`../../examples/services/${p}`, import.meta.url));
@@ -223,4 +225,50 @@ test('a module that calls Math.random() while loading: the node refuses to start
   const r = await run(['node', '--config', path, '--id', 'n1']);
   assert.equal(r.code, 2, r.stderr);
   assert.match(r.stderr, /E_SERVICE_MODULE: service module .*random-at-load\.js: loading it failed: Math\.random\(\) is not available/);
+});
+
+test('lockstep cluster --service: the bank over ioredis call, across kill -9 of the primary node', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-svc-cluster-'));
+  const basePort = await freeBasePort();
+  const { child, output, exited } = spawnCli(t, ['cluster', '--dir', dir, '--base-port', String(basePort), '--service', example('bank/bank.js')]);
+  t.after(async () => rmSync(dir, { recursive: true, force: true }));
+  const admin = (i: number): string => `http://127.0.0.1:${basePort + 200 + i}/status`;
+  const status = async (i: number): Promise<{ role?: string; pid?: number; digest?: string } | null> => {
+    try {
+      return (await (await fetch(admin(i))).json()) as { role?: string; pid?: number };
+    } catch {
+      return null;
+    }
+  };
+  const primaryIndex = async (): Promise<number> => {
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      const all = await Promise.all([1, 2, 3].map(status));
+      const p = all.findIndex((s) => s?.role === 'primary');
+      if (p >= 0 && all.some((s) => s?.role === 'backup')) return p + 1;
+      await sleep(100);
+    }
+    throw new Error(`no primary with a backup within 30 s:\n${output()}`);
+  };
+  const first = await primaryIndex();
+  assert.match(output(), /rsm service .*bank\.js/);
+  const redis = new Redis({ port: basePort + first, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
+  await redis.connect();
+  assert.equal(await redis.call('OPEN', 'ann', '100'), 'OK');
+  assert.equal(await redis.call('OPEN', 'bob', '0'), 'OK');
+  assert.equal(await redis.call('TRANSFER', 'ann', 'bob', '30'), 70);
+  await assert.rejects(redis.call('TRANSFER', 'ann', 'bob', '500'), /NOFUNDS ann has 70, needs 500/);
+  redis.disconnect();
+  const pid = (await status(first))!.pid!;
+  process.kill(pid, 'SIGKILL');
+  const c = new LockstepClient({ nodes: [1, 2, 3].map((i) => `127.0.0.1:${basePort + i}`), commandTimeoutMs: 60_000 });
+  try {
+    assert.equal(await c.call('TRANSFER', 'bob', 'ann', 5), 25);
+    assert.deepEqual(await c.call('AUDIT'), [100, 100]);
+    assert.equal(await c.call('BALANCE', 'ann'), 75);
+  } finally {
+    c.close();
+  }
+  child.kill('SIGINT');
+  assert.equal(await exited, 0);
 });
