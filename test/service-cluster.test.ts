@@ -15,6 +15,7 @@ import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
 import { Redis } from 'ioredis';
 import { LockstepClient, ReplyError } from '../src/client/index.js';
 import { freeBasePort, spawnCli } from '../src/testing/cli-child.js';
+import { checkLinearizable, type ModelOp } from '../src/testing/model-check.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const example = (p: string): string => fileURLToPath(new URL(`../../examples/services/${p}`, import.meta.url));
@@ -59,6 +60,8 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     let stop = false;
     let done = 0;
     let refused = 0;
+    // Every call and reply, for the linearizability check (balances and transfers).
+    const history: ModelOp<string[], string>[] = [];
     const worker = async (w: number): Promise<void> => {
       const c = client(cluster, `worker-${w}`);
       try {
@@ -67,15 +70,20 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
           const to = names[(w + 2 * i + 1) % names.length]!;
           if (from === to) continue;
           const cents = 1 + ((w * 7 + i * 13) % 300);
+          const input = i % 3 === 2 ? ['BALANCE', to] : ['TRANSFER', from, to, String(cents)];
+          const call = performance.now();
           try {
-            const left = await c.call('TRANSFER', from, to, cents);
+            const out = await c.call(...input);
+            history.push({ call, ret: performance.now(), input, output: String(out) });
+            if (input[0] === 'BALANCE') continue;
             // Exactly once: the reply is the payer's balance right after this one transfer.
             balances.set(from, balances.get(from)! - cents);
             balances.set(to, balances.get(to)! + cents);
-            assert.equal(typeof left, 'number');
+            assert.equal(typeof out, 'number');
             done++;
           } catch (e) {
             assert.ok(e instanceof ReplyError && /^NOFUNDS/.test(e.message), String(e));
+            history.push({ call, ret: performance.now(), input, output: 'NOFUNDS' });
             refused++;
           }
         }
@@ -95,6 +103,19 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     assert.deepEqual(await setup.call('AUDIT'), [5000, 5000]);
     // Every acknowledged transfer took effect once, no other did: the balances say so.
     for (const n of names) assert.equal(await setup.call('BALANCE', n), balances.get(n), n);
+    // Linearizable: one order of every call, consistent with real time, explains every reply.
+    const bank = (state: Map<string, number>, [op, a, b, n]: string[]): { state: Map<string, number>; output: string } => {
+      if (op === 'BALANCE') return { state, output: String(state.get(a!)) };
+      const cents = Number(n);
+      if (state.get(a!)! < cents) return { state, output: 'NOFUNDS' };
+      const next = new Map(state);
+      next.set(a!, state.get(a!)! - cents);
+      next.set(b!, state.get(b!)! + cents);
+      return { state: next, output: String(next.get(a!)) };
+    };
+    const lin = checkLinearizable(history, new Map(names.map((n) => [n, 1000])), bank, (x, y) => x === y, (st) => [...st.values()].join(','));
+    t.diagnostic(`${history.length} operations checked for linearizability, ${lin.explored} configurations`);
+    assert.ok(lin.ok, `not linearizable; longest linearizable prefix ${lin.longestPrefix?.length} of ${history.length}`);
   });
 }
 

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { LockstepError } from '../src/errors.js';
 import { parseConfig } from '../src/node/config.js';
+import { checkLinearizable, type ModelOp } from '../src/testing/model-check.js';
 import { ReplicatedService, loadServiceModule, loadServiceSource, type KvReply } from '../src/guest/index.js';
 
 const HEAD = "import { defineService } from 'lockstep/guest';\n";
@@ -197,4 +198,19 @@ test('the config refuses a module service it cannot run, naming the field', () =
   for (const [service, want] of bad) {
     assert.throws(() => parseConfig(cfg(service), 'c.json', '/srv'), (e: unknown) => e instanceof LockstepError && e.code === 'E_CONFIG_INVALID' && want.test(e.message), JSON.stringify(service));
   }
+});
+
+test('the model checker used for the bank finds a stale read and accepts a concurrent one', () => {
+  type Op = ModelOp<string[], string>;
+  const step = (s: number, [op, n]: string[]): { state: number; output: string } =>
+    op === 'ADD' ? { state: s + Number(n), output: String(s + Number(n)) } : { state: s, output: String(s) };
+  const check = (ops: Op[]) => checkLinearizable(ops, 0, step, (a, b) => a === b, String);
+  const add: Op = { call: 0, ret: 10, input: ['ADD', '5'], output: '5' };
+  // A read after the add returned that still sees 0: stale.
+  assert.equal(check([add, { call: 11, ret: 12, input: ['GET'], output: '0' }]).ok, false);
+  // The same read overlapping the add may see either.
+  assert.equal(check([add, { call: 5, ret: 12, input: ['GET'], output: '0' }]).ok, true);
+  assert.equal(check([add, { call: 5, ret: 12, input: ['GET'], output: '5' }]).ok, true);
+  // An add applied twice (a retry that ran again) explains no reply of 10 with one add.
+  assert.equal(check([add, { call: 20, ret: 30, input: ['GET'], output: '10' }]).ok, false);
 });
