@@ -55,6 +55,9 @@ test('calls that differ between replicas are refused at load, each by name', () 
   assert.match(loadError(svc('async get() { return 1; }')).message, /command get is async/);
   assert.match(loadError(svc('get() { return 1; }', 'while (true) {}')).message, /did not finish within 200 ms/);
   assert.match(loadError('export default 42;').message, /default export must be defineService/);
+  assert.match(loadError(svc('info() { return 1; }')).message, /command name info is taken by the client port's own INFO/);
+  const spinInit = `${HEAD}export default defineService({ name: 't', initial: () => { for (;;) {} }, commands: {} });`;
+  assert.throws(() => loadServiceSource(spinInit, 'inline.js', { timeoutMs: 200 }).machine(), (e: unknown) => e instanceof LockstepError && /its initial state: .*timed out after 200ms/.test(e.message));
 });
 
 test('calls that differ between replicas are refused at run time: an error reply naming the call, the state unchanged', async () => {

@@ -60,6 +60,8 @@ export interface DefinedService<S> extends ServiceDefinition<S> {
 }
 
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/;
+/** Commands the client port answers itself (src/node/commands.ts, AUTH, HELLO, lockstep/client's wrapper). */
+const RESERVED = new Set(['PING', 'ECHO', 'SELECT', 'QUIT', 'COMMAND', 'CLIENT', 'INFO', 'ROLE', 'SENTINEL', 'WAIT', 'CONFIG', 'AUTH', 'HELLO', 'LOCKSTEP.EXEC']);
 
 /** Check a definition's shape now, so a mistake is a load error rather than a surprise later. */
 export function defineService<S>(def: ServiceDefinition<S>): DefinedService<S> {
@@ -73,6 +75,7 @@ export function defineService<S>(def: ServiceDefinition<S>): DefinedService<S> {
     const upper = key.toUpperCase();
     if (!/^[A-Za-z][A-Za-z0-9_.-]*$/.test(key)) throw new TypeError(where(`command name ${JSON.stringify(key)} must be a word (letters, digits, _ . -)`));
     if (seen.has(upper)) throw new TypeError(where(`two commands named ${upper} (names are case-insensitive)`));
+    if (RESERVED.has(upper)) throw new TypeError(where(`command name ${key} is taken by the client port's own ${upper} (answered by every node, never by the service): pick another`));
     seen.add(upper);
     const fn = typeof spec === 'function' ? spec : (spec as CommandSpec<S> | null)?.run;
     if (typeof fn !== 'function') throw new TypeError(where(`command ${key} must be a function or { run, readOnly? }`));
@@ -302,7 +305,8 @@ export function serviceMachine<S>(def: DefinedService<S>, runner: CommandRunner 
     commands.set(key.toUpperCase(), { fn, readOnly: typeof spec === 'function' ? false : spec.readOnly === true });
   }
   const initial = (): Uint8Array => {
-    const v = typeof def.initial === 'function' ? (def.initial as () => S)() : def.initial;
+    // Through the runner: in a sandbox, under its time limit like any command.
+    const v = typeof def.initial === 'function' ? runner.run(def.initial as CommandFn<unknown>, undefined, new runner.realm.Array<string>()) : def.initial;
     return encodeState(v, `${def.name}: the initial state`);
   };
   let encoded = initial();
