@@ -8,14 +8,15 @@ export default defineService({
   name: 'jobs',
   // pending: ids in FIFO order; jobs: id -> { body, worker }.
   initial: () => ({ nextId: 1, pending: [], jobs: {} }),
-  // lockstep sim --service jobs.js: clients enqueue, claim, ack (sometimes a job not theirs).
+  // lockstep sim --service jobs.js: clients enqueue, claim more often than they enqueue (so the
+  // queue stays short, as a healthy one does), and ack (now and then a job not theirs).
   simulate(random, client, counter) {
-    switch (random(4)) {
-      case 0: return ['ENQUEUE', `${client}.${counter}`];
-      case 1: return ['CLAIM', client];
-      case 2: return random(2) === 0 ? ['ACKALL', client] : ['ACK', String(1 + random(counter)), client];
-      default: return ['STATS'];
-    }
+    const roll = random(8);
+    if (roll < 2) return ['ENQUEUE', `${client}.${counter}`];
+    if (roll < 5) return ['CLAIM', client];
+    if (roll === 5) return ['ACKALL', client];
+    if (roll === 6) return ['ACK', String(1 + random(counter)), client];
+    return ['STATS'];
   },
   commands: {
     // ENQUEUE body -> job id
