@@ -164,7 +164,7 @@ test('locks: fencing tokens only grow, and one holder at a time, across kill -9 
       while (!stop) {
         const at = ++now;
         try {
-          const token = (await c.call('ACQUIRE', 'L', owner, at, 50)) as number;
+          const token = await c.call<number>('ACQUIRE', 'L', owner, at, 50);
           grants.push({ owner, token, at });
           const [holder, held] = (await c.call('HOLDER', 'L')) as [string, number, number];
           assert.equal(holder, owner);
