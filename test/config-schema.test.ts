@@ -19,14 +19,15 @@ test('the schema and the config check name the same keys, object by object', () 
   const p = schema.properties!;
   assert.deepEqual(keys(schema), sorted(CONFIG_KEYS.top));
   assert.deepEqual(keys(p.nodes!.items), sorted(CONFIG_KEYS.node));
-  const [kv, wasm] = p.service!.oneOf!;
+  const [kv, wasm, module] = p.service!.oneOf!;
   assert.deepEqual(keys(kv), sorted(CONFIG_KEYS.kvService));
   assert.deepEqual(keys(wasm), sorted(CONFIG_KEYS.wasmService));
+  assert.deepEqual(keys(module), sorted(CONFIG_KEYS.moduleService));
   assert.deepEqual(keys(p.etcd), sorted(CONFIG_KEYS.etcd));
   assert.deepEqual(keys(p.clientTls), sorted(CONFIG_KEYS.clientTls));
   assert.deepEqual(keys(p.peerTls), sorted(CONFIG_KEYS.peerTls));
   assert.deepEqual(p.peerTls!.required!.slice().sort(), sorted(CONFIG_KEYS.peerTls), 'the node requires all three files');
-  for (const s of [schema, p.nodes!.items!, kv!, wasm!, p.etcd!, p.clientTls!, p.peerTls!]) assert.equal(s.additionalProperties, false, 'unknown keys are refused, as the node refuses them');
+  for (const s of [schema, p.nodes!.items!, kv!, wasm!, module!, p.etcd!, p.clientTls!, p.peerTls!]) assert.equal(s.additionalProperties, false, 'unknown keys are refused, as the node refuses them');
 });
 
 test("the README's example config passes the node's check, and has only the schema's keys", () => {

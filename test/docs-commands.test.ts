@@ -75,6 +75,10 @@ const NOT_RUN: ReadonlyMap<string, string> = new Map([
   ['etcdctl user add root && etcdctl user grant-role root root', 'production etcd setup; test/node-etcd covers an etcd with auth'],
   ['etcdctl role add lockstep && etcdctl role grant-permission lockstep readwrite --prefix=true /lockstep/', 'production etcd setup; test/node-etcd covers an etcd with auth'],
   ['etcdctl user add lockstep && etcdctl user grant-role lockstep lockstep', 'production etcd setup; test/node-etcd covers an etcd with auth'],
+  ['./lockstep cluster --service examples/services/bank/bank.js', 'test/service-cluster.test.ts runs the same module on a real cluster (through ProcessCluster) and checks the command line refuses a module that cannot load'],
+  ['redis-cli -p 7001 OPEN alice 100', 'test/service-cluster.test.ts calls the bank over the client port (lockstep/client); RESP is the same as redis-cli\'s'],
+  ['redis-cli -p 7001 TRANSFER alice bob 10', 'as OPEN above'],
+  ['./lockstep sim --service examples/services/bank/bank.js --seeds 300', '300 seeds take minutes per example; test/service-sim.test.ts runs the simulator on each example for a few seeds'],
   ['etcdctl auth enable', 'production etcd setup; test/node-etcd covers an etcd with auth'],
 ]);
 

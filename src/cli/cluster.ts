@@ -17,10 +17,12 @@ import type { CheckOutput } from './check.js';
 import { LockstepError, isLockstepError } from '../errors.js';
 import { parseArbiterSpec } from '../arbiter/spec.js';
 import { initClusterArbiter } from './init.js';
+import { loadServiceModule } from '../guest/sandbox.js';
 
-export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--name NAME] [--arbiter SPEC] [--no-respawn]
+export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--service FILE.js] [--name NAME] [--arbiter SPEC] [--no-respawn]
 
-Starts a local replicated kv cluster: N nodes (default 3: primary, backup, spare) as child
+Starts a local replicated kv cluster (with --service, your own service module instead of kv:
+its commands are called like Redis commands, see docs/SERVICES.md): N nodes (default 3: primary, backup, spare) as child
 processes, on the file arbiter in DIR/arbiter (DIR defaults to .lockstep/cluster). Node i
 listens for clients on P+i, for peers on P+100+i and for the dashboard, /status and /metrics
 on P+200+i (P defaults to 7000). Logs go to DIR/<id>.log.
@@ -43,7 +45,7 @@ arbiter, under /lockstep/NAME/view.old-<time>.
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
 
 export async function clusterCommand(argv: readonly string[], out: CheckOutput): Promise<number> {
-  const flags = parseFlags('cluster', argv, { values: ['--dir', '--nodes', '--base-port', '--mode', '--name', '--arbiter'], switches: ['--no-respawn'] });
+  const flags = parseFlags('cluster', argv, { values: ['--dir', '--nodes', '--base-port', '--mode', '--service', '--name', '--arbiter'], switches: ['--no-respawn'] });
   if (flags.help) {
     out.stdout(CLUSTER_USAGE);
     return 0;
@@ -65,7 +67,17 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
       throw e;
     }
   }
-  return superviseCluster({ dir, name, count, base, respawn, service: { kind: 'kv', mode }, describe: mode, ...(arbiter ? { arbiter } : {}) }, out);
+  const module = flags.values.get('--service');
+  let service: Record<string, unknown> = { kind: 'kv', mode };
+  let describe: string = mode;
+  if (module !== undefined) {
+    if (!/\.m?js$/.test(module)) throw new LockstepError('E_BAD_FLAG_VALUE', `--service takes a service module, a .js or .mjs file, got ${JSON.stringify(module)}`);
+    const path = resolve(module);
+    loadServiceModule(path); // refuse a module that cannot load here, before any node starts
+    service = { kind: 'module', module: path, mode };
+    describe = `${mode} service ${module}`;
+  }
+  return superviseCluster({ dir, name, count, base, respawn, service, describe, ...(arbiter ? { arbiter } : {}) }, out);
 }
 
 export interface LocalCluster {

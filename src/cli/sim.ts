@@ -3,15 +3,16 @@
 // same trace hash, so a reported seed is a reproducible bug report: `lockstep sim --seed S`.
 
 import { writeFileSync } from 'node:fs';
-import { extname } from 'node:path';
+import { extname, resolve } from 'node:path';
 import { LockstepError } from '../errors.js';
 import type { PlantedBugs } from '../core/index.js';
 import type { ReplicationMode } from '../guest/index.js';
 import { simulate, type SimResult } from '../sim/index.js';
+import { simServiceOf } from '../guest/sandbox.js';
 import type { CheckOutput } from './check.js';
 import { argTokens } from './args.js';
 
-export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--bug NAME] [--tail LINES] [--history FILE]
+export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--service FILE.js] [--bug NAME] [--tail LINES] [--history FILE]
 
 Runs the deterministic simulator: a 4-replica kv cluster, its arbiter and 5 clients, under
 faults drawn per seed (crashes, kills, pauses, stalls, slow snapshots, partitions, broken
@@ -22,6 +23,8 @@ and that the primary gets a backup again.
   --seeds N     run seeds S .. S+N-1 (default 100)
   --seed S      the first seed (default 1); with no --seeds, runs that one seed and prints its trace hash
   --mode M      replication mode for every seed (default: drawn per seed)
+  --service F   simulate this service module instead of kv (its definition's simulate() draws
+                the clients' commands; kv's linearizability and append checks do not apply)
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
                 noRecruitFence, haltOnRumour
   --tail LINES  trace lines to print for a failing seed (default 40)
@@ -42,6 +45,8 @@ interface SimArgs {
   readonly tail: number;
   /** Where to write histories, or null. */
   readonly history: string | null;
+  /** A service module to simulate instead of kv. */
+  readonly service: string | null;
 }
 
 function intFlag(name: string, v: string | undefined, min: number): number {
@@ -60,7 +65,8 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
   let bugs: PlantedBugs | undefined;
   let tail = 40;
   let history: string | null = null;
-  for (const t of argTokens(argv, ['--seeds', '--seed', '--mode', '--bug', '--tail', '--history'])) {
+  let service: string | null = null;
+  for (const t of argTokens(argv, ['--seeds', '--seed', '--mode', '--bug', '--tail', '--history', '--service'])) {
     const a = t.kind === 'flag' ? t.flag : '';
     const v = t.kind === 'flag' ? t.value : undefined;
     switch (a) {
@@ -91,12 +97,17 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
         history = v;
         break;
       }
+      case '--service': {
+        if (v === undefined || !/\.m?js$/.test(v)) throw new LockstepError('E_BAD_FLAG_VALUE', `--service takes a service module, a .js or .mjs file, got ${JSON.stringify(v ?? '')}`);
+        service = v;
+        break;
+      }
       default:
         throw new LockstepError('E_USAGE', `unknown argument ${JSON.stringify(t.kind === 'positional' ? t.value : t.typed)} (see lockstep sim --help)`);
     }
   }
   const single = seedGiven && count === undefined;
-  return { first, count: count ?? (single ? 1 : 100), single, mode, bugs, tail, history };
+  return { first, count: count ?? (single ? 1 : 100), single, mode, bugs, tail, history, service };
 }
 
 /** h.jsonl -> h.seed-17.jsonl */
@@ -128,7 +139,7 @@ function report(r: SimResult, args: SimArgs, out: CheckOutput): void {
     lines.push(`  last ${Math.min(tail, r.traceTail.length)} trace lines:`);
     for (const t of r.traceTail.slice(-tail)) lines.push(`    ${t}`);
   }
-  const flags = `${args.mode ? ` --mode ${args.mode}` : ''}${args.bugs ? ` --bug ${Object.keys(args.bugs)[0]}` : ''}`;
+  const flags = `${args.service ? ` --service ${args.service}` : ''}${args.mode ? ` --mode ${args.mode}` : ''}${args.bugs ? ` --bug ${Object.keys(args.bugs)[0]}` : ''}`;
   lines.push(`  reproduce: lockstep sim --seed ${r.seed}${flags}`);
   if (history !== null) lines.push(`  history: ${writeHistory(args.single ? history : seedFile(history, r.seed), r)}`);
   out.stdout(lines.join('\n') + '\n');
@@ -140,13 +151,14 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
     out.stdout(SIM_USAGE);
     return 0;
   }
+  const service = args.service === null ? undefined : simServiceOf(resolve(args.service));
   const started = performance.now();
   let failed = 0;
   let ops = 0;
   let goLives = 0;
   let unknownKeys = 0;
   for (let seed = args.first; seed < args.first + args.count; seed++) {
-    const r = simulate({ seed, mode: args.mode, bugs: args.bugs, traceTailLines: Math.max(args.tail, 1) });
+    const r = simulate({ seed, mode: args.mode, bugs: args.bugs, traceTailLines: Math.max(args.tail, 1), ...(service ? { service } : {}) });
     ops += r.stats.opsCompleted;
     goLives += r.stats.goLives;
     if (!r.ok) {

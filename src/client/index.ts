@@ -156,9 +156,13 @@ export class LockstepClient {
     this.tls = opts.tls === undefined ? null : opts.tls === true ? {} : opts.tls;
   }
 
-  /** Run one command exactly once; resolves with its reply as a plain value. */
-  async call(...args: (string | number | Buffer)[]): Promise<Value> {
-    return toValue(await this.callRaw(args.map(toWire)));
+  /**
+   * Run one command exactly once; resolves with its reply as a plain value. A service's own
+   * commands go through here too (`db.call<number>('TRANSFER', 'ann', 'bob', 10)`): name the
+   * reply's type when you know it; nothing checks it at run time.
+   */
+  async call<T extends Value = Value>(...args: (string | number | Buffer)[]): Promise<T> {
+    return toValue(await this.callRaw(args.map(toWire))) as T;
   }
 
   /** Run one command exactly once; `args` are latin1 wire strings; resolves with the raw reply. */

@@ -6,3 +6,5 @@ export * from './types.js';
 export * from './bytes.js';
 export * from './kv.js';
 export * from './replicated.js';
+export * from './service.js';
+export * from './sandbox.js';

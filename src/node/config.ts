@@ -4,6 +4,7 @@
 // from the cause. Unknown keys are refused (a typo must not silently fall back to a default),
 // which also refuses `bugs`: planted bugs exist for the simulator only, never for a real node.
 
+import { SERVICE_TIMEOUT_MS_DEFAULT } from '../guest/sandbox.js';
 import { readFile } from 'node:fs/promises';
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -45,7 +46,18 @@ export interface WasmServiceConfig {
   /** Where the per-replica guest directories are (`<guestDir>/<node id>`), resolved. */
   readonly guestDir: string;
 }
-export type ServiceConfig = KvServiceConfig | WasmServiceConfig;
+/** A user's service module (defineService) replicated at the application level (docs/SERVICES.md). */
+export interface ModuleServiceConfig {
+  readonly kind: 'module';
+  /** The .js (ES module) file's path, resolved against the config file's directory. */
+  readonly module: string;
+  readonly mode: 'rsm' | 'state-transfer';
+  /** The primary logs its state digest every this many entries; a backup that differs fail-stops. 0: never. */
+  readonly digestEvery: number;
+  /** The longest one command (or loading the module) may run, in ms. */
+  readonly timeoutMs: number;
+}
+export type ServiceConfig = KvServiceConfig | WasmServiceConfig | ModuleServiceConfig;
 /** The protocol's timing fields (CoreTiming) plus what only a real cluster has. */
 export interface ClusterConfig extends CoreTiming {
   readonly cluster: string;
@@ -395,6 +407,8 @@ function readPem(key: string, v: unknown, kind: 'CERTIFICATE' | 'PRIVATE KEY', b
 }
 
 const WASM_KEYS = ['kind', 'module', 'args', 'env', 'listen', 'memoryLimitMb', 'guestDir'] as const;
+const MODULE_KEYS = ['kind', 'module', 'mode', 'digestEvery', 'timeoutMs'] as const;
+export const DIGEST_EVERY_DEFAULT = 1;
 
 /**
  * Every key the config may hold, by object. docs/cluster.schema.json (for editors) names the
@@ -405,6 +419,7 @@ export const CONFIG_KEYS = {
   node: ['id', ...ROLES, 'peerListen', 'arbiter'],
   kvService: ['kind', 'mode'],
   wasmService: WASM_KEYS,
+  moduleService: MODULE_KEYS,
   etcd: ETCD_KEYS,
   clientTls: ['certFile', 'keyFile'],
   peerTls: ['certFile', 'keyFile', 'caFile'],
@@ -418,10 +433,21 @@ function parseService(
 ): ServiceConfig {
   const kind = typeof v === 'object' && v !== null ? (v as Record<string, unknown>).kind : undefined;
   if (kind === 'wasm') return parseWasmService(object(v, 'service', WASM_KEYS, ['kind', 'module', 'listen']), baseDir, fail);
+  if (kind === 'module') return parseModuleService(object(v, 'service', MODULE_KEYS, ['kind', 'module', 'mode']), baseDir, fail);
   const svc = object(v, 'service', CONFIG_KEYS.kvService, CONFIG_KEYS.kvService);
-  if (svc.kind !== 'kv') fail('service.kind', `must be "kv" or "wasm", got ${describe(svc.kind)}`);
+  if (svc.kind !== 'kv') fail('service.kind', `must be "kv", "module" or "wasm", got ${describe(svc.kind)}`);
   if (svc.mode !== 'rsm' && svc.mode !== 'state-transfer') fail('service.mode', `must be "rsm" or "state-transfer", got ${describe(svc.mode)}`);
   return { kind: 'kv', mode: svc.mode };
+}
+
+function parseModuleService(o: Record<string, unknown>, baseDir: string, fail: (path: string, msg: string) => never): ModuleServiceConfig {
+  if (typeof o.module !== 'string' || !/\.m?js$/.test(o.module)) fail('service.module', `must be the path of a .js or .mjs file (an ES module whose default export is defineService(...)), got ${describe(o.module)}`);
+  if (o.mode !== 'rsm' && o.mode !== 'state-transfer') fail('service.mode', `must be "rsm" or "state-transfer", got ${describe(o.mode)}`);
+  const every = o.digestEvery ?? DIGEST_EVERY_DEFAULT;
+  if (typeof every !== 'number' || !Number.isSafeInteger(every) || every < 0 || every > 1_000_000) fail('service.digestEvery', `must be an integer from 0 (never) to 1000000, got ${describe(every)}`);
+  const timeoutMs = o.timeoutMs ?? SERVICE_TIMEOUT_MS_DEFAULT;
+  if (typeof timeoutMs !== 'number' || !Number.isSafeInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 600_000) fail('service.timeoutMs', `must be an integer from 1 to 600000, got ${describe(timeoutMs)}`);
+  return { kind: 'module', module: resolve(baseDir, o.module), mode: o.mode, digestEvery: every, timeoutMs };
 }
 
 function parseWasmService(o: Record<string, unknown>, baseDir: string, fail: (path: string, msg: string) => never): WasmServiceConfig {

@@ -18,7 +18,8 @@ import { metaCommand, type NodeView } from './commands.js';
 import type { FrontHost, ServiceFront } from './front.js';
 import { listenOrExplain } from './listen.js';
 
-type Service = ReplicatedService<KvCommand, KvReply, KvChange>;
+/** kv's machine, or a service module's (ModuleFront): the same commands and replies, their own changes. */
+type Service = ReplicatedService<KvCommand, KvReply, unknown>;
 
 interface Slot {
   bytes: Buffer | null;
@@ -56,7 +57,7 @@ const MAX_HELD_REPLIES = 100_000;
 const MAX_CLIENT_OUTPUT_BYTES = 8 * 1024 * 1024;
 
 export class KvFront implements ServiceFront, NodeView {
-  private service: Service;
+  protected service: Service;
   private clientServer: net.Server | null = null;
   private readonly outputs = new Map<number, { conn: ClientConn; slot: Slot }>();
   private nextOutputId = 1;
@@ -71,7 +72,7 @@ export class KvFront implements ServiceFront, NodeView {
   /** Unparsed client input held now, over every connection (bounded by clientInputBytesMax). */
   private inputBytes = 0;
 
-  constructor(private readonly node: FrontHost) {
+  constructor(protected readonly node: FrontHost) {
     this.service = this.freshService();
   }
 
@@ -176,9 +177,14 @@ export class KvFront implements ServiceFront, NodeView {
       clients: this.conns.size,
       opsPerSec: this.counters.opsLastSecond,
       mode: this.mode,
-      usedMemoryBytes: (this.service.machine as KvMachine).usedBytes,
       dedupBytes: this.service.filterBytes,
+      ...this.serviceStatus(),
     };
+  }
+
+  /** The machine's own /status fields (kv: its memory use). */
+  protected serviceStatus(): Record<string, unknown> {
+    return { usedMemoryBytes: (this.service.machine as KvMachine).usedBytes };
   }
 
   metrics(metric: (name: string, type: 'gauge' | 'counter', help: string, value: number) => void): void {
@@ -188,22 +194,32 @@ export class KvFront implements ServiceFront, NodeView {
     metric('lockstep_released_outputs_total', 'counter', 'Replies released by the output rule.', c.releases);
     metric('lockstep_discarded_outputs_total', 'counter', 'Replies discarded when this node stopped being primary.', c.discards);
     metric('lockstep_client_protocol_errors_total', 'counter', 'Client connections closed for protocol garbage.', c.clientErrors);
+    metric('lockstep_dedup_filter_bytes', 'gauge', 'Duplicate filter size as counted for dedupBytesMax.', this.service.filterBytes);
+    this.serviceMetrics(metric);
+  }
+
+  /** The machine's own metrics (kv: memory use against maxmemory). */
+  protected serviceMetrics(metric: (name: string, type: 'gauge' | 'counter', help: string, value: number) => void): void {
     metric('lockstep_kv_used_memory_bytes', 'gauge', 'kv state size as counted for maxmemory (key and value bytes, 64 a key).', (this.service.machine as KvMachine).usedBytes);
     metric('lockstep_kv_maxmemory_bytes', 'gauge', 'The maxmemory limit.', this.node.config.maxmemory);
-    metric('lockstep_dedup_filter_bytes', 'gauge', 'Duplicate filter size as counted for dedupBytesMax.', this.service.filterBytes);
   }
 
   // ---- the service -------------------------------------------------------------------------
 
   private get mode(): KvServiceConfig['mode'] {
     const svc = this.node.config.service;
-    if (svc.kind !== 'kv') throw new Error(`KvFront given a ${svc.kind} service`);
+    if (svc.kind === 'wasm') throw new Error(`KvFront given a ${svc.kind} service`);
     return svc.mode;
   }
 
-  private freshService(): Service {
+  protected freshService(): Service {
     const c = this.node.config;
-    return new ReplicatedService(createKv(c.protoMaxBulkLen, c.maxmemory), this.mode, { bytesMax: c.dedupBytesMax });
+    return new ReplicatedService<KvCommand, KvReply, KvChange>(createKv(c.protoMaxBulkLen, c.maxmemory), this.mode, { bytesMax: c.dedupBytesMax }) as Service;
+  }
+
+  /** What the log carries for an entry of the service (a subclass may add to it: ModuleFront's digest). */
+  protected payload(entry: Uint8Array): Uint8Array {
+    return entry;
   }
 
   /** Remove and return the held outputs with these ids (those still known), in order. */
@@ -333,7 +349,7 @@ export class KvFront implements ServiceFront, NodeView {
       this.reply(conn, { kind: 'error', message: `ERR internal error running ${name.slice(0, 64)}: ${(e as Error).message?.slice(0, 200) ?? String(e)}` }, name, readAt);
       return;
     }
-    if (res.entry !== null) this.node.input({ type: 'append', payload: res.entry });
+    if (res.entry !== null) this.node.input({ type: 'append', payload: this.payload(res.entry) });
     const slot: Slot = { bytes: this.encode(res.reply), held: true, command: req.command[0] ?? name, readAt };
     conn.slots.push(slot);
     conn.slotBytes += slot.bytes!.length;

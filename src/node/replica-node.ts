@@ -33,6 +33,7 @@ import { PeerTransport } from '../net/peer-transport.js';
 import { arbiterFor, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
 import { KvFront } from './kv-front.js';
+import { ModuleFront } from './module-front.js';
 import { WasmFront } from './wasm-front.js';
 import { explainListen, listenOn } from './listen.js';
 import { serveAdmin, type AdminHost } from './admin.js';
@@ -101,7 +102,9 @@ export class ReplicaNode implements FrontHost, AdminHost {
     nodeOf(config, id);
     this.core = coreConfigFor(config, id);
     this.replicaState = createReplica(this.core, this.nowMs());
-    this.front = config.service.kind === 'kv' ? new KvFront(this) : new WasmFront(this, config.service);
+    this.front = config.service.kind === 'kv' ? new KvFront(this)
+      : config.service.kind === 'module' ? new ModuleFront(this, config.service)
+      : new WasmFront(this, config.service);
     const arb = arbiterFor(config, id);
     this.arbiter = openArbiter(arb.spec, arb.options);
     this.arbiterHealth = { arbiter: this.arbiter.description, health: 'unknown', lastLatencyMs: null, lastAt: null, lastError: null };
@@ -178,14 +181,14 @@ export class ReplicaNode implements FrontHost, AdminHost {
       client: self.client === null ? null : formatAddress(self.client),
       admin: formatAddress(self.admin),
       service: this.config.service.kind,
-      mode: this.config.service.kind === 'kv' ? this.config.service.mode : 'record-replay',
+      mode: this.config.service.kind === 'wasm' ? 'record-replay' : this.config.service.mode,
       arbiter: this.arbiter.description,
       arbiterId: this.arbiterIdentity.id,
       peerAuth: this.config.secret !== null,
       peerTls: this.config.peerTls !== null,
     });
     const client = self.client;
-    if (this.config.service.kind === 'kv' && client !== null && !isLoopbackHost(client.host) && this.config.requirePass === null && this.config.clientTls === null) {
+    if (this.config.service.kind !== 'wasm' && client !== null && !isLoopbackHost(client.host) && this.config.requirePass === null && this.config.clientTls === null) {
       this.log('warn', 'client-security-off', {
         reason: `the client port ${formatAddress(client)} is beyond loopback with neither requirePassFile nor clientTls: anyone who reaches it can read and write every key, and read the traffic`,
       });

@@ -35,16 +35,31 @@ import {
   type Replica,
   type View,
 } from '../core/index.js';
-import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply, type ReplicationMode } from '../guest/index.js';
+import { ReplicatedService, createKv, type KvCommand, type KvReply, type ReplicationMode, type StateMachine } from '../guest/index.js';
 import type { HistoryEvent, OpF } from './history.js';
 import { checkHistory } from './linearizability.js';
 import { Rng, TraceHash } from './rng.js';
+
+/**
+ * A service module under simulation: every replica gets a fresh machine, and clients send the
+ * commands `command` draws. Its replies are not checked against a model (the linearizability
+ * and append checks are kv's); divergence, exactly-once recording, releases, liveness and
+ * recruiting are checked as for kv, and error replies are the service's own answers.
+ */
+export interface SimService {
+  readonly name: string;
+  machine(): StateMachine<KvCommand, KvReply, unknown>;
+  /** A client's next command; `random(n)` is a deterministic integer in [0, n). */
+  command(random: (n: number) => number, client: string, counter: number): readonly string[];
+}
 
 export interface SimOptions {
   readonly seed: number;
   /** Replication mode; drawn from the seed when absent. */
   readonly mode?: ReplicationMode;
   readonly bugs?: PlantedBugs;
+  /** A service other than kv (lockstep sim --service): its machine and its clients' workload. */
+  readonly service?: SimService;
   readonly nodes?: number;
   readonly clients?: number;
   /** How long faults are injected. */
@@ -207,7 +222,7 @@ function less(a: Queued, b: Queued): boolean {
   return a.at < b.at || (a.at === b.at && a.seq < b.seq);
 }
 
-type Service = ReplicatedService<KvCommand, KvReply, KvChange>;
+type Service = ReplicatedService<KvCommand, KvReply, unknown>;
 
 interface SimNode {
   readonly id: string;
@@ -238,6 +253,8 @@ interface PendingOp {
   readonly value: string | null;
   readonly seq: number;
   readonly invokedAt: number;
+  /** A service module's command (kv's is made from f, key and value). */
+  readonly command?: readonly string[];
 }
 
 interface SimClient {
@@ -308,6 +325,7 @@ class Simulation {
   private readonly netRng: Rng;
   private readonly mode: ReplicationMode;
   private readonly bugs: PlantedBugs;
+  private readonly service: SimService | null;
   private readonly safetyMs: number;
   private readonly livenessMs: number;
   private readonly tailMax: number;
@@ -322,6 +340,8 @@ class Simulation {
   private readonly nodes = new Map<string, SimNode>();
   private readonly clients: SimClient[] = [];
   private readonly history: HistoryEvent[] = [];
+  /** A service module's completed commands (they are not in `history`, which is kv's). */
+  private acked = 0;
   /** Every incarnation's digests, kept after it dies: followers compare against their source. */
   private readonly digestsOf = new Map<string, Map<number, string>>();
 
@@ -364,6 +384,7 @@ class Simulation {
     const drawn: ReplicationMode = this.rng.chance(0.5) ? 'rsm' : 'state-transfer';
     this.mode = opts.mode ?? drawn;
     this.bugs = opts.bugs ?? {};
+    this.service = opts.service ?? null;
     this.safetyMs = opts.safetyMs ?? 3000;
     this.livenessMs = opts.livenessMs ?? 4000;
     this.tailMax = opts.traceTailLines ?? 60;
@@ -575,7 +596,7 @@ class Simulation {
   // Replicas
 
   private startNode(id: string, inc: number, delayMs: number): void {
-    const service: Service = new ReplicatedService(createKv(), this.mode);
+    const service: Service = new ReplicatedService(this.machine(), this.mode);
     const replica = createReplica({ ...SIM_CORE, id, nodes: this.nodeIds, bugs: this.bugs }, this.now);
     const digests = new Map<number, string>([[0, service.digest()]]);
     this.digestsOf.set(`${id}#${inc}`, digests);
@@ -723,7 +744,7 @@ class Simulation {
         return;
       }
       case 'installSnapshot': {
-        const service: Service = new ReplicatedService(createKv(), this.mode);
+        const service: Service = new ReplicatedService(this.machine(), this.mode);
         service.restore(a.data);
         node.service = service;
         node.digests.clear();
@@ -781,8 +802,22 @@ class Simulation {
     this.invoke(c);
   }
 
+  private machine(): StateMachine<KvCommand, KvReply, unknown> {
+    return this.service === null ? (createKv() as StateMachine<KvCommand, KvReply, unknown>) : this.service.machine();
+  }
+
   private invoke(c: SimClient): void {
     const r = this.rng;
+    if (this.service !== null) {
+      c.counter++;
+      c.seq++;
+      const command = this.service.command((n) => r.int(0, n - 1), c.id, c.counter);
+      c.pending = { f: 'set', key: command[0] ?? '', value: null, seq: c.seq, invokedAt: this.now, command };
+      this.stats.opsInvoked++;
+      this.trace(`${c.id} invoke ${command.join(' ').slice(0, 80)}`);
+      this.sendRequest(c);
+      return;
+    }
     const appendKey = r.chance(0.35);
     const key = appendKey ? r.pick(APPEND_KEYS) : r.pick(MIXED_KEYS);
     const roll = r.float();
@@ -801,8 +836,8 @@ class Simulation {
 
   private sendRequest(c: SimClient): void {
     const p = c.pending!;
-    const command: KvCommand =
-      p.f === 'get' ? ['GET', p.key] : p.f === 'del' ? ['DEL', p.key] : [p.f === 'set' ? 'SET' : 'APPEND', p.key, p.value!];
+    const command: KvCommand = p.command ??
+      (p.f === 'get' ? ['GET', p.key] : p.f === 'del' ? ['DEL', p.key] : [p.f === 'set' ? 'SET' : 'APPEND', p.key, p.value!]);
     const target = this.nodeIds[c.target]!;
     if (this.nodes.get(target)?.killed) {
       // A killed node's port refuses connections: the client knows at once and tries the next.
@@ -825,6 +860,17 @@ class Simulation {
       return;
     }
     const reply = m.reply;
+    if (p.command !== undefined) {
+      // A service's error replies are its answers (NOFUNDS ...); only the harness's own are failures.
+      if (reply.kind === 'error' && /^ERR internal error/.test(reply.message)) this.fail('client-error', `${c.id} ${p.key}: ${reply.message}`);
+      this.trace(`${c.id} ok ${p.key} ${reply.kind} from ${d.from}`);
+      this.stats.opsCompleted++;
+      this.acked++;
+      c.pending = null;
+      if (this.healed) c.opsAfterHeal++;
+      this.wakeClient(c, this.rng.int(0, 20));
+      return;
+    }
     let value: string | null = null;
     if (reply.kind === 'error') {
       this.fail('client-error', `${c.id} ${p.f} ${p.key}: ${reply.message}`);
@@ -1126,7 +1172,7 @@ class Simulation {
     const v = this.view;
     if (v.primary === null) return;
     const holders = [v.primary, v.backup].filter((id) => id !== null && this.holdsState(this.nodes.get(id)!));
-    const acked = this.history.filter((e) => e.type === 'ok' && e.f !== 'get').length;
+    const acked = this.acked + this.history.filter((e) => e.type === 'ok' && e.f !== 'get').length;
     if (holders.length === 0 && acked > 0) {
       const roles = [...this.nodes.values()].map((n) => `${n.id}:${n.alive ? n.replica.role : 'down'}`).join(' ');
       this.fail('lost-write', `every copy of the state is gone: no live node of ${formatView(v)} holds it (${roles}); ${acked} acknowledged writes lost`);
@@ -1158,6 +1204,7 @@ class Simulation {
 
   /** Append-only keys: every acknowledged append is there exactly once, nothing twice. */
   private checkAppends(): void {
+    if (this.service !== null) return; // kv's APPEND keys; a service module has none
     const primary = [...this.nodes.values()].find((n) => n.alive && n.replica.role === 'primary' && n.replica.view.epoch === this.view.epoch);
     if (!primary) return; // liveness has already failed if this matters
     const written = new Set<string>();
