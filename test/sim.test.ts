@@ -86,6 +86,7 @@ const PLANTED: readonly [keyof PlantedBugs, string][] = [
   ['earlyBackup', 'a recruit made backup before it holds every released entry'],
   ['noRecruitFence', 'a recruit abandoned in handover is not fenced off (it asks to go live forever)'],
   ['haltOnRumour', 'a replica halts on a peer\'s word of a newer epoch, unconfirmed by the arbiter'],
+  ['ackDroppedChunk', 'a recruit acks a snapshot chunk it dropped (its restored state misses a piece)'],
 ];
 
 for (const [bug, what] of PLANTED) {

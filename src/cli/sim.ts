@@ -22,7 +22,7 @@ and that the primary gets a backup again.
   --seed S      the first seed (default 1); with no --seeds, runs that one seed and prints its trace hash
   --mode M      replication mode for every seed (default: drawn per seed)
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
-                noRecruitFence, haltOnRumour
+                noRecruitFence, haltOnRumour, ackDroppedChunk
   --tail LINES  trace lines to print for a failing seed (default 40)
   --history F   write the client history as JSON lines (for lockstep check) to file F: the
                 single seed's, or each failing seed's to F with .seed-N before its extension
@@ -30,7 +30,7 @@ and that the primary gets a backup again.
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
 
-const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour'];
+const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk'];
 
 interface SimArgs {
   readonly first: number;

@@ -16,6 +16,7 @@
 
 import http from 'node:http';
 import {
+  ChunkAssembler,
   NO_VIEW,
   createReplica,
   status as coreStatus,
@@ -84,6 +85,8 @@ export class ReplicaNode implements FrontHost {
   private lastNowMs = 0;
   /** Bumped when this replica halts and starts over as an empty spare. */
   private incarnation = 0;
+  /** A recruit's snapshot chunks, until the last one (the fronts restore a whole snapshot). */
+  private readonly chunks = new ChunkAssembler();
   private stopped = false;
   readonly counters = { viewChanges: 0 };
 
@@ -328,9 +331,11 @@ export class ReplicaNode implements FrontHost {
       case 'apply':
         this.front.apply(a.entries);
         return;
-      case 'installSnapshot':
-        this.front.installSnapshot(a.index, a.data);
+      case 'restoreChunk': {
+        const whole = this.chunks.add(a);
+        if (whole !== null) this.front.installSnapshot(a.index, whole);
         return;
+      }
       case 'takeSnapshot':
         this.input({ type: 'snapshot', index: this.replicaState.lastIndex, data: this.front.takeSnapshot() });
         return;
@@ -376,6 +381,7 @@ export class ReplicaNode implements FrontHost {
   /** Halted: discard the state and come back as an empty spare that may be recruited. */
   private startOver(reason: string): void {
     this.front.reset();
+    this.chunks.clear();
     this.incarnation++;
     this.replicaState = createReplica(this.core, this.nowMs());
     this.log('warn', 'rejoin-as-spare', { reason, incarnation: this.incarnation });

@@ -23,6 +23,7 @@ import {
   AssertionError,
   NO_VIEW,
   canAppend,
+  ChunkAssembler,
   createReplica,
   formatView,
   sameView,
@@ -116,6 +117,10 @@ const SIM_CORE: CoreTiming = {
   frameEntriesMax: 8,
   frameBytesMax: 2048,
   catchupEntriesMax: 4,
+  // Small chunks and a small window: a recruit's snapshot of a few hundred bytes takes many
+  // chunks, several round trips, and chunk-loss faults hit it.
+  snapshotChunkBytes: 48,
+  snapshotWindowChunks: 3,
 };
 const TICK_MS = 10;
 const CLIENT_TIMEOUT_MS = 250;
@@ -230,6 +235,8 @@ interface SimNode {
   nextOutputId: number;
   /** State digest at each log index this incarnation holds. */
   digests: Map<number, string>;
+  /** A recruit's snapshot chunks received so far. */
+  chunks: ChunkAssembler;
 }
 
 interface PendingOp {
@@ -279,8 +286,9 @@ type FaultKind =
  *                   command): nothing it receives is read and its timers fire late; when it
  *                   comes back its timer runs before the messages that waited (as in Node,
  *                   whose timers phase comes before the poll phase).
- *   slow-snapshot   taking and installing a snapshot stall the node for a time proportional
- *                   to the state's size. Unlike other faults, this does not heal.
+ *   slow-snapshot   taking a snapshot stalls the primary for a time proportional to the
+ *                   state's size, restoring each chunk the recruit for a time proportional to
+ *                   the chunk's. Unlike other faults, this does not heal.
  *   kill            a crash with no restart (kill -9 of a node nobody brings back).
  */
 type NewFaultKind = 'stall' | 'slow-snapshot' | 'kill';
@@ -344,6 +352,9 @@ class Simulation {
    */
   private readonly forgeRng: Rng;
   private readonly forgeMeanMs: number | null;
+  /** chunk-loss: the chance that a snapshot chunk is lost (0: none), and its generator. */
+  private readonly chunkLoss: number;
+  private readonly chunkRng: Rng;
   private faultMeanMs = 300;
   /** slow-snapshot: the stall per KiB of snapshot, when taken and when installed. */
   private readonly snapshotMsPerKiB: number;
@@ -383,6 +394,10 @@ class Simulation {
     const forge = this.forgeRng.chance(0.35);
     const forgeMeanMs = this.forgeRng.pick([30, 100, 300]);
     this.forgeMeanMs = (opts.forge ?? forge) ? forgeMeanMs : null;
+    // chunk-loss: the network loses snapshot chunks (alone; a lost chunk is resent) until
+    // the faults heal. A generator of its own, so other draws stay as they were.
+    this.chunkRng = new Rng((opts.seed ^ 0x1b873593) >>> 0);
+    this.chunkLoss = this.chunkRng.chance(0.4) ? this.chunkRng.pick([0.05, 0.2, 0.5]) : 0;
     for (let i = 0; i < (opts.clients ?? 5); i++) {
       this.clients.push({ id: `c${i}`, process: i, seq: 0, pending: null, target: i % n, token: 0, opsAfterHeal: 0, done: false, counter: 0 });
     }
@@ -392,7 +407,8 @@ class Simulation {
     const snap = this.snapshotMsPerKiB > 0 ? ` slow-snapshot=${this.snapshotMsPerKiB}ms/KiB` : '';
     const size = this.nodeIds.length !== 4 ? ` nodes=${this.nodeIds.length}` : '';
     const forge = this.forgeMeanMs !== null ? ` forge=${this.forgeMeanMs}ms` : '';
-    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}`);
+    const loss = this.chunkLoss > 0 ? ` chunk-loss=${this.chunkLoss}` : '';
+    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}${loss}`);
     if (this.forgeMeanMs !== null) this.q.push(100 + this.forgeRng.exp(this.forgeMeanMs), { k: 'forge' });
     for (const id of this.nodeIds) this.startNode(id, 0, this.rng.int(0, 30));
     for (const c of this.clients) this.wakeClient(c, 50 + this.rng.int(0, 50));
@@ -418,7 +434,7 @@ class Simulation {
       failures: this.failures,
       traceHash: this.hash.hex(),
       traceTail: this.tail.slice(),
-      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : [])],
+      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : [])],
       history: this.history,
       stats: { ...this.stats, events: this.events, views: this.views.length, simMs: Math.round(this.now) },
     };
@@ -509,6 +525,10 @@ class Simulation {
 
   private send(from: string, fromInc: number, to: string, msg: NetMsg): void {
     if ((this.blocked.get(this.connKey(from, to)) ?? 0) > 0) return;
+    if (msg.t === 'peer' && msg.msg.type === 'chunk' && !this.healed && this.chunkLoss > 0 && this.chunkRng.chance(this.chunkLoss)) {
+      this.trace(`lose ${from}>${to} chunk ${msg.msg.chunk} of the snapshot at ${msg.msg.index}`);
+      return;
+    }
     const c = this.conn(from, to);
     const r = this.netRng;
     let delay = 0.2 + r.exp(1.5);
@@ -593,6 +613,7 @@ class Simulation {
       backlog: [],
       nextOutputId: 1,
       digests,
+      chunks: new ChunkAssembler(),
     };
     this.nodes.set(id, node);
     this.trace(`start ${id}#${inc}`);
@@ -713,7 +734,13 @@ class Simulation {
       case 'apply': {
         const ref = source ? this.digestsOf.get(`${source.node}#${source.inc}`) : undefined;
         for (const e of a.entries) {
-          node.service.applyEntry(e.payload);
+          try {
+            node.service.applyEntry(e.payload);
+          } catch (err) {
+            // Only a state that already diverged refuses an entry its primary applied.
+            this.fail('divergence', `${node.id} could not apply ${e.index}: ${err instanceof Error ? err.message : String(err)}`);
+            return;
+          }
           const d = node.service.digest();
           node.digests.set(e.index, d);
           const want = ref?.get(e.index);
@@ -722,16 +749,24 @@ class Simulation {
         }
         return;
       }
-      case 'installSnapshot': {
+      case 'restoreChunk': {
+        // The recruit restores chunk by chunk: each costs time in proportion to its size.
+        this.snapshotStall(node, a.data.length, 'install');
+        const data = node.chunks.add(a);
+        if (data === null) return;
         const service: Service = new ReplicatedService(createKv(), this.mode);
-        service.restore(a.data);
+        try {
+          service.restore(data);
+        } catch (e) {
+          this.fail('divergence', `${node.id} snapshot at ${a.index} does not restore: ${e instanceof Error ? e.message : String(e)}`);
+          return;
+        }
         node.service = service;
         node.digests.clear();
         node.digests.set(a.index, service.digest());
         const want = source ? this.digestsOf.get(`${source.node}#${source.inc}`)?.get(a.index) : undefined;
         if (want !== service.digest()) this.fail('divergence', `${node.id} snapshot at ${a.index} differs from ${source?.node}'s state`);
         this.stats.recruits++;
-        this.snapshotStall(node, a.data.length, 'install');
         return;
       }
       case 'takeSnapshot': {
@@ -1185,8 +1220,10 @@ function describe(m: PeerMessage): string {
   switch (m.type) {
     case 'frame':
       return `frame e${m.view.epoch} s${m.seq} prev=${m.prevIndex} n=${m.payloads.length}${m.pendingView ? ' handover' : ''}`;
-    case 'snapshot':
-      return `snapshot e${m.view.epoch} s${m.seq} at=${m.index}`;
+    case 'chunk':
+      return `chunk e${m.view.epoch} s${m.seq} at=${m.index} #${m.chunk}${m.last ? ' last' : ''} ${m.data.length}B`;
+    case 'chunkAck':
+      return `chunkAck e${m.epoch} s${m.seq} at=${m.index} held=${m.chunks}${m.gap ? ' gap' : ''}`;
     case 'ack':
       return `ack e${m.epoch} s${m.seq} idx=${m.ackedIndex}${m.gap ? ' gap' : ''}`;
     case 'refuse':
