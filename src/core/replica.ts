@@ -89,6 +89,8 @@ interface Follower {
    * abandoned only after failureTimeoutMs without progress, however big the snapshot.
    */
   progressMs: number;
+  /** Recruits: the longest wait between two steps of progress during the snapshot. */
+  progressGapMaxMs: number;
 }
 
 interface Held {
@@ -167,6 +169,14 @@ export interface Replica {
   freshSeqWanted: number;
   /** The recruit a takeSnapshot was asked for. */
   snapshotFor: NodeId | null;
+  /**
+   * How long a recruit receiving its snapshot may go without progress (a new chunk or entry
+   * acked). failureTimeoutMs at first; a link slower than that (a long round trip) would
+   * never get a recruit through, so this doubles each time a recruit is abandoned for want
+   * of progress (up to RECRUIT_PATIENCE_MAX failure timeouts), and is set to twice the
+   * longest wait seen when a snapshot completes.
+   */
+  recruitPatienceMs: number;
 
   // Backup and recruit.
   following: Following | null;
@@ -185,6 +195,9 @@ export interface Replica {
   lastReadMs: number;
   nextRequestId: number;
 }
+
+/** The recruit patience grows up to this many failure timeouts. */
+export const RECRUIT_PATIENCE_MAX = 64;
 
 export function createReplica(config: CoreConfig, nowMs: number): Replica {
   assert(config.nodes.includes(config.id), `config.nodes must include this node (${config.id})`);
@@ -207,6 +220,7 @@ export function createReplica(config: CoreConfig, nowMs: number): Replica {
     releasedIndexMax: 0,
     freshSeqWanted: 0,
     snapshotFor: null,
+    recruitPatienceMs: config.failureTimeoutMs,
     following: null,
     lastJoinMs: -Infinity,
     lastTickMs: nowMs,
@@ -595,13 +609,14 @@ function onTick(r: Replica, out: Action[]): void {
         // acked), not by acks: it may ack heartbeats forever without restoring anything.
         const snapshotting = f.kind === 'recruit' && f.phase === 'snapshot';
         const silentMs = snapshotting ? now - f.progressMs : now - f.lastAckMs;
-        if (silentMs >= c.failureTimeoutMs) {
+        if (silentMs >= (snapshotting ? r.recruitPatienceMs : c.failureTimeoutMs)) {
           if (f.kind === 'backup') {
             if (r.cas === null) {
               log(out, 'warn', 'suspect', { peer: f.id, role: 'backup', silentMs });
               startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: c.id, backup: null });
             }
           } else if (r.cas?.purpose !== 'addBackup') {
+            if (snapshotting) r.recruitPatienceMs = Math.min(2 * r.recruitPatienceMs, RECRUIT_PATIENCE_MAX * c.failureTimeoutMs);
             const what = snapshotting ? `no progress for ${silentMs} ms (${f.chunksAcked} of ${f.chunks.length} chunks acked)` : `no ack for ${silentMs} ms`;
             abandonRecruit(r, out, f, what);
           }
@@ -830,7 +845,7 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
   if (m.ackedIndex > f.ackedIndex) {
     f.ackedIndex = m.ackedIndex;
     f.lastProgressMs = r.nowMs;
-    f.progressMs = r.nowMs;
+    progress(r, f);
   }
   if (f.kind === 'recruit' && f.chunks.length > 0 && f.ackedIndex >= f.snapshotIndex && !snapshotDone(f)) {
     // It acked an entry after the snapshot: it holds every chunk (their acks were lost).
@@ -888,6 +903,7 @@ function startRecruit(r: Replica, out: Action[], id: NodeId): void {
     chunkRewindSeq: 0,
     chunkResendMs: r.nowMs,
     progressMs: r.nowMs,
+    progressGapMaxMs: 0,
   });
   r.snapshotFor = id;
   log(out, 'info', 'recruit-start', { recruit: id, snapshotIndex: r.lastIndex, epoch: r.view.epoch });
@@ -955,7 +971,7 @@ function onChunkAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMess
   if (m.chunks > f.chunksAcked) {
     f.chunksAcked = m.chunks;
     f.chunkResendMs = r.nowMs;
-    f.progressMs = r.nowMs;
+    progress(r, f);
   }
   if (m.gap && m.seq >= f.chunkRewindSeq && f.nextChunk > f.chunksAcked) rewindChunks(r, f);
   if (snapshotDone(f) && f.ackedIndex < f.snapshotIndex) f.ackedIndex = f.snapshotIndex;
@@ -963,6 +979,11 @@ function onChunkAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMess
   advanceRecruit(r, out, f);
   tryRelease(r, out);
   trimLog(r);
+}
+
+function progress(r: Replica, f: Follower): void {
+  f.progressGapMaxMs = Math.max(f.progressGapMaxMs, r.nowMs - f.progressMs);
+  f.progressMs = r.nowMs;
 }
 
 function rewindChunks(r: Replica, f: Follower): void {
@@ -975,6 +996,8 @@ function advanceRecruit(r: Replica, out: Action[], f: Follower): void {
   if (f.phase === 'snapshot' && snapshotDone(f) && f.ackedIndex >= f.snapshotIndex) {
     f.phase = 'catchup';
     const roundTripMs = r.nowMs - f.snapshotSentMs;
+    const max = RECRUIT_PATIENCE_MAX * r.config.failureTimeoutMs;
+    r.recruitPatienceMs = Math.min(Math.max(r.config.failureTimeoutMs, 2 * f.progressGapMaxMs), max);
     log(out, 'info', 'recruit-catchup', { recruit: f.id, ackedIndex: f.ackedIndex, lastIndex: r.lastIndex, chunks: f.chunks.length, snapshotRoundTripMs: roundTripMs });
   }
   if (f.phase === 'catchup' && r.lastIndex - f.ackedIndex <= r.config.catchupEntriesMax && r.cas === null) {

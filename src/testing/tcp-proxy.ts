@@ -21,6 +21,13 @@ export class TcpProxy {
    * it with `reset()` (or `heal()`), so no chunk overtakes one still held.
    */
   delayToTargetMs = 0;
+  /**
+   * Deterministic loss: once this many more bytes went towards the target, the data read
+   * then is dropped and every proxied connection is broken off (what was in flight is lost;
+   * the nodes dial again). Fires once, then goes back to null; `breaks` counts the firings.
+   */
+  breakAfterToTargetBytes: number | null = null;
+  breaks = 0;
   /** Bytes dropped by `cut`, per direction (a test can check that a cut really cut). */
   readonly dropped = { toTarget: 0, fromTarget: 0 };
   private stopping = false;
@@ -63,8 +70,21 @@ export class TcpProxy {
       this.pairs.delete(pair);
     };
     const toTarget = (d: Buffer): void => {
-      if (this.cut === 'both' || this.cut === 'to-target') this.dropped.toTarget += d.length;
-      else if (!upstream.destroyed) upstream.write(d);
+      if (this.cut === 'both' || this.cut === 'to-target') {
+        this.dropped.toTarget += d.length;
+        return;
+      }
+      if (this.breakAfterToTargetBytes !== null) {
+        this.breakAfterToTargetBytes -= d.length;
+        if (this.breakAfterToTargetBytes <= 0) {
+          this.breakAfterToTargetBytes = null;
+          this.breaks++;
+          this.dropped.toTarget += d.length;
+          this.reset();
+          return;
+        }
+      }
+      if (!upstream.destroyed) upstream.write(d);
     };
     // A cut made while chunks are held drops them too: they were still "on the wire".
     client.on('data', (d) => (this.delayToTargetMs > 0 ? setTimeout(() => toTarget(d), this.delayToTargetMs) : toTarget(d)));
