@@ -74,8 +74,15 @@ interface Follower {
   snapshotSentMs: number;
   /** Recruits: acks of frames sent before this seq are from an earlier attempt and ignored. */
   startSeq: number;
-  /** Recruits: the snapshot's chunks (views of the driver's bytes), empty until it is taken. */
+  /**
+   * Recruits: the snapshot's chunks (views of the driver's bytes), as far as the driver has
+   * produced them; acked ones are let go (replaced by an empty array).
+   */
   chunks: Uint8Array[];
+  /** Recruits: the driver gave the last chunk. */
+  sealed: boolean;
+  /** Recruits: the snapshot's bytes so far, for the logs. */
+  snapshotBytes: number;
   /** Recruits: the next chunk to send. */
   nextChunk: number;
   /** Recruits: how many leading chunks the recruit acked (cumulative). */
@@ -325,6 +332,9 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
       break;
     case 'snapshot':
       onSnapshotTaken(r, out, input.index, input.data);
+      break;
+    case 'snapshotChunk':
+      onSnapshotChunk(r, out, input.index, input.data, input.last);
       break;
     case 'flush':
       if (r.role === 'primary') sendFrames(r, out);
@@ -847,7 +857,7 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
     f.lastProgressMs = r.nowMs;
     progress(r, f);
   }
-  if (f.kind === 'recruit' && f.chunks.length > 0 && f.ackedIndex >= f.snapshotIndex && !snapshotDone(f)) {
+  if (f.kind === 'recruit' && f.sealed && f.ackedIndex >= f.snapshotIndex && !snapshotDone(f)) {
     // It acked an entry after the snapshot: it holds every chunk (their acks were lost).
     f.chunksAcked = f.nextChunk = f.chunks.length;
   }
@@ -898,6 +908,8 @@ function startRecruit(r: Replica, out: Action[], id: NodeId): void {
     snapshotSentMs: r.nowMs,
     startSeq: r.frameSeq + 1,
     chunks: [],
+    sealed: false,
+    snapshotBytes: 0,
     nextChunk: 0,
     chunksAcked: 0,
     chunkRewindSeq: 0,
@@ -910,23 +922,52 @@ function startRecruit(r: Replica, out: Action[], id: NodeId): void {
   out.push({ type: 'takeSnapshot' });
 }
 
+/**
+ * The driver streams the snapshot of the recruit `snapshotFor`: how many more chunks it may
+ * produce now (0: none, or the recruit is gone: then it drops its stream). The primary keeps
+ * at most two windows of chunks not yet acked, so its extra memory stays bounded.
+ */
+export function snapshotChunksWanted(r: Replica): number {
+  const f = r.snapshotFor === null ? undefined : r.followers.get(r.snapshotFor);
+  if (r.role !== 'primary' || f === undefined || f.sealed) return 0;
+  const window = Math.max(1, r.config.snapshotWindowChunks ?? DEFAULT_SNAPSHOT_WINDOW_CHUNKS);
+  return Math.max(0, 2 * window - (f.chunks.length - f.chunksAcked));
+}
+
+/** The whole snapshot at once: cut into chunks of snapshotChunkBytes (views, no copy). */
 function onSnapshotTaken(r: Replica, out: Action[], index: number, data: Uint8Array): void {
-  const id = r.snapshotFor;
-  r.snapshotFor = null;
-  const f = id === null ? undefined : r.followers.get(id);
-  assert(r.role === 'primary' && f !== undefined, 'a snapshot that nobody asked for');
-  assert(index === f.snapshotIndex && index === r.lastIndex, `snapshot at ${index}, asked at ${f.snapshotIndex}`);
   const size = Math.max(1, r.config.snapshotChunkBytes ?? DEFAULT_SNAPSHOT_CHUNK_BYTES);
-  // Views, not copies: the driver hands the snapshot over and never changes it.
-  for (let at = 0; at < data.length || f.chunks.length === 0; at += size) f.chunks.push(data.subarray(at, at + size));
-  // The recruit's silence counts from now: taking the snapshot may have blocked us for long.
-  f.snapshotSentMs = r.nowMs;
-  f.lastAckMs = r.nowMs;
-  f.lastProgressMs = r.nowMs;
-  f.chunkResendMs = r.nowMs;
-  f.progressMs = r.nowMs;
-  log(out, 'info', 'recruit-snapshot-taken', { recruit: f.id, index, bytes: data.length, chunks: f.chunks.length });
+  for (let at = 0; at === 0 || at < data.length; at += size) {
+    onSnapshotChunk(r, out, index, data.subarray(at, at + size), at + size >= data.length);
+  }
+}
+
+/** A chunk of the recruit's snapshot, from the driver (in order; `last` on the final one). */
+function onSnapshotChunk(r: Replica, out: Action[], index: number, data: Uint8Array, last: boolean): void {
+  const f = r.snapshotFor === null ? undefined : r.followers.get(r.snapshotFor);
+  if (r.role !== 'primary' || f === undefined || f.sealed) {
+    log(out, 'info', 'ignoring', { reason: 'a snapshot chunk for no recruit (it was abandoned)', index });
+    return;
+  }
+  assert(index === f.snapshotIndex, `snapshot at ${index}, asked at ${f.snapshotIndex}`);
+  // Views, not copies: the driver hands the bytes over and never changes them.
+  f.chunks.push(data);
+  f.snapshotBytes += data.length;
+  if (f.chunks.length === 1) {
+    // The recruit's silence counts from now: taking the snapshot may have blocked us for long.
+    f.snapshotSentMs = r.nowMs;
+    f.lastAckMs = r.nowMs;
+    f.lastProgressMs = r.nowMs;
+    f.chunkResendMs = r.nowMs;
+    f.progressMs = r.nowMs;
+  }
+  if (last) {
+    f.sealed = true;
+    r.snapshotFor = null;
+    log(out, 'info', 'recruit-snapshot-taken', { recruit: f.id, index, bytes: f.snapshotBytes, chunks: f.chunks.length });
+  }
   sendChunks(r, out, f);
+  if (f.chunks.length > 1) return;
   if (r.config.bugs?.earlyBackup && r.cas === null) {
     // PLANTED BUG: hand over at once, without waiting for the recruit to hold what was released.
     f.phase = 'handover';
@@ -941,7 +982,7 @@ function sendChunks(r: Replica, out: Action[], f: Follower): void {
     const data = f.chunks[f.nextChunk];
     assert(data !== undefined, 'snapshot chunk in range');
     const seq = ++r.frameSeq;
-    const last = f.nextChunk === f.chunks.length - 1;
+    const last = f.sealed && f.nextChunk === f.chunks.length - 1;
     out.push({ type: 'send', to: f.id, msg: { type: 'chunk', view: r.view, seq, index: f.snapshotIndex, chunk: f.nextChunk, last, data } });
     f.nextChunk++;
     f.sentSeq = seq;
@@ -950,8 +991,10 @@ function sendChunks(r: Replica, out: Action[], f: Follower): void {
 }
 
 /** The recruit holds every chunk: entries after the snapshot index follow. */
+const ACKED_CHUNK = new Uint8Array(0);
+
 function snapshotDone(f: Follower): boolean {
-  return f.chunks.length > 0 && f.chunksAcked === f.chunks.length;
+  return f.sealed && f.chunksAcked === f.chunks.length;
 }
 
 function onChunkAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'chunkAck' }>): void {
@@ -969,6 +1012,7 @@ function onChunkAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMess
   if (m.chunks < f.chunksAcked) return abandonRecruit(r, out, f, `it lost chunks it had acked (${m.chunks} < ${f.chunksAcked}): it restarted`);
   f.lastAckMs = r.nowMs;
   if (m.chunks > f.chunksAcked) {
+    for (let i = f.chunksAcked; i < m.chunks; i++) f.chunks[i] = ACKED_CHUNK; // let it go
     f.chunksAcked = m.chunks;
     f.chunkResendMs = r.nowMs;
     progress(r, f);
@@ -1121,9 +1165,8 @@ function sendFrames(r: Replica, out: Action[]): void {
   const c = r.config;
   for (const f of r.followers.values()) {
     if (f.kind === 'recruit' && f.phase === 'snapshot') {
-      if (f.chunks.length === 0) continue; // the snapshot is being taken
       sendChunks(r, out, f);
-      if (f.nextChunk < f.chunks.length) {
+      if (!f.sealed || f.nextChunk < f.chunks.length) {
         // Entries go behind the last chunk; until then only heartbeats (the recruit acks
         // them, so it is heard even while the window is shut).
         if (r.nowMs - f.lastSendMs >= c.heartbeatMs) sendFrame(r, out, f, []);

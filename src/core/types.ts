@@ -183,8 +183,14 @@ export type Input =
    * appending): it also waits for the ack of a frame sent after it was produced.
    */
   | { readonly type: 'hold'; readonly outputId: number; readonly fresh: boolean }
-  /** The answer to takeSnapshot: the guest state at `index` (= the last index appended). */
+  /** The answer to takeSnapshot: the guest state at `index` (= the last index appended), whole. */
   | { readonly type: 'snapshot'; readonly index: number; readonly data: Uint8Array }
+  /**
+   * Or the answer to takeSnapshot in pieces: the driver began a snapshot stream consistent at
+   * `index` before any other input, and gives its chunks in order as `snapshotChunksWanted`
+   * allows, while appends go on; `last` on the final one. Each is sent as one chunk.
+   */
+  | { readonly type: 'snapshotChunk'; readonly index: number; readonly data: Uint8Array; readonly last: boolean }
   /** The end of a batch of inputs: send what is pending (frames are coalesced until then). */
   | { readonly type: 'flush' };
 
@@ -217,7 +223,10 @@ export type Action =
    * at `index`. Chunks arrive one at a time so the recruit can restore incrementally.
    */
   | { readonly type: 'restoreChunk'; readonly index: number; readonly chunk: number; readonly last: boolean; readonly data: Uint8Array }
-  /** Primary: take a snapshot of the guest now and give it back as a `snapshot` input, before any other input. */
+  /**
+   * Primary: take a snapshot of the guest now and give it back as a `snapshot` input, before
+   * any other input; or start a snapshot stream now and give it as `snapshotChunk` inputs.
+   */
   | { readonly type: 'takeSnapshot' }
   /** The role or view changed. On 'primary' a follower's guest goes live; on 'halted' the driver discards this replica (it may rejoin later as a fresh spare). */
   | { readonly type: 'role'; readonly role: Role; readonly view: View; readonly reason: string }

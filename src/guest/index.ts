@@ -6,3 +6,4 @@ export * from './types.js';
 export * from './bytes.js';
 export * from './kv.js';
 export * from './replicated.js';
+export * from './snapshot-stream.js';
