@@ -4,7 +4,9 @@
 // client writes every 5 ms and /status of the primary is polled every 20 ms, first for a
 // baseline window with the backup alive, then from kill -9 of the backup until the spare is
 // the backup and caught up. Reported per mode: the longest write (a write's latency, i.e. the
-// stall a client sees) and the longest /status answer, baseline vs recruit; the time from the
+// stall a client sees) in the baseline, from the kill on (it includes the failure timeout the
+// primary waits before dropping the dead backup), and during the recruit proper (writes issued
+// after the drop), and the longest /status answer, baseline vs recruit; the time from the
 // kill to a backup in the view; the primary's peak RSS during the recruit against its RSS
 // before and the state's size (usedMemoryBytes). Prints JSON lines on stdout, progress on
 // stderr. Needs a build. Usage: node bench/recruit.mjs [--keys N] [--modes rsm,state-transfer]
@@ -23,7 +25,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (s) => process.stderr.write(`${new Date().toISOString()} ${s}\n`);
 
 async function load(host, port) {
-  const redis = new Redis({ host, port, maxRetriesPerRequest: 0 });
+  const redis = new Redis({ host, port, maxRetriesPerRequest: 50 });
+  await redis.ping();
   const value = '0123456789abcdef';
   for (let at = 0; at < KEYS; at += 10_000) {
     const p = redis.pipeline();
@@ -41,7 +44,7 @@ function window() {
 }
 
 async function once(mode) {
-  const cluster = await ProcessCluster.start({ nodes: 3, mode, heartbeatMs: 50, failureTimeoutMs: 500, extra: { maxmemory: 8 * 1024 * 1024 * 1024 } });
+  const cluster = await ProcessCluster.start({ nodes: 3, mode, heartbeatMs: 50, failureTimeoutMs: 500 });
   try {
     const primary = await cluster.primary();
     const backupId = primary.view.backup;
@@ -53,6 +56,8 @@ async function once(mode) {
     const before = await cluster.status(primary.id);
     let w = window();
     let stopping = false;
+    let droppedAt = null;
+    let recruitWriteMaxMs = 0;
     const writer = (async () => {
       const redis = new Redis({ host: n.client.host, port: n.client.port, maxRetriesPerRequest: 0 });
       for (let i = 0; !stopping; i++) {
@@ -60,6 +65,9 @@ async function once(mode) {
         await redis.set(`w:${i % 1000}`, 'x'.repeat(16));
         const ms = performance.now() - s;
         w.writeMaxMs = Math.max(w.writeMaxMs, ms);
+        // The recruit proper: writes issued once the dead backup was dropped from the view
+        // (before that, writes wait out the failure timeout, as in any primary/backup).
+        if (droppedAt !== null && s >= droppedAt) recruitWriteMaxMs = Math.max(recruitWriteMaxMs, ms);
         w.writes++;
         await sleep(5);
       }
@@ -84,6 +92,7 @@ async function once(mode) {
     const deadline = Date.now() + 300_000;
     while (Date.now() < deadline) {
       const st = await cluster.status(primary.id);
+      if (droppedAt === null && st?.view.backup === null) droppedAt = performance.now();
       if (st?.view.backup === spareId) {
         backupMs = performance.now() - killedAt;
         break;
@@ -100,7 +109,9 @@ async function once(mode) {
       keys: KEYS,
       stateBytes: before.usedMemoryBytes,
       backupAgainMs: backupMs === null ? null : Math.round(backupMs),
-      writeMaxMs: { baseline: Math.round(baseline.writeMaxMs), recruit: Math.round(w.writeMaxMs) },
+      droppedBackupMs: droppedAt === null ? null : Math.round(droppedAt - killedAt),
+      backupAgainAfterDropMs: backupMs === null || droppedAt === null ? null : Math.round(killedAt + backupMs - droppedAt),
+      writeMaxMs: { baseline: Math.round(baseline.writeMaxMs), killToBackup: Math.round(w.writeMaxMs), recruit: Math.round(recruitWriteMaxMs) },
       statusMaxMs: { baseline: Math.round(baseline.statusMaxMs), recruit: Math.round(w.statusMaxMs) },
       writes: { baseline: baseline.writes, recruit: w.writes },
       primaryRssMB: { before: Math.round(before.rssBytes / 2 ** 20), baselinePeak: Math.round(baseline.rssPeak / 2 ** 20), recruitPeak: Math.round(w.rssPeak / 2 ** 20) },

@@ -132,14 +132,14 @@ export interface CoreTiming {
   readonly frameBytesMax: number;
   /** A recruit this close (in entries) to the primary's log starts the handover. */
   readonly catchupEntriesMax: number;
-  /** A snapshot goes to a recruit in chunks of at most this many bytes (default 256 KiB). */
+  /** A snapshot goes to a recruit in chunks of at most this many bytes (default 64 KiB). */
   readonly snapshotChunkBytes?: number;
-  /** At most this many snapshot chunks sent and not yet acked by the recruit (default 16). */
+  /** At most this many snapshot chunks sent and not yet acked by the recruit (default 32). */
   readonly snapshotWindowChunks?: number;
 }
 
-export const DEFAULT_SNAPSHOT_CHUNK_BYTES = 256 * 1024;
-export const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 16;
+export const DEFAULT_SNAPSHOT_CHUNK_BYTES = 64 * 1024;
+export const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 32;
 
 export interface CoreConfig extends CoreTiming {
   readonly id: NodeId;
