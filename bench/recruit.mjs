@@ -28,11 +28,12 @@ async function load(host, port) {
   const redis = new Redis({ host, port, maxRetriesPerRequest: 50 });
   await redis.ping();
   const value = '0123456789abcdef';
-  for (let at = 0; at < KEYS; at += 10_000) {
+  for (let at = 0; at < KEYS; at += 2_000) {
     const p = redis.pipeline();
-    for (let i = at; i < Math.min(KEYS, at + 10_000); i++) p.set(`key:${i}`, value);
+    for (let i = at; i < Math.min(KEYS, at + 2_000); i++) p.set(`key:${i}`, value);
     const res = await p.exec();
-    if (res.some(([e]) => e)) throw new Error(`load failed at ${at}`);
+    const bad = res.find(([e]) => e);
+    if (bad) throw new Error(`load failed at ${at}: ${bad[0].message}`);
     if (at % 200_000 === 0) log(`loaded ${at}`);
   }
   redis.disconnect();
