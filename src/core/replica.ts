@@ -857,8 +857,9 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
     f.lastProgressMs = r.nowMs;
     progress(r, f);
   }
-  if (f.kind === 'recruit' && f.sealed && f.ackedIndex >= f.snapshotIndex && !snapshotDone(f)) {
-    // It acked an entry after the snapshot: it holds every chunk (their acks were lost).
+  if (f.kind === 'recruit' && f.sealed && !m.gap && m.ackedIndex >= f.snapshotIndex && !snapshotDone(f)) {
+    // It took a frame (a recruit still restoring acks every frame with a gap): it holds every
+    // chunk, and their acks were lost.
     f.chunksAcked = f.nextChunk = f.chunks.length;
   }
   if (m.gap && m.seq >= f.rewindSeq) rewind(r, f, Math.max(f.ackedIndex, f.snapshotIndex) + 1);

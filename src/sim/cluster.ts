@@ -23,8 +23,8 @@ import {
   AssertionError,
   NO_VIEW,
   canAppend,
-  ChunkAssembler,
   createReplica,
+  snapshotChunksWanted,
   formatView,
   sameView,
   step,
@@ -36,7 +36,7 @@ import {
   type Replica,
   type View,
 } from '../core/index.js';
-import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply, type ReplicationMode } from '../guest/index.js';
+import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply, type ReplicationMode, type RestoreStream, type SnapshotStream } from '../guest/index.js';
 import type { HistoryEvent, OpF } from './history.js';
 import { checkHistory } from './linearizability.js';
 import { Rng, TraceHash } from './rng.js';
@@ -235,8 +235,10 @@ interface SimNode {
   nextOutputId: number;
   /** State digest at each log index this incarnation holds. */
   digests: Map<number, string>;
-  /** A recruit's snapshot chunks received so far. */
-  chunks: ChunkAssembler;
+  /** A recruit's snapshot being restored chunk by chunk, into a fresh service. */
+  restoring: { readonly service: Service; readonly stream: RestoreStream } | null;
+  /** A primary's snapshot stream being fed to its core (copy-on-write while it serves). */
+  producing: { readonly index: number; readonly stream: SnapshotStream; ahead: Uint8Array | null } | null;
 }
 
 interface PendingOp {
@@ -286,9 +288,9 @@ type FaultKind =
  *                   command): nothing it receives is read and its timers fire late; when it
  *                   comes back its timer runs before the messages that waited (as in Node,
  *                   whose timers phase comes before the poll phase).
- *   slow-snapshot   taking a snapshot stalls the primary for a time proportional to the
- *                   state's size, restoring each chunk the recruit for a time proportional to
- *                   the chunk's. Unlike other faults, this does not heal.
+ *   slow-snapshot   taking each snapshot chunk stalls the primary, restoring it the recruit,
+ *                   for a time proportional to the chunk's size (up to a tenth of the failure
+ *                   timeout: a slice). Unlike other faults, this does not heal.
  *   kill            a crash with no restart (kill -9 of a node nobody brings back).
  */
 type NewFaultKind = 'stall' | 'slow-snapshot' | 'kill';
@@ -467,7 +469,10 @@ class Simulation {
         const node = this.nodes.get(ev.node);
         if (!node || node.inc !== ev.inc || !node.alive) return;
         this.q.push(this.now + TICK_MS, ev);
-        if (!node.paused && this.now >= node.busyUntil) this.stepNode(node, { type: 'tick' }, this.now, null);
+        if (!node.paused && this.now >= node.busyUntil) {
+          this.stepNode(node, { type: 'tick' }, this.now, null);
+          this.pumpSnapshot(node, 1);
+        }
         return;
       }
       case 'arbiter':
@@ -613,7 +618,8 @@ class Simulation {
       backlog: [],
       nextOutputId: 1,
       digests,
-      chunks: new ChunkAssembler(),
+      restoring: null,
+      producing: null,
     };
     this.nodes.set(id, node);
     this.trace(`start ${id}#${inc}`);
@@ -750,14 +756,21 @@ class Simulation {
         return;
       }
       case 'restoreChunk': {
-        // The recruit restores chunk by chunk: each costs time in proportion to its size.
+        // The recruit restores chunk by chunk (as the node's kv front does): each costs time
+        // in proportion to its size.
         this.snapshotStall(node, a.data.length, 'install');
-        const data = node.chunks.add(a);
-        if (data === null) return;
-        const service: Service = new ReplicatedService(createKv(), this.mode);
+        if (a.chunk === 0 || node.restoring === null) {
+          const fresh: Service = new ReplicatedService(createKv(), this.mode);
+          node.restoring = { service: fresh, stream: fresh.restoreStream() };
+        }
+        const { service, stream } = node.restoring;
         try {
-          service.restore(data);
+          stream.add(a.data);
+          if (!a.last) return;
+          node.restoring = null;
+          stream.finish();
         } catch (e) {
+          node.restoring = null;
           this.fail('divergence', `${node.id} snapshot at ${a.index} does not restore: ${e instanceof Error ? e.message : String(e)}`);
           return;
         }
@@ -770,9 +783,12 @@ class Simulation {
         return;
       }
       case 'takeSnapshot': {
-        const data = node.service.snapshot();
-        this.snapshotStall(node, data.length, 'take');
-        this.stepNode(node, { type: 'snapshot', index: node.replica.lastIndex, data }, authorityAt, source);
+        // A snapshot stream (copy-on-write), begun now and fed to the core a few chunks per
+        // tick while the node keeps serving, as the node driver does.
+        node.producing?.stream.close();
+        const stream = node.service.snapshotStream();
+        node.producing = { index: node.replica.lastIndex, stream, ahead: stream.next(SIM_CORE.snapshotChunkBytes ?? 48) };
+        this.pumpSnapshot(node, 1);
         return;
       }
       case 'role':
@@ -1059,8 +1075,33 @@ class Simulation {
     this.q.push(node.busyUntil, { k: 'unstall', node: node.id, inc: node.inc });
   }
 
+  /** Feed up to `max` chunks of the node's snapshot stream to its core, as its window allows. */
+  private pumpSnapshot(node: SimNode, max: number): void {
+    for (let n = 0; n < max && node.producing !== null && node.alive; n++) {
+      const p = node.producing;
+      if (node.replica.snapshotFor === null || node.replica.role !== 'primary') {
+        p.stream.close(); // the recruit was abandoned
+        node.producing = null;
+        return;
+      }
+      if (snapshotChunksWanted(node.replica) === 0) return;
+      const data = p.ahead ?? new Uint8Array(0);
+      p.ahead = p.ahead === null ? null : p.stream.next(SIM_CORE.snapshotChunkBytes ?? 48);
+      const last = p.ahead === null;
+      if (last) node.producing = null;
+      this.snapshotStall(node, data.length, 'take');
+      this.stepNode(node, { type: 'snapshotChunk', index: p.index, data, last }, this.now, null);
+    }
+  }
+
+  /**
+   * A snapshot chunk costs time in proportion to its size, up to a tenth of the failure
+   * timeout: a driver streams a snapshot in slices that short (the node: 4 ms per event-loop
+   * turn plus one 64 KiB piece, against a 500 ms timeout).
+   */
   private snapshotStall(node: SimNode, bytes: number, what: 'take' | 'install'): void {
-    if (this.snapshotMsPerKiB > 0) this.stall(node, (bytes / 1024) * this.snapshotMsPerKiB, `${what} a snapshot of ${bytes} bytes`);
+    const ms = Math.min((bytes / 1024) * this.snapshotMsPerKiB, SIM_CORE.failureTimeoutMs / 10);
+    if (ms > 0) this.stall(node, ms, `${what} a snapshot chunk of ${bytes} bytes`);
   }
 
   /**
