@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_TIMING } from '../src/core/types.js';
+import { DEFAULT_SNAPSHOT_CHUNK_BYTES, DEFAULT_SNAPSHOT_WINDOW_CHUNKS, DEFAULT_TIMING } from '../src/core/types.js';
 import { isLockstepError } from '../src/errors.js';
 import { coreConfigFor, formatAddress, loadConfig, nodeOf, parseConfig } from '../src/node/config.js';
 import { validConfig } from '../src/testing/config-fixture.js';
@@ -86,6 +86,7 @@ test('nodeOf and coreConfigFor', () => {
     id: 'n2', nodes: ['n1', 'n2', 'n3'], heartbeatMs: 50, failureTimeoutMs: 500, retransmitMs: 150, arbiterRetryMs: 250, joinIntervalMs: 200,
     unackedEntriesMax: DEFAULT_TIMING.unackedEntriesMax, unackedBytesMax: DEFAULT_TIMING.unackedBytesMax,
     frameEntriesMax: DEFAULT_TIMING.frameEntriesMax, frameBytesMax: DEFAULT_TIMING.frameBytesMax, catchupEntriesMax: DEFAULT_TIMING.catchupEntriesMax,
+    snapshotChunkBytes: DEFAULT_SNAPSHOT_CHUNK_BYTES, snapshotWindowChunks: DEFAULT_SNAPSHOT_WINDOW_CHUNKS,
   });
   assert.ok(!('bugs' in core));
 });

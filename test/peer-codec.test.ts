@@ -35,8 +35,11 @@ const MESSAGES: PeerMessage[] = [
   { type: 'frame', view: V2, seq: 99, prevIndex: 10, payloads: [new Uint8Array(0), bytes(1), bytes(300)], primaryIndex: 13, pendingView: V1 },
   { type: 'frame', view: V3, seq: 2 ** 53 - 1, prevIndex: 0, payloads: Array.from({ length: 5000 }, () => bytes(rng.int(0, 40))), primaryIndex: 5000, pendingView: V2 },
   { type: 'frame', view: V2, seq: 3, prevIndex: 5, payloads: [bytes(200_000), bytes(3)], primaryIndex: 7, pendingView: null },
-  { type: 'snapshot', view: V2, seq: 5, index: 1234, data: bytes(1 << 20) },
-  { type: 'snapshot', view: V1, seq: 1, index: 0, data: new Uint8Array(0) },
+  { type: 'chunk', view: V2, seq: 5, index: 1234, chunk: 0, last: false, data: bytes(1 << 20) },
+  { type: 'chunk', view: V1, seq: 1, index: 0, chunk: 0, last: true, data: new Uint8Array(0) },
+  { type: 'chunk', view: V3, seq: 2 ** 40, index: 2 ** 50, chunk: 123_456, last: true, data: bytes(70) },
+  { type: 'chunkAck', epoch: 7, seq: 6, index: 1234, chunks: 1, gap: false },
+  { type: 'chunkAck', epoch: 2 ** 40, seq: 2 ** 53 - 1, index: 0, chunks: 0, gap: true },
   { type: 'ack', epoch: 7, seq: 99, ackedIndex: 13, gap: false },
   { type: 'ack', epoch: 1, seq: 1, ackedIndex: 0, gap: true },
   { type: 'refuse', epoch: 12, reason: 'stale epoch: I know epoch 12 ☃' },
@@ -71,13 +74,13 @@ test('encodePeerFrame is frame(encodePeerMessage) in parts, big payloads uncopie
   const msgs: PeerMessage[] = [
     ...MESSAGES,
     { type: 'frame', view: V2, seq: 2, prevIndex: 0, payloads: [bytes(10), big, bytes(70_000), bytes(3)], primaryIndex: 4, pendingView: null },
-    { type: 'snapshot', view: V2, seq: 3, index: 9, data: big },
+    { type: 'chunk', view: V2, seq: 3, index: 9, chunk: 4, last: false, data: big },
   ];
   for (const msg of msgs) {
     const parts = encodePeerFrame(msg);
     assert.deepEqual(Buffer.concat(parts), frame(encodePeerMessage(msg)), msg.type);
   }
-  assert.ok(encodePeerFrame(msgs[msgs.length - 1]!).includes(big), 'the snapshot data is a part of its own');
+  assert.ok(encodePeerFrame(msgs[msgs.length - 1]!).includes(big), 'the chunk data is a part of its own');
 });
 
 test('decoded payloads are views into the frame buffer (no copy)', () => {
@@ -100,7 +103,11 @@ test('truncated input, trailing bytes, unknown tags and bad flag bytes throw Pee
   assert.throws(() => decodePeerMessage(Uint8Array.of(0)), /unknown message tag 0/);
   assert.throws(() => decodePeerMessage(Uint8Array.of(200)), /unknown message tag 200/);
   assert.throws(() => decodePeerMessage(Uint8Array.of(3, 1, 1, 1, 2)), /bad boolean/); // ack, gap = 2
-  assert.throws(() => decodePeerMessage(Uint8Array.of(2, 1, 4)), /bad view flags/); // snapshot, view flags 4
+  assert.throws(() => decodePeerMessage(Uint8Array.of(6, 1, 4)), /bad view flags/); // chunk, view flags 4
+  // Version 4: a whole snapshot in one message (tag 2) is gone; a chunk's `last` is a boolean.
+  assert.throws(() => decodePeerMessage(Uint8Array.of(2, 1, 1, 1, 1, 0, 0)), /unknown message tag 2/);
+  assert.throws(() => decodePeerMessage(Uint8Array.of(6, 1, 1, 1, 0x61, 1, 1, 0, 2, 0)), /bad boolean/);
+  assert.throws(() => decodePeerMessage(Uint8Array.of(7, 1, 1, 1, 1, 3)), /bad boolean/); // chunkAck, gap = 3
   // A payload count larger than the bytes left is refused before allocating for it.
   const w = Uint8Array.of(1, 1, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f);
   assert.throws(() => decodePeerMessage(w), /payloads in/);

@@ -324,7 +324,7 @@ test('garbage from a peer is dropped with a logged reason; the replica carries o
     { type: 'frame', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, prevIndex: 5, payloads: [new Uint8Array(1)], primaryIndex: 2, pendingView: null },
     { type: 'ack', epoch: 2, seq: 1, ackedIndex: 1e300, gap: false },
     { type: 'ack', epoch: 2, seq: 99999, ackedIndex: 0, gap: false },
-    { type: 'snapshot', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, index: 0, data: 'x' },
+    { type: 'chunk', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, index: 0, chunk: 0, last: true, data: 'x' },
     { type: 'refuse', epoch: 'x', reason: '' },
     { type: 'nope' },
     { type: '__proto__' },

@@ -60,11 +60,13 @@ test('simulator: issue 16 seeds (a primary left without a backup while a spare i
 test('simulator: issue 14.9 seeds (a forger sends refuses and frames of newer epochs) stay fixed', () => {
   // With the forger on, the old core (planted: haltOnRumour) halted the primary and the backup
   // on forged words and lost every copy of the state (lost-write, liveness) in these seeds.
+  // (Seed 13 no longer catches it since recruits stream their snapshot in chunks, issue 9:
+  // the run differs; it still has to pass.)
   for (const seed of [5, 8, 10, 11, 12, 13, 20, 25]) {
     const r = simulate({ seed });
     assert.ok(r.faults.includes('forge'), `seed ${seed} draws the forger`);
     assert.ok(r.ok, describeFailure(r));
-    assert.ok(!simulate({ seed, bugs: { haltOnRumour: true } }).ok, `seed ${seed} still catches the old behaviour`);
+    if (seed !== 13) assert.ok(!simulate({ seed, bugs: { haltOnRumour: true } }).ok, `seed ${seed} still catches the old behaviour`);
   }
 });
 
@@ -86,6 +88,7 @@ const PLANTED: readonly [keyof PlantedBugs, string][] = [
   ['earlyBackup', 'a recruit made backup before it holds every released entry'],
   ['noRecruitFence', 'a recruit abandoned in handover is not fenced off (it asks to go live forever)'],
   ['haltOnRumour', 'a replica halts on a peer\'s word of a newer epoch, unconfirmed by the arbiter'],
+  ['ackDroppedChunk', 'a recruit acks a snapshot chunk it dropped (its restored state misses a piece)'],
 ];
 
 for (const [bug, what] of PLANTED) {

@@ -26,7 +26,7 @@ and that the primary gets a backup again.
   --service F   simulate this service module instead of kv (its definition's simulate() draws
                 the clients' commands; kv's linearizability and append checks do not apply)
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
-                noRecruitFence, haltOnRumour
+                noRecruitFence, haltOnRumour, ackDroppedChunk
   --tail LINES  trace lines to print for a failing seed (default 40)
   --history F   write the client history as JSON lines (for lockstep check) to file F: the
                 single seed's, or each failing seed's to F with .seed-N before its extension
@@ -34,7 +34,7 @@ and that the primary gets a backup again.
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
 
-const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour'];
+const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk'];
 
 interface SimArgs {
   readonly first: number;

@@ -2,4 +2,5 @@
 export * from './types.js';
 export { assert, assertNever, AssertionError } from './assert.js';
 export { validateMessage, isView } from './validate.js';
-export { createReplica, step, canAppend, status, type Replica, type ReplicaStatus } from './replica.js';
+export { ChunkAssembler } from './chunks.js';
+export { createReplica, step, canAppend, snapshotChunksWanted, status, type Replica, type ReplicaStatus } from './replica.js';

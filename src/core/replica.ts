@@ -19,12 +19,17 @@
 //   (refinement)              rumour / onArbiterView: a peer's word that a newer epoch exists
 //                             is read back from the arbiter before the replica halts on it.
 //   §3.1 FT VMotion           startRecruit / advanceRecruit: snapshot at i while serving,
-//        (new backup)         entries after i, handover (hold outputs for the recruit too,
-//                             wait until it holds everything released), then the test-and-set.
+//        (new backup)         sent in chunks (sendChunks / onChunk / onChunkAck: a bounded
+//                             window in flight, cumulative chunk acks, go-back-N resend),
+//                             entries after i behind them, handover (hold outputs for the
+//                             recruit too, wait until it holds everything released), then the
+//                             test-and-set. A recruit is dropped only when it makes no progress.
 //   §3.3 flow control         canAppend: bounded unacked entries and bytes.
 
 import { assert, assertNever } from './assert.js';
 import {
+  DEFAULT_SNAPSHOT_CHUNK_BYTES,
+  DEFAULT_SNAPSHOT_WINDOW_CHUNKS,
   NO_VIEW,
   formatView,
   sameView,
@@ -65,13 +70,34 @@ interface Follower {
   readonly snapshotIndex: number;
   /** Recruits in handover: the seq of the first frame that told them of the pending view. */
   handoverSeq: number;
-  /** Recruits: when the snapshot left (the recruit's silence is counted from then). */
+  /** Recruits: when the snapshot was handed to us (for the round trip logged at catch-up). */
   snapshotSentMs: number;
+  /** Recruits: acks of frames sent before this seq are from an earlier attempt and ignored. */
+  startSeq: number;
   /**
-   * Recruits: how long taking the snapshot blocked us. Installing it blocks the recruit for
-   * about as long, so it gets that much more time (twice over) to ack the snapshot.
+   * Recruits: the snapshot's chunks (views of the driver's bytes), as far as the driver has
+   * produced them; acked ones are let go (replaced by an empty array).
    */
-  snapshotTakeMs: number;
+  chunks: Uint8Array[];
+  /** Recruits: the driver gave the last chunk. */
+  sealed: boolean;
+  /** Recruits: the snapshot's bytes so far, for the logs. */
+  snapshotBytes: number;
+  /** Recruits: the next chunk to send. */
+  nextChunk: number;
+  /** Recruits: how many leading chunks the recruit acked (cumulative). */
+  chunksAcked: number;
+  /** Recruits: chunk gap acks for chunks sent before this seq are ignored (a resend is under way). */
+  chunkRewindSeq: number;
+  /** Recruits: when chunksAcked last grew (or chunks were last resent): drives chunk resends. */
+  chunkResendMs: number;
+  /**
+   * Recruits: when the recruit last made progress (a new chunk or entry acked). A recruit is
+   * abandoned only after failureTimeoutMs without progress, however big the snapshot.
+   */
+  progressMs: number;
+  /** Recruits: the longest wait between two steps of progress during the snapshot. */
+  progressGapMaxMs: number;
 }
 
 interface Held {
@@ -118,6 +144,8 @@ interface Following {
   lastHeardMs: number;
   /** Set during a recruit's handover: the view its primary is proposing with it as backup. */
   pendingView: View | null;
+  /** The snapshot this recruit restores: its index, the leading chunks held, all of them? */
+  restore: { readonly index: number; chunks: number; done: boolean } | null;
 }
 
 export interface Replica {
@@ -149,10 +177,11 @@ export interface Replica {
   /** The recruit a takeSnapshot was asked for. */
   snapshotFor: NodeId | null;
   /**
-   * How long a recruit may stay silent before it acks its snapshot. Installing a snapshot
-   * blocks the recruit for a time that grows with the state, so this doubles each time a
-   * recruit is abandoned there (up to RECRUIT_PATIENCE_MAX times failureTimeoutMs), and is
-   * set from the measured round trip when a snapshot is acked.
+   * How long a recruit receiving its snapshot may go without progress (a new chunk or entry
+   * acked). failureTimeoutMs at first; a link slower than that (a long round trip) would
+   * never get a recruit through, so this doubles each time a recruit is abandoned for want
+   * of progress (up to RECRUIT_PATIENCE_MAX failure timeouts), and is set to twice the
+   * longest wait seen when a snapshot completes.
    */
   recruitPatienceMs: number;
 
@@ -229,7 +258,14 @@ export interface ReplicaStatus {
   readonly heldOutputs: number;
   readonly retainedEntries: number;
   readonly retainedBytes: number;
-  readonly recruit: { readonly id: NodeId; readonly phase: string; readonly ackedIndex: number } | null;
+  readonly recruit: {
+    readonly id: NodeId;
+    readonly phase: string;
+    readonly ackedIndex: number;
+    /** Snapshot chunks the recruit acked, of `chunks` (0 of 0 until the snapshot is taken). */
+    readonly chunksAcked: number;
+    readonly chunks: number;
+  } | null;
   readonly haltReason: string | null;
 }
 
@@ -238,7 +274,7 @@ export function status(r: Replica): ReplicaStatus {
   let recruit: ReplicaStatus['recruit'] = null;
   for (const f of r.followers.values()) {
     if (f.kind === 'backup') ackedIndex = f.ackedIndex;
-    else recruit = { id: f.id, phase: f.phase, ackedIndex: f.ackedIndex };
+    else recruit = { id: f.id, phase: f.phase, ackedIndex: f.ackedIndex, chunksAcked: f.chunksAcked, chunks: f.chunks.length };
   }
   return {
     id: r.config.id,
@@ -296,6 +332,9 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
       break;
     case 'snapshot':
       onSnapshotTaken(r, out, input.index, input.data);
+      break;
+    case 'snapshotChunk':
+      onSnapshotChunk(r, out, input.index, input.data, input.last);
       break;
     case 'flush':
       if (r.role === 'primary') sendFrames(r, out);
@@ -546,7 +585,10 @@ function stallMs(c: CoreConfig): number {
  */
 function forgiveStall(r: Replica, out: Action[], gapMs: number): void {
   const now = r.nowMs;
-  for (const f of r.followers.values()) f.lastAckMs = Math.min(now, f.lastAckMs + gapMs);
+  for (const f of r.followers.values()) {
+    f.lastAckMs = Math.min(now, f.lastAckMs + gapMs);
+    f.progressMs = Math.min(now, f.progressMs + gapMs);
+  }
   if (r.following !== null) r.following.lastHeardMs = Math.min(now, r.following.lastHeardMs + gapMs);
   log(out, 'warn', 'stalled', { ms: gapMs, reason: 'this replica did not run; peer silence over that time is not counted' });
 }
@@ -573,19 +615,24 @@ function onTick(r: Replica, out: Action[]): void {
       return;
     case 'primary':
       for (const f of [...r.followers.values()]) {
-        const patienceMs = f.phase === 'snapshot' && f.kind === 'recruit' ? Math.max(r.recruitPatienceMs, c.failureTimeoutMs + 2 * f.snapshotTakeMs) : c.failureTimeoutMs;
-        if (now - f.lastAckMs >= patienceMs) {
+        // A recruit receiving its snapshot is judged by progress (a new chunk or entry
+        // acked), not by acks: it may ack heartbeats forever without restoring anything.
+        const snapshotting = f.kind === 'recruit' && f.phase === 'snapshot';
+        const silentMs = snapshotting ? now - f.progressMs : now - f.lastAckMs;
+        if (silentMs >= (snapshotting ? r.recruitPatienceMs : c.failureTimeoutMs)) {
           if (f.kind === 'backup') {
             if (r.cas === null) {
-              log(out, 'warn', 'suspect', { peer: f.id, role: 'backup', silentMs: now - f.lastAckMs });
+              log(out, 'warn', 'suspect', { peer: f.id, role: 'backup', silentMs });
               startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: c.id, backup: null });
             }
           } else if (r.cas?.purpose !== 'addBackup') {
-            if (f.phase === 'snapshot') r.recruitPatienceMs = Math.min(2 * r.recruitPatienceMs, RECRUIT_PATIENCE_MAX * c.failureTimeoutMs);
-            abandonRecruit(r, out, f, `no ack for ${now - f.lastAckMs} ms`);
+            if (snapshotting) r.recruitPatienceMs = Math.min(2 * r.recruitPatienceMs, RECRUIT_PATIENCE_MAX * c.failureTimeoutMs);
+            const what = snapshotting ? `no progress for ${silentMs} ms (${f.chunksAcked} of ${f.chunks.length} chunks acked)` : `no ack for ${silentMs} ms`;
+            abandonRecruit(r, out, f, what);
           }
           continue;
         }
+        if (snapshotting && f.nextChunk > f.chunksAcked && now - f.chunkResendMs >= c.retransmitMs) rewindChunks(r, f);
         const resendFrom = Math.max(f.ackedIndex, f.snapshotIndex) + 1;
         if (f.nextIndex > resendFrom && now - f.lastProgressMs >= c.retransmitMs) rewind(r, f, resendFrom);
       }
@@ -642,11 +689,14 @@ function onMessage(r: Replica, out: Action[], from: NodeId, raw: unknown): void 
   if (r.role === 'booting') return;
   switch (msg.type) {
     case 'frame':
-    case 'snapshot':
+    case 'chunk':
       onFromPrimary(r, out, from, msg);
       return;
     case 'ack':
       onAck(r, out, from, msg);
+      return;
+    case 'chunkAck':
+      onChunkAck(r, out, from, msg);
       return;
     case 'refuse': {
       const mine = r.role === 'spare' ? (r.following?.epoch ?? Infinity) : r.view.epoch;
@@ -664,7 +714,7 @@ function onMessage(r: Replica, out: Action[], from: NodeId, raw: unknown): void 
   }
 }
 
-type FromPrimary = Extract<PeerMessage, { type: 'frame' | 'snapshot' }>;
+type FromPrimary = Extract<PeerMessage, { type: 'frame' | 'chunk' }>;
 
 function refuse(out: Action[], to: NodeId, epoch: number, reason: string): void {
   log(out, 'warn', 'refused-frame', { from: to, myEpoch: epoch, reason });
@@ -690,22 +740,17 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
     return;
   }
   const f = r.following;
-  if (m.type === 'snapshot') {
+  if (m.type === 'chunk') {
     if (r.role === 'backup') {
-      if (epoch < r.view.epoch) refuse(out, from, r.view.epoch, `snapshot of epoch ${epoch}`);
-      else log(out, 'warn', 'ignoring', { reason: 'snapshot sent to a backup', from, epoch });
+      if (epoch < r.view.epoch) refuse(out, from, r.view.epoch, `snapshot chunk of epoch ${epoch}`);
+      else log(out, 'warn', 'ignoring', { reason: 'snapshot chunk sent to a backup', from, epoch });
       return;
     }
     if (f !== null && epoch < f.epoch) {
-      refuse(out, from, f.epoch, `snapshot of epoch ${epoch}, following epoch ${f.epoch}`);
+      refuse(out, from, f.epoch, `snapshot chunk of epoch ${epoch}, following epoch ${f.epoch}`);
       return;
     }
-    r.following = { primary: from, epoch, lastHeardMs: r.nowMs, pendingView: null };
-    r.knownEpoch = Math.max(r.knownEpoch, epoch);
-    r.lastIndex = m.index;
-    out.push({ type: 'installSnapshot', index: m.index, data: m.data });
-    log(out, 'info', 'recruit-snapshot-installed', { primary: from, epoch, index: m.index, bytes: m.data.length });
-    out.push({ type: 'send', to: from, msg: { type: 'ack', epoch, seq: m.seq, ackedIndex: r.lastIndex, gap: false } });
+    onChunk(r, out, from, m);
     return;
   }
   // A frame.
@@ -737,7 +782,8 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
   r.knownEpoch = Math.max(r.knownEpoch, epoch);
   f.lastHeardMs = r.nowMs;
   f.pendingView = r.role === 'spare' ? m.pendingView : null;
-  const gap = m.prevIndex > r.lastIndex;
+  // While a snapshot is being restored nothing can be applied: entries wait for it.
+  const gap = (f.restore !== null && !f.restore.done) || m.prevIndex > r.lastIndex;
   if (!gap) {
     const entries: Entry[] = [];
     for (let i = r.lastIndex - m.prevIndex; i < m.payloads.length; i++) {
@@ -753,6 +799,41 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
   out.push({ type: 'send', to: from, msg: { type: 'ack', epoch, seq: m.seq, ackedIndex: r.lastIndex, gap } });
 }
 
+/**
+ * A recruit takes a snapshot chunk. Chunks are taken in order only (cumulative acks, like
+ * entries): an out-of-order one is dropped and acked with `gap`, so the primary resends from
+ * the first one missing. A chunk of another snapshot (a new recruit attempt) starts afresh.
+ */
+function onChunk(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'chunk' }>): void {
+  const epoch = m.view.epoch;
+  let f = r.following;
+  if (f === null || f.primary !== from || f.epoch !== epoch || f.restore === null || f.restore.index !== m.index) {
+    f = { primary: from, epoch, lastHeardMs: r.nowMs, pendingView: null, restore: { index: m.index, chunks: 0, done: false } };
+    r.following = f;
+    r.lastIndex = 0;
+    log(out, 'info', 'recruit-snapshot-start', { primary: from, epoch, index: m.index });
+  }
+  const rs = f.restore;
+  assert(rs !== null, 'a restore under way');
+  r.knownEpoch = Math.max(r.knownEpoch, epoch);
+  f.lastHeardMs = r.nowMs;
+  let gap = false;
+  // PLANTED BUG (ackDroppedChunk): take a chunk after a lost one as if nothing were missing.
+  const take = !rs.done && (m.chunk === rs.chunks || (m.chunk > rs.chunks && r.config.bugs?.ackDroppedChunk === true));
+  if (take) {
+    out.push({ type: 'restoreChunk', index: m.index, chunk: m.chunk, last: m.last, data: m.data });
+    rs.chunks = m.chunk + 1;
+  } else if (m.chunk > rs.chunks) {
+    gap = true;
+  }
+  if (m.last && !gap && !rs.done && rs.chunks === m.chunk + 1) {
+    rs.done = true;
+    r.lastIndex = m.index;
+    log(out, 'info', 'recruit-snapshot-restored', { primary: from, epoch, index: m.index, chunks: rs.chunks });
+  }
+  out.push({ type: 'send', to: from, msg: { type: 'chunkAck', epoch, seq: m.seq, index: m.index, chunks: rs.chunks, gap } });
+}
+
 function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'ack' }>): void {
   if (r.role !== 'primary') return;
   if (m.epoch > r.view.epoch) return rumour(r, out, m.epoch, `${from} acked in newer epoch ${m.epoch}`);
@@ -765,11 +846,21 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
     log(out, 'warn', 'ignoring', { reason: 'ack beyond what was sent', from, ackedIndex: m.ackedIndex, seq: m.seq });
     return;
   }
+  if (f.kind === 'recruit' && m.seq < f.startSeq) {
+    log(out, 'info', 'ignoring', { reason: 'ack from an earlier attempt to recruit this node', from, seq: m.seq });
+    return;
+  }
   f.lastAckMs = r.nowMs;
   f.ackedSeq = Math.max(f.ackedSeq, m.seq);
   if (m.ackedIndex > f.ackedIndex) {
     f.ackedIndex = m.ackedIndex;
     f.lastProgressMs = r.nowMs;
+    progress(r, f);
+  }
+  if (f.kind === 'recruit' && f.sealed && !m.gap && m.ackedIndex >= f.snapshotIndex && !snapshotDone(f)) {
+    // It took a frame (a recruit still restoring acks every frame with a gap): it holds every
+    // chunk, and their acks were lost.
+    f.chunksAcked = f.nextChunk = f.chunks.length;
   }
   if (m.gap && m.seq >= f.rewindSeq) rewind(r, f, Math.max(f.ackedIndex, f.snapshotIndex) + 1);
   if (f.kind === 'recruit') advanceRecruit(r, out, f);
@@ -791,7 +882,7 @@ function onJoin(r: Replica, out: Action[], from: NodeId): void {
   if (f !== undefined) {
     // Joins sent before the snapshot arrived come before its ack (one ordered channel); a
     // join after the ack means the recruit restarted empty.
-    if (f.phase !== 'snapshot' && r.cas?.purpose !== 'addBackup') abandonRecruit(r, out, f, 'it rejoined as an empty spare');
+    if ((f.phase !== 'snapshot' || f.chunksAcked > 0) && r.cas?.purpose !== 'addBackup') abandonRecruit(r, out, f, 'it rejoined as an empty spare');
     return;
   }
   if (r.view.backup === null && r.followers.size === 0 && r.cas === null) startRecruit(r, out, from);
@@ -816,29 +907,68 @@ function startRecruit(r: Replica, out: Action[], id: NodeId): void {
     snapshotIndex: r.lastIndex,
     handoverSeq: 0,
     snapshotSentMs: r.nowMs,
-    snapshotTakeMs: 0,
+    startSeq: r.frameSeq + 1,
+    chunks: [],
+    sealed: false,
+    snapshotBytes: 0,
+    nextChunk: 0,
+    chunksAcked: 0,
+    chunkRewindSeq: 0,
+    chunkResendMs: r.nowMs,
+    progressMs: r.nowMs,
+    progressGapMaxMs: 0,
   });
   r.snapshotFor = id;
   log(out, 'info', 'recruit-start', { recruit: id, snapshotIndex: r.lastIndex, epoch: r.view.epoch });
   out.push({ type: 'takeSnapshot' });
 }
 
+/**
+ * The driver streams the snapshot of the recruit `snapshotFor`: how many more chunks it may
+ * produce now (0: none, or the recruit is gone: then it drops its stream). The primary keeps
+ * at most two windows of chunks not yet acked, so its extra memory stays bounded.
+ */
+export function snapshotChunksWanted(r: Replica): number {
+  const f = r.snapshotFor === null ? undefined : r.followers.get(r.snapshotFor);
+  if (r.role !== 'primary' || f === undefined || f.sealed) return 0;
+  const window = Math.max(1, r.config.snapshotWindowChunks ?? DEFAULT_SNAPSHOT_WINDOW_CHUNKS);
+  return Math.max(0, 2 * window - (f.chunks.length - f.chunksAcked));
+}
+
+/** The whole snapshot at once: cut into chunks of snapshotChunkBytes (views, no copy). */
 function onSnapshotTaken(r: Replica, out: Action[], index: number, data: Uint8Array): void {
-  const id = r.snapshotFor;
-  r.snapshotFor = null;
-  const f = id === null ? undefined : r.followers.get(id);
-  assert(r.role === 'primary' && f !== undefined, 'a snapshot that nobody asked for');
-  assert(index === f.snapshotIndex && index === r.lastIndex, `snapshot at ${index}, asked at ${f.snapshotIndex}`);
-  const seq = ++r.frameSeq;
-  f.sentSeq = seq;
-  f.lastSendMs = r.nowMs;
-  // The recruit's silence counts from now: taking the snapshot may have blocked us for long.
-  f.snapshotTakeMs = r.nowMs - f.snapshotSentMs;
-  f.snapshotSentMs = r.nowMs;
-  f.lastAckMs = r.nowMs;
-  f.lastProgressMs = r.nowMs;
-  out.push({ type: 'send', to: f.id, msg: { type: 'snapshot', view: r.view, seq, index, data } });
-  log(out, 'info', 'recruit-snapshot-sent', { recruit: f.id, index, bytes: data.length });
+  const size = Math.max(1, r.config.snapshotChunkBytes ?? DEFAULT_SNAPSHOT_CHUNK_BYTES);
+  for (let at = 0; at === 0 || at < data.length; at += size) {
+    onSnapshotChunk(r, out, index, data.subarray(at, at + size), at + size >= data.length);
+  }
+}
+
+/** A chunk of the recruit's snapshot, from the driver (in order; `last` on the final one). */
+function onSnapshotChunk(r: Replica, out: Action[], index: number, data: Uint8Array, last: boolean): void {
+  const f = r.snapshotFor === null ? undefined : r.followers.get(r.snapshotFor);
+  if (r.role !== 'primary' || f === undefined || f.sealed) {
+    log(out, 'info', 'ignoring', { reason: 'a snapshot chunk for no recruit (it was abandoned)', index });
+    return;
+  }
+  assert(index === f.snapshotIndex, `snapshot at ${index}, asked at ${f.snapshotIndex}`);
+  // Views, not copies: the driver hands the bytes over and never changes them.
+  f.chunks.push(data);
+  f.snapshotBytes += data.length;
+  if (f.chunks.length === 1) {
+    // The recruit's silence counts from now: taking the snapshot may have blocked us for long.
+    f.snapshotSentMs = r.nowMs;
+    f.lastAckMs = r.nowMs;
+    f.lastProgressMs = r.nowMs;
+    f.chunkResendMs = r.nowMs;
+    f.progressMs = r.nowMs;
+  }
+  if (last) {
+    f.sealed = true;
+    r.snapshotFor = null;
+    log(out, 'info', 'recruit-snapshot-taken', { recruit: f.id, index, bytes: f.snapshotBytes, chunks: f.chunks.length });
+  }
+  sendChunks(r, out, f);
+  if (f.chunks.length > 1) return;
   if (r.config.bugs?.earlyBackup && r.cas === null) {
     // PLANTED BUG: hand over at once, without waiting for the recruit to hold what was released.
     f.phase = 'handover';
@@ -846,13 +976,74 @@ function onSnapshotTaken(r: Replica, out: Action[], index: number, data: Uint8Ar
   }
 }
 
+/** Recruits: send the snapshot's chunks the window allows (go-back-N from nextChunk). */
+function sendChunks(r: Replica, out: Action[], f: Follower): void {
+  const window = Math.max(1, r.config.snapshotWindowChunks ?? DEFAULT_SNAPSHOT_WINDOW_CHUNKS);
+  while (f.nextChunk < f.chunks.length && f.nextChunk - f.chunksAcked < window) {
+    const data = f.chunks[f.nextChunk];
+    assert(data !== undefined, 'snapshot chunk in range');
+    const seq = ++r.frameSeq;
+    const last = f.sealed && f.nextChunk === f.chunks.length - 1;
+    out.push({ type: 'send', to: f.id, msg: { type: 'chunk', view: r.view, seq, index: f.snapshotIndex, chunk: f.nextChunk, last, data } });
+    f.nextChunk++;
+    f.sentSeq = seq;
+    f.lastSendMs = r.nowMs;
+  }
+}
+
+/** The recruit holds every chunk: entries after the snapshot index follow. */
+const ACKED_CHUNK = new Uint8Array(0);
+
+function snapshotDone(f: Follower): boolean {
+  return f.sealed && f.chunksAcked === f.chunks.length;
+}
+
+function onChunkAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'chunkAck' }>): void {
+  if (r.role !== 'primary') return;
+  if (m.epoch > r.view.epoch) return rumour(r, out, m.epoch, `${from} acked a chunk in newer epoch ${m.epoch}`);
+  const f = r.followers.get(from);
+  if (f === undefined || f.kind !== 'recruit' || m.epoch < r.view.epoch || m.index !== f.snapshotIndex) {
+    log(out, 'info', 'ignoring', { reason: 'chunk ack for no snapshot being sent', from, epoch: m.epoch, index: m.index });
+    return;
+  }
+  if (m.chunks > f.nextChunk && m.chunks > f.chunksAcked || m.chunks > f.chunks.length || m.seq > r.frameSeq || m.seq < f.startSeq) {
+    log(out, 'warn', 'ignoring', { reason: 'chunk ack beyond what was sent', from, chunks: m.chunks, seq: m.seq });
+    return;
+  }
+  if (m.chunks < f.chunksAcked) return abandonRecruit(r, out, f, `it lost chunks it had acked (${m.chunks} < ${f.chunksAcked}): it restarted`);
+  f.lastAckMs = r.nowMs;
+  if (m.chunks > f.chunksAcked) {
+    for (let i = f.chunksAcked; i < m.chunks; i++) f.chunks[i] = ACKED_CHUNK; // let it go
+    f.chunksAcked = m.chunks;
+    f.chunkResendMs = r.nowMs;
+    progress(r, f);
+  }
+  if (m.gap && m.seq >= f.chunkRewindSeq && f.nextChunk > f.chunksAcked) rewindChunks(r, f);
+  if (snapshotDone(f) && f.ackedIndex < f.snapshotIndex) f.ackedIndex = f.snapshotIndex;
+  sendChunks(r, out, f);
+  advanceRecruit(r, out, f);
+  tryRelease(r, out);
+  trimLog(r);
+}
+
+function progress(r: Replica, f: Follower): void {
+  f.progressGapMaxMs = Math.max(f.progressGapMaxMs, r.nowMs - f.progressMs);
+  f.progressMs = r.nowMs;
+}
+
+function rewindChunks(r: Replica, f: Follower): void {
+  f.nextChunk = f.chunksAcked;
+  f.chunkRewindSeq = r.frameSeq + 1;
+  f.chunkResendMs = r.nowMs;
+}
+
 function advanceRecruit(r: Replica, out: Action[], f: Follower): void {
-  if (f.phase === 'snapshot' && f.ackedIndex >= f.snapshotIndex) {
+  if (f.phase === 'snapshot' && snapshotDone(f) && f.ackedIndex >= f.snapshotIndex) {
     f.phase = 'catchup';
-    // The next recruit's snapshot will be about this big: give it twice this round trip.
     const roundTripMs = r.nowMs - f.snapshotSentMs;
-    r.recruitPatienceMs = Math.min(Math.max(r.config.failureTimeoutMs, 2 * roundTripMs), RECRUIT_PATIENCE_MAX * r.config.failureTimeoutMs);
-    log(out, 'info', 'recruit-catchup', { recruit: f.id, ackedIndex: f.ackedIndex, lastIndex: r.lastIndex, snapshotRoundTripMs: roundTripMs });
+    const max = RECRUIT_PATIENCE_MAX * r.config.failureTimeoutMs;
+    r.recruitPatienceMs = Math.min(Math.max(r.config.failureTimeoutMs, 2 * f.progressGapMaxMs), max);
+    log(out, 'info', 'recruit-catchup', { recruit: f.id, ackedIndex: f.ackedIndex, lastIndex: r.lastIndex, chunks: f.chunks.length, snapshotRoundTripMs: roundTripMs });
   }
   if (f.phase === 'catchup' && r.lastIndex - f.ackedIndex <= r.config.catchupEntriesMax && r.cas === null) {
     // From now on every output also waits for the recruit's ack (it is a guard).
@@ -974,7 +1165,15 @@ function retained(r: Replica, index: number): Entry {
 function sendFrames(r: Replica, out: Action[]): void {
   const c = r.config;
   for (const f of r.followers.values()) {
-    if (f.sentSeq === 0) continue; // the snapshot goes first
+    if (f.kind === 'recruit' && f.phase === 'snapshot') {
+      sendChunks(r, out, f);
+      if (!f.sealed || f.nextChunk < f.chunks.length) {
+        // Entries go behind the last chunk; until then only heartbeats (the recruit acks
+        // them, so it is heard even while the window is shut).
+        if (r.nowMs - f.lastSendMs >= c.heartbeatMs) sendFrame(r, out, f, []);
+        continue;
+      }
+    }
     let sent = false;
     while (f.nextIndex <= r.lastIndex) {
       const payloads: Uint8Array[] = [];

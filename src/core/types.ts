@@ -43,7 +43,11 @@ export interface Entry {
  *           pendingView: the view the primary is about to propose that makes the receiver
  *           the backup (handover of a recruit), so the receiver can go live if the primary
  *           dies after the test-and-set but before it could say so.
- * snapshot  primary -> recruit: the guest state at `index`.
+ * chunk     primary -> recruit: piece number `chunk` (from 0) of the guest state at `index`;
+ *           `last` on the final piece. A bounded window of chunks is in flight (§3.1 below).
+ * chunkAck  recruit -> primary: cumulative, `chunks` = how many leading chunks of the
+ *           snapshot at `index` the recruit holds; `gap` when the chunk acked came out of
+ *           order (one before it was lost) and was dropped.
  * ack       backup/recruit -> primary: cumulative, the highest index held; `gap` when the
  *           frame acked could not be taken because entries before it are missing.
  * refuse    the answer to a frame or ack from an older epoch: "you are stale, I know epoch N".
@@ -59,7 +63,16 @@ export type PeerMessage =
       readonly primaryIndex: number;
       readonly pendingView: View | null;
     }
-  | { readonly type: 'snapshot'; readonly view: View; readonly seq: number; readonly index: number; readonly data: Uint8Array }
+  | {
+      readonly type: 'chunk';
+      readonly view: View;
+      readonly seq: number;
+      readonly index: number;
+      readonly chunk: number;
+      readonly last: boolean;
+      readonly data: Uint8Array;
+    }
+  | { readonly type: 'chunkAck'; readonly epoch: number; readonly seq: number; readonly index: number; readonly chunks: number; readonly gap: boolean }
   | { readonly type: 'ack'; readonly epoch: number; readonly seq: number; readonly ackedIndex: number; readonly gap: boolean }
   | { readonly type: 'refuse'; readonly epoch: number; readonly reason: string }
   | { readonly type: 'join' };
@@ -90,6 +103,11 @@ export interface PlantedBugs {
    * or a backup and discards its state (issue 14 item 9; the behaviour before the fix).
    */
   readonly haltOnRumour?: boolean;
+  /**
+   * A recruit that receives a snapshot chunk out of order (one before it was lost) counts it
+   * as held and acks it, although it dropped it: its restored state misses a piece.
+   */
+  readonly ackDroppedChunk?: boolean;
 }
 
 /** The protocol's timing and bounds: what a cluster config sets for every replica. */
@@ -114,7 +132,14 @@ export interface CoreTiming {
   readonly frameBytesMax: number;
   /** A recruit this close (in entries) to the primary's log starts the handover. */
   readonly catchupEntriesMax: number;
+  /** A snapshot goes to a recruit in chunks of at most this many bytes (default 64 KiB). */
+  readonly snapshotChunkBytes?: number;
+  /** At most this many snapshot chunks sent and not yet acked by the recruit (default 32). */
+  readonly snapshotWindowChunks?: number;
 }
+
+export const DEFAULT_SNAPSHOT_CHUNK_BYTES = 64 * 1024;
+export const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 32;
 
 export interface CoreConfig extends CoreTiming {
   readonly id: NodeId;
@@ -158,8 +183,14 @@ export type Input =
    * appending): it also waits for the ack of a frame sent after it was produced.
    */
   | { readonly type: 'hold'; readonly outputId: number; readonly fresh: boolean }
-  /** The answer to takeSnapshot: the guest state at `index` (= the last index appended). */
+  /** The answer to takeSnapshot: the guest state at `index` (= the last index appended), whole. */
   | { readonly type: 'snapshot'; readonly index: number; readonly data: Uint8Array }
+  /**
+   * Or the answer to takeSnapshot in pieces: the driver began a snapshot stream consistent at
+   * `index` before any other input, and gives its chunks in order as `snapshotChunksWanted`
+   * allows, while appends go on; `last` on the final one. Each is sent as one chunk.
+   */
+  | { readonly type: 'snapshotChunk'; readonly index: number; readonly data: Uint8Array; readonly last: boolean }
   /** The end of a batch of inputs: send what is pending (frames are coalesced until then). */
   | { readonly type: 'flush' };
 
@@ -186,9 +217,16 @@ export type Action =
   | { readonly type: 'discard'; readonly outputIds: readonly number[]; readonly reason: string }
   /** Follower: apply these entries to the guest, in order. */
   | { readonly type: 'apply'; readonly entries: readonly Entry[] }
-  /** Follower: replace the guest's state with this snapshot, taken at `index`. */
-  | { readonly type: 'installSnapshot'; readonly index: number; readonly data: Uint8Array }
-  /** Primary: take a snapshot of the guest now and give it back as a `snapshot` input, before any other input. */
+  /**
+   * Recruit: piece `chunk` of the snapshot taken at `index`, in order. Chunk 0 starts a new
+   * snapshot (the driver drops any partial one); on `last` the guest's state is the primary's
+   * at `index`. Chunks arrive one at a time so the recruit can restore incrementally.
+   */
+  | { readonly type: 'restoreChunk'; readonly index: number; readonly chunk: number; readonly last: boolean; readonly data: Uint8Array }
+  /**
+   * Primary: take a snapshot of the guest now and give it back as a `snapshot` input, before
+   * any other input; or start a snapshot stream now and give it as `snapshotChunk` inputs.
+   */
   | { readonly type: 'takeSnapshot' }
   /** The role or view changed. On 'primary' a follower's guest goes live; on 'halted' the driver discards this replica (it may rejoin later as a fresh spare). */
   | { readonly type: 'role'; readonly role: Role; readonly view: View; readonly reason: string }

@@ -44,14 +44,23 @@ export function validateMessage(msg: unknown): PeerMessage | string {
       }
       return msg as PeerMessage;
     }
-    case 'snapshot': {
+    case 'chunk': {
       const vp = viewProblem(m.view);
-      if (vp) return `snapshot: ${vp}`;
-      if (!isIndex(m.seq) || m.seq === 0) return 'snapshot: seq is not a positive integer';
-      if (!isIndex(m.index)) return 'snapshot: index is not an index';
-      if (!(m.data instanceof Uint8Array)) return 'snapshot: data is not a byte array';
+      if (vp) return `chunk: ${vp}`;
+      if (!isIndex(m.seq) || m.seq === 0) return 'chunk: seq is not a positive integer';
+      if (!isIndex(m.index)) return 'chunk: index is not an index';
+      if (!isIndex(m.chunk)) return 'chunk: chunk is not a chunk number';
+      if (typeof m.last !== 'boolean') return 'chunk: last is not a boolean';
+      if (!(m.data instanceof Uint8Array)) return 'chunk: data is not a byte array';
       return msg as PeerMessage;
     }
+    case 'chunkAck':
+      if (!isIndex(m.epoch) || m.epoch === 0) return 'chunkAck: epoch is not a positive integer';
+      if (!isIndex(m.seq) || m.seq === 0) return 'chunkAck: seq is not a positive integer';
+      if (!isIndex(m.index)) return 'chunkAck: index is not an index';
+      if (!isIndex(m.chunks)) return 'chunkAck: chunks is not a count';
+      if (typeof m.gap !== 'boolean') return 'chunkAck: gap is not a boolean';
+      return msg as PeerMessage;
     case 'ack':
       if (!isIndex(m.epoch) || m.epoch === 0) return 'ack: epoch is not a positive integer';
       if (!isIndex(m.seq) || m.seq === 0) return 'ack: seq is not a positive integer';

@@ -8,3 +8,4 @@ export * from './kv.js';
 export * from './replicated.js';
 export * from './service.js';
 export * from './sandbox.js';
+export * from './snapshot-stream.js';

@@ -21,6 +21,7 @@
 // so rsm backups never see it). Reads and DEL always work.
 
 import type { GuestCodec, Execution, StateMachine } from './types.js';
+import type { RestoreStream, SnapshotStream } from './snapshot-stream.js';
 import { ByteReader, ByteWriter, Hash64, SumDigest, varuintSize } from './bytes.js';
 import { BIG_VALUE_CHARS, appendBig, hashBig, type BigPair } from './value-hash.js';
 
@@ -124,6 +125,11 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   private used = 0;
   private readonly sum = new SumDigest();
   private readonly h = new Hash64();
+  /**
+   * Open snapshot streams (copy-on-write): before a key changes, each keeps the key's value
+   * as it was when the stream began (null: it did not exist), unless it kept one already.
+   */
+  private readonly streams = new Set<KvSnapshotStream>();
 
   constructor(maxValueBytes = MAX_STRING, maxmemoryBytes = Infinity) {
     this.maxValueBytes = maxValueBytes;
@@ -214,7 +220,61 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
     return w.finish();
   }
 
+  /**
+   * The snapshot in pieces, consistent as of now while commands keep executing: the keys of
+   * now are listed at once (pointers only), and a key changed or deleted before it was written
+   * out is written with the value it had now (kept by put/appendTo); keys created later are
+   * not in the list. A piece is KV_PIECE then (latin1 key, latin1 value) pairs to its end.
+   */
+  snapshotStream(): SnapshotStream {
+    const s = new KvSnapshotStream(this, [...this.data.keys()]);
+    this.streams.add(s);
+    return s;
+  }
+
+  /** The value `key` had when stream `s` began (for the stream only). */
+  valueFor(s: KvSnapshotStream, key: string): string | undefined {
+    const kept = s.kept.get(key);
+    return kept === undefined ? this.data.get(key) : (kept ?? undefined);
+  }
+
+  /** Stream `s` is done: stop keeping old values for it. */
+  endStream(s: KvSnapshotStream): void {
+    this.streams.delete(s);
+  }
+
+  /** Restore from the pieces of a snapshotStream, each parsed as it comes; swapped in at finish. */
+  restoreStream(): RestoreStream {
+    const data = new Map<string, string>();
+    const bigs = new Map<string, BigPair>();
+    const sum = new SumDigest();
+    let used = 0;
+    return {
+      add: (piece: Uint8Array): void => {
+        const r = new ByteReader(piece, 'kv snapshot piece');
+        if (r.u8() !== KV_PIECE) r.corrupt('not a kv snapshot piece');
+        while (r.remaining > 0) {
+          const k = r.latin1();
+          const v = r.latin1();
+          if (data.has(k)) r.corrupt(`key ${JSON.stringify(k.slice(0, 40))} twice`);
+          data.set(k, v);
+          this.addPair(sum, bigs, k, v);
+          used += k.length + v.length + KEY_OVERHEAD_BYTES;
+        }
+      },
+      finish: (): void => {
+        this.streams.clear();
+        this.data = data;
+        this.bigs = bigs;
+        this.used = used;
+        this.sum.clear();
+        this.sum.addPair(sum.a, sum.b, sum.count);
+      },
+    };
+  }
+
   restore(snapshot: Uint8Array): void {
+    this.streams.clear();
     const r = new ByteReader(snapshot, 'kv snapshot');
     if (r.u8() !== 1) r.corrupt('unknown kv snapshot version');
     const n = r.varuint();
@@ -278,6 +338,7 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   /** Set (or delete, value null) and keep the digest and the memory count in step. */
   private put(key: string, value: string | null): void {
     const old = this.data.get(key);
+    if (this.streams.size > 0) this.keepOld(key, old);
     if (old !== undefined) this.removePair(key, old);
     if (value === null) {
       this.data.delete(key);
@@ -286,6 +347,11 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
       this.addPair(this.sum, this.bigs, key, value);
       this.used += key.length + value.length + KEY_OVERHEAD_BYTES;
     }
+  }
+
+  /** Copy-on-write: every open stream keeps `key`'s value before its first change. */
+  private keepOld(key: string, old: string | undefined): void {
+    for (const s of this.streams) if (!s.kept.has(key)) s.kept.set(key, old ?? null);
   }
 
   /** Append `add` to the existing value at `key`: a big value hashes only `add`. */
@@ -297,6 +363,7 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
       this.put(key, value);
       return;
     }
+    if (this.streams.size > 0) this.keepOld(key, old);
     const p = appendBig(this.h, key, big, add, value);
     this.sum.addPair(p.a - big.a, p.b - big.b, 0);
     this.bigs.set(key, p);
@@ -521,3 +588,40 @@ export const kvCodec: GuestCodec<KvCommand, KvReply, KvChange> = {
     return { writes };
   },
 };
+
+/** The first byte of every kv snapshot piece. */
+const KV_PIECE = 0x4b;
+
+/** A kv snapshot being streamed (KvMachine.snapshotStream). */
+export class KvSnapshotStream implements SnapshotStream {
+  /** Old values of keys changed since the stream began (null: the key did not exist then). */
+  readonly kept = new Map<string, string | null>();
+  private at = 0;
+  private done = false;
+
+  constructor(
+    private readonly kv: KvMachine,
+    private readonly keys: string[],
+  ) {}
+
+  next(maxBytes: number): Uint8Array | null {
+    if (this.done) return null;
+    const w = new ByteWriter(Math.min(maxBytes, 1 << 20) + 64);
+    w.u8(KV_PIECE);
+    const keys = this.keys;
+    while (this.at < keys.length && w.length < maxBytes) {
+      const k = keys[this.at++]!;
+      const v = this.kv.valueFor(this, k);
+      if (v !== undefined) w.latin1(k).latin1(v);
+    }
+    if (this.at >= keys.length) this.close();
+    return w.finish();
+  }
+
+  close(): void {
+    this.done = true;
+    this.kept.clear();
+    this.keys.length = 0;
+    this.kv.endStream(this);
+  }
+}

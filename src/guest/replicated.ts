@@ -31,6 +31,7 @@
 
 import type { ReplicationMode, StateMachine } from './types.js';
 import { ByteReader, ByteWriter, Hash64, SumDigest } from './bytes.js';
+import { wholeRestoreStream, wholeSnapshotStream, type RestoreStream, type SnapshotStream } from './snapshot-stream.js';
 
 export interface ClientRequest<C> {
   /** null = plain client: no deduplication (at-least-once on retry). */
@@ -67,6 +68,15 @@ export const DEDUP_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
 const TAG_RSM = 1;
 const TAG_STATE_TRANSFER = 2;
 const SNAPSHOT_VERSION = 1;
+/** The first piece of a snapshot stream starts with this (snapshotStream). */
+const STREAM_VERSION = 2;
+
+/** A duplicate filter read from a snapshot, not yet installed. */
+interface ParsedFilter {
+  readonly clients: Map<string, ClientState>;
+  readonly withReplies: Map<string, ClientState>;
+  readonly filterBytes: number;
+}
 const TWO32 = 0x1_0000_0000;
 
 interface Recorded {
@@ -245,12 +255,68 @@ export class ReplicatedService<C, R, X> {
   snapshot(): Uint8Array {
     const machine = this.machine.snapshot();
     const w = new ByteWriter(machine.length + 64 + this.clients.size * 32);
-    w.u8(SNAPSHOT_VERSION).bytes(machine).varuint(this.applied).varuint(this.clients.size);
+    w.u8(SNAPSHOT_VERSION).bytes(machine).varuint(this.applied);
+    this.writeFilter(w);
+    return w.finish();
+  }
+
+  /**
+   * The snapshot in pieces (issue 9), consistent as of now while entries keep executing: the
+   * first piece is appliedEntries and the duplicate filter (bounded by dedupBytesMax, written
+   * at once), the rest the machine's own stream (or its snapshot() cut in pieces).
+   */
+  snapshotStream(): SnapshotStream {
+    const w = new ByteWriter(64 + this.clients.size * 32);
+    w.u8(STREAM_VERSION).varuint(this.applied);
+    this.writeFilter(w);
+    let head: Uint8Array | null = w.finish();
+    const m = this.machine;
+    const machine = m.snapshotStream ? m.snapshotStream() : wholeSnapshotStream(m.snapshot());
+    return {
+      next(maxBytes: number): Uint8Array | null {
+        if (head === null) return machine.next(maxBytes);
+        const h = head;
+        head = null;
+        return h;
+      },
+      close(): void {
+        head = null;
+        machine.close();
+      },
+    };
+  }
+
+  /** Restore from the pieces of snapshotStream; on a corrupt piece it throws, and nothing changed. */
+  restoreStream(): RestoreStream {
+    const m = this.machine;
+    const machine = m.restoreStream ? m.restoreStream() : wholeRestoreStream((b) => m.restore(b));
+    let head: { applied: number; filter: ParsedFilter } | null = null;
+    return {
+      add: (piece: Uint8Array): void => {
+        if (head !== null) return machine.add(piece);
+        const r = new ByteReader(piece, 'snapshot stream');
+        const version = r.u8();
+        if (version !== STREAM_VERSION) r.corrupt(`unknown snapshot stream version ${version}`);
+        const applied = r.varuint();
+        const filter = this.readFilter(r);
+        r.end();
+        head = { applied, filter };
+      },
+      finish: (): void => {
+        if (head === null) throw new Error('snapshot stream: no pieces');
+        machine.finish();
+        this.installFilter(head.filter);
+        this.applied = head.applied;
+      },
+    };
+  }
+
+  private writeFilter(w: ByteWriter): void {
+    w.varuint(this.clients.size);
     for (const [id, c] of this.clients) {
       w.text(id).varuint(c.floor).varuint(c.replies.size);
       for (const [seq, rec] of c.replies) w.varuint(seq).bytes(rec.bytes);
     }
-    return w.finish();
   }
 
   /** Replace machine state and filter with a snapshot; on a corrupt snapshot nothing changes. */
@@ -260,6 +326,14 @@ export class ReplicatedService<C, R, X> {
     if (version !== SNAPSHOT_VERSION) r.corrupt(`unknown snapshot version ${version}`);
     const machine = r.bytes();
     const applied = r.varuint();
+    const filter = this.readFilter(r);
+    r.end();
+    this.machine.restore(machine);
+    this.installFilter(filter);
+    this.applied = applied;
+  }
+
+  private readFilter(r: ByteReader): ParsedFilter {
     const n = r.varuint();
     if (n > r.remaining) r.corrupt('client count larger than the snapshot');
     const clients = new Map<string, ClientState>();
@@ -285,12 +359,13 @@ export class ReplicatedService<C, R, X> {
       if (replies.size > 0) withReplies.set(id, c);
       filterBytes += id.length + CLIENT_OVERHEAD_BYTES;
     }
-    r.end();
-    this.machine.restore(machine);
+    return { clients, withReplies, filterBytes };
+  }
+
+  private installFilter({ clients, withReplies, filterBytes }: ParsedFilter): void {
     this.clients = clients;
     this.withReplies = withReplies;
     this.bytes = filterBytes;
-    this.applied = applied;
     this.filterSum.clear();
     for (const [id, c] of clients) {
       this.addFloor(id, c.floor, 1);

@@ -12,6 +12,7 @@
 // same digest, on every replica and in every mode.
 
 import type { ByteWriter } from './bytes.js';
+import type { RestoreStream, SnapshotStream } from './snapshot-stream.js';
 
 /** How entries are produced and consumed (the two approaches of the seed material). */
 export type ReplicationMode = 'rsm' | 'state-transfer';
@@ -79,6 +80,19 @@ export interface StateMachine<Command, Reply, Change> {
   snapshot(): Uint8Array;
   /** Replace the whole state with a snapshot taken by `snapshot`. */
   restore(snapshot: Uint8Array): void;
+  /**
+   * Optional, together with restoreStream: the snapshot in pieces, for states too big to
+   * serialise in one go (issue 9). The stream is consistent as of this call while `execute`
+   * and `applyChange` keep changing the state; its pieces are asked for a slice at a time.
+   * Without it, a stream is cut from `snapshot()` (snapshot-stream.ts), which stops the world
+   * for as long as `snapshot()` takes: fine for small machines.
+   */
+  snapshotStream?(): SnapshotStream;
+  /**
+   * Optional: restore from the pieces of `snapshotStream`, one at a time (the state is
+   * replaced at `finish`). Without it, the pieces are gathered and given to `restore`.
+   */
+  restoreStream?(): RestoreStream;
   /**
    * A digest of the whole state, cheap enough to call after every entry (keep it
    * incremental). Equal states give equal digests on every replica.

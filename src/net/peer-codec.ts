@@ -7,7 +7,7 @@
 // Decoding checks structure only (truncation, unknown tags, bad flag bytes, trailing bytes
 // all throw PeerCodecError); whether the values make sense is validateMessage's job in the
 // core. Encoding is one pass into a reused writer, so a frame of many small payloads costs
-// one copy. Decoded payloads and snapshot data are VIEWS into the input (no copy): they alias
+// one copy. Decoded payloads and chunk data are VIEWS into the input (no copy): they alias
 // the frame buffer, which the caller must keep alive and leave unmodified.
 //
 // Handshake: magic 'LSTP', varuint protocolVersion, text cluster, text nodeId, varuint epoch.
@@ -17,13 +17,16 @@
 // cluster with a shared secret asks the dialling side to prove it holds the secret).
 // From version 3, text arbiterId (the identity lockstep init gave the node's arbiter) comes
 // between the epoch and the flags byte: nodes on two arbiters refuse each other.
+// Version 4: a snapshot no longer travels as one message (tag 2, gone) but as chunk messages
+// (tag 6) acked by chunkAck messages (tag 7); the handshake is unchanged, so a version 3 peer
+// is still decoded and refused for its version.
 // Auth proof (version 2): magic 'LSTA' and a 32-byte HMAC-SHA256, the dialler's first frame
 // after the answer's handshake when it was challenged.
 
 import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import type { PeerMessage, View } from '../core/types.js';
 
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 
 /** Bytes of a handshake challenge and of an auth proof. */
 export const AUTH_BYTES = 32;
@@ -50,10 +53,12 @@ const MAGIC = [0x4c, 0x53, 0x54, 0x50]; // 'LSTP'
 const AUTH_MAGIC = [0x4c, 0x53, 0x54, 0x41]; // 'LSTA'
 const enum Tag {
   Frame = 1,
-  Snapshot = 2,
+  // 2 was a whole snapshot in one message (protocol version 3 and before).
   Ack = 3,
   Refuse = 4,
   Join = 5,
+  Chunk = 6,
+  ChunkAck = 7,
 }
 
 /** One writer for every encode; take() hands a large buffer over rather than copy it. */
@@ -160,7 +165,7 @@ const BESIDE_BYTES = 64 * 1024;
 
 /**
  * A message as one whole frame (framing.ts: u32 big-endian length, then the message) in parts
- * to write in order: large payloads and snapshot data are their own parts, views of the
+ * to write in order: large payloads and chunk data are their own parts, views of the
  * caller's bytes, so a 64 MiB entry is never copied on its way out (issue 14 item 4). The
  * caller must leave them unmodified until written (log entries and snapshots are immutable).
  */
@@ -194,11 +199,14 @@ function writeMessage(w: ByteWriter, msg: PeerMessage, bytes: (b: Uint8Array) =>
         w.varuint(msg.payloads.length);
         for (const p of msg.payloads) bytes(p);
         return;
-      case 'snapshot':
-        w.u8(Tag.Snapshot);
+      case 'chunk':
+        w.u8(Tag.Chunk);
         writeView(w, msg.view);
-        w.varuint(msg.seq).varuint(msg.index);
+        w.varuint(msg.seq).varuint(msg.index).varuint(msg.chunk).u8(msg.last ? 1 : 0);
         bytes(msg.data);
+        return;
+      case 'chunkAck':
+        w.u8(Tag.ChunkAck).varuint(msg.epoch).varuint(msg.seq).varuint(msg.index).varuint(msg.chunks).u8(msg.gap ? 1 : 0);
         return;
       case 'ack':
         w.u8(Tag.Ack).varuint(msg.epoch).varuint(msg.seq).varuint(msg.ackedIndex).u8(msg.gap ? 1 : 0);
@@ -214,7 +222,7 @@ function writeMessage(w: ByteWriter, msg: PeerMessage, bytes: (b: Uint8Array) =>
 
 /**
  * Decode a message's structure into the shape the core expects; the core's validateMessage
- * checks the rest. Payloads and snapshot data alias `bytes`.
+ * checks the rest. Payloads and chunk data alias `bytes`.
  */
 export function decodePeerMessage(bytes: Uint8Array): unknown {
   return decodeWith(bytes, 'peer message', (r) => {
@@ -232,11 +240,20 @@ export function decodePeerMessage(bytes: Uint8Array): unknown {
         for (let i = 0; i < count; i++) payloads[i] = r.bytes();
         return { type: 'frame', view, seq, prevIndex, payloads, primaryIndex, pendingView };
       }
-      case Tag.Snapshot: {
+      case Tag.Chunk: {
         const view = readView(r);
         const seq = r.varuint();
         const index = r.varuint();
-        return { type: 'snapshot', view, seq, index, data: r.bytes() };
+        const chunk = r.varuint();
+        const last = bool(r);
+        return { type: 'chunk', view, seq, index, chunk, last, data: r.bytes() };
+      }
+      case Tag.ChunkAck: {
+        const epoch = r.varuint();
+        const seq = r.varuint();
+        const index = r.varuint();
+        const chunks = r.varuint();
+        return { type: 'chunkAck', epoch, seq, index, chunks, gap: bool(r) };
       }
       case Tag.Ack: {
         const epoch = r.varuint();

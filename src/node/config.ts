@@ -10,7 +10,7 @@ import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs'
 import { dirname, resolve } from 'node:path';
 import { isIPv4, isIPv6 } from 'node:net';
 import { LockstepError, isLockstepError } from '../errors.js';
-import { DEFAULT_TIMING, type CoreConfig, type CoreTiming } from '../core/types.js';
+import { DEFAULT_SNAPSHOT_CHUNK_BYTES, DEFAULT_SNAPSHOT_WINDOW_CHUNKS, DEFAULT_TIMING, type CoreConfig, type CoreTiming } from '../core/types.js';
 import { parseArbiterSpec } from '../arbiter/spec.js';
 import type { ArbiterOptions, EtcdClientOptions } from '../arbiter/types.js';
 
@@ -120,6 +120,7 @@ const INTS = [
   'heartbeatMs', 'failureTimeoutMs', 'retransmitMs', 'arbiterRetryMs', 'joinIntervalMs', 'unackedEntriesMax',
   'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections', 'arbiterTimeoutMs',
   'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax', 'maxmemory', 'dedupBytesMax',
+  'snapshotChunkBytes', 'snapshotWindowChunks',
 ] as const;
 const ETCD_KEYS = ['caFile', 'certFile', 'keyFile', 'authFile'] as const;
 /** The default bound on one etcd call: well above a LAN etcd's commit time, below a human's patience. */
@@ -264,6 +265,8 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     frameEntriesMax: int('frameEntriesMax', DEFAULT_TIMING.frameEntriesMax),
     frameBytesMax: int('frameBytesMax', DEFAULT_TIMING.frameBytesMax),
     catchupEntriesMax: int('catchupEntriesMax', DEFAULT_TIMING.catchupEntriesMax),
+    snapshotChunkBytes: int('snapshotChunkBytes', DEFAULT_SNAPSHOT_CHUNK_BYTES),
+    snapshotWindowChunks: int('snapshotWindowChunks', DEFAULT_SNAPSHOT_WINDOW_CHUNKS),
     maxClientConnections: int('maxClientConnections', 10_000),
     protoMaxBulkLen, maxReplyBytes, clientInputBytesMax, maxmemory, dedupBytesMax,
     secret, requirePass, clientTls, peerTls, nodes, baseDir,
@@ -493,10 +496,10 @@ export function nodeOf(config: ClusterConfig, id: string): NodeConfig {
 export function coreConfigFor(config: ClusterConfig, id: string): CoreConfig {
   nodeOf(config, id);
   const { heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs } = config;
-  const { unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax } = config;
+  const { unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax, snapshotChunkBytes, snapshotWindowChunks } = config;
   return {
     id, nodes: config.nodes.map((n) => n.id), heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs,
-    unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax,
+    unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax, snapshotChunkBytes, snapshotWindowChunks,
   };
 }
 

@@ -10,6 +10,7 @@
 
 import type { Entry, Input, Replica, Role, View } from '../core/index.js';
 import type { ClusterConfig } from './config.js';
+import type { RestoreStream, SnapshotStream } from '../guest/snapshot-stream.js';
 
 export type LogFields = Record<string, unknown>;
 
@@ -42,6 +43,16 @@ export interface ServiceFront {
   installSnapshot(index: number, data: Uint8Array): void;
   /** Primary: the service's state as of the last index appended. */
   takeSnapshot(): Uint8Array;
+  /**
+   * Optional (issue 9): the service's state as of the last index appended, in pieces taken a
+   * slice at a time while the service keeps running. Without it, takeSnapshot is used.
+   */
+  snapshotStream?(): SnapshotStream;
+  /**
+   * Optional: restore a snapshot stream's pieces one at a time; the service is replaced at
+   * finish. Without it, the pieces are gathered and given to installSnapshot.
+   */
+  restoreStream?(): RestoreStream;
   /** The output rule let these held outputs go, in this order. */
   release(outputIds: readonly number[]): void;
   /** These held outputs will never go out. */

@@ -16,6 +16,7 @@ import { EXEC_COMMAND, parseExec } from '../net/exec.js';
 import { clientOf, formatAddress, nodeOf, type ClusterConfig, type KvServiceConfig } from './config.js';
 import { metaCommand, type NodeView } from './commands.js';
 import type { FrontHost, ServiceFront } from './front.js';
+import type { RestoreStream, SnapshotStream } from '../guest/snapshot-stream.js';
 import { listenOrExplain } from './listen.js';
 
 /** kv's machine, or a service module's (ModuleFront): the same commands and replies, their own changes. */
@@ -131,6 +132,22 @@ export class KvFront implements ServiceFront, NodeView {
 
   takeSnapshot(): Uint8Array {
     return this.service.snapshot();
+  }
+
+  snapshotStream(): SnapshotStream {
+    return this.service.snapshotStream();
+  }
+
+  restoreStream(): RestoreStream {
+    const service = this.freshService();
+    const s = service.restoreStream();
+    return {
+      add: (piece) => s.add(piece),
+      finish: () => {
+        s.finish();
+        this.service = service;
+      },
+    };
   }
 
   release(outputIds: readonly number[]): void {

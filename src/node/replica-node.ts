@@ -16,8 +16,11 @@
 
 import http from 'node:http';
 import {
+  ChunkAssembler,
+  DEFAULT_SNAPSHOT_CHUNK_BYTES,
   NO_VIEW,
   createReplica,
+  snapshotChunksWanted,
   status as coreStatus,
   step,
   type Action,
@@ -32,6 +35,7 @@ import { LockstepError, isLockstepError } from '../errors.js';
 import { PeerTransport } from '../net/peer-transport.js';
 import { arbiterFor, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
+import type { RestoreStream, SnapshotStream } from '../guest/snapshot-stream.js';
 import { KvFront } from './kv-front.js';
 import { ModuleFront } from './module-front.js';
 import { WasmFront } from './wasm-front.js';
@@ -42,6 +46,8 @@ import type { ViewRecord } from '../arbiter/types.js';
 
 export type LogRecord = Record<string, unknown>;
 
+/** A primary streaming a snapshot spends at most this long of an event-loop turn producing chunks. */
+const PUMP_SLICE_MS = 4;
 const PEER_MAX_FRAME_BYTES = 512 * 1024 * 1024;
 const PEER_MAX_QUEUED_BYTES = 256 * 1024 * 1024;
 /** How often /status's arbiter health is refreshed by a read when nothing else asked it. */
@@ -90,6 +96,13 @@ export class ReplicaNode implements FrontHost, AdminHost {
   private lastNowMs = 0;
   /** Bumped when this replica halts and starts over as an empty spare. */
   private incarnation = 0;
+  /** A recruit's snapshot chunks, until the last one (for a front that restores a whole snapshot). */
+  private readonly chunks = new ChunkAssembler();
+  /** A recruit's snapshot being restored piece by piece (a front with restoreStream). */
+  private restoring: RestoreStream | null = null;
+  /** Primary: the snapshot stream being fed to the core, and the piece read ahead of it. */
+  private producing: { readonly index: number; readonly stream: SnapshotStream; ahead: Uint8Array | null } | null = null;
+  private pumpScheduled = false;
   private stopped = false;
   readonly counters = { viewChanges: 0 };
 
@@ -289,6 +302,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
     const actions = step(this.replicaState, input, this.nowMs());
     for (const a of actions) this.act(a);
     if (input.type === 'message' || input.type === 'arbiterResult' || input.type === 'tick') this.front.flowMayHaveOpened();
+    if (this.producing !== null && input.type !== 'snapshotChunk') this.schedulePump();
     this.scheduleFlush();
   }
 
@@ -348,10 +362,31 @@ export class ReplicaNode implements FrontHost, AdminHost {
       case 'apply':
         this.front.apply(a.entries);
         return;
-      case 'installSnapshot':
-        this.front.installSnapshot(a.index, a.data);
+      case 'restoreChunk': {
+        if (this.front.restoreStream) {
+          if (a.chunk === 0) this.restoring = this.front.restoreStream();
+          const r = this.restoring;
+          if (r === null) throw new Error(`snapshot chunk ${a.chunk} at ${a.index} with no restore under way`);
+          r.add(a.data);
+          if (a.last) {
+            this.restoring = null;
+            r.finish();
+          }
+          return;
+        }
+        const whole = this.chunks.add(a);
+        if (whole !== null) this.front.installSnapshot(a.index, whole);
         return;
+      }
       case 'takeSnapshot':
+        if (this.front.snapshotStream) {
+          // Begun now, before any other input: consistent at the last index appended.
+          this.producing?.stream.close();
+          const stream = this.front.snapshotStream();
+          this.producing = { index: this.replicaState.lastIndex, stream, ahead: stream.next(this.chunkBytes()) };
+          this.schedulePump();
+          return;
+        }
         this.input({ type: 'snapshot', index: this.replicaState.lastIndex, data: this.front.takeSnapshot() });
         return;
       case 'role':
@@ -395,8 +430,50 @@ export class ReplicaNode implements FrontHost, AdminHost {
   }
 
   /** Halted: discard the state and come back as an empty spare that may be recruited. */
+  private chunkBytes(): number {
+    return this.core.snapshotChunkBytes ?? DEFAULT_SNAPSHOT_CHUNK_BYTES;
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled || this.producing === null) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pumpSnapshot();
+    });
+  }
+
+  /**
+   * Feed the core the recruit's snapshot chunks as its window allows, for a few ms of this
+   * event-loop turn at most, so clients and /status keep being served while a big state
+   * streams. More turns follow while chunks are wanted; acks (input) start it again.
+   */
+  private pumpSnapshot(): void {
+    const until = performance.now() + PUMP_SLICE_MS;
+    while (this.producing !== null && !this.stopped) {
+      const p = this.producing;
+      if (this.replicaState.snapshotFor === null || this.replicaState.role !== 'primary') {
+        // The recruit was abandoned (or we are no longer primary): drop the stream.
+        p.stream.close();
+        this.producing = null;
+        return;
+      }
+      if (snapshotChunksWanted(this.replicaState) === 0) return; // the window is shut: acks reopen it
+      if (performance.now() >= until) return this.schedulePump();
+      const data = p.ahead ?? new Uint8Array(0);
+      p.ahead = p.ahead === null ? null : p.stream.next(this.chunkBytes());
+      const last = p.ahead === null;
+      if (last) this.producing = null;
+      this.input({ type: 'snapshotChunk', index: p.index, data, last });
+    }
+  }
+
   private startOver(reason: string): void {
     this.front.reset();
+    this.chunks.clear();
+    this.restoring = null;
+    this.producing?.stream.close();
+    this.producing = null;
     this.incarnation++;
     this.replicaState = createReplica(this.core, this.nowMs());
     this.log('warn', 'rejoin-as-spare', { reason, incarnation: this.incarnation });

@@ -24,6 +24,7 @@ import {
   NO_VIEW,
   canAppend,
   createReplica,
+  snapshotChunksWanted,
   formatView,
   sameView,
   step,
@@ -35,7 +36,7 @@ import {
   type Replica,
   type View,
 } from '../core/index.js';
-import { ReplicatedService, createKv, type KvCommand, type KvReply, type ReplicationMode, type StateMachine } from '../guest/index.js';
+import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply, type ReplicationMode, type RestoreStream, type SnapshotStream, type StateMachine } from '../guest/index.js';
 import type { HistoryEvent, OpF } from './history.js';
 import { checkHistory } from './linearizability.js';
 import { Rng, TraceHash } from './rng.js';
@@ -131,6 +132,10 @@ const SIM_CORE: CoreTiming = {
   frameEntriesMax: 8,
   frameBytesMax: 2048,
   catchupEntriesMax: 4,
+  // Small chunks and a small window: a recruit's snapshot of a few hundred bytes takes many
+  // chunks, several round trips, and chunk-loss faults hit it.
+  snapshotChunkBytes: 48,
+  snapshotWindowChunks: 3,
 };
 const TICK_MS = 10;
 const CLIENT_TIMEOUT_MS = 250;
@@ -245,6 +250,10 @@ interface SimNode {
   nextOutputId: number;
   /** State digest at each log index this incarnation holds. */
   digests: Map<number, string>;
+  /** A recruit's snapshot being restored chunk by chunk, into a fresh service. */
+  restoring: { readonly service: Service; readonly stream: RestoreStream } | null;
+  /** A primary's snapshot stream being fed to its core (copy-on-write while it serves). */
+  producing: { readonly index: number; readonly stream: SnapshotStream; ahead: Uint8Array | null } | null;
 }
 
 interface PendingOp {
@@ -296,8 +305,9 @@ type FaultKind =
  *                   command): nothing it receives is read and its timers fire late; when it
  *                   comes back its timer runs before the messages that waited (as in Node,
  *                   whose timers phase comes before the poll phase).
- *   slow-snapshot   taking and installing a snapshot stall the node for a time proportional
- *                   to the state's size. Unlike other faults, this does not heal.
+ *   slow-snapshot   taking each snapshot chunk stalls the primary, restoring it the recruit,
+ *                   for a time proportional to the chunk's size (up to a tenth of the failure
+ *                   timeout: a slice). Unlike other faults, this does not heal.
  *   kill            a crash with no restart (kill -9 of a node nobody brings back).
  */
 type NewFaultKind = 'stall' | 'slow-snapshot' | 'kill';
@@ -364,6 +374,9 @@ class Simulation {
    */
   private readonly forgeRng: Rng;
   private readonly forgeMeanMs: number | null;
+  /** chunk-loss: the chance that a snapshot chunk is lost (0: none), and its generator. */
+  private readonly chunkLoss: number;
+  private readonly chunkRng: Rng;
   private faultMeanMs = 300;
   /** slow-snapshot: the stall per KiB of snapshot, when taken and when installed. */
   private readonly snapshotMsPerKiB: number;
@@ -404,6 +417,10 @@ class Simulation {
     const forge = this.forgeRng.chance(0.35);
     const forgeMeanMs = this.forgeRng.pick([30, 100, 300]);
     this.forgeMeanMs = (opts.forge ?? forge) ? forgeMeanMs : null;
+    // chunk-loss: the network loses snapshot chunks (alone; a lost chunk is resent) until
+    // the faults heal. A generator of its own, so other draws stay as they were.
+    this.chunkRng = new Rng((opts.seed ^ 0x1b873593) >>> 0);
+    this.chunkLoss = this.chunkRng.chance(0.4) ? this.chunkRng.pick([0.05, 0.2, 0.5]) : 0;
     for (let i = 0; i < (opts.clients ?? 5); i++) {
       this.clients.push({ id: `c${i}`, process: i, seq: 0, pending: null, target: i % n, token: 0, opsAfterHeal: 0, done: false, counter: 0 });
     }
@@ -413,7 +430,8 @@ class Simulation {
     const snap = this.snapshotMsPerKiB > 0 ? ` slow-snapshot=${this.snapshotMsPerKiB}ms/KiB` : '';
     const size = this.nodeIds.length !== 4 ? ` nodes=${this.nodeIds.length}` : '';
     const forge = this.forgeMeanMs !== null ? ` forge=${this.forgeMeanMs}ms` : '';
-    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}`);
+    const loss = this.chunkLoss > 0 ? ` chunk-loss=${this.chunkLoss}` : '';
+    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}${loss}`);
     if (this.forgeMeanMs !== null) this.q.push(100 + this.forgeRng.exp(this.forgeMeanMs), { k: 'forge' });
     for (const id of this.nodeIds) this.startNode(id, 0, this.rng.int(0, 30));
     for (const c of this.clients) this.wakeClient(c, 50 + this.rng.int(0, 50));
@@ -439,7 +457,7 @@ class Simulation {
       failures: this.failures,
       traceHash: this.hash.hex(),
       traceTail: this.tail.slice(),
-      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : [])],
+      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : [])],
       history: this.history,
       stats: { ...this.stats, events: this.events, views: this.views.length, simMs: Math.round(this.now) },
     };
@@ -472,7 +490,10 @@ class Simulation {
         const node = this.nodes.get(ev.node);
         if (!node || node.inc !== ev.inc || !node.alive) return;
         this.q.push(this.now + TICK_MS, ev);
-        if (!node.paused && this.now >= node.busyUntil) this.stepNode(node, { type: 'tick' }, this.now, null);
+        if (!node.paused && this.now >= node.busyUntil) {
+          this.stepNode(node, { type: 'tick' }, this.now, null);
+          this.pumpSnapshot(node, 1);
+        }
         return;
       }
       case 'arbiter':
@@ -530,6 +551,10 @@ class Simulation {
 
   private send(from: string, fromInc: number, to: string, msg: NetMsg): void {
     if ((this.blocked.get(this.connKey(from, to)) ?? 0) > 0) return;
+    if (msg.t === 'peer' && msg.msg.type === 'chunk' && !this.healed && this.chunkLoss > 0 && this.chunkRng.chance(this.chunkLoss)) {
+      this.trace(`lose ${from}>${to} chunk ${msg.msg.chunk} of the snapshot at ${msg.msg.index}`);
+      return;
+    }
     const c = this.conn(from, to);
     const r = this.netRng;
     let delay = 0.2 + r.exp(1.5);
@@ -614,6 +639,8 @@ class Simulation {
       backlog: [],
       nextOutputId: 1,
       digests,
+      restoring: null,
+      producing: null,
     };
     this.nodes.set(id, node);
     this.trace(`start ${id}#${inc}`);
@@ -734,7 +761,13 @@ class Simulation {
       case 'apply': {
         const ref = source ? this.digestsOf.get(`${source.node}#${source.inc}`) : undefined;
         for (const e of a.entries) {
-          node.service.applyEntry(e.payload);
+          try {
+            node.service.applyEntry(e.payload);
+          } catch (err) {
+            // Only a state that already diverged refuses an entry its primary applied.
+            this.fail('divergence', `${node.id} could not apply ${e.index}: ${err instanceof Error ? err.message : String(err)}`);
+            return;
+          }
           const d = node.service.digest();
           node.digests.set(e.index, d);
           const want = ref?.get(e.index);
@@ -743,22 +776,40 @@ class Simulation {
         }
         return;
       }
-      case 'installSnapshot': {
-        const service: Service = new ReplicatedService(this.machine(), this.mode);
-        service.restore(a.data);
+      case 'restoreChunk': {
+        // The recruit restores chunk by chunk (as the node's kv front does): each costs time
+        // in proportion to its size.
+        this.snapshotStall(node, a.data.length, 'install');
+        if (a.chunk === 0 || node.restoring === null) {
+          const fresh: Service = new ReplicatedService(this.machine(), this.mode);
+          node.restoring = { service: fresh, stream: fresh.restoreStream() };
+        }
+        const { service, stream } = node.restoring;
+        try {
+          stream.add(a.data);
+          if (!a.last) return;
+          node.restoring = null;
+          stream.finish();
+        } catch (e) {
+          node.restoring = null;
+          this.fail('divergence', `${node.id} snapshot at ${a.index} does not restore: ${e instanceof Error ? e.message : String(e)}`);
+          return;
+        }
         node.service = service;
         node.digests.clear();
         node.digests.set(a.index, service.digest());
         const want = source ? this.digestsOf.get(`${source.node}#${source.inc}`)?.get(a.index) : undefined;
         if (want !== service.digest()) this.fail('divergence', `${node.id} snapshot at ${a.index} differs from ${source?.node}'s state`);
         this.stats.recruits++;
-        this.snapshotStall(node, a.data.length, 'install');
         return;
       }
       case 'takeSnapshot': {
-        const data = node.service.snapshot();
-        this.snapshotStall(node, data.length, 'take');
-        this.stepNode(node, { type: 'snapshot', index: node.replica.lastIndex, data }, authorityAt, source);
+        // A snapshot stream (copy-on-write), begun now and fed to the core a few chunks per
+        // tick while the node keeps serving, as the node driver does.
+        node.producing?.stream.close();
+        const stream = node.service.snapshotStream();
+        node.producing = { index: node.replica.lastIndex, stream, ahead: stream.next(SIM_CORE.snapshotChunkBytes ?? 48) };
+        this.pumpSnapshot(node, 1);
         return;
       }
       case 'role':
@@ -1070,8 +1121,33 @@ class Simulation {
     this.q.push(node.busyUntil, { k: 'unstall', node: node.id, inc: node.inc });
   }
 
+  /** Feed up to `max` chunks of the node's snapshot stream to its core, as its window allows. */
+  private pumpSnapshot(node: SimNode, max: number): void {
+    for (let n = 0; n < max && node.producing !== null && node.alive; n++) {
+      const p = node.producing;
+      if (node.replica.snapshotFor === null || node.replica.role !== 'primary') {
+        p.stream.close(); // the recruit was abandoned
+        node.producing = null;
+        return;
+      }
+      if (snapshotChunksWanted(node.replica) === 0) return;
+      const data = p.ahead ?? new Uint8Array(0);
+      p.ahead = p.ahead === null ? null : p.stream.next(SIM_CORE.snapshotChunkBytes ?? 48);
+      const last = p.ahead === null;
+      if (last) node.producing = null;
+      this.snapshotStall(node, data.length, 'take');
+      this.stepNode(node, { type: 'snapshotChunk', index: p.index, data, last }, this.now, null);
+    }
+  }
+
+  /**
+   * A snapshot chunk costs time in proportion to its size, up to a tenth of the failure
+   * timeout: a driver streams a snapshot in slices that short (the node: 4 ms per event-loop
+   * turn plus one 64 KiB piece, against a 500 ms timeout).
+   */
   private snapshotStall(node: SimNode, bytes: number, what: 'take' | 'install'): void {
-    if (this.snapshotMsPerKiB > 0) this.stall(node, (bytes / 1024) * this.snapshotMsPerKiB, `${what} a snapshot of ${bytes} bytes`);
+    const ms = Math.min((bytes / 1024) * this.snapshotMsPerKiB, SIM_CORE.failureTimeoutMs / 10);
+    if (ms > 0) this.stall(node, ms, `${what} a snapshot chunk of ${bytes} bytes`);
   }
 
   /**
@@ -1232,8 +1308,10 @@ function describe(m: PeerMessage): string {
   switch (m.type) {
     case 'frame':
       return `frame e${m.view.epoch} s${m.seq} prev=${m.prevIndex} n=${m.payloads.length}${m.pendingView ? ' handover' : ''}`;
-    case 'snapshot':
-      return `snapshot e${m.view.epoch} s${m.seq} at=${m.index}`;
+    case 'chunk':
+      return `chunk e${m.view.epoch} s${m.seq} at=${m.index} #${m.chunk}${m.last ? ' last' : ''} ${m.data.length}B`;
+    case 'chunkAck':
+      return `chunkAck e${m.epoch} s${m.seq} at=${m.index} held=${m.chunks}${m.gap ? ' gap' : ''}`;
     case 'ack':
       return `ack e${m.epoch} s${m.seq} idx=${m.ackedIndex}${m.gap ? ' gap' : ''}`;
     case 'refuse':

@@ -117,7 +117,8 @@ export class Harness {
       case 'apply':
         this.applied.set(id, [...(this.applied.get(id) ?? []), ...a.entries.map((e) => e.index)]);
         return;
-      case 'installSnapshot':
+      case 'restoreChunk':
+        if (!a.last) return;
         this.snapshots.set(id, [...(this.snapshots.get(id) ?? []), a.index]);
         this.applied.set(id, []);
         return;

@@ -23,6 +23,13 @@ export class TcpProxy {
   delayToTargetMs = 0;
   /** Called with every chunk that passes, before it is forwarded: a passive observer of the wire. */
   tap: ((direction: 'to-target' | 'from-target', chunk: Buffer) => void) | null = null;
+  /**
+   * Deterministic loss: once this many more bytes went towards the target, the data read
+   * then is dropped and every proxied connection is broken off (what was in flight is lost;
+   * the nodes dial again). Fires once, then goes back to null; `breaks` counts the firings.
+   */
+  breakAfterToTargetBytes: number | null = null;
+  breaks = 0;
   /** Bytes dropped by `cut`, per direction (a test can check that a cut really cut). */
   readonly dropped = { toTarget: 0, fromTarget: 0 };
   private stopping = false;
@@ -65,8 +72,21 @@ export class TcpProxy {
       this.pairs.delete(pair);
     };
     const toTarget = (d: Buffer): void => {
-      if (this.cut === 'both' || this.cut === 'to-target') this.dropped.toTarget += d.length;
-      else if (!upstream.destroyed) {
+      if (this.cut === 'both' || this.cut === 'to-target') {
+        this.dropped.toTarget += d.length;
+        return;
+      }
+      if (this.breakAfterToTargetBytes !== null) {
+        this.breakAfterToTargetBytes -= d.length;
+        if (this.breakAfterToTargetBytes <= 0) {
+          this.breakAfterToTargetBytes = null;
+          this.breaks++;
+          this.dropped.toTarget += d.length;
+          this.reset();
+          return;
+        }
+      }
+      if (!upstream.destroyed) {
         this.tap?.('to-target', d);
         upstream.write(d);
       }
