@@ -63,8 +63,11 @@ test('wasm guards: a node whose guest traps stops with a fail-stop record and ex
 });
 
 test('wasm guards: 10^6 iterations making NaNs give the same memory on primary and backup processes', { timeout: 120_000 }, async (t) => {
+  // The guest runs its loop in one go (hundreds of ms on a loaded machine): a failure timeout
+  // well beyond that keeps n1 primary, so its log is the one that holds the guest's output.
   const c = await ProcessCluster.start({
     nodes: 2,
+    failureTimeoutMs: 3000,
     service: { kind: 'wasm', module: here('../../examples/nanloop/nanloop.wasm'), args: ['1000000'], listen: [], memoryLimitMb: 64 },
   });
   t.after(() => c.stop());
