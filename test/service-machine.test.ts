@@ -7,6 +7,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { LockstepError } from '../src/errors.js';
 import { ReplicatedService, loadServiceModule, loadServiceSource, simServiceOf, type KvReply } from '../src/guest/index.js';
@@ -16,39 +17,8 @@ const counters = fileURLToPath(new URL('../../examples/services/counters/counter
 type Svc = ReplicatedService<readonly string[], KvReply, unknown>;
 
 // A one-value register with commands that misbehave on purpose.
-const REGISTER = `import { defineMachine, ByteWriter, ByteReader, kvCodec } from 'lockstep/guest';
-export default defineMachine(() => {
-  let v = 0;
-  const codec = {
-    encodeCommand: (c) => { const w = new ByteWriter(16).varuint(c.length); for (const a of c) w.text(a); return w.finish(); },
-    decodeCommand: (b) => { const r = new ByteReader(b); const n = r.varuint(); const c = []; for (let i = 0; i < n; i++) c.push(r.text()); return c; },
-    encodeReply: kvCodec.encodeReply, decodeReply: kvCodec.decodeReply,
-    encodeChange: (x) => new ByteWriter(9).f64(x).finish(),
-    decodeChange: (b) => new ByteReader(b).f64(),
-  };
-  return {
-    name: 'register', codec,
-    isReadOnly: (c) => c[0].toUpperCase() === 'GET',
-    errorReply: (message) => ({ kind: 'error', message }),
-    execute(c) {
-      switch (c[0].toUpperCase()) {
-        case 'SET': v = Number(c[1]); return { reply: { kind: 'status', value: 'OK' }, change: v };
-        case 'GET': return { reply: { kind: 'integer', value: BigInt(v) }, change: null };
-        case 'ROLL': return { reply: { kind: 'integer', value: BigInt(Math.floor(Math.random() * 10)) }, change: null };
-        case 'REFUSE': throw new Error('NOPE not today');
-        case 'BREAK': v = -1; throw new Error('half done');
-        case 'BADREPLY': v = 7; return { reply: { kind: 'float', value: 1.5 }, change: v };
-        case 'SPIN': for (;;) {}
-        default: return { reply: { kind: 'error', message: 'ERR unknown' }, change: null };
-      }
-    },
-    applyChange: (x) => { v = x; },
-    snapshot: () => new ByteWriter(9).f64(v).finish(),
-    restore: (b) => { v = new ByteReader(b).f64(); },
-    digest: () => String(v),
-  };
-});
-`;
+const breaks = fileURLToPath(new URL('../../test/fixtures/services/breaks-machine.js', import.meta.url));
+const REGISTER = readFileSync(breaks, 'utf8');
 
 const run = (s: Svc, ...command: string[]): KvReply => s.execute({ clientId: null, seq: 1, ackedBelow: 0, command }).reply;
 
@@ -89,7 +59,7 @@ test('counters (defineMachine): primary and backup stay equal in both modes, exa
 });
 
 test('a full machine runs in the sandbox: non-determinism, throws, bad replies and time limits', () => {
-  const loaded = loadServiceSource(REGISTER, 'register.js', { timeoutMs: 200 });
+  const loaded = loadServiceModule(breaks, { timeoutMs: 200 });
   const broken: string[] = [];
   const s = new ReplicatedService(loaded.machine((why) => broken.push(why)), 'rsm') as Svc;
   assert.deepEqual(run(s, 'SET', '5'), { kind: 'status', value: 'OK' });
@@ -105,12 +75,12 @@ test('a full machine runs in the sandbox: non-determinism, throws, bad replies a
   // Not a RESP value: an error reply naming it; the change stands (a backup re-executing gets the same).
   const bad = run(s, 'BADREPLY');
   assert.equal(bad.kind, 'error');
-  assert.match((bad as { message: string }).message, /^ERR register: the reply of BADREPLY\.kind is "float", not one of status, error/);
+  assert.match((bad as { message: string }).message, /^ERR breaks: the reply of BADREPLY\.kind is "float", not one of status, error/);
   assert.deepEqual(run(s, 'GET'), { kind: 'integer', value: 7n });
   // Changed the state, then threw: no entry can describe that, so the replica is told to stop.
   assert.throws(() => run(s, 'BREAK'), (e: unknown) => e instanceof LockstepError && e.code === 'E_SERVICE_MACHINE');
   assert.equal(broken.length, 1);
-  assert.match(broken[0]!, /^E_SERVICE_MACHINE: register\.execute\(BREAK\) threw after changing the state \(digest 7 before, -1 after\): half done/);
+  assert.match(broken[0]!, /^E_SERVICE_MACHINE: breaks\.execute\(BREAK\) threw after changing the state \(digest 7 before, -1 after\): half done/);
 });
 
 test('defineMachine: a module that cannot make a machine is refused at load', () => {
@@ -121,7 +91,7 @@ test('defineMachine: a module that cannot make a machine is refused at load', ()
   refused(`${head}export default defineMachine(() => ({ name: 'x' }));`, /its machine x has no isReadOnly\(\)/);
   refused(`${head}export default defineMachine(() => Date.now());`, /its create\(\): Date\.now\(\) is not available/);
   refused(`${head}export default defineMachine(42);`, /loading it failed: defineMachine: expects a function/);
-  refused(REGISTER.replace('encodeChange: (x)', 'encodeChangeX: (x)'), /its machine register's codec has no encodeChange\(\)/);
+  refused(REGISTER.replace('encodeChange: (x)', 'encodeChangeX: (x)'), /its machine breaks's codec has no encodeChange\(\)/);
 });
 
 test('sim: counters (defineMachine) passes seeds 1..4 in both modes', () => {
