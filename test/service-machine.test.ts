@@ -7,6 +7,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { LockstepError } from '../src/errors.js';
@@ -103,4 +104,13 @@ test('sim: counters (defineMachine) passes seeds 1..4 in both modes', () => {
       assert.ok(r.stats.opsCompleted > 50, `seed ${seed} ${mode}: ${r.stats.opsCompleted} ops`);
     }
   }
+});
+
+test('lockstep sim --service runs a defineMachine module from the command line', async () => {
+  const bin = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+  const r = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    execFile(process.execPath, [bin, 'sim', '--service', counters, '--seeds', '3'], { timeout: 120_000 }, (err, stdout, stderr) => resolve({ code: err === null ? 0 : Number(err.code), stdout, stderr }));
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^3 passed, 0 failed \(seeds 1\.\.3/m);
 });
