@@ -72,7 +72,7 @@ test('a full machine runs in the sandbox: non-determinism, throws, bad replies a
   // Past the time limit with the state unchanged: the sandbox's error, nothing logged (the front answers it).
   assert.throws(() => run(s, 'SPIN'), (e: unknown) => (e as { code?: string }).code === 'ERR_SCRIPT_EXECUTION_TIMEOUT');
   assert.deepEqual(run(s, 'GET'), { kind: 'integer', value: 5n });
-  assert.deepEqual(broken, []);
+  assert.equal(broken.length, 0);
   // Not a RESP value: an error reply naming it; the change stands (a backup re-executing gets the same).
   const bad = run(s, 'BADREPLY');
   assert.equal(bad.kind, 'error');
@@ -82,6 +82,10 @@ test('a full machine runs in the sandbox: non-determinism, throws, bad replies a
   assert.throws(() => run(s, 'BREAK'), (e: unknown) => e instanceof LockstepError && e.code === 'E_SERVICE_MACHINE');
   assert.equal(broken.length, 1);
   assert.match(broken[0]!, /^E_SERVICE_MACHINE: breaks\.execute\(BREAK\) threw after changing the state \(digest 7 before, -1 after\): half done/);
+  // A read-only command is never logged, so one that changed the state is broken too.
+  const t = new ReplicatedService(loaded.machine((why) => broken.push(why)), 'rsm') as Svc;
+  assert.throws(() => run(t, 'PEEK'), (e: unknown) => e instanceof LockstepError && e.code === 'E_SERVICE_MACHINE');
+  assert.match(broken[1]!, /^E_SERVICE_MACHINE: breaks\.execute\(PEEK\) changed the state \(digest 0 before, 1 after\), but isReadOnly says it is a read/);
 });
 
 test('defineMachine: a module that cannot make a machine is refused at load', () => {

@@ -20,6 +20,7 @@
 //     nothing is logged, as for kv. If it did, the state is half-changed in a way no log entry
 //     describes, and `onBroken` is called (a node fail-stops: its backup holds the state as it
 //     was before the command). A machine must validate before it changes anything.
+//   - a read-only command (never logged) whose run changed the digest is broken the same way.
 //   - bytes coming back (encodings, snapshots) are copied into this realm's Uint8Array.
 
 import { LockstepError } from '../errors.js';
@@ -156,6 +157,11 @@ export function wrapMachine(m: unknown, opts: WrapOptions): ModuleMachine & { re
   const snapshot = method('snapshot');
   const restore = method('restore');
   let lastSnapshotBytes: number | undefined;
+  /** The state changed where no log entry says so: tell the owner (a node fail-stops), and fail this call. */
+  const broken = (why: string): LockstepError => {
+    opts.onBroken?.(`E_SERVICE_MACHINE: ${why}`);
+    return new LockstepError('E_SERVICE_MACHINE', why);
+  };
   const digestOut = (): string => {
     const d = digest();
     if (typeof d !== 'string') throw bad(`${machine.name}.digest() must return a string`);
@@ -182,9 +188,7 @@ export function wrapMachine(m: unknown, opts: WrapOptions): ModuleMachine & { re
           after = '(digest failed)';
         }
         if (after !== before) {
-          const reason = `E_SERVICE_MACHINE: ${machine.name}.execute(${(command[0] ?? '').slice(0, 64)}) threw after changing the state (digest ${before} before, ${after} after): ${(e as Error)?.message ?? String(e)}; no log entry describes that change, so this replica stops (validate before changing anything, docs/SERVICES.md)`;
-          opts.onBroken?.(reason);
-          throw new LockstepError('E_SERVICE_MACHINE', reason.slice('E_SERVICE_MACHINE: '.length));
+          throw broken(`${machine.name}.execute(${(command[0] ?? '').slice(0, 64)}) threw after changing the state (digest ${before} before, ${after} after): ${(e as Error)?.message ?? String(e)}; no log entry describes that change, so this replica stops (validate before changing anything, docs/SERVICES.md)`);
         }
         if (isInfrastructureError(e)) throw e;
         const msg = String((e as Error)?.message ?? e).replace(/[\r\n]+/g, ' ').slice(0, 500);
@@ -194,6 +198,12 @@ export function wrapMachine(m: unknown, opts: WrapOptions): ModuleMachine & { re
         throw bad(`${machine.name}.execute must return { reply, change }`);
       }
       const r = res as { reply: unknown; change: unknown };
+      if (isReadOnly(inRealm(command)) === true) {
+        const after = digestOut();
+        if (after !== before) {
+          throw broken(`${machine.name}.execute(${(command[0] ?? '').slice(0, 64)}) changed the state (digest ${before} before, ${after} after), but isReadOnly says it is a read, which is never logged; this replica stops`);
+        }
+      }
       return { reply: replyOut(r.reply, `the reply of ${(command[0] ?? '').toUpperCase().slice(0, 64)}`), change: r.change ?? null };
     },
     applyChange: (c) => void applyChange(c),
