@@ -26,8 +26,9 @@ export const ERROR_CODES = {
   E_LISTEN: 'a port in the config cannot be listened on (in use, or no such address)',
   E_WASM_DIVERGENCE: 'a backup replaying a WebAssembly guest saw it make a different host call, or get a different result, than on the primary (the message names the call index and the difference)',
   E_WASM_MODULE: 'a guest WebAssembly module cannot be run (invalid, or it uses a feature or import lockstep refuses; the message names it)',
-  E_SERVICE_MODULE: 'a service module (`service.kind` "module") cannot be loaded: unreadable, an import other than lockstep/guest, a call such as Math.random() or Date.now() while loading, or no `export default defineService(...)` (the message names it)',
+  E_SERVICE_MODULE: 'a service module (`service.kind` "module") cannot be loaded: unreadable, an import other than lockstep/guest, a call such as Math.random() or Date.now() while loading, or no `export default defineService(...)` / `defineMachine(...)` (the message names it)',
   E_SERVICE_DIVERGENCE: 'a backup\'s state digest differs from the one the primary logged at the same entry: the service module is not deterministic (the message names the entry); the backup fail-stops and the primary recruits a fresh one',
+  E_SERVICE_MACHINE: 'a module\'s full StateMachine (`defineMachine`) threw from execute after changing its state, which no log entry describes: the replica fail-stops (its backup holds the state as before the command)',
   E_SERVICE_TIMEOUT: 'a backup re-executing a service module command ran past `service.timeoutMs` where the primary finished it; the backup fail-stops rather than diverge',
   E_DIR_LOCKED: 'a local cluster\'s run directory is in use by another supervisor, or by nodes still running there (the message names the pid)',
 } as const;

@@ -7,5 +7,6 @@ export * from './bytes.js';
 export * from './kv.js';
 export * from './replicated.js';
 export * from './service.js';
+export * from './machine.js';
 export * from './sandbox.js';
 export * from './snapshot-stream.js';

@@ -1,7 +1,8 @@
 // Loading a user's service module into a determinism guard (issue 10).
 //
 // The module (an ES module: `import { defineService } from 'lockstep/guest'; export default
-// defineService({...})`) is evaluated in a node:vm context of its own, where everything that
+// defineService({...})`, or `export default defineMachine(() => machine)` for a full
+// StateMachine, machine.ts) is evaluated in a node:vm context of its own, where everything that
 // differs between replicas is replaced by a function that throws an error naming the call:
 // Date, Math.random, timers, queueMicrotask, WeakRef, FinalizationRegistry, Intl, require,
 // process, console, fetch. The only import allowed is 'lockstep/guest'; any other import (a
@@ -19,7 +20,10 @@
 import vm from 'node:vm';
 import { readFileSync } from 'node:fs';
 import { LockstepError } from '../errors.js';
-import { defineService, isDefinedService, serviceMachine, type CommandRunner, type DefinedService, type Realm, type ServiceMachine } from './service.js';
+import { defineService, isDefinedService, serviceMachine, toReply, type CommandRunner, type Realm } from './service.js';
+import { defineMachine, isDefinedMachine, wrapMachine, type ModuleMachine } from './machine.js';
+import { ByteReader, ByteWriter, Hash64, SumDigest, hex8 } from './bytes.js';
+import { kvCodec } from './kv.js';
 
 export const DENIED_MARK = 'LockstepDeterminismError';
 
@@ -121,12 +125,22 @@ function makeRunner(context: vm.Context, timeoutMs: number): CommandRunner {
   };
 }
 
+/** What the sandbox offers as 'lockstep/guest': the authoring helpers and the codec pieces. */
+const GUEST_API = Object.freeze({ defineService, defineMachine, toReply, kvCodec, ByteReader, ByteWriter, Hash64, SumDigest, hex8 });
+
 export interface LoadedService {
-  readonly definition: DefinedService<unknown>;
+  /** The service's name (defineService's name; a full machine's `name`). */
+  readonly name: string;
+  /** 'service': defineService (default codec); 'machine': defineMachine (a full StateMachine). */
+  readonly kind: 'service' | 'machine';
+  readonly simulate: ((random: (n: number) => number, client: string, counter: number) => readonly string[]) | undefined;
   /** The module's source, to load it again into a sandbox of its own (one per simulated replica). */
   readonly source: string;
-  /** A fresh machine (empty state) running this module's commands in its sandbox. */
-  machine(): ServiceMachine;
+  /**
+   * A fresh machine (empty state) running this module's commands in its sandbox. `onBroken`:
+   * a full machine's execute threw after changing its state (machine.ts); the caller stops.
+   */
+  machine(onBroken?: (reason: string) => void): ModuleMachine & { readonly stateBytes?: number };
 }
 
 /** Load a service module file into a fresh sandbox; errors are E_SERVICE_MODULE naming the cause. */
@@ -147,7 +161,7 @@ export function loadServiceSource(source: string, path: string, opts: LoadOption
   vm.runInContext(PRELUDE, context, { filename: 'lockstep:prelude' });
   const exportsObj: { default?: unknown } = {};
   context.__lockstep_exports = exportsObj;
-  context.__lockstep_guest = Object.freeze({ defineService });
+  context.__lockstep_guest = GUEST_API;
   try {
     new vm.Script(script, { filename: path }).runInContext(context, { timeout: timeoutMs });
   } catch (e) {
@@ -157,10 +171,25 @@ export function loadServiceSource(source: string, path: string, opts: LoadOption
     throw moduleError(path, `loading it failed: ${(e as Error)?.message ?? String(e)}`);
   }
   const def = exportsObj.default;
-  if (!isDefinedService(def)) throw moduleError(path, 'its default export must be defineService({ name, initial, commands })');
   const runner = makeRunner(context, timeoutMs);
+  if (isDefinedMachine(def)) {
+    const machine = (onBroken?: (reason: string) => void): ModuleMachine & { readonly stateBytes?: number } => {
+      let m: unknown;
+      try {
+        m = runner.run(() => def.create(), undefined, []);
+      } catch (e) {
+        throw moduleError(path, `its create(): ${(e as Error)?.message ?? String(e)}`);
+      }
+      return wrapMachine(m, { runner, where: path, ...(onBroken ? { onBroken } : {}) });
+    };
+    const name = machine().name; // a machine that cannot be made is a load error, not a surprise later
+    return { name, kind: 'machine', simulate: def.simulate, source, machine };
+  }
+  if (!isDefinedService(def)) throw moduleError(path, 'its default export must be defineService({ name, initial, commands }) or defineMachine(() => stateMachine)');
   return {
-    definition: def,
+    name: def.name,
+    kind: 'service',
+    simulate: def.simulate,
     source,
     machine: () => {
       try {
@@ -179,16 +208,16 @@ export function loadServiceSource(source: string, path: string, opts: LoadOption
  */
 export function simServiceOf(path: string, opts: LoadOptions = {}): {
   name: string;
-  machine: () => ServiceMachine;
+  machine: () => ModuleMachine;
   command: (random: (n: number) => number, client: string, counter: number) => readonly string[];
 } {
   const first = loadServiceModule(path, opts);
-  const simulate = first.definition.simulate;
+  const simulate = first.simulate;
   if (simulate === undefined) {
     throw moduleError(path, 'has no simulate(random, client, counter) in its definition, so lockstep sim cannot make a workload for it (docs/SERVICES.md, "Testing a service")');
   }
   return {
-    name: first.definition.name,
+    name: first.name,
     machine: () => loadServiceSource(first.source, path, opts).machine(),
     command: (random, client, counter) => {
       const out: unknown = simulate(random, client, counter);

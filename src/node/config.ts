@@ -46,7 +46,7 @@ export interface WasmServiceConfig {
   /** Where the per-replica guest directories are (`<guestDir>/<node id>`), resolved. */
   readonly guestDir: string;
 }
-/** A user's service module (defineService) replicated at the application level (docs/SERVICES.md). */
+/** A user's service module (defineService or defineMachine) replicated at the application level (docs/SERVICES.md). */
 export interface ModuleServiceConfig {
   readonly kind: 'module';
   /** The .js (ES module) file's path, resolved against the config file's directory. */
@@ -444,7 +444,7 @@ function parseService(
 }
 
 function parseModuleService(o: Record<string, unknown>, baseDir: string, fail: (path: string, msg: string) => never): ModuleServiceConfig {
-  if (typeof o.module !== 'string' || !/\.m?js$/.test(o.module)) fail('service.module', `must be the path of a .js or .mjs file (an ES module whose default export is defineService(...)), got ${describe(o.module)}`);
+  if (typeof o.module !== 'string' || !/\.m?js$/.test(o.module)) fail('service.module', `must be the path of a .js or .mjs file (an ES module whose default export is defineService(...) or defineMachine(...)), got ${describe(o.module)}`);
   if (o.mode !== 'rsm' && o.mode !== 'state-transfer') fail('service.mode', `must be "rsm" or "state-transfer", got ${describe(o.mode)}`);
   const every = o.digestEvery ?? DIGEST_EVERY_DEFAULT;
   if (typeof every !== 'number' || !Number.isSafeInteger(every) || every < 0 || every > 1_000_000) fail('service.digestEvery', `must be an integer from 0 (never) to 1000000, got ${describe(every)}`);

@@ -1,4 +1,4 @@
-// The module front: a user's service module (defineService, docs/SERVICES.md) behind the same
+// The module front: a user's service module (defineService or defineMachine, docs/SERVICES.md) behind the same
 // RESP client port as kv (issue 10). Everything about clients, the output rule, flow control
 // and the duplicate filter is the kv front's; what differs is the machine (loaded from the
 // module into its determinism guard, sandbox.ts) and the runtime digest check:
@@ -16,7 +16,7 @@
 // This lives here, not in src/core: the core never looks inside a payload.
 
 import type { Entry } from '../core/index.js';
-import { ByteReader, ByteWriter, loadServiceModule, ReplicatedService, isInfrastructureError, type KvCommand, type KvReply, type LoadedService, type ServiceMachine } from '../guest/index.js';
+import { ByteReader, ByteWriter, loadServiceModule, ReplicatedService, isInfrastructureError, type KvCommand, type KvReply, type LoadedService } from '../guest/index.js';
 import type { ModuleServiceConfig } from './config.js';
 import type { FrontHost } from './front.js';
 import { KvFront } from './kv-front.js';
@@ -38,7 +38,9 @@ export class ModuleFront extends KvFront {
       this.loaded = loadServiceModule(spec.module, { timeoutMs: spec.timeoutMs });
     }
     const spec = this.node.config.service as ModuleServiceConfig;
-    return new ReplicatedService<KvCommand, KvReply, Uint8Array>(this.loaded.machine(), spec.mode, { bytesMax: this.node.config.dedupBytesMax }) as ReplicatedService<KvCommand, KvReply, unknown>;
+    // A full machine whose execute threw after changing its state: stop (machine.ts).
+    const machine = this.loaded.machine((reason) => this.giveUp(reason));
+    return new ReplicatedService<KvCommand, KvReply, unknown>(machine, spec.mode, { bytesMax: this.node.config.dedupBytesMax });
   }
 
   protected override payload(entry: Uint8Array): Uint8Array {
@@ -91,13 +93,14 @@ export class ModuleFront extends KvFront {
   }
 
   protected override serviceStatus(): Record<string, unknown> {
-    const machine = this.service.machine as unknown as ServiceMachine;
-    return { service: machine.name, stateBytes: machine.stateBytes, digestChecks: this.checks };
+    const machine = this.service.machine as { name: string; stateBytes?: number };
+    // A full machine's state size is known from its last snapshot only (null before one).
+    return { service: machine.name, stateBytes: machine.stateBytes ?? null, digestChecks: this.checks };
   }
 
   protected override serviceMetrics(metric: (name: string, type: 'gauge' | 'counter', help: string, value: number) => void): void {
-    const machine = this.service.machine as unknown as ServiceMachine;
-    metric('lockstep_service_state_bytes', 'gauge', 'The service module state\'s encoded size.', machine.stateBytes);
+    const machine = this.service.machine as { stateBytes?: number };
+    if (machine.stateBytes !== undefined) metric('lockstep_service_state_bytes', 'gauge', 'The service module state\'s encoded size.', machine.stateBytes);
     metric('lockstep_service_digest_checks_total', 'counter', 'Digest checks passed on this replica as a backup.', this.checks);
   }
 }
