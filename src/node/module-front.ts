@@ -38,7 +38,7 @@ export class ModuleFront extends KvFront {
       this.loaded = loadServiceModule(spec.module, { timeoutMs: spec.timeoutMs });
     }
     const spec = this.node.config.service as ModuleServiceConfig;
-    return new ReplicatedService<KvCommand, KvReply, Uint8Array>(this.loaded.machine(), spec.mode, { bytesMax: this.node.config.dedupBytesMax }) as ReplicatedService<KvCommand, KvReply, unknown>;
+    return new ReplicatedService<KvCommand, KvReply, Uint8Array>(this.loaded.machine(), spec.mode, { bytesMax: this.node.config.dedupBytesMax, sessionEntries: this.node.config.dedupSessionEntries }) as ReplicatedService<KvCommand, KvReply, unknown>;
   }
 
   protected override payload(entry: Uint8Array): Uint8Array {
