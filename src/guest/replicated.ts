@@ -132,6 +132,8 @@ export class ReplicatedService<C, R, X> {
   private readonly h = new Hash64();
   private readonly w = new ByteWriter(256); // reused for every entry
   private applied = 0;
+  /** No session can expire before appliedEntries reaches this (a cache, not replicated state). */
+  private expiryCheckAt = 0;
 
   constructor(
     readonly machine: StateMachine<C, R, X>,
@@ -232,10 +234,12 @@ export class ReplicatedService<C, R, X> {
   /** One more logged entry: count it, then expire the sessions idle for sessionEntries entries. */
   private stepped(): void {
     this.applied++;
+    if (this.applied < this.expiryCheckAt) return;
     const oldest = this.applied - this.sessionEntries;
-    for (let c = this.clients.values().next(); c.done !== true && c.value.lastUsed <= oldest; c = this.clients.values().next()) {
-      this.evict(c.value);
-    }
+    let c = this.clients.values().next();
+    for (; c.done !== true && c.value.lastUsed <= oldest; c = this.clients.values().next()) this.evict(c.value);
+    // Last uses only grow, and new sessions start at the newest: the first can expire no sooner.
+    this.expiryCheckAt = (c.done === true ? this.applied : c.value.lastUsed) + this.sessionEntries;
   }
 
   /** The encoded reply the filter records (the machine may shorten it: `recordedReply`). */
@@ -416,6 +420,7 @@ export class ReplicatedService<C, R, X> {
     this.clients = clients;
     this.withReplies = withReplies;
     this.bytes = filterBytes;
+    this.expiryCheckAt = 0;
     this.filterSum.clear();
     for (const c of clients.values()) {
       this.addSession(c, 1);
@@ -473,9 +478,15 @@ export class ReplicatedService<C, R, X> {
   /** The logged part of a deduplicated request: touch, prune by ackedBelow, record, evict. */
   private commit(id: string, seq: number, ackedBelow: number, replyBytes: Uint8Array): void {
     const c = this.clients.get(id) ?? this.openSession(id);
-    this.touch(c);
-    this.withReplies.set(id, c);
-    this.raiseFloor(c, newFloor(c.floor, seq, ackedBelow));
+    // c's digest term changes once for the new last use and floor together.
+    this.addSession(c, -1);
+    c.lastUsed = this.applied + 1;
+    this.clients.delete(id);
+    this.withReplies.delete(id);
+    this.clients.set(id, c);
+    this.dropBelow(c, newFloor(c.floor, seq, ackedBelow));
+    this.addSession(c, 1);
+    this.withReplies.set(id, c); // after dropBelow, which takes out a client left without replies
     const rec = this.recorded(id, seq, replyBytes);
     c.replies.set(seq, rec);
     this.filterSum.addPair(rec.a, rec.b, 1);
@@ -493,20 +504,17 @@ export class ReplicatedService<C, R, X> {
     return c;
   }
 
-  /** c takes part in the entry being logged: it becomes the most recently used. */
-  private touch(c: ClientState): void {
-    this.addSession(c, -1);
-    c.lastUsed = this.applied + 1;
-    this.addSession(c, 1);
-    this.clients.delete(c.id);
-    this.withReplies.delete(c.id);
-    this.clients.set(c.id, c);
-  }
-
   /** Forget c's replies below `floor` (acknowledged, or evicted) and refuse those seqs from now on. */
   private raiseFloor(c: ClientState, floor: number): void {
     if (floor <= c.floor) return;
     this.addSession(c, -1);
+    this.dropBelow(c, floor);
+    this.addSession(c, 1);
+  }
+
+  /** raiseFloor without the session's digest term (the caller updates it). */
+  private dropBelow(c: ClientState, floor: number): void {
+    if (floor <= c.floor) return;
     for (const [s, rec] of c.replies) {
       if (s < floor) {
         c.replies.delete(s);
@@ -515,7 +523,6 @@ export class ReplicatedService<C, R, X> {
       }
     }
     c.floor = floor;
-    this.addSession(c, 1);
     if (c.replies.size === 0) this.withReplies.delete(c.id);
   }
 
