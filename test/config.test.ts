@@ -58,6 +58,18 @@ test('a valid config parses with the defaults filled in', () => {
   assert.deepEqual([e.retransmitMs, e.arbiterRetryMs, e.joinIntervalMs], [60, 50, 80]);
 });
 
+test('maxmemory is no longer tied to one snapshot frame (snapshots go in chunks): 10 M keys fit', () => {
+  const j = base();
+  j.maxmemory = 4 * 1024 * 1024 * 1024;
+  j.dedupBytesMax = 480 * 1024 * 1024;
+  j.dedupSessionEntries = 1000;
+  const c = parse(j);
+  assert.equal(c.maxmemory, 4 * 1024 * 1024 * 1024);
+  assert.equal(c.dedupBytesMax, 480 * 1024 * 1024);
+  assert.equal(c.dedupSessionEntries, 1000);
+  assert.equal(parse(base()).dedupSessionEntries, 10_000_000);
+});
+
 test('addresses: hostnames, IPv6 in brackets, formatAddress round-trips', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'lockstep-config-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -114,6 +126,8 @@ const cases: [string, (j: Json) => void, string, string[]][] = [
   ['cluster name ..', (j) => { j.cluster = '..'; }, 'E_CONFIG_INVALID', ['cluster: must be']],
   ['protoMaxBulkLen past what a string holds', (j) => { j.protoMaxBulkLen = 2 ** 30; }, 'E_CONFIG_INVALID', ['protoMaxBulkLen: must be at most']],
   ['clientInputBytesMax below two values', (j) => { j.protoMaxBulkLen = 1000; j.clientInputBytesMax = 1999; }, 'E_CONFIG_INVALID', ['clientInputBytesMax', 'at least twice protoMaxBulkLen']],
+  ['dedupBytesMax past one snapshot chunk', (j) => { j.dedupBytesMax = 481 * 1024 * 1024; }, 'E_CONFIG_INVALID', ['dedupBytesMax: must be at most 503316480', 'one snapshot chunk']],
+  ['dedupSessionEntries zero', (j) => { j.dedupSessionEntries = 0; }, 'E_CONFIG_INVALID', ['dedupSessionEntries: must be a positive integer']],
   ['maxReplyBytes past a Buffer', (j) => { j.maxReplyBytes = 2 ** 32; }, 'E_CONFIG_INVALID', ['maxReplyBytes: must be at most']],
   ['duplicate node id', (j) => { node(j, 2).id = 'n1'; }, 'E_CONFIG_INVALID', ['nodes[2].id', 'already used by nodes[0].id']],
   ['no port', (j) => { node(j, 1).client = '127.0.0.1'; }, 'E_CONFIG_INVALID', ['nodes[1].client: must be "host:port"']],

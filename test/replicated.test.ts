@@ -17,7 +17,7 @@ function prng(seed: number): () => number {
   return () => rng.float();
 }
 
-function service(mode: ReplicationMode, limits?: { clientsMax?: number; repliesPerClientMax?: number }): Kv {
+function service(mode: ReplicationMode, limits?: { clientsMax?: number; repliesPerClientMax?: number; sessionEntries?: number }): Kv {
   return new ReplicatedService(createKv(), mode, limits);
 }
 
@@ -40,6 +40,7 @@ function assertSame(a: Kv, b: Kv, why: string): void {
 
 const isStale = (r: KvReply): boolean => r.kind === 'error' && r.message.startsWith('ERR E_DEDUP_STALE');
 const isWindow = (r: KvReply): boolean => r.kind === 'error' && r.message.startsWith('ERR E_DEDUP_WINDOW');
+const isExpired = (r: KvReply): boolean => r.kind === 'error' && r.message.startsWith('ERR E_SESSION_EXPIRED') && r.message.includes('start a new session');
 
 /**
  * A seeded workload: 4 deduplicating clients and a plain one, random commands over a few keys,
@@ -163,12 +164,14 @@ test('plain clients and reads are not deduplicated', () => {
     step(p, [b], req(null, 1, ['APPEND', 'k', 'x']));
     step(p, [b], req(null, 1, ['APPEND', 'k', 'x']));
     assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: 'xx' }, 'at-least-once');
+    // A session's first request, a read, logs the session's opening (and nothing else).
     const read = step(p, [b], req('c', 1, ['GET', 'k']));
-    assert.deepEqual(read, { reply: { kind: 'bulk', value: 'xx' }, entry: null, duplicate: false, readOnly: true });
+    assert.deepEqual({ ...read, entry: null }, { reply: { kind: 'bulk', value: 'xx' }, entry: null, duplicate: false, readOnly: false });
+    assert.ok(read.entry !== null, 'the session-open entry');
     step(p, [b], req('d', 1, ['APPEND', 'k', 'y']));
     const reread = step(p, [b], req('c', 1, ['GET', 'k']));
-    assert.deepEqual(reread.reply, { kind: 'bulk', value: 'xxy' }, 'a retried read reads again');
-    assert.equal(p.clientCount, 1, 'only d is in the filter');
+    assert.deepEqual(reread, { reply: { kind: 'bulk', value: 'xxy' }, entry: null, duplicate: false, readOnly: true }, 'a retried read reads again');
+    assert.equal(p.clientCount, 2, 'sessions c and d');
     assertSame(p, b, mode);
   }
 });
@@ -248,7 +251,7 @@ test('the per-client reply window is bounded', () => {
   }
 });
 
-test('the least recently used client is evicted (and loses at-most-once)', () => {
+test('the least recently used session is evicted, and its late retry is refused, not run again', () => {
   for (const mode of REPLICATION_MODES) {
     const p = service(mode, { clientsMax: 2 });
     const b = service(mode, { clientsMax: 2 });
@@ -258,9 +261,12 @@ test('the least recently used client is evicted (and loses at-most-once)', () =>
     step(p, [b], req('c', 1, ['APPEND', 'k', 'c'])); // evicts b
     assert.equal(p.clientCount, 2);
     assert.equal(step(p, [b], req('a', 1, ['APPEND', 'k', 'a'])).duplicate, true);
-    const lost = step(p, [b], req('b', 1, ['APPEND', 'k', 'b']));
-    assert.equal(lost.duplicate, false, 'b was forgotten: its retry executes again');
-    assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: 'abacb' });
+    // b's retry of seq 1 (a retry is sent with ackedBelow 1) and its next request are refused.
+    const late = step(p, [b], req('b', 1, ['APPEND', 'k', 'b'], 1));
+    assert.ok(isExpired(late.reply), JSON.stringify(late.reply));
+    assert.equal(late.entry, null);
+    assert.ok(isExpired(step(p, [b], req('b', 2, ['APPEND', 'k', 'b'])).reply));
+    assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: 'abac' }, 'b ran once');
     assertSame(p, b, mode);
     const fresh = service(mode, { clientsMax: 2 });
     fresh.restore(p.snapshot());
@@ -343,14 +349,89 @@ test('refused commands are recorded short', () => {
   }
 });
 
-test('maxmemory is decided on the primary: a refused write is neither logged nor recorded', () => {
+test('maxmemory is decided on the primary: a refused write is not recorded, and logs only a new session\'s opening', () => {
   for (const mode of REPLICATION_MODES) {
     const p = new ReplicatedService(createKv(1 << 20, 300), mode);
     const b = new ReplicatedService(createKv(1 << 20, 300), mode);
     const res = step(p, [b], req('c', 1, ['SET', 'k', 'v'.repeat(300)]));
     assert.deepEqual(res.reply, { kind: 'error', message: "OOM command not allowed when used memory > 'maxmemory'." });
-    assert.equal(res.entry, null);
+    assert.ok(res.entry !== null, 'only the session opens');
+    assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: null });
+    const again = step(p, [b], req('c', 1, ['SET', 'k', 'v'.repeat(300)]));
+    assert.equal(again.entry, null, 'a refusal in an open session logs nothing');
     assert.equal(step(p, [b], req('c', 1, ['SET', 'k', 'v'])).duplicate, false, 'the retry is judged afresh');
     assertSame(p, b, mode);
+  }
+});
+
+test('sessions expire by log time; their requests are refused with E_SESSION_EXPIRED, the same on every replica', () => {
+  for (const mode of REPLICATION_MODES) {
+    const limits = { sessionEntries: 5 };
+    const p = service(mode, limits);
+    const b = service(mode, limits);
+    step(p, [b], req('a', 1, ['INCR', 'n']));
+    step(p, [b], req('a', 2, ['INCR', 'n'], 1));
+    step(p, [b], req('busy', 1, ['INCR', 'm']));
+    // A snapshot (whole, and streamed) taken now expires 'a' at the same entry as the primary.
+    const whole = service(mode, limits);
+    whole.restore(p.snapshot());
+    const streamed = service(mode, limits);
+    const out = p.snapshotStream();
+    const into = streamed.restoreStream();
+    for (let piece = out.next(16); piece !== null; piece = out.next(16)) into.add(piece);
+    into.finish();
+    const all = [b, whole, streamed];
+    for (const r of all) assertSame(r, p, `${mode} restored`);
+    for (let seq = 2; seq <= 4; seq++) step(p, all, req('busy', seq, ['INCR', 'm'], seq - 1));
+    assert.equal(p.clientCount, 2, 'a is used 4 entries ago: still there');
+    assert.equal(step(p, all, req('a', 2, ['INCR', 'n'], 1)).duplicate, true);
+    // A duplicate logs nothing, so a's last logged use stays entry 2: entry 7 expires it.
+    step(p, all, req('busy', 5, ['INCR', 'm'], 4));
+    assert.equal(p.clientCount, 1, 'a expired');
+    for (const r of all) {
+      assertSame(r, p, `${mode} expired alike`);
+      assert.equal(r.clientCount, 1);
+    }
+    // The late retry and the next request are refused; nothing runs; n stays 2.
+    for (const [seq, acked] of [[2, 1], [3, 2], [1, 1]] as const) {
+      const res = step(p, all, req('a', seq, ['INCR', 'n'], acked));
+      assert.ok(isExpired(res.reply), JSON.stringify(res.reply));
+      assert.deepEqual({ entry: res.entry, duplicate: res.duplicate }, { entry: null, duplicate: false });
+    }
+    assert.deepEqual(p.machine.execute(['GET', 'n']).reply, { kind: 'bulk', value: '2' });
+    // A new session (a new id, seq 1, ackedBelow 0) runs.
+    assert.deepEqual(step(p, all, req('a2', 1, ['INCR', 'n'])).reply, { kind: 'integer', value: 3n });
+    for (const r of all) assertSame(r, p, `${mode} after a new session`);
+  }
+});
+
+test('a session opens only with seq 1, ackedBelow 0; a first read or refused write opens it too', () => {
+  for (const mode of REPLICATION_MODES) {
+    const p = service(mode);
+    const b = service(mode);
+    for (const [seq, acked] of [[2, 0], [5, 3], [1, 1]] as const) {
+      const res = step(p, [b], req('x', seq, ['SET', 'k', 'v'], acked));
+      assert.ok(isExpired(res.reply), JSON.stringify(res.reply));
+      assert.equal(res.entry, null);
+    }
+    assert.equal(p.clientCount, 0);
+    assert.deepEqual(step(p, [b], req('x', 1, ['GET', 'k'])).reply, { kind: 'bulk', value: null });
+    assert.ok(isExpired(step(p, [b], req('y', 2, ['SET', 'k', 'v'])).reply), 'y never opened');
+    assert.deepEqual(p.machine.execute(['GET', 'k']).reply, { kind: 'bulk', value: null });
+    assert.deepEqual(step(p, [b], req('x', 2, ['SET', 'k', 'v'], 2)).reply, { kind: 'status', value: 'OK' }, 'x opened with a read');
+    assertSame(p, b, mode);
+    // The session state (last use) is in the digest: a session touched later differs.
+    const q = service(mode);
+    step(q, [], req('x', 1, ['GET', 'k']));
+    step(q, [], req('x', 2, ['SET', 'k', 'v'], 2));
+    assert.equal(q.digest(), p.digest());
+    const early = service(mode);
+    step(early, [], req('x', 1, ['SET', 'k', 'v']));
+    step(early, [], req(null, 1, ['SET', 'z', '1']));
+    const late = service(mode);
+    step(late, [], req(null, 1, ['SET', 'z', '1']));
+    step(late, [], req('x', 1, ['SET', 'k', 'v']));
+    assert.equal(late.machine.digest(), early.machine.digest());
+    assert.notEqual(late.digest(), early.digest(), 'same data, same floor and reply, another last use');
   }
 });

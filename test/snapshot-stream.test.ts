@@ -38,7 +38,9 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     const rng = new Rng(9);
     const keys = 3000;
     const p: Kv = new ReplicatedService(createKv(), mode);
-    let seq = 0;
+    // Ten client sessions, opened with seq 1, ackedBelow 0; then one seq counter for them all.
+    for (let c = 0; c < 10; c++) p.execute({ clientId: `c${c}`, seq: 1, ackedBelow: 0, command: ['DEL', 'none'] });
+    let seq = 1;
     for (let i = 0; i < keys; i++) p.execute({ clientId: `c${i % 7}`, seq: ++seq, ackedBelow: seq, command: ['SET', `k${i}`, `v${i}`.repeat(1 + (i % 5))] });
     const atStart = p.digest();
     const whole = p.snapshot();

@@ -14,6 +14,13 @@
 // named node or the next one and resends every unanswered command, in order, with its
 // original sequence number.
 //
+// The client id names a session of the filter (docs/CLIENT.md). The first sending of seq 1
+// goes with ackedBelow 0 and opens it; a session the filter forgot (idle past
+// dedupSessionEntries log entries, or evicted) answers E_SESSION_EXPIRED and runs nothing. The
+// client then opens a new session under a fresh id and resends there every command that cannot
+// have run before; a command an earlier sending of which may have run is failed with
+// SessionExpiredError: it may or may not have executed, and no retry can tell.
+//
 // Plain Redis clients (redis-cli, ioredis) do not send ids: a retry of theirs may execute
 // twice (at-least-once). Use this library where that matters.
 
@@ -68,16 +75,32 @@ export class CommandTimeoutError extends Error {
   }
 }
 
+/**
+ * The server forgot this client's session (E_SESSION_EXPIRED) while the command was in doubt:
+ * it may have executed once, or not at all. The client goes on under a new session.
+ */
+export class SessionExpiredError extends ReplyError {
+  readonly code = 'E_SESSION_EXPIRED';
+  readonly mayHaveExecuted = true;
+  constructor(message: string) {
+    super(message);
+    this.name = 'SessionExpiredError';
+  }
+}
+
 export type Value = string | number | bigint | null | Value[];
 
 interface Pending {
-  readonly seq: number;
+  /** Its seq in the current session (renumbered when a new session begins). */
+  seq: number;
   readonly args: readonly string[];
   readonly resolve: (v: KvReply) => void;
   readonly reject: (e: Error) => void;
-  readonly deadline: NodeJS.Timeout;
+  deadline: NodeJS.Timeout | undefined;
   /** Written to some connection at least once: only then may it have executed. */
   sent: boolean;
+  /** A sending of it in this session went unanswered (its connection dropped): it may have run. */
+  lost: boolean;
 }
 
 /** How many connection attempts a CommandTimeoutError reports. */
@@ -114,7 +137,12 @@ export function toValue(r: KvReply): Value {
 }
 
 export class LockstepClient {
-  readonly clientId: string;
+  /** The current session's id (a new one after E_SESSION_EXPIRED). */
+  clientId: string;
+  /** The filter forgot the session: no sending until the replies on the wire are in, then a new one. */
+  private renewing = false;
+  /** How many times the server forgot this client's session (for tests and metrics). */
+  sessionsRenewed = 0;
   private readonly nodes: Address[];
   private readonly attemptTimeoutMs: number;
   private readonly commandTimeoutMs: number;
@@ -142,6 +170,8 @@ export class LockstepClient {
   private current: Address | null = null;
   /** The current connection's socket error, if it had one (ECONNREFUSED, ETIMEDOUT ...). */
   private socketError: string | null = null;
+  /** The last E_SESSION_EXPIRED message (for the error of a command in doubt). */
+  private lastRefusal = '';
   /** How many times the client moved to another node (for tests and metrics). */
   reconnects = 0;
 
@@ -172,8 +202,8 @@ export class LockstepClient {
     return new Promise<KvReply>((resolve, reject) => {
       const go = (): void => {
         const seq = this.nextSeq++;
-        const deadline = setTimeout(() => this.expire(seq), this.commandTimeoutMs);
-        const p: Pending = { seq, args, resolve, reject, deadline, sent: false };
+        const p: Pending = { seq, args, resolve, reject, deadline: undefined, sent: false, lost: false };
+        p.deadline = setTimeout(() => this.expire(p), this.commandTimeoutMs);
         this.inflight.push(p);
         this.sendOrConnect([p]);
       };
@@ -240,10 +270,13 @@ export class LockstepClient {
   }
 
   private wire(p: Pending): Buffer {
-    return encodeCommand(execArgs(this.clientId, p.seq, this.ackedBelow(), p.args));
+    // ackedBelow 0 opens the session: only while no sending of seq 1 may have run already.
+    const acked = p.seq === 1 && !p.lost ? 0 : this.ackedBelow();
+    return encodeCommand(execArgs(this.clientId, p.seq, acked, p.args));
   }
 
   private sendOrConnect(ps: Pending[]): void {
+    if (this.renewing) return; // sent under the new session once the old one's replies are in
     if (this.socket !== null && !this.connecting) {
       this.onWire.push(...ps);
       for (const p of ps) p.sent = true;
@@ -297,6 +330,7 @@ export class LockstepClient {
         // Stop at once if a reply made us leave this connection (NOTPRIMARY): the rest of the
         // chunk belongs to the old connection and its commands are being resent.
         for (let r = parser.next(); r !== null && this.socket === socket; r = parser.next()) this.onReply(r);
+        if (this.renewing && this.onWire.length === 0 && this.socket === socket) this.renewSession();
       } catch (e) {
         this.moveOn(`bad reply: ${(e as Error).message}`);
       }
@@ -331,6 +365,7 @@ export class LockstepClient {
       this.attemptTimer = null;
     }
     this.armAttemptTimer();
+    if (r.kind === 'error' && r.message.startsWith('ERR E_SESSION_EXPIRED')) return this.sessionRefused(p, r.message);
     if (r.kind === 'error' && r.message.startsWith('NOTPRIMARY')) {
       const hinted = /at (\S+):(\d+) /.exec(r.message);
       if (hinted) {
@@ -362,9 +397,11 @@ export class LockstepClient {
     const old = this.socket;
     this.socket = null;
     this.connecting = false;
+    for (const p of this.onWire) p.lost = true; // unanswered: it may have run
     this.onWire = [];
     old?.destroy();
     if (this.closed) return;
+    if (this.renewing) this.renewSession();
     this.target = (this.target + 1) % this.nodes.length;
     this.reconnects++;
     if (this.inflight.length > 0) {
@@ -374,13 +411,49 @@ export class LockstepClient {
     }
   }
 
-  private expire(seq: number): void {
-    const i = this.inflight.findIndex((p) => p.seq === seq);
+  private expire(p: Pending): void {
+    const i = this.inflight.indexOf(p);
     if (i < 0) return;
-    const [p] = this.inflight.splice(i, 1);
-    const outcome = p!.sent ? 'it may or may not have executed' : 'it was never sent to a node, so it did not execute';
+    this.inflight.splice(i, 1);
+    const outcome = p.sent ? 'it may or may not have executed' : 'it was never sent to a node, so it did not execute';
     const seen = this.recent.length > 0 ? `; last attempts: ${this.recent.join('; ')}` : '';
-    p!.reject(new CommandTimeoutError(`command ${p!.args[0]} (seq ${seq}) did not complete in ${this.commandTimeoutMs} ms; ${outcome}${seen}`, p!.sent));
+    p.reject(new CommandTimeoutError(`command ${p.args[0]} (seq ${p.seq}) did not complete in ${this.commandTimeoutMs} ms; ${outcome}${seen}`, p.sent));
     this.queued.shift()?.();
+  }
+
+  /**
+   * The server forgot this session: p did not run now. Send nothing more under it; once the
+   * replies already on the wire are in (some may have run: they resolve as usual), begin anew.
+   */
+  private sessionRefused(p: Pending, message: string): void {
+    if (this.inflight.includes(p)) this.lastRefusal = message;
+    this.renewing = true;
+    if (this.onWire.length === 0) this.renewSession();
+  }
+
+  /**
+   * A new session under a fresh id: a command that may have run in the old one (a sending of
+   * it went unanswered) fails with SessionExpiredError; the rest, which certainly did not run,
+   * are renumbered from 1, in order, and sent.
+   */
+  private renewSession(): void {
+    const old = this.clientId;
+    this.renewing = false;
+    this.sessionsRenewed++;
+    this.clientId = randomUUID();
+    this.nextSeq = 1;
+    const keep: Pending[] = [];
+    for (const p of this.inflight.splice(0)) {
+      if (p.lost) {
+        clearTimeout(p.deadline);
+        p.reject(new SessionExpiredError(`command ${p.args[0]} (seq ${p.seq} of session ${old}) may or may not have executed: the server forgot the session before it could answer (${this.lastRefusal.slice(4, 300)}); the client goes on under session ${this.clientId}`));
+        continue;
+      }
+      p.seq = this.nextSeq++;
+      keep.push(p);
+    }
+    this.inflight.push(...keep);
+    while (this.queued.length > 0 && this.inflight.length < this.maxInFlight) this.queued.shift()!();
+    if (keep.length > 0) this.sendOrConnect(keep);
   }
 }

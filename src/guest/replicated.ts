@@ -11,21 +11,28 @@
 //
 // Entry encoding (opaque to the core):
 //   u8 mode tag (1 rsm, 2 state-transfer)
-//   u8 has-client (0 plain client, 1 deduplicated); if 1: text clientId, varuint seq,
-//     varuint ackedBelow
+//   u8 has-client (0 plain client, 1 deduplicated, 2 session open); if 1: text clientId,
+//     varuint seq, varuint ackedBelow; if 2: text clientId, and nothing else follows
 //   rsm:            bytes command
 //   state-transfer: [bytes reply, only if has-client] u8 has-change (0 only with a client)
 //                   [bytes change, if has-change]
 //
-// Bounds: a client may hold at most repliesPerClientMax unacknowledged replies (a new request
-// beyond that is refused with E_DEDUP_WINDOW); at most clientsMax clients are remembered, the
-// least recently used (by logged step) being evicted. An evicted client loses its at-most-once
-// guarantee: a retry of one of its old requests would execute again.
+// Sessions: a client id names a session. It opens with the request seq 1, ackedBelow 0 (the
+// first sending of a client's first request); a request from an id the filter does not know,
+// other than that one, is refused with E_SESSION_EXPIRED, never executed. A session's first
+// request that logs nothing by itself (a read, a refused write) logs a session-open entry, so
+// the session exists before its seq 2. A session expires when sessionEntries logged entries
+// pass without a logged step of its own (log time: replicated, the same on every replica,
+// never the wall clock); at most clientsMax sessions are remembered, the least recently used
+// being evicted. Either way its later requests are refused with E_SESSION_EXPIRED, so a late
+// retry of an old request cannot execute twice: the client starts a new session (a new id).
+// A client may hold at most repliesPerClientMax unacknowledged replies (a new request beyond
+// that is refused with E_DEDUP_WINDOW).
 // The filter is also bounded in bytes (bytesMax, counted deterministically: reply bytes plus a
 // fixed overhead per record and per client, so every replica evicts the same). Past it, the
 // least recently used client's recorded replies are dropped first, and its floor raised above
 // them: a retry of one of them is refused with E_DEDUP_STALE (it executed once; its reply is
-// gone), never executed again. Only if that is not enough are whole clients evicted, as above.
+// gone), never executed again. Only if that is not enough are whole sessions evicted, as above.
 // A command that changed nothing is recorded as the machine shortens it (`recordedReply`: kv
 // cuts long error replies), so refused commands cost little.
 
@@ -57,6 +64,8 @@ export interface DedupLimits {
   readonly repliesPerClientMax?: number;
   /** Bytes the filter may hold, as counted by filterBytes (the same on every replica). */
   readonly bytesMax?: number;
+  /** A session expires after this many logged entries without a logged step of its own. */
+  readonly sessionEntries?: number;
 }
 
 /** Counted per recorded reply beyond its bytes (the Map entry, the record, the array header). */
@@ -64,12 +73,14 @@ export const RECORD_OVERHEAD_BYTES = 160;
 /** Counted per remembered client beyond its id (its state, two Map entries). */
 export const CLIENT_OVERHEAD_BYTES = 240;
 export const DEDUP_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
+export const DEDUP_CLIENTS_MAX_DEFAULT = 100_000;
+export const DEDUP_SESSION_ENTRIES_DEFAULT = 10_000_000;
 
 const TAG_RSM = 1;
 const TAG_STATE_TRANSFER = 2;
-const SNAPSHOT_VERSION = 1;
+const SNAPSHOT_VERSION = 3; // 3: sessions (lastUsed per client)
 /** The first piece of a snapshot stream starts with this (snapshotStream). */
-const STREAM_VERSION = 2;
+const STREAM_VERSION = 4; // 4: sessions (lastUsed per client)
 
 /** A duplicate filter read from a snapshot, not yet installed. */
 interface ParsedFilter {
@@ -89,6 +100,8 @@ interface ClientState {
   readonly id: string;
   /** Lowest seq still accepted; replies below it were acknowledged (or evicted) and forgotten. */
   floor: number;
+  /** The number of the last logged entry of this session (appliedEntries then): expiry. */
+  lastUsed: number;
   readonly replies: Map<number, Recorded>;
 }
 
@@ -108,6 +121,7 @@ export class ReplicatedService<C, R, X> {
   readonly clientsMax: number;
   readonly repliesPerClientMax: number;
   readonly bytesMax: number;
+  readonly sessionEntries: number;
 
   /** Clients in least-recently-used-first order (Map delete + reinsert on each logged use). */
   private clients = new Map<string, ClientState>();
@@ -118,6 +132,8 @@ export class ReplicatedService<C, R, X> {
   private readonly h = new Hash64();
   private readonly w = new ByteWriter(256); // reused for every entry
   private applied = 0;
+  /** No session can expire before appliedEntries reaches this (a cache, not replicated state). */
+  private expiryCheckAt = 0;
 
   constructor(
     readonly machine: StateMachine<C, R, X>,
@@ -125,9 +141,10 @@ export class ReplicatedService<C, R, X> {
     limits: DedupLimits = {},
   ) {
     if (mode !== 'rsm' && mode !== 'state-transfer') throw new RangeError(`unknown replication mode ${String(mode)}`);
-    this.clientsMax = positiveInt(limits.clientsMax, 100_000, 'clientsMax');
+    this.clientsMax = positiveInt(limits.clientsMax, DEDUP_CLIENTS_MAX_DEFAULT, 'clientsMax');
     this.repliesPerClientMax = positiveInt(limits.repliesPerClientMax, 1024, 'repliesPerClientMax');
     this.bytesMax = positiveInt(limits.bytesMax, DEDUP_BYTES_MAX_DEFAULT, 'bytesMax');
+    this.sessionEntries = positiveInt(limits.sessionEntries, DEDUP_SESSION_ENTRIES_DEFAULT, 'sessionEntries');
   }
 
   /** The duplicate filter's size as bounded by bytesMax. */
@@ -153,9 +170,14 @@ export class ReplicatedService<C, R, X> {
       throw new RangeError(`ackedBelow must be an integer >= 0, got ${ackedBelow}`);
     }
     const m = this.machine;
+    // A session's first request opens it with an entry of its own when it logs nothing itself.
+    const opens = id !== null && !this.clients.has(id);
     if (m.isReadOnly(command)) {
+      const refused = opens ? this.refusal(id, seq, ackedBelow) : null;
+      if (refused !== null) return { ...refused, entry: null, readOnly: false };
       const { reply, change } = m.execute(command);
       if (change !== null) throw new Error(`${m.name}: a read-only command changed the state`);
+      if (opens) return { reply, entry: this.open(id), duplicate: false, readOnly: false };
       return { reply, entry: null, duplicate: false, readOnly: true };
     }
     if (id !== null) {
@@ -163,9 +185,9 @@ export class ReplicatedService<C, R, X> {
       if (refused !== null) return { ...refused, entry: null, readOnly: false };
     }
     // Admission (kv: maxmemory) is decided here, on the primary, before anything executes: a
-    // refused command is neither logged nor recorded, so no backup ever sees it.
+    // refused command is not recorded (its retry is judged afresh), so no backup ever sees it.
     const denied = m.admit?.(command) ?? null;
-    if (denied !== null) return { reply: denied, entry: null, duplicate: false, readOnly: false };
+    if (denied !== null) return { reply: denied, entry: opens ? this.open(id) : null, duplicate: false, readOnly: false };
     const { reply, change } = m.execute(command);
     // A write that changed nothing need not be logged for a plain client. For a client with an
     // id it must be: otherwise a delayed duplicate of it, arriving after the client moved on,
@@ -197,8 +219,27 @@ export class ReplicatedService<C, R, X> {
       }
     }
     if (id !== null) this.commit(id, seq, ackedBelow, replyBytes!);
-    this.applied++;
+    this.stepped();
     return { reply, entry: w.take(), duplicate: false, readOnly: false };
+  }
+
+  /** The session-open entry for `id` (unknown here), applied at once. */
+  private open(id: string): Uint8Array {
+    const entry = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER).u8(2).text(id).take();
+    this.openSession(id);
+    this.stepped();
+    return entry;
+  }
+
+  /** One more logged entry: count it, then expire the sessions idle for sessionEntries entries. */
+  private stepped(): void {
+    this.applied++;
+    if (this.applied < this.expiryCheckAt) return;
+    const oldest = this.applied - this.sessionEntries;
+    let c = this.clients.values().next();
+    for (; c.done !== true && c.value.lastUsed <= oldest; c = this.clients.values().next()) this.evict(c.value);
+    // Last uses only grow, and new sessions start at the newest: the first can expire no sooner.
+    this.expiryCheckAt = (c.done === true ? this.applied : c.value.lastUsed) + this.sessionEntries;
   }
 
   /** The encoded reply the filter records (the machine may shorten it: `recordedReply`). */
@@ -215,7 +256,15 @@ export class ReplicatedService<C, R, X> {
     const want = this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER;
     if (tag !== want) r.corrupt(`entry tag ${tag}, but this service runs in ${this.mode} mode (tag ${want})`);
     const hasClient = r.u8();
-    if (hasClient > 1) r.corrupt(`bad client flag ${hasClient}`);
+    if (hasClient > 2) r.corrupt(`bad client flag ${hasClient}`);
+    if (hasClient === 2) {
+      const id = r.text();
+      r.end();
+      if (this.clients.has(id)) throw new Error('replica divergence: a session-open entry for a session this replica knows');
+      this.openSession(id);
+      this.stepped();
+      return;
+    }
     let id: string | null = null;
     let seq = 0;
     let ackedBelow = 0;
@@ -248,7 +297,7 @@ export class ReplicatedService<C, R, X> {
       if (change !== null) m.applyChange(change);
       if (id !== null) this.commit(id, seq, ackedBelow, replyBytes!);
     }
-    this.applied++;
+    this.stepped();
   }
 
   /** Machine state + the whole duplicate filter (LRU order included) + appliedEntries. */
@@ -298,7 +347,7 @@ export class ReplicatedService<C, R, X> {
         const version = r.u8();
         if (version !== STREAM_VERSION) r.corrupt(`unknown snapshot stream version ${version}`);
         const applied = r.varuint();
-        const filter = this.readFilter(r);
+        const filter = this.readFilter(r, applied);
         r.end();
         head = { applied, filter };
       },
@@ -314,7 +363,7 @@ export class ReplicatedService<C, R, X> {
   private writeFilter(w: ByteWriter): void {
     w.varuint(this.clients.size);
     for (const [id, c] of this.clients) {
-      w.text(id).varuint(c.floor).varuint(c.replies.size);
+      w.text(id).varuint(c.floor).varuint(c.lastUsed).varuint(c.replies.size);
       for (const [seq, rec] of c.replies) w.varuint(seq).bytes(rec.bytes);
     }
   }
@@ -326,23 +375,28 @@ export class ReplicatedService<C, R, X> {
     if (version !== SNAPSHOT_VERSION) r.corrupt(`unknown snapshot version ${version}`);
     const machine = r.bytes();
     const applied = r.varuint();
-    const filter = this.readFilter(r);
+    const filter = this.readFilter(r, applied);
     r.end();
     this.machine.restore(machine);
     this.installFilter(filter);
     this.applied = applied;
   }
 
-  private readFilter(r: ByteReader): ParsedFilter {
+  private readFilter(r: ByteReader, applied: number): ParsedFilter {
     const n = r.varuint();
     if (n > r.remaining) r.corrupt('client count larger than the snapshot');
     const clients = new Map<string, ClientState>();
     const withReplies = new Map<string, ClientState>();
     let filterBytes = 0;
+    let last = 0;
     for (let i = 0; i < n; i++) {
       const id = r.text();
       if (clients.has(id)) r.corrupt('duplicate client id');
       const floor = r.varuint();
+      const lastUsed = r.varuint();
+      // Sessions are written least recently used first; none may be expired or from the future.
+      if (lastUsed < last || lastUsed > applied) r.corrupt(`bad session last use ${lastUsed}`);
+      last = lastUsed;
       const k = r.varuint();
       if (k > r.remaining) r.corrupt('reply count larger than the snapshot');
       const replies = new Map<number, Recorded>();
@@ -354,7 +408,7 @@ export class ReplicatedService<C, R, X> {
         replies.set(seq, this.recorded(id, seq, reply));
         filterBytes += reply.length + RECORD_OVERHEAD_BYTES;
       }
-      const c: ClientState = { id, floor, replies };
+      const c: ClientState = { id, floor, lastUsed, replies };
       clients.set(id, c);
       if (replies.size > 0) withReplies.set(id, c);
       filterBytes += id.length + CLIENT_OVERHEAD_BYTES;
@@ -366,9 +420,10 @@ export class ReplicatedService<C, R, X> {
     this.clients = clients;
     this.withReplies = withReplies;
     this.bytes = filterBytes;
+    this.expiryCheckAt = 0;
     this.filterSum.clear();
-    for (const [id, c] of clients) {
-      this.addFloor(id, c.floor, 1);
+    for (const c of clients.values()) {
+      this.addSession(c, 1);
       for (const rec of c.replies.values()) this.filterSum.addPair(rec.a, rec.b, 1);
     }
   }
@@ -380,11 +435,19 @@ export class ReplicatedService<C, R, X> {
 
   // ---- the filter ------------------------------------------------------------------------
 
-  /** Why a deduplicated request must not execute (stale, duplicate, window full), or null. */
+  /** Why a deduplicated request must not execute (no session, stale, duplicate, window full), or null. */
   private refusal(id: string, seq: number, ackedBelow: number): Refusal<R> | null {
     const c = this.clients.get(id);
-    if (c === undefined) return null;
     const m = this.machine;
+    if (c === undefined) {
+      if (seq === 1 && ackedBelow === 0) return null; // opens the session
+      return {
+        reply: m.errorReply(
+          `E_SESSION_EXPIRED client session ${JSON.stringify(id.slice(0, 64))} is not known: it expired (no request in ${this.sessionEntries} log entries), was evicted (over ${this.clientsMax} sessions) or never opened (a session opens with seq 1, ackedBelow 0); request ${seq} was not run now, and whether it ran before cannot be known; start a new session with a new client id`,
+        ),
+        duplicate: false,
+      };
+    }
     if (seq < c.floor) {
       return {
         reply: m.errorReply(
@@ -414,30 +477,44 @@ export class ReplicatedService<C, R, X> {
 
   /** The logged part of a deduplicated request: touch, prune by ackedBelow, record, evict. */
   private commit(id: string, seq: number, ackedBelow: number, replyBytes: Uint8Array): void {
-    let c = this.clients.get(id);
-    if (c === undefined) {
-      c = { id, floor: 1, replies: new Map() };
-      this.addFloor(id, c.floor, 1);
-      this.bytes += id.length + CLIENT_OVERHEAD_BYTES;
-    } else {
-      this.clients.delete(id);
-      this.withReplies.delete(id);
-    }
+    const c = this.clients.get(id) ?? this.openSession(id);
+    // c's digest term changes once for the new last use and floor together.
+    this.addSession(c, -1);
+    c.lastUsed = this.applied + 1;
+    this.clients.delete(id);
+    this.withReplies.delete(id);
     this.clients.set(id, c);
-    this.withReplies.set(id, c);
-    this.raiseFloor(c, newFloor(c.floor, seq, ackedBelow));
+    this.dropBelow(c, newFloor(c.floor, seq, ackedBelow));
+    this.addSession(c, 1);
+    this.withReplies.set(id, c); // after dropBelow, which takes out a client left without replies
     const rec = this.recorded(id, seq, replyBytes);
     c.replies.set(seq, rec);
     this.filterSum.addPair(rec.a, rec.b, 1);
     this.bytes += replyBytes.length + RECORD_OVERHEAD_BYTES;
-    if (this.clients.size > this.clientsMax) this.evict(this.clients.values().next().value!);
     this.shrink(c, seq);
+  }
+
+  /** A new session for `id`, the most recently used. */
+  private openSession(id: string): ClientState {
+    const c: ClientState = { id, floor: 1, lastUsed: this.applied + 1, replies: new Map() };
+    this.clients.set(id, c);
+    this.addSession(c, 1);
+    this.bytes += id.length + CLIENT_OVERHEAD_BYTES;
+    if (this.clients.size > this.clientsMax) this.evict(this.clients.values().next().value!);
+    return c;
   }
 
   /** Forget c's replies below `floor` (acknowledged, or evicted) and refuse those seqs from now on. */
   private raiseFloor(c: ClientState, floor: number): void {
     if (floor <= c.floor) return;
-    this.addFloor(c.id, c.floor, -1);
+    this.addSession(c, -1);
+    this.dropBelow(c, floor);
+    this.addSession(c, 1);
+  }
+
+  /** raiseFloor without the session's digest term (the caller updates it). */
+  private dropBelow(c: ClientState, floor: number): void {
+    if (floor <= c.floor) return;
     for (const [s, rec] of c.replies) {
       if (s < floor) {
         c.replies.delete(s);
@@ -446,7 +523,6 @@ export class ReplicatedService<C, R, X> {
       }
     }
     c.floor = floor;
-    this.addFloor(c.id, floor, 1);
     if (c.replies.size === 0) this.withReplies.delete(c.id);
   }
 
@@ -478,7 +554,7 @@ export class ReplicatedService<C, R, X> {
   private evict(c: ClientState): void {
     this.clients.delete(c.id);
     this.withReplies.delete(c.id);
-    this.addFloor(c.id, c.floor, -1);
+    this.addSession(c, -1);
     this.bytes -= c.id.length + CLIENT_OVERHEAD_BYTES;
     for (const rec of c.replies.values()) {
       this.filterSum.addPair(-rec.a, -rec.b, -1);
@@ -491,8 +567,11 @@ export class ReplicatedService<C, R, X> {
     return { bytes, a: h.a, b: h.b };
   }
 
-  private addFloor(id: string, floor: number, sign: 1 | -1): void {
-    const h = this.h.reset().u32(2).str(id).u32(floor % TWO32).u32(Math.floor(floor / TWO32));
+  /** Add (or take out) a session's id, floor and last use to the filter digest. */
+  private addSession(c: ClientState, sign: 1 | -1): void {
+    const { id, floor, lastUsed } = c;
+    const h = this.h.reset().u32(3).str(id).u32(floor % TWO32).u32(Math.floor(floor / TWO32))
+      .u32(lastUsed % TWO32).u32(Math.floor(lastUsed / TWO32));
     this.filterSum.addPair(sign * h.a, sign * h.b, sign);
   }
 }

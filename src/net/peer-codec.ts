@@ -20,13 +20,16 @@
 // Version 4: a snapshot no longer travels as one message (tag 2, gone) but as chunk messages
 // (tag 6) acked by chunkAck messages (tag 7); the handshake is unchanged, so a version 3 peer
 // is still decoded and refused for its version.
+// Version 5: the messages are unchanged, but what they carry is not: kv log entries may be
+// session-open entries, and the duplicate filter in a snapshot keeps each client session's
+// last use (issue 9 item 5); a version 4 peer could not read them, so it is refused.
 // Auth proof (version 2): magic 'LSTA' and a 32-byte HMAC-SHA256, the dialler's first frame
 // after the answer's handshake when it was challenged.
 
 import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import type { PeerMessage, View } from '../core/types.js';
 
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 /** Bytes of a handshake challenge and of an auth proof. */
 export const AUTH_BYTES = 32;

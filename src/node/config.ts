@@ -5,6 +5,7 @@
 // which also refuses `bugs`: planted bugs exist for the simulator only, never for a real node.
 
 import { SERVICE_TIMEOUT_MS_DEFAULT } from '../guest/sandbox.js';
+import { DEDUP_SESSION_ENTRIES_DEFAULT } from '../guest/replicated.js';
 import { readFile } from 'node:fs/promises';
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -84,6 +85,8 @@ export interface ClusterConfig extends CoreTiming {
   readonly maxmemory: number;
   /** kv: the duplicate filter's size limit in counted bytes; the oldest clients' replies go first. Replicated: the same on every node. */
   readonly dedupBytesMax: number;
+  /** A deduplicating client's session expires after this many log entries without one of its own (log time). Replicated: the same on every node. */
+  readonly dedupSessionEntries: number;
   /** The shared secret peers prove they hold (from `secretFile`), or null: no peer authentication. */
   readonly secret: Uint8Array | null;
   readonly nodes: readonly NodeConfig[];
@@ -103,11 +106,11 @@ const DEFAULT_CLIENT_INPUT_BYTES_MAX = 512 * 1024 * 1024;
 const DEFAULT_MAXMEMORY = 256 * 1024 * 1024;
 const DEFAULT_DEDUP_BYTES_MAX = 64 * 1024 * 1024;
 /**
- * A recruit gets the whole state (kv and filter) in one snapshot frame of at most 512 MiB
- * (replica-node.ts); the counted sizes bound the snapshot's bytes from above, so their sum must
- * stay below it, with room for the frame's own fields.
+ * Snapshots go in chunks (issue 9), so maxmemory has no frame to fit. The duplicate filter is
+ * still one piece, one chunk, one peer frame of at most 512 MiB (replica-node.ts): its counted
+ * size bounds its bytes from above, so it stays below that, with room for the frame's fields.
  */
-const STATE_BYTES_CEILING = 480 * 1024 * 1024;
+const DEDUP_BYTES_CEILING = 480 * 1024 * 1024;
 /**
  * Cluster names and node ids: they name files and directories (a node's log, a wasm guest's
  * directory `guestDir/<id>`, which is emptied at start), so they start with a letter or digit:
@@ -119,7 +122,7 @@ const TOP_REQUIRED = ['cluster', 'arbiter', 'service', 'nodes'] as const;
 const INTS = [
   'heartbeatMs', 'failureTimeoutMs', 'retransmitMs', 'arbiterRetryMs', 'joinIntervalMs', 'unackedEntriesMax',
   'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections', 'arbiterTimeoutMs',
-  'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax', 'maxmemory', 'dedupBytesMax',
+  'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax', 'maxmemory', 'dedupBytesMax', 'dedupSessionEntries',
   'snapshotChunkBytes', 'snapshotWindowChunks',
 ] as const;
 const ETCD_KEYS = ['caFile', 'certFile', 'keyFile', 'authFile'] as const;
@@ -212,9 +215,10 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
   if (clientInputBytesMax < 2 * protoMaxBulkLen) fail('clientInputBytesMax', `${clientInputBytesMax} must be at least twice protoMaxBulkLen (${protoMaxBulkLen}), or no command with the largest value could ever arrive`);
   const maxmemory = int('maxmemory', DEFAULT_MAXMEMORY);
   const dedupBytesMax = int('dedupBytesMax', DEFAULT_DEDUP_BYTES_MAX);
-  if (maxmemory + dedupBytesMax > STATE_BYTES_CEILING) {
-    fail(maxmemory > dedupBytesMax ? 'maxmemory' : 'dedupBytesMax', `maxmemory (${maxmemory}) plus dedupBytesMax (${dedupBytesMax}) must be at most ${STATE_BYTES_CEILING}: a new backup receives the whole state in one snapshot frame of at most 512 MiB`);
+  if (dedupBytesMax > DEDUP_BYTES_CEILING) {
+    fail('dedupBytesMax', `must be at most ${DEDUP_BYTES_CEILING}, got ${dedupBytesMax}: a new backup receives the whole duplicate filter in one snapshot chunk, a peer frame of at most 512 MiB`);
   }
+  const dedupSessionEntries = int('dedupSessionEntries', DEDUP_SESSION_ENTRIES_DEFAULT);
   const retransmitMs = int('retransmitMs', 3 * heartbeatMs);
   if (retransmitMs >= failureTimeoutMs) fail('retransmitMs', `retransmit interval ${retransmitMs} ms must be below the failure timeout ${failureTimeoutMs} ms, or a lost frame is retransmitted only after a failover`);
 
@@ -268,7 +272,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     snapshotChunkBytes: int('snapshotChunkBytes', DEFAULT_SNAPSHOT_CHUNK_BYTES),
     snapshotWindowChunks: int('snapshotWindowChunks', DEFAULT_SNAPSHOT_WINDOW_CHUNKS),
     maxClientConnections: int('maxClientConnections', 10_000),
-    protoMaxBulkLen, maxReplyBytes, clientInputBytesMax, maxmemory, dedupBytesMax,
+    protoMaxBulkLen, maxReplyBytes, clientInputBytesMax, maxmemory, dedupBytesMax, dedupSessionEntries,
     secret, requirePass, clientTls, peerTls, nodes, baseDir,
   };
 }

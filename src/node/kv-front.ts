@@ -231,7 +231,7 @@ export class KvFront implements ServiceFront, NodeView {
 
   protected freshService(): Service {
     const c = this.node.config;
-    return new ReplicatedService<KvCommand, KvReply, KvChange>(createKv(c.protoMaxBulkLen, c.maxmemory), this.mode, { bytesMax: c.dedupBytesMax }) as Service;
+    return new ReplicatedService<KvCommand, KvReply, KvChange>(createKv(c.protoMaxBulkLen, c.maxmemory), this.mode, { bytesMax: c.dedupBytesMax, sessionEntries: c.dedupSessionEntries }) as Service;
   }
 
   /** What the log carries for an entry of the service (a subclass may add to it: ModuleFront's digest). */

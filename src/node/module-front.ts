@@ -40,7 +40,7 @@ export class ModuleFront extends KvFront {
     const spec = this.node.config.service as ModuleServiceConfig;
     // A full machine whose execute threw after changing its state: stop (machine.ts).
     const machine = this.loaded.machine((reason) => this.giveUp(reason));
-    return new ReplicatedService<KvCommand, KvReply, unknown>(machine, spec.mode, { bytesMax: this.node.config.dedupBytesMax });
+    return new ReplicatedService<KvCommand, KvReply, unknown>(machine, spec.mode, { bytesMax: this.node.config.dedupBytesMax, sessionEntries: this.node.config.dedupSessionEntries });
   }
 
   protected override payload(entry: Uint8Array): Uint8Array {

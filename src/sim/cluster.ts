@@ -698,7 +698,7 @@ class Simulation {
     const r = node.replica;
     while (node.alive && node.backlog.length > 0 && r.role === 'primary' && canAppend(r)) {
       const req = node.backlog.shift()!;
-      const res = node.service.execute({ clientId: req.client, seq: req.seq, ackedBelow: req.seq, command: req.command });
+      const res = node.service.execute({ clientId: req.client, seq: req.seq, ackedBelow: req.seq === 1 ? 0 : req.seq, command: req.command });
       if (res.entry !== null) {
         this.stepNode(node, { type: 'append', payload: res.entry }, this.now, null);
         node.digests.set(r.lastIndex, node.service.digest());
