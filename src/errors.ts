@@ -14,7 +14,7 @@ export const ERROR_CODES = {
   E_HISTORY_ORDER: 'a history breaks process order (a completion with no invoke, two invokes in a row, time going back)',
   E_DEDUP_STALE: 'a client retried a request whose reply it already acknowledged, or whose recorded reply was evicted to keep the filter under `dedupBytesMax`; the request is not run again',
   E_DEDUP_WINDOW: 'a client has too many requests in flight for the duplicate filter',
-  E_SESSION_EXPIRED: 'a deduplicating client\'s session is not known to the duplicate filter: it expired (no request for `dedupSessionEntries` log entries), was evicted (more than 100,000 sessions), or was never opened (a session opens with seq 1, ackedBelow 0); the request is not run, and whether an earlier sending of it ran cannot be known: start a new session with a new client id (lockstep/client does this itself)',
+  E_SESSION_EXPIRED: 'a deduplicating client\'s session is not known to the duplicate filter: it expired (no request for `dedupSessionEntries` log entries), was evicted (more than 100,000 sessions), or was never opened (a session opens with LOCKSTEP.OPEN, or with seq 1, ackedBelow 0); the request is not run, and whether an earlier sending of it ran cannot be known: start a new session with a new client id (lockstep/client does this itself)',
   E_CORRUPT_ENTRY: 'a log entry or snapshot could not be decoded',
   E_CONFIG_PARSE: 'the config file is not valid JSON',
   E_CONFIG_INVALID: 'the config file has a missing, unknown or wrong field (the message names it)',

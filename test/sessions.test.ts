@@ -85,3 +85,48 @@ test('a command in doubt when its session expires fails with SessionExpiredError
   assert.equal(await client.incr('n'), 3, 'the client goes on in a new session');
   assert.equal(client.sessionsRenewed, 1);
 });
+
+test('a first command whose reply is lost is resent and runs once: LOCKSTEP.OPEN opens the session, harmless to repeat', { timeout: 120_000 }, async (t) => {
+  const cluster = await ProcessCluster.start({ nodes: 1 });
+  t.after(() => cluster.stop());
+  const port = cluster.node('n1').client.port;
+  const proxy = new TcpProxy({ host: '127.0.0.1', port });
+  await proxy.start();
+  t.after(() => proxy.stop());
+  const db = await RespPipe.connect(port);
+  t.after(() => db.close());
+  // The raw form: OPEN twice is OK, and then seq 1 with ackedBelow 1 runs (it cannot open).
+  assert.deepEqual(await db.one('LOCKSTEP.OPEN', 'raw'), { kind: 'status', value: 'OK' });
+  assert.deepEqual(await db.one('LOCKSTEP.OPEN', 'raw'), { kind: 'status', value: 'OK' });
+  assert.deepEqual(await db.one('LOCKSTEP.EXEC', 'raw', '1', '1', 'INCR', 'm'), { kind: 'integer', value: 1n });
+  assert.deepEqual(await db.one('LOCKSTEP.EXEC', 'raw', '1', '1', 'INCR', 'm'), { kind: 'integer', value: 1n }, 'a duplicate');
+  const bad = await db.one('LOCKSTEP.OPEN');
+  assert.ok(bad.kind === 'error' && /wrong number of arguments for 'lockstep.open'/.test(bad.message), JSON.stringify(bad));
+  const unopened = await db.one('LOCKSTEP.EXEC', 'never-opened', '1', '1', 'INCR', 'm');
+  assert.ok(expired(unopened), JSON.stringify(unopened));
+
+  // The client's very first command is lost on the way (as when the primary dies with it in
+  // its socket buffer): in doubt for the client, though it never ran. Its resend must run it.
+  const client = new LockstepClient({ nodes: [`127.0.0.1:${proxy.port}`], attemptTimeoutMs: 300, commandTimeoutMs: 60_000 });
+  t.after(() => client.close());
+  proxy.cut = 'to-target';
+  const lost = client.incr('k');
+  await new Promise((r) => setTimeout(r, 1000)); // a few sendings, none reaching the node
+  proxy.heal();
+  assert.equal(await lost, 1, 'the first command, in doubt, is resent and runs');
+  assert.equal(client.sessionsRenewed, 0);
+  assert.deepEqual(await db.one('GET', 'k'), { kind: 'bulk', value: '1' });
+
+  // A new client's first command (and its OPEN) run, and their replies are lost.
+  const client2 = new LockstepClient({ nodes: [`127.0.0.1:${proxy.port}`], attemptTimeoutMs: 300, commandTimeoutMs: 60_000 });
+  t.after(() => client2.close());
+  proxy.cut = 'from-target';
+  const first = client2.incr('n');
+  await cluster.waitFor(async () => JSON.stringify(await db.one('GET', 'n')) === JSON.stringify({ kind: 'bulk', value: '1' }), 30_000, 'the INCR to run');
+  await new Promise((r) => setTimeout(r, 1000)); // a few resends, each a duplicate
+  proxy.heal();
+  assert.equal(await first, 1, 'the resent first command is answered from the filter');
+  assert.deepEqual(await db.one('GET', 'n'), { kind: 'bulk', value: '1' }, 'it ran once');
+  assert.equal(client2.sessionsRenewed, 0);
+  assert.equal(await client2.incr('n'), 2);
+});

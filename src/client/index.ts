@@ -14,8 +14,10 @@
 // named node or the next one and resends every unanswered command, in order, with its
 // original sequence number.
 //
-// The client id names a session of the filter (docs/CLIENT.md). The first sending of seq 1
-// goes with ackedBelow 0 and opens it; a session the filter forgot (idle past
+// The client id names a session of the filter (docs/CLIENT.md). `LOCKSTEP.OPEN <clientId>`,
+// pipelined ahead of the session's first requests and resent on each connection until it is
+// answered, opens it (harmless to repeat, so a first request in flight when the primary dies is
+// resent like any other, never left in doubt); a session the filter forgot (idle past
 // dedupSessionEntries log entries, or evicted) answers E_SESSION_EXPIRED and runs nothing. The
 // client then opens a new session under a fresh id and resends there every command that cannot
 // have run before; a command an earlier sending of which may have run is failed with
@@ -28,7 +30,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { randomUUID } from 'node:crypto';
 import { RespReplyParser, encodeCommand } from '../net/resp.js';
-import { execArgs } from '../net/exec.js';
+import { OPEN_COMMAND, execArgs } from '../net/exec.js';
 import type { KvReply } from '../guest/index.js';
 
 export interface Address {
@@ -152,6 +154,10 @@ export class LockstepClient {
   /** The AUTH sent on this connection has not been answered yet: the next reply is its. */
   private authPending = false;
   private nextSeq = 1;
+  /** The current session was opened (LOCKSTEP.OPEN answered +OK): its requests need no opener. */
+  private opened = false;
+  /** Stands for the LOCKSTEP.OPEN on the current connection's wire, if one was sent there. */
+  private opener: Pending | null = null;
   /** Sent (or to be sent) and not yet answered, in seq order. */
   private readonly inflight: Pending[] = [];
   /** Waiting for room (maxInFlight). */
@@ -270,17 +276,29 @@ export class LockstepClient {
   }
 
   private wire(p: Pending): Buffer {
-    // ackedBelow 0 opens the session: only while no sending of seq 1 may have run already.
-    const acked = p.seq === 1 && !p.lost ? 0 : this.ackedBelow();
-    return encodeCommand(execArgs(this.clientId, p.seq, acked, p.args));
+    // The session is opened by LOCKSTEP.OPEN (harmless to resend), never by a request with
+    // ackedBelow 0: such an opening could not be resent once it may have run.
+    return encodeCommand(execArgs(this.clientId, p.seq, this.ackedBelow(), p.args));
+  }
+
+  /** Until the session is known to be open, each connection sends LOCKSTEP.OPEN first. */
+  private openerBytes(): Buffer | null {
+    if (this.opened || this.opener !== null) return null;
+    const opener: Pending = { seq: 0, args: [OPEN_COMMAND], resolve: () => {}, reject: () => {}, deadline: undefined, sent: true, lost: false };
+    this.opener = opener;
+    this.onWire.push(opener);
+    return encodeCommand([OPEN_COMMAND, this.clientId]);
   }
 
   private sendOrConnect(ps: Pending[]): void {
     if (this.renewing) return; // sent under the new session once the old one's replies are in
     if (this.socket !== null && !this.connecting) {
+      const open = this.openerBytes();
       this.onWire.push(...ps);
       for (const p of ps) p.sent = true;
-      this.socket.write(ps.length === 1 ? this.wire(ps[0]!) : Buffer.concat(ps.map((p) => this.wire(p))));
+      const bytes = ps.map((p) => this.wire(p));
+      if (open !== null) bytes.unshift(open);
+      this.socket.write(bytes.length === 1 ? bytes[0]! : Buffer.concat(bytes));
       this.armAttemptTimer();
     } else if (!this.connecting) {
       this.connect();
@@ -307,6 +325,7 @@ export class LockstepClient {
     this.socket = socket;
     this.parser = new RespReplyParser();
     this.onWire = [];
+    this.opener = null;
     this.socketError = null;
     const timer = setTimeout(() => {
       if (this.socket === socket) this.socketError = `no connection within ${this.attemptTimeoutMs} ms`;
@@ -365,7 +384,7 @@ export class LockstepClient {
       this.attemptTimer = null;
     }
     this.armAttemptTimer();
-    if (r.kind === 'error' && r.message.startsWith('ERR E_SESSION_EXPIRED')) return this.sessionRefused(p, r.message);
+    if (r.kind === 'error' && /^(ERR )?E_SESSION_EXPIRED /.test(r.message)) return this.sessionRefused(p, r.message);
     if (r.kind === 'error' && r.message.startsWith('NOTPRIMARY')) {
       const hinted = /at (\S+):(\d+) /.exec(r.message);
       if (hinted) {
@@ -374,6 +393,12 @@ export class LockstepClient {
         if (i >= 0) this.target = (i - 1 + this.nodes.length) % this.nodes.length;
       }
       return this.moveOn('not the primary');
+    }
+    if (p === this.opener) {
+      this.opener = null;
+      if (r.kind === 'error') return this.moveOn(`${OPEN_COMMAND} refused: ${r.message.slice(0, 200)}`);
+      this.opened = true;
+      return;
     }
     const i = this.inflight.indexOf(p);
     if (i < 0) return; // already expired
@@ -399,6 +424,7 @@ export class LockstepClient {
     this.connecting = false;
     for (const p of this.onWire) p.lost = true; // unanswered: it may have run
     this.onWire = [];
+    this.opener = null;
     old?.destroy();
     if (this.closed) return;
     if (this.renewing) this.renewSession();
@@ -442,11 +468,13 @@ export class LockstepClient {
     this.sessionsRenewed++;
     this.clientId = randomUUID();
     this.nextSeq = 1;
+    this.opened = false;
+    this.opener = null;
     const keep: Pending[] = [];
     for (const p of this.inflight.splice(0)) {
       if (p.lost) {
         clearTimeout(p.deadline);
-        p.reject(new SessionExpiredError(`command ${p.args[0]} (seq ${p.seq} of session ${old}) may or may not have executed: the server forgot the session before it could answer (${this.lastRefusal.slice(4, 300)}); the client goes on under session ${this.clientId}`));
+        p.reject(new SessionExpiredError(`command ${p.args[0]} (seq ${p.seq} of session ${old}) may or may not have executed: the server forgot the session before it could answer (${this.lastRefusal.replace(/^ERR /, "").slice(0, 300)}); the client goes on under session ${this.clientId}`));
         continue;
       }
       p.seq = this.nextSeq++;

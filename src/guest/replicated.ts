@@ -223,6 +223,16 @@ export class ReplicatedService<C, R, X> {
     return { reply, entry: w.take(), duplicate: false, readOnly: false };
   }
 
+  /**
+   * Primary side: make sure session `id` exists (LOCKSTEP.OPEN). The session-open entry to log
+   * if it was unknown, else null. Running it twice is harmless, so a client may resend it
+   * whenever its answer was lost, unlike a first request.
+   */
+  ensureSession(id: string): Uint8Array | null {
+    if (id.length === 0) throw new RangeError('a session id must not be empty');
+    return this.clients.has(id) ? null : this.open(id);
+  }
+
   /** The session-open entry for `id` (unknown here), applied at once. */
   private open(id: string): Uint8Array {
     const entry = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER).u8(2).text(id).take();
@@ -443,7 +453,7 @@ export class ReplicatedService<C, R, X> {
       if (seq === 1 && ackedBelow === 0) return null; // opens the session
       return {
         reply: m.errorReply(
-          `E_SESSION_EXPIRED client session ${JSON.stringify(id.slice(0, 64))} is not known: it expired (no request in ${this.sessionEntries} log entries), was evicted (over ${this.clientsMax} sessions) or never opened (a session opens with seq 1, ackedBelow 0); request ${seq} was not run now, and whether it ran before cannot be known; start a new session with a new client id`,
+          `E_SESSION_EXPIRED client session ${JSON.stringify(id.slice(0, 64))} is not known: it expired (no request in ${this.sessionEntries} log entries), was evicted (over ${this.clientsMax} sessions) or never opened (a session opens with LOCKSTEP.OPEN, or with seq 1, ackedBelow 0); request ${seq} was not run now, and whether it ran before cannot be known; start a new session with a new client id`,
         ),
         duplicate: false,
       };

@@ -4,6 +4,22 @@
 
 export const EXEC_COMMAND = 'LOCKSTEP.EXEC';
 
+/**
+ * `LOCKSTEP.OPEN <clientId>`: open the session (log its session-open entry) if the duplicate
+ * filter does not know it; `+OK` once the output rule allows. Harmless to repeat, so a client
+ * opens each session with it and resends it freely, and its first request is never in doubt
+ * the way a `seq 1, ackedBelow 0` opening is (which must not be resent once it may have run).
+ */
+export const OPEN_COMMAND = 'LOCKSTEP.OPEN';
+
+/** Parse `LOCKSTEP.OPEN <clientId>`: the id, or an error message. */
+export function parseOpen(args: readonly string[]): string | { clientId: string } {
+  if (args.length !== 2) return `ERR wrong number of arguments for '${OPEN_COMMAND.toLowerCase()}' command`;
+  const clientId = args[1]!;
+  if (clientId.length === 0 || clientId.length > 128) return `ERR ${OPEN_COMMAND} client id must be 1 to 128 bytes`;
+  return { clientId };
+}
+
 export interface ExecRequest {
   readonly clientId: string;
   readonly seq: number;

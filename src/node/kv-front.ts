@@ -12,7 +12,7 @@ import { canAppend, type Entry, type Replica, type Role, type View } from '../co
 import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvMachine, type KvReply } from '../guest/index.js';
 import { AssertionError } from '../core/assert.js';
 import { RespProtocolError, RespRequestParser, encodeReply, replySize, DEFAULT_RESP_LIMITS, type RespLimits } from '../net/resp.js';
-import { EXEC_COMMAND, parseExec } from '../net/exec.js';
+import { EXEC_COMMAND, OPEN_COMMAND, parseExec, parseOpen } from '../net/exec.js';
 import { clientOf, formatAddress, nodeOf, type ClusterConfig, type KvServiceConfig } from './config.js';
 import { metaCommand, type NodeView } from './commands.js';
 import type { FrontHost, ServiceFront } from './front.js';
@@ -343,6 +343,7 @@ export class KvFront implements ServiceFront, NodeView {
       this.park(conn, args);
       return;
     }
+    if (name === OPEN_COMMAND) return this.openSession(conn, args, readAt);
     let req: { clientId: string | null; seq: number; ackedBelow: number; command: KvCommand };
     if (name === EXEC_COMMAND) {
       const parsed = parseExec(args);
@@ -366,14 +367,27 @@ export class KvFront implements ServiceFront, NodeView {
       this.reply(conn, { kind: 'error', message: `ERR internal error running ${name.slice(0, 64)}: ${(e as Error).message?.slice(0, 200) ?? String(e)}` }, name, readAt);
       return;
     }
-    if (res.entry !== null) this.node.input({ type: 'append', payload: this.payload(res.entry) });
-    const slot: Slot = { bytes: this.encode(res.reply), held: true, command: req.command[0] ?? name, readAt };
+    this.logAndHold(conn, res.entry, res.reply, req.command[0] ?? name, readAt);
+  }
+
+  /** LOCKSTEP.OPEN: log the session's open entry if it is new; +OK under the output rule either way. */
+  private openSession(conn: ClientConn, args: string[], readAt: number): void {
+    const parsed = parseOpen(args);
+    if (typeof parsed === 'string') return this.reply(conn, { kind: 'error', message: parsed }, OPEN_COMMAND, readAt);
+    const entry = this.service.ensureSession(parsed.clientId);
+    this.logAndHold(conn, entry, { kind: 'status', value: 'OK' }, OPEN_COMMAND, readAt);
+  }
+
+  /** Append `entry` (if any) and hold `reply` in the connection's next slot until the output rule releases it. */
+  private logAndHold(conn: ClientConn, entry: Uint8Array | null, reply: KvReply, command: string, readAt: number): void {
+    if (entry !== null) this.node.input({ type: 'append', payload: this.payload(entry) });
+    const slot: Slot = { bytes: this.encode(reply), held: true, command, readAt };
     conn.slots.push(slot);
     conn.slotBytes += slot.bytes!.length;
     // The reply exists but stays in its slot, unwritten, until the output rule releases it.
     const outputId = this.nextOutputId++;
     this.outputs.set(outputId, { conn, slot });
-    this.node.input({ type: 'hold', outputId, fresh: res.entry === null });
+    this.node.input({ type: 'hold', outputId, fresh: entry === null });
   }
 
   /** AUTH password, or AUTH default password (Redis 6's form with the default user), as Redis answers it. */
@@ -496,12 +510,20 @@ export class KvFront implements ServiceFront, NodeView {
     }
   }
 
-  /** No longer primary: parked commands will never run here; close so clients go elsewhere. */
+  /**
+   * No longer primary: parked commands never ran and never will here. Each gets its NOTPRIMARY
+   * answer, in order, so the client knows it did not run (a closed connection would leave it in
+   * doubt, and a deduplicating client cannot resend a first request in doubt after failover).
+   */
   private failWaiting(): void {
-    for (const conn of [...this.blocked]) {
-      this.blocked.delete(conn);
-      conn.waiting.length = 0;
-      conn.socket.destroy();
+    if (this.node.replica.role === 'primary') {
+      for (const conn of [...this.blocked]) {
+        this.blocked.delete(conn);
+        conn.waiting.length = 0;
+        conn.socket.destroy();
+      }
+      return;
     }
+    this.drainBlocked();
   }
 }
