@@ -29,7 +29,8 @@ export const ERROR_CODES = {
   E_WASM_MODULE: 'a guest WebAssembly module cannot be run (invalid, or it uses a feature or import lockstep refuses; the message names it)',
   E_SERVICE_MODULE: 'a service module (`service.kind` "module") cannot be loaded: unreadable, an import other than lockstep/guest, a call such as Math.random() or Date.now() while loading, or no `export default defineService(...)` / `defineMachine(...)` (the message names it)',
   E_SERVICE_DIVERGENCE: 'a backup\'s state digest differs from the one the primary logged at the same entry: the service module is not deterministic (the message names the entry); the backup fail-stops and the primary recruits a fresh one',
-  E_SERVICE_MACHINE: 'a module\'s full StateMachine (`defineMachine`) threw from execute after changing its state, which no log entry describes: the replica fail-stops (its backup holds the state as before the command)',
+  E_SERVICE_MACHINE: 'a module\'s full StateMachine (`defineMachine`) threw from execute after changing its state (or a read changed it), which no log entry describes: a primary logs the command\'s quarantine, then fail-stops once its backup has it; the backup holds the state as before the command',
+  E_SERVICE_QUARANTINED: 'the command once broke the service on a primary (E_SERVICE_MACHINE) and is refused on every replica from then on, unrun, so retrying it cannot stop each new primary in turn; fix the machine to validate before it changes anything (the last 1,000 such commands are remembered)',
   E_SERVICE_TIMEOUT: 'a backup re-executing a service module command ran past `service.timeoutMs` where the primary finished it; the backup fail-stops rather than diverge',
   E_DIR_LOCKED: 'a local cluster\'s run directory is in use by another supervisor, or by nodes still running there (the message names the pid)',
 } as const;

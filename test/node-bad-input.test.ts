@@ -327,11 +327,13 @@ describe('bad input on a running cluster', () => {
       { h: { cluster: cluster.cluster, nodeId: 'n99' }, reason: /unknown node id "n99"/ },
       { h: { cluster: cluster.cluster, nodeId: n.id }, reason: /own/ },
       { h: { cluster: cluster.cluster, nodeId: primaryId, epoch: 1_000_000, protocolVersion: 0 }, reason: /protocol version 0/ },
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 2 }, reason: /protocol version 2, this node speaks 5/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 2 }, reason: /protocol version 2, this node speaks 6/ },
       // Version 3 sent a snapshot as one message; version 4 sends chunks (issue 9).
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 3 }, reason: /protocol version 3, this node speaks 5/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 3 }, reason: /protocol version 3, this node speaks 6/ },
       // Version 4 knew no client sessions in entries and snapshots (issue 9 item 5).
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 4 }, reason: /protocol version 4, this node speaks 5/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 4 }, reason: /protocol version 4, this node speaks 6/ },
+      // Version 5 knew no quarantine entries, nor the quarantine in snapshots.
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 5 }, reason: /protocol version 5, this node speaks 6/ },
     ];
     for (const { h, reason } of cases) {
       const p = await connect(n.peer.port);

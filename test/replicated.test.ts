@@ -435,3 +435,43 @@ test('a session opens only with seq 1, ackedBelow 0; a first read or refused wri
     assert.notEqual(late.digest(), early.digest(), 'same data, same floor and reply, another last use');
   }
 });
+
+for (const mode of REPLICATION_MODES) {
+  test(`quarantine (${mode}): a quarantined command is refused unrun on every replica, and travels in snapshots`, () => {
+    const p = service(mode);
+    const b = service(mode);
+    step(p, [b], req('c', 1, ['SET', 'k', '1']));
+    const before = p.digest();
+    const entry = p.quarantine(['INCR', 'k'], 'E_SERVICE_MACHINE: broke\nhere');
+    b.applyEntry(entry);
+    assert.notEqual(p.digest(), before, 'the quarantine is in the digest');
+    assertSame(p, b, 'after the quarantine entry');
+    assert.equal(p.quarantinedCount, 1);
+    for (const s of [p, b]) {
+      const r = s.execute(req('d', 1, ['INCR', 'k']));
+      assert.equal(r.entry, null);
+      assert.ok(r.reply.kind === 'error' && /^ERR E_SERVICE_QUARANTINED .*E_SERVICE_MACHINE: broke here/.test(r.reply.message), JSON.stringify(r.reply));
+      assert.deepEqual(s.execute(req(null, 1, ['INCRBY', 'k', '2'])).reply, { kind: 'integer', value: 3n }, 'another command runs');
+    }
+    // Whole and streamed snapshots carry it.
+    const whole = service(mode);
+    whole.restore(p.snapshot());
+    const streamed = service(mode);
+    const out = p.snapshotStream();
+    const into = streamed.restoreStream();
+    for (let piece = out.next(64); piece !== null; piece = out.next(64)) into.add(piece);
+    into.finish();
+    for (const s of [whole, streamed]) {
+      assert.equal(s.digest(), p.digest());
+      assert.match(JSON.stringify(s.execute(req(null, 1, ['INCR', 'k'])).reply), /E_SERVICE_QUARANTINED/);
+    }
+    // A damaged quarantine entry is refused and changes nothing.
+    const bad = entry.slice();
+    bad[3] = 0x7a; // 'z' inside the fingerprint
+    const c = service(mode);
+    c.restore(b.snapshot());
+    const d = c.digest();
+    assert.throws(() => c.applyEntry(bad), (e: unknown) => e instanceof LockstepError && e.code === 'E_CORRUPT_ENTRY');
+    assert.equal(c.digest(), d);
+  });
+}

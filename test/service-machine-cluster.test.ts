@@ -75,8 +75,8 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
   });
 }
 
-test('a full machine that changes its state and then throws: the primary fail-stops (E_SERVICE_MACHINE), the backup goes on from before', async (t) => {
-  const cluster = await ProcessCluster.start({ nodes: 2, service: { kind: 'module', module: breaks, mode: 'rsm' } });
+test('a full machine that changes its state and then throws: the primary quarantines the command and fail-stops (E_SERVICE_MACHINE), the backup goes on from before and refuses the command (E_SERVICE_QUARANTINED)', async (t) => {
+  const cluster = await ProcessCluster.start({ nodes: 3, service: { kind: 'module', module: breaks, mode: 'rsm' } });
   t.after(() => cluster.stop());
   const primary = (await cluster.primary())!;
   const backupId = primary.view.backup!;
@@ -90,6 +90,26 @@ test('a full machine that changes its state and then throws: the primary fail-st
   await assert.rejects(redis.call('BREAK'));
   await cluster.waitFor(() => cluster.node(primary.id).child === null || cluster.node(primary.id).child!.exitCode !== null, 30_000, `${primary.id} to fail-stop`);
   assert.match(cluster.log(primary.id), /E_SERVICE_MACHINE: breaks\.execute\(BREAK\) threw after changing the state \(digest 5 before, -1 after\): half done/);
+  assert.match(cluster.log(primary.id), /the command is quarantined on every replica/);
   await cluster.waitFor(async () => (await cluster.status(backupId))?.role === 'primary', 30_000, `${backupId} to go live`);
   assert.equal(await c.call('GET'), 5);
+  // The same command again (a client's retry, or an attacker) is refused unrun, by the new
+  // primary, which stays up: a "query of death" stops one primary, not each in turn.
+  for (let i = 0; i < 3; i++) {
+    await assert.rejects(c.call('BREAK'), /E_SERVICE_QUARANTINED this command broke the service on an earlier primary/);
+  }
+  assert.equal(await c.call('SET', 6), 'OK');
+  assert.equal(await c.call('GET'), 6);
+  assert.equal((await cluster.status(backupId))?.role, 'primary');
+  // The spare is recruited from a snapshot that carries the quarantine (the digests agree,
+  // and include it), and it refuses the command too once it is primary.
+  const spareId = cluster.nodes.map((n) => n.id).find((id) => id !== primary.id && id !== backupId)!;
+  await cluster.waitFor(async () => {
+    const [p, b] = await Promise.all([cluster.status(backupId), cluster.status(spareId)]);
+    return b?.role === 'backup' && p?.appliedIndex === b.appliedIndex && p?.digest === b.digest && /\/q[0-9a-f]{16}$/.test(String(b.digest));
+  }, 30_000, 'the spare recruited, with the quarantine in its digest');
+  await cluster.kill9(backupId);
+  await cluster.newPrimary(backupId, 30_000);
+  await assert.rejects(c.call('BREAK'), /E_SERVICE_QUARANTINED/);
+  assert.equal(await c.call('GET'), 6);
 });

@@ -18,8 +18,9 @@
 //   - a throw (or the time limit) from execute: the machine's digest, taken before the command,
 //     tells whether the state changed. If not, the command is refused with an error reply and
 //     nothing is logged, as for kv. If it did, the state is half-changed in a way no log entry
-//     describes, and `onBroken` is called (a node fail-stops: its backup holds the state as it
-//     was before the command). A machine must validate before it changes anything.
+//     describes, and `onBroken` is called (a primary quarantines the command on every replica,
+//     then fail-stops once its backup has that; its backup holds the state as it was before
+//     the command). A machine must validate before it changes anything.
 //   - a read-only command (never logged) whose run changed the digest is broken the same way.
 //   - bytes coming back (encodings, snapshots) are copied into this realm's Uint8Array.
 
@@ -98,7 +99,7 @@ export function respOf(v: unknown, path: string, depth = 0): KvReply | string {
 export interface WrapOptions {
   readonly runner: CommandRunner;
   /** The state changed under a command that threw: this replica cannot carry on. */
-  readonly onBroken?: (reason: string) => void;
+  readonly onBroken?: (reason: string, command: KvCommand) => void;
   /** For error messages. */
   readonly where: string;
 }
@@ -158,8 +159,8 @@ export function wrapMachine(m: unknown, opts: WrapOptions): ModuleMachine & { re
   const restore = method('restore');
   let lastSnapshotBytes: number | undefined;
   /** The state changed where no log entry says so: tell the owner (a node fail-stops), and fail this call. */
-  const broken = (why: string): LockstepError => {
-    opts.onBroken?.(`E_SERVICE_MACHINE: ${why}`);
+  const broken = (why: string, command: KvCommand): LockstepError => {
+    opts.onBroken?.(`E_SERVICE_MACHINE: ${why}`, command);
     return new LockstepError('E_SERVICE_MACHINE', why);
   };
   const digestOut = (): string => {
@@ -188,7 +189,7 @@ export function wrapMachine(m: unknown, opts: WrapOptions): ModuleMachine & { re
           after = '(digest failed)';
         }
         if (after !== before) {
-          throw broken(`${machine.name}.execute(${(command[0] ?? '').slice(0, 64)}) threw after changing the state (digest ${before} before, ${after} after): ${(e as Error)?.message ?? String(e)}; no log entry describes that change, so this replica stops (validate before changing anything, docs/SERVICES.md)`);
+          throw broken(`${machine.name}.execute(${(command[0] ?? '').slice(0, 64)}) threw after changing the state (digest ${before} before, ${after} after): ${(e as Error)?.message ?? String(e)}; no log entry describes that change, so this replica stops (validate before changing anything, docs/SERVICES.md)`, command);
         }
         if (isInfrastructureError(e)) throw e;
         const msg = String((e as Error)?.message ?? e).replace(/[\r\n]+/g, ' ').slice(0, 500);
@@ -201,7 +202,7 @@ export function wrapMachine(m: unknown, opts: WrapOptions): ModuleMachine & { re
       if (isReadOnly(inRealm(command)) === true) {
         const after = digestOut();
         if (after !== before) {
-          throw broken(`${machine.name}.execute(${(command[0] ?? '').slice(0, 64)}) changed the state (digest ${before} before, ${after} after), but isReadOnly says it is a read, which is never logged; this replica stops`);
+          throw broken(`${machine.name}.execute(${(command[0] ?? '').slice(0, 64)}) changed the state (digest ${before} before, ${after} after), but isReadOnly says it is a read, which is never logged; this replica stops`, command);
         }
       }
       return { reply: replyOut(r.reply, `the reply of ${(command[0] ?? '').toUpperCase().slice(0, 64)}`), change: r.change ?? null };

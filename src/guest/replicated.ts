@@ -11,8 +11,9 @@
 //
 // Entry encoding (opaque to the core):
 //   u8 mode tag (1 rsm, 2 state-transfer)
-//   u8 has-client (0 plain client, 1 deduplicated, 2 session open); if 1: text clientId,
-//     varuint seq, varuint ackedBelow; if 2: text clientId, and nothing else follows
+//   u8 has-client (0 plain client, 1 deduplicated, 2 session open, 3 quarantine); if 1: text
+//     clientId, varuint seq, varuint ackedBelow; if 2: text clientId, and nothing else follows;
+//     if 3: text command fingerprint, text reason, and nothing else follows
 //   rsm:            bytes command
 //   state-transfer: [bytes reply, only if has-client] u8 has-change (0 only with a client)
 //                   [bytes change, if has-change]
@@ -36,6 +37,7 @@
 // A command that changed nothing is recorded as the machine shortens it (`recordedReply`: kv
 // cuts long error replies), so refused commands cost little.
 
+import { createHash } from 'node:crypto';
 import type { ReplicationMode, StateMachine } from './types.js';
 import { ByteReader, ByteWriter, Hash64, SumDigest } from './bytes.js';
 import { wholeRestoreStream, wholeSnapshotStream, type RestoreStream, type SnapshotStream } from './snapshot-stream.js';
@@ -78,15 +80,18 @@ export const DEDUP_SESSION_ENTRIES_DEFAULT = 10_000_000;
 
 const TAG_RSM = 1;
 const TAG_STATE_TRANSFER = 2;
-const SNAPSHOT_VERSION = 3; // 3: sessions (lastUsed per client)
+const SNAPSHOT_VERSION = 4; // 3: sessions (lastUsed per client); 4: quarantined commands
 /** The first piece of a snapshot stream starts with this (snapshotStream). */
-const STREAM_VERSION = 4; // 4: sessions (lastUsed per client)
+const STREAM_VERSION = 5; // 4: sessions (lastUsed per client); 5: quarantined commands
+/** Quarantined commands remembered (the oldest is forgotten past it, on every replica alike). */
+export const QUARANTINE_MAX = 1000;
 
 /** A duplicate filter read from a snapshot, not yet installed. */
 interface ParsedFilter {
   readonly clients: Map<string, ClientState>;
   readonly withReplies: Map<string, ClientState>;
   readonly filterBytes: number;
+  readonly quarantined: Map<string, string>;
 }
 const TWO32 = 0x1_0000_0000;
 
@@ -132,6 +137,13 @@ export class ReplicatedService<C, R, X> {
   private readonly h = new Hash64();
   private readonly w = new ByteWriter(256); // reused for every entry
   private applied = 0;
+  /**
+   * Commands that broke the machine on a primary (it changed its state and then threw): their
+   * fingerprint -> the reason, oldest first. Replicated state (in snapshots and the digest): a
+   * quarantined command is refused on every replica, so a "query of death" retried by its
+   * client against each new primary in turn stops one primary, not the whole cluster.
+   */
+  private quarantined = new Map<string, string>();
   /** No session can expire before appliedEntries reaches this (a cache, not replicated state). */
   private expiryCheckAt = 0;
 
@@ -170,6 +182,13 @@ export class ReplicatedService<C, R, X> {
       throw new RangeError(`ackedBelow must be an integer >= 0, got ${ackedBelow}`);
     }
     const m = this.machine;
+    if (this.quarantined.size > 0) {
+      const why = this.quarantined.get(this.fingerprint(command));
+      if (why !== undefined) {
+        const reply = m.errorReply(`E_SERVICE_QUARANTINED this command broke the service on an earlier primary and is refused on every replica: ${why.slice(0, 300)}`);
+        return { reply, entry: null, duplicate: false, readOnly: false };
+      }
+    }
     // A session's first request opens it with an entry of its own when it logs nothing itself.
     const opens = id !== null && !this.clients.has(id);
     if (m.isReadOnly(command)) {
@@ -233,6 +252,36 @@ export class ReplicatedService<C, R, X> {
     return this.clients.has(id) ? null : this.open(id);
   }
 
+  /** A command's fingerprint for the quarantine: a hash of its encoding. */
+  private fingerprint(command: C): string {
+    return createHash('sha256').update(this.machine.codec.encodeCommand(command)).digest('hex').slice(0, 32);
+  }
+
+  /**
+   * Primary side: `command` broke the machine here (its state changed with no entry to say how,
+   * so this replica must stop). The entry that quarantines the command on every replica;
+   * appliedEntries counts it. Nothing else may be executed here afterwards.
+   */
+  quarantine(command: C, reason: string): Uint8Array {
+    const fp = this.fingerprint(command);
+    const why = reason.replace(/[\r\n]+/g, ' ').slice(0, 300);
+    const entry = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER).u8(3).text(fp).text(why).take();
+    this.addQuarantine(this.quarantined, fp, why);
+    this.stepped();
+    return entry;
+  }
+
+  /** Commands quarantined so far (for status). */
+  get quarantinedCount(): number {
+    return this.quarantined.size;
+  }
+
+  private addQuarantine(q: Map<string, string>, fp: string, why: string): void {
+    q.delete(fp);
+    q.set(fp, why);
+    if (q.size > QUARANTINE_MAX) q.delete(q.keys().next().value!);
+  }
+
   /** The session-open entry for `id` (unknown here), applied at once. */
   private open(id: string): Uint8Array {
     const entry = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER).u8(2).text(id).take();
@@ -266,7 +315,16 @@ export class ReplicatedService<C, R, X> {
     const want = this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER;
     if (tag !== want) r.corrupt(`entry tag ${tag}, but this service runs in ${this.mode} mode (tag ${want})`);
     const hasClient = r.u8();
-    if (hasClient > 2) r.corrupt(`bad client flag ${hasClient}`);
+    if (hasClient > 3) r.corrupt(`bad client flag ${hasClient}`);
+    if (hasClient === 3) {
+      const fp = r.text();
+      const why = r.text();
+      r.end();
+      if (!/^[0-9a-f]{32}$/.test(fp)) r.corrupt('bad quarantine fingerprint');
+      this.addQuarantine(this.quarantined, fp, why);
+      this.stepped();
+      return;
+    }
     if (hasClient === 2) {
       const id = r.text();
       r.end();
@@ -371,6 +429,8 @@ export class ReplicatedService<C, R, X> {
   }
 
   private writeFilter(w: ByteWriter): void {
+    w.varuint(this.quarantined.size);
+    for (const [fp, why] of this.quarantined) w.text(fp).text(why);
     w.varuint(this.clients.size);
     for (const [id, c] of this.clients) {
       w.text(id).varuint(c.floor).varuint(c.lastUsed).varuint(c.replies.size);
@@ -393,6 +453,14 @@ export class ReplicatedService<C, R, X> {
   }
 
   private readFilter(r: ByteReader, applied: number): ParsedFilter {
+    const q = r.varuint();
+    if (q > QUARANTINE_MAX) r.corrupt(`${q} quarantined commands, more than ${QUARANTINE_MAX}`);
+    const quarantined = new Map<string, string>();
+    for (let i = 0; i < q; i++) {
+      const fp = r.text();
+      if (!/^[0-9a-f]{32}$/.test(fp) || quarantined.has(fp)) r.corrupt('bad quarantine fingerprint');
+      quarantined.set(fp, r.text());
+    }
     const n = r.varuint();
     if (n > r.remaining) r.corrupt('client count larger than the snapshot');
     const clients = new Map<string, ClientState>();
@@ -423,10 +491,11 @@ export class ReplicatedService<C, R, X> {
       if (replies.size > 0) withReplies.set(id, c);
       filterBytes += id.length + CLIENT_OVERHEAD_BYTES;
     }
-    return { clients, withReplies, filterBytes };
+    return { clients, withReplies, filterBytes, quarantined };
   }
 
-  private installFilter({ clients, withReplies, filterBytes }: ParsedFilter): void {
+  private installFilter({ clients, withReplies, filterBytes, quarantined }: ParsedFilter): void {
+    this.quarantined = quarantined;
     this.clients = clients;
     this.withReplies = withReplies;
     this.bytes = filterBytes;
@@ -440,7 +509,12 @@ export class ReplicatedService<C, R, X> {
 
   /** Machine digest + duplicate-filter digest; both incremental, O(1). */
   digest(): string {
-    return `${this.machine.digest()}/${this.filterSum.hex()}`;
+    const base = `${this.machine.digest()}/${this.filterSum.hex()}`;
+    if (this.quarantined.size === 0) return base;
+    // Rare and small (at most QUARANTINE_MAX): hashed whole, in order.
+    const h = createHash('sha256');
+    for (const fp of this.quarantined.keys()) h.update(fp);
+    return `${base}/q${h.digest('hex').slice(0, 16)}`;
   }
 
   // ---- the filter ------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import { LockstepError } from '../errors.js';
 import { defineService, isDefinedService, serviceMachine, toReply, type CommandRunner, type Realm } from './service.js';
 import { defineMachine, isDefinedMachine, wrapMachine, type ModuleMachine } from './machine.js';
 import { ByteReader, ByteWriter, Hash64, SumDigest, hex8 } from './bytes.js';
-import { kvCodec } from './kv.js';
+import { kvCodec, type KvCommand } from './kv.js';
 
 export const DENIED_MARK = 'LockstepDeterminismError';
 
@@ -140,7 +140,7 @@ export interface LoadedService {
    * A fresh machine (empty state) running this module's commands in its sandbox. `onBroken`:
    * a full machine's execute threw after changing its state (machine.ts); the caller stops.
    */
-  machine(onBroken?: (reason: string) => void): ModuleMachine & { readonly stateBytes?: number };
+  machine(onBroken?: (reason: string, command: KvCommand) => void): ModuleMachine & { readonly stateBytes?: number };
 }
 
 /** Load a service module file into a fresh sandbox; errors are E_SERVICE_MODULE naming the cause. */
@@ -173,7 +173,7 @@ export function loadServiceSource(source: string, path: string, opts: LoadOption
   const def = exportsObj.default;
   const runner = makeRunner(context, timeoutMs);
   if (isDefinedMachine(def)) {
-    const machine = (onBroken?: (reason: string) => void): ModuleMachine & { readonly stateBytes?: number } => {
+    const machine = (onBroken?: (reason: string, command: KvCommand) => void): ModuleMachine & { readonly stateBytes?: number } => {
       let m: unknown;
       try {
         m = runner.run(() => def.create(), undefined, []);

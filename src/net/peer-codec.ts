@@ -23,13 +23,15 @@
 // Version 5: the messages are unchanged, but what they carry is not: kv log entries may be
 // session-open entries, and the duplicate filter in a snapshot keeps each client session's
 // last use (issue 9 item 5); a version 4 peer could not read them, so it is refused.
+// Version 6: log entries may quarantine a command that broke a module's machine, and the
+// duplicate filter in a snapshot carries the quarantine; a version 5 peer is refused.
 // Auth proof (version 2): magic 'LSTA' and a 32-byte HMAC-SHA256, the dialler's first frame
 // after the answer's handshake when it was challenged.
 
 import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import type { PeerMessage, View } from '../core/types.js';
 
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 
 /** Bytes of a handshake challenge and of an auth proof. */
 export const AUTH_BYTES = 32;

@@ -61,6 +61,8 @@ export class KvFront implements ServiceFront, NodeView {
   protected service: Service;
   private clientServer: net.Server | null = null;
   private readonly outputs = new Map<number, { conn: ClientConn; slot: Slot }>();
+  /** Held outputs that are not replies: what to do once the output rule releases (or drops) them. */
+  private readonly whenOut = new Map<number, () => void>();
   private nextOutputId = 1;
   private readonly conns = new Set<ClientConn>();
   private nextConnId = 1;
@@ -151,6 +153,7 @@ export class KvFront implements ServiceFront, NodeView {
   }
 
   release(outputIds: readonly number[]): void {
+    this.runWhenOut(outputIds);
     const metrics = this.node.metrics;
     for (const o of this.takeOutputs(outputIds)) {
       this.counters.releases++;
@@ -161,6 +164,7 @@ export class KvFront implements ServiceFront, NodeView {
   }
 
   discard(outputIds: readonly number[]): void {
+    this.runWhenOut(outputIds);
     // These replies will never be sent: close their connections so the clients retry elsewhere.
     for (const o of this.takeOutputs(outputIds)) {
       this.counters.discards++;
@@ -237,6 +241,32 @@ export class KvFront implements ServiceFront, NodeView {
   /** What the log carries for an entry of the service (a subclass may add to it: ModuleFront's digest). */
   protected payload(entry: Uint8Array): Uint8Array {
     return entry;
+  }
+
+  private runWhenOut(ids: readonly number[]): void {
+    if (this.whenOut.size === 0) return;
+    for (const id of ids) {
+      const f = this.whenOut.get(id);
+      if (f === undefined) continue;
+      this.whenOut.delete(id);
+      f();
+    }
+  }
+
+  /**
+   * Log `entry` (a payload as given to the core) and call `then` once the output rule would
+   * release a reply that depends on it: the backup has it (or the node stopped being primary).
+   */
+  protected logThen(entry: Uint8Array, then: () => void): void {
+    this.node.input({ type: 'append', payload: entry });
+    const outputId = this.nextOutputId++;
+    this.whenOut.set(outputId, then);
+    this.node.input({ type: 'hold', outputId, fresh: false });
+  }
+
+  /** Why this node takes no more commands although it is primary (a broken service), or null. */
+  protected notServing(): string | null {
+    return null;
   }
 
   /** Remove and return the held outputs with these ids (those still known), in order. */
@@ -339,6 +369,8 @@ export class KvFront implements ServiceFront, NodeView {
       this.reply(conn, { kind: 'error', message: this.notPrimaryMessage() }, name, readAt);
       return;
     }
+    const stopping = this.notServing();
+    if (stopping !== null) return this.reply(conn, { kind: 'error', message: `NOTPRIMARY ${stopping}; try another node` }, name, readAt);
     if (!this.flowOpen()) {
       this.park(conn, args);
       return;

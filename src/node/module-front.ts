@@ -39,7 +39,7 @@ export class ModuleFront extends KvFront {
     }
     const spec = this.node.config.service as ModuleServiceConfig;
     // A full machine whose execute threw after changing its state: stop (machine.ts).
-    const machine = this.loaded.machine((reason) => this.giveUp(reason));
+    const machine = this.loaded.machine((reason, command) => this.broken(reason, command));
     return new ReplicatedService<KvCommand, KvReply, unknown>(machine, spec.mode, { bytesMax: this.node.config.dedupBytesMax, sessionEntries: this.node.config.dedupSessionEntries });
   }
 
@@ -80,6 +80,28 @@ export class ModuleFront extends KvFront {
         }
       }
     }
+  }
+
+  /**
+   * The machine's state changed under a command with no entry to say how: this replica stops.
+   * A primary first logs the command's quarantine and stops once its backup has it, taking no
+   * command meanwhile: the next primary refuses the command (E_SERVICE_QUARANTINED), so a
+   * client retrying it there, or an attacker sending it again, cannot stop every node in turn.
+   */
+  private broken(reason: string, command: KvCommand): void {
+    if (this.failed) return;
+    if (this.node.replica.role !== 'primary') return this.giveUp(reason);
+    this.failed = true;
+    const entry = this.service.quarantine(command, reason);
+    this.node.log('warn', 'service-command-quarantined', { command: (command[0] ?? '').slice(0, 64), reason: reason.slice(0, 300) });
+    // No digest in this entry's payload: the machine's digest here is the broken one.
+    const payload = new Uint8Array(entry.length + 1);
+    payload.set(entry, 1);
+    this.logThen(payload, () => this.node.failStop(`${reason}; the command is quarantined on every replica (E_SERVICE_QUARANTINED)`));
+  }
+
+  protected override notServing(): string | null {
+    return this.failed ? 'this node is stopping: its service broke (E_SERVICE_MACHINE) and it waits for its backup to take the command\'s quarantine' : null;
   }
 
   private giveUp(reason: string): void {
