@@ -442,17 +442,23 @@ for (const mode of REPLICATION_MODES) {
     const b = service(mode);
     step(p, [b], req('c', 1, ['SET', 'k', '1']));
     const before = p.digest();
-    const entry = p.quarantine(['INCR', 'k'], 'E_SERVICE_MACHINE: broke\nhere');
+    const entry = p.quarantine(req('opener', 1, ['INCR', 'k']), 'E_SERVICE_MACHINE: broke\nhere');
     b.applyEntry(entry);
     assert.notEqual(p.digest(), before, 'the quarantine is in the digest');
     assertSame(p, b, 'after the quarantine entry');
     assert.equal(p.quarantinedCount, 1);
+    assert.deepEqual(step(p, [b], req('opener', 2, ['INCR', 'x'], 1)).reply, { kind: 'integer', value: 1n }, 'the breaking request opened its session');
+    assertSame(p, b, 'after the session opened by the quarantine');
     for (const s of [p, b]) {
-      const r = s.execute(req('d', 1, ['INCR', 'k']));
+      const r = s.execute(req(null, 1, ['INCR', 'k']));
       assert.equal(r.entry, null);
       assert.ok(r.reply.kind === 'error' && /^ERR E_SERVICE_QUARANTINED .*E_SERVICE_MACHINE: broke here/.test(r.reply.message), JSON.stringify(r.reply));
       assert.deepEqual(s.execute(req(null, 1, ['INCRBY', 'k', '2'])).reply, { kind: 'integer', value: 3n }, 'another command runs');
     }
+    // Refused, a session's opening request still opens it.
+    const opening = step(p, [b], req('d', 1, ['INCR', 'k']));
+    assert.ok(opening.entry !== null && opening.reply.kind === 'error' && /E_SERVICE_QUARANTINED/.test(opening.reply.message));
+    assertSame(p, b, 'after a refused opening');
     // Whole and streamed snapshots carry it.
     const whole = service(mode);
     whole.restore(p.snapshot());

@@ -113,3 +113,23 @@ test('a full machine that changes its state and then throws: the primary quarant
   await assert.rejects(c.call('BREAK'), /E_SERVICE_QUARANTINED/);
   assert.equal(await c.call('GET'), 6);
 });
+
+test('a broken primary whose backup is silent stops rather than drop it, and the backup takes over with the state from before', async (t) => {
+  const cluster = await ProcessCluster.start({ nodes: 2, service: { kind: 'module', module: breaks, mode: 'rsm' } });
+  t.after(() => cluster.stop());
+  const primary = (await cluster.primary())!;
+  const backupId = primary.view.backup!;
+  const c = client(cluster);
+  t.after(() => c.close());
+  assert.equal(await c.call('SET', 5), 'OK');
+  await cluster.signal(backupId, 'SIGSTOP');
+  const redis = new Redis({ port: cluster.node(primary.id).client.port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
+  t.after(() => redis.disconnect());
+  await redis.connect();
+  await assert.rejects(redis.call('BREAK'));
+  await cluster.waitFor(() => cluster.node(primary.id).child === null || cluster.node(primary.id).child!.exitCode !== null, 30_000, `${primary.id} to fail-stop`);
+  assert.match(cluster.log(primary.id), /the backup went silent before it had the command's quarantine, so this node stops now rather than drop it/);
+  await cluster.signal(backupId, 'SIGCONT');
+  await cluster.waitFor(async () => (await cluster.status(backupId))?.role === 'primary', 30_000, `${backupId} to go live`);
+  assert.equal(await c.call('GET'), 5);
+});

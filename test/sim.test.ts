@@ -101,3 +101,19 @@ for (const [bug, what] of PLANTED) {
     assert.ok(caught.length > 0, `no seed among 400 caught ${bug}`);
   });
 }
+
+test('a query of death (--poison): each primary it breaks quarantines it first, so the cluster loses nothing', () => {
+  for (let seed = 1; seed <= 300; seed++) {
+    const r = simulate({ seed, poison: true });
+    assert.ok(r.ok, `seed ${seed} (lockstep sim --seed ${seed} --poison): ${r.failures.map((f) => `${f.check}: ${f.message}`).slice(0, 3).join('; ')}`);
+  }
+});
+
+test('simulator catches a planted bug: a broken primary stops without quarantining the command (with --poison)', () => {
+  const caught: string[] = [];
+  for (let seed = 1; seed <= 50 && caught.length === 0; seed++) {
+    const r = simulate({ seed, poison: true, bugs: { noQuarantine: true } });
+    if (!r.ok) caught.push(`seed ${seed}: ${[...new Set(r.failures.map((f) => f.check))].join(', ')}`);
+  }
+  assert.ok(caught.length > 0, 'no seed among 50 caught noQuarantine');
+});

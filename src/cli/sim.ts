@@ -12,7 +12,7 @@ import { simServiceOf } from '../guest/sandbox.js';
 import type { CheckOutput } from './check.js';
 import { argTokens } from './args.js';
 
-export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--service FILE.js] [--bug NAME] [--tail LINES] [--history FILE]
+export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--service FILE.js] [--poison] [--bug NAME] [--tail LINES] [--history FILE]
 
 Runs the deterministic simulator: a 4-replica kv cluster, its arbiter and 5 clients, under
 faults drawn per seed (crashes, kills, pauses, stalls, slow snapshots, partitions, broken
@@ -25,8 +25,11 @@ and that the primary gets a backup again.
   --mode M      replication mode for every seed (default: drawn per seed)
   --service F   simulate this service module instead of kv (its definition's simulate() draws
                 the clients' commands; kv's linearizability and append checks do not apply)
+  --poison      client c0 sometimes sends a command that breaks the machine it runs on (it
+                changes the state, then throws): each primary it reaches must quarantine it
+                and stop, and the next refuse it (E_SERVICE_QUARANTINED), not stop in turn
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
-                noRecruitFence, haltOnRumour, ackDroppedChunk
+                noRecruitFence, haltOnRumour, ackDroppedChunk, noQuarantine (with --poison)
   --tail LINES  trace lines to print for a failing seed (default 40)
   --history F   write the client history as JSON lines (for lockstep check) to file F: the
                 single seed's, or each failing seed's to F with .seed-N before its extension
@@ -34,7 +37,7 @@ and that the primary gets a backup again.
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
 
-const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk'];
+const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk', 'noQuarantine'];
 
 interface SimArgs {
   readonly first: number;
@@ -47,6 +50,8 @@ interface SimArgs {
   readonly history: string | null;
   /** A service module to simulate instead of kv. */
   readonly service: string | null;
+  /** SimOptions.poison. */
+  readonly poison: boolean;
 }
 
 function intFlag(name: string, v: string | undefined, min: number): number {
@@ -66,7 +71,8 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
   let tail = 40;
   let history: string | null = null;
   let service: string | null = null;
-  for (const t of argTokens(argv, ['--seeds', '--seed', '--mode', '--bug', '--tail', '--history', '--service'])) {
+  let poison = false;
+  for (const t of argTokens(argv, ['--seeds', '--seed', '--mode', '--bug', '--tail', '--history', '--service'], ['--poison'])) {
     const a = t.kind === 'flag' ? t.flag : '';
     const v = t.kind === 'flag' ? t.value : undefined;
     switch (a) {
@@ -97,6 +103,10 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
         history = v;
         break;
       }
+      case '--poison':
+        if (v !== undefined) throw new LockstepError('E_BAD_FLAG_VALUE', '--poison takes no value');
+        poison = true;
+        break;
       case '--service': {
         if (v === undefined || !/\.m?js$/.test(v)) throw new LockstepError('E_BAD_FLAG_VALUE', `--service takes a service module, a .js or .mjs file, got ${JSON.stringify(v ?? '')}`);
         service = v;
@@ -107,7 +117,7 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
     }
   }
   const single = seedGiven && count === undefined;
-  return { first, count: count ?? (single ? 1 : 100), single, mode, bugs, tail, history, service };
+  return { first, count: count ?? (single ? 1 : 100), single, mode, bugs, tail, history, service, poison };
 }
 
 /** h.jsonl -> h.seed-17.jsonl */
@@ -158,7 +168,7 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
   let goLives = 0;
   let unknownKeys = 0;
   for (let seed = args.first; seed < args.first + args.count; seed++) {
-    const r = simulate({ seed, mode: args.mode, bugs: args.bugs, traceTailLines: Math.max(args.tail, 1), ...(service ? { service } : {}) });
+    const r = simulate({ seed, mode: args.mode, bugs: args.bugs, traceTailLines: Math.max(args.tail, 1), poison: args.poison, ...(service ? { service } : {}) });
     ops += r.stats.opsCompleted;
     goLives += r.stats.goLives;
     if (!r.ok) {

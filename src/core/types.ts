@@ -108,6 +108,13 @@ export interface PlantedBugs {
    * as held and acks it, although it dropped it: its restored state misses a piece.
    */
   readonly ackDroppedChunk?: boolean;
+  /**
+   * The simulator's node front only (the core ignores it): a primary whose machine a command
+   * broke stops at once, without quarantining the command first, and its reply is lost with
+   * it, so the client resends the command to the next primary, which it breaks in turn: one
+   * "query of death" takes down every node (the behaviour before E_SERVICE_QUARANTINED).
+   */
+  readonly noQuarantine?: boolean;
 }
 
 /** The protocol's timing and bounds: what a cluster config sets for every replica. */

@@ -13,7 +13,8 @@
 //   u8 mode tag (1 rsm, 2 state-transfer)
 //   u8 has-client (0 plain client, 1 deduplicated, 2 session open, 3 quarantine); if 1: text
 //     clientId, varuint seq, varuint ackedBelow; if 2: text clientId, and nothing else follows;
-//     if 3: text command fingerprint, text reason, and nothing else follows
+//     if 3: text command fingerprint, text reason, text the session it opens ('' for none),
+//     and nothing else follows
 //   rsm:            bytes command
 //   state-transfer: [bytes reply, only if has-client] u8 has-change (0 only with a client)
 //                   [bytes change, if has-change]
@@ -182,15 +183,17 @@ export class ReplicatedService<C, R, X> {
       throw new RangeError(`ackedBelow must be an integer >= 0, got ${ackedBelow}`);
     }
     const m = this.machine;
+    // A session's first request opens it with an entry of its own when it logs nothing itself.
+    const opens = id !== null && !this.clients.has(id);
     if (this.quarantined.size > 0) {
       const why = this.quarantined.get(this.fingerprint(command));
       if (why !== undefined) {
+        const refused = id !== null ? this.refusal(id, seq, ackedBelow) : null;
+        if (refused !== null) return { ...refused, entry: null, readOnly: false };
         const reply = m.errorReply(`E_SERVICE_QUARANTINED this command broke the service on an earlier primary and is refused on every replica: ${why.slice(0, 300)}`);
-        return { reply, entry: null, duplicate: false, readOnly: false };
+        return { reply, entry: opens ? this.open(id) : null, duplicate: false, readOnly: false };
       }
     }
-    // A session's first request opens it with an entry of its own when it logs nothing itself.
-    const opens = id !== null && !this.clients.has(id);
     if (m.isReadOnly(command)) {
       const refused = opens ? this.refusal(id, seq, ackedBelow) : null;
       if (refused !== null) return { ...refused, entry: null, readOnly: false };
@@ -262,11 +265,15 @@ export class ReplicatedService<C, R, X> {
    * so this replica must stop). The entry that quarantines the command on every replica;
    * appliedEntries counts it. Nothing else may be executed here afterwards.
    */
-  quarantine(command: C, reason: string): Uint8Array {
-    const fp = this.fingerprint(command);
+  quarantine(req: ClientRequest<C>, reason: string): Uint8Array {
+    const fp = this.fingerprint(req.command);
     const why = reason.replace(/[\r\n]+/g, ' ').slice(0, 300);
-    const entry = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER).u8(3).text(fp).text(why).take();
+    // A session's opening request that broke the machine still opens it (as a refused one does).
+    const id = req.clientId;
+    const opens = id !== null && !this.clients.has(id) && this.refusal(id, req.seq, req.ackedBelow) === null ? id : '';
+    const entry = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER).u8(3).text(fp).text(why).text(opens).take();
     this.addQuarantine(this.quarantined, fp, why);
+    if (opens !== '') this.openSession(opens);
     this.stepped();
     return entry;
   }
@@ -319,9 +326,12 @@ export class ReplicatedService<C, R, X> {
     if (hasClient === 3) {
       const fp = r.text();
       const why = r.text();
+      const opens = r.text();
       r.end();
       if (!/^[0-9a-f]{32}$/.test(fp)) r.corrupt('bad quarantine fingerprint');
+      if (opens !== '' && this.clients.has(opens)) throw new Error('replica divergence: a quarantine entry opens a session this replica knows');
       this.addQuarantine(this.quarantined, fp, why);
+      if (opens !== '') this.openSession(opens);
       this.stepped();
       return;
     }

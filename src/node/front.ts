@@ -34,6 +34,12 @@ export interface FrontHost {
 }
 
 export interface ServiceFront {
+  /**
+   * The service broke on this primary and it waits only for its backup to take one last entry
+   * (a command's quarantine) before it stops: why, or null. Such a node must never drop its
+   * backup from the view: it would be left the only holder, with a broken state.
+   */
+  brokenReason?(): string | null;
   /** Open what the service listens on (the kv front's client port). */
   start(): Promise<void>;
   stop(): Promise<void>;

@@ -61,6 +61,8 @@ export class KvFront implements ServiceFront, NodeView {
   protected service: Service;
   private clientServer: net.Server | null = null;
   private readonly outputs = new Map<number, { conn: ClientConn; slot: Slot }>();
+  /** The client request being executed (for a module front whose machine breaks under it). */
+  protected executing: { readonly clientId: string | null; readonly seq: number; readonly ackedBelow: number; readonly command: KvCommand } | null = null;
   /** Held outputs that are not replies: what to do once the output rule releases (or drops) them. */
   private readonly whenOut = new Map<number, () => void>();
   private nextOutputId = 1;
@@ -153,7 +155,6 @@ export class KvFront implements ServiceFront, NodeView {
   }
 
   release(outputIds: readonly number[]): void {
-    this.runWhenOut(outputIds);
     const metrics = this.node.metrics;
     for (const o of this.takeOutputs(outputIds)) {
       this.counters.releases++;
@@ -161,6 +162,7 @@ export class KvFront implements ServiceFront, NodeView {
       if (metrics !== undefined) metrics.command(o.slot.command!, o.slot.readAt!);
       this.flushConn(o.conn);
     }
+    this.runWhenOut(outputIds); // after the replies it releases with it are written
   }
 
   discard(outputIds: readonly number[]): void {
@@ -389,6 +391,7 @@ export class KvFront implements ServiceFront, NodeView {
     }
     let res: ReturnType<Service['execute']>;
     try {
+      this.executing = req;
       res = this.service.execute(req);
     } catch (e) {
       // The machine validates before it changes anything (kv does), so a throw changed nothing
@@ -396,8 +399,14 @@ export class KvFront implements ServiceFront, NodeView {
       // crash instead, the client's retry would crash each new primary in turn.
       if (e instanceof AssertionError) throw e;
       this.node.log('warn', 'command-failed', { command: name.slice(0, 64), args: args.length, reason: (e as Error).message?.slice(0, 300) ?? String(e) });
-      this.reply(conn, { kind: 'error', message: `ERR internal error running ${name.slice(0, 64)}: ${(e as Error).message?.slice(0, 200) ?? String(e)}` }, name, readAt);
+      const reply: KvReply = { kind: 'error', message: `ERR internal error running ${name.slice(0, 64)}: ${(e as Error).message?.slice(0, 200) ?? String(e)}` };
+      // The command broke the service, which logged its quarantine (that may open the client's
+      // session): the reply waits for the output rule, as every reply after an entry does.
+      if (this.notServing() !== null) return this.logAndHold(conn, null, reply, name, readAt);
+      this.reply(conn, reply, name, readAt);
       return;
+    } finally {
+      this.executing = null;
     }
     this.logAndHold(conn, res.entry, res.reply, req.command[0] ?? name, readAt);
   }

@@ -25,6 +25,8 @@ export class ModuleFront extends KvFront {
   // `declare`: no field initializer, which would run after KvFront's constructor called freshService.
   declare private loaded: LoadedService | undefined;
   private failed = false;
+  /** A primary whose machine broke, waiting for the quarantine to reach the backup: why. */
+  private brokenWhy: string | null = null;
   private checks = 0;
 
   constructor(node: FrontHost, private readonly spec: ModuleServiceConfig) {
@@ -92,12 +94,17 @@ export class ModuleFront extends KvFront {
     if (this.failed) return;
     if (this.node.replica.role !== 'primary') return this.giveUp(reason);
     this.failed = true;
-    const entry = this.service.quarantine(command, reason);
+    this.brokenWhy = reason;
+    const entry = this.service.quarantine(this.executing ?? { clientId: null, seq: 1, ackedBelow: 0, command }, reason);
     this.node.log('warn', 'service-command-quarantined', { command: (command[0] ?? '').slice(0, 64), reason: reason.slice(0, 300) });
     // No digest in this entry's payload: the machine's digest here is the broken one.
     const payload = new Uint8Array(entry.length + 1);
     payload.set(entry, 1);
     this.logThen(payload, () => this.node.failStop(`${reason}; the command is quarantined on every replica (E_SERVICE_QUARANTINED)`));
+  }
+
+  brokenReason(): string | null {
+    return this.brokenWhy;
   }
 
   protected override notServing(): string | null {
@@ -111,6 +118,7 @@ export class ModuleFront extends KvFront {
 
   override reset(): void {
     this.failed = false;
+    this.brokenWhy = null;
     super.reset();
   }
 

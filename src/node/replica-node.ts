@@ -326,6 +326,12 @@ export class ReplicaNode implements FrontHost, AdminHost {
         this.transport.send(a.to, a.msg);
         return;
       case 'arbiterCas': {
+        const broken = this.front.brokenReason?.() ?? null;
+        if (broken !== null && a.expected.backup !== null && a.next.backup === null) {
+          // Its backup went silent before it took the quarantine: stop now, leaving the view to
+          // the backup (which holds the state as it was before the command), not drop it.
+          return this.failStop(`${broken}; the backup went silent before it had the command's quarantine, so this node stops now rather than drop it`);
+        }
         const incarnation = this.incarnation;
         this.askArbiter(() => this.arbiter.compareAndSet(a.expected, a.next)).then(
           (res) => {

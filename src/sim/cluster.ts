@@ -39,6 +39,7 @@ import {
 import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply, type ReplicationMode, type RestoreStream, type SnapshotStream, type StateMachine } from '../guest/index.js';
 import type { HistoryEvent, OpF } from './history.js';
 import { checkHistory } from './linearizability.js';
+import { LockstepError } from '../errors.js';
 import { Rng, TraceHash } from './rng.js';
 
 /**
@@ -71,6 +72,38 @@ export interface SimOptions {
   readonly traceTailLines?: number;
   /** Switch the forger on (true) or off (false); drawn from the seed when absent. */
   readonly forge?: boolean;
+  /**
+   * A "query of death": client c0 sometimes sends a command that changes a kv replica's state
+   * and then throws (a broken machine). Its primary must quarantine it before it stops, and
+   * every later primary refuse it; off unless asked for (it crashes primaries on purpose).
+   */
+  readonly poison?: boolean;
+}
+
+/** The poison command (SimOptions.poison): the sim's kv machine breaks on it. */
+const POISON_COMMAND = 'LOCKSTEP.SIM.POISON';
+
+/**
+ * `m` with a broken command: POISON_COMMAND throws E_SERVICE_MACHINE, as a defineMachine's
+ * wrapper does for an execute that threw after changing the state. It changes nothing here,
+ * so the broken node's digests stay comparable with its followers' (the node stops anyway);
+ * what is simulated is the reaction: quarantine, stop, refusal. It is never logged.
+ */
+function poisonable(m: StateMachine<KvCommand, KvReply, unknown>): StateMachine<KvCommand, KvReply, unknown> {
+  const isReadOnly = (c: KvCommand): boolean => c[0] !== POISON_COMMAND && m.isReadOnly(c);
+  const execute = (c: KvCommand): ReturnType<typeof m.execute> => {
+    if (c[0] !== POISON_COMMAND) return m.execute(c);
+    throw new LockstepError('E_SERVICE_MACHINE', `${POISON_COMMAND} threw after changing the state`);
+  };
+  // Everything else is m's own, called on m (a kv machine keeps its state in its fields).
+  return new Proxy(m, {
+    get(target, key) {
+      if (key === 'isReadOnly') return isReadOnly;
+      if (key === 'execute') return execute;
+      const v = Reflect.get(target, key) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
 }
 
 export type SimCheck =
@@ -252,6 +285,8 @@ interface SimNode {
   digests: Map<number, string>;
   /** A recruit's snapshot being restored chunk by chunk, into a fresh service. */
   restoring: { readonly service: Service; readonly stream: RestoreStream } | null;
+  /** Its machine broke (poison): it takes no command and crashes once this output is released. */
+  brokenOutput: number | null;
   /** A primary's snapshot stream being fed to its core (copy-on-write while it serves). */
   producing: { readonly index: number; readonly stream: SnapshotStream; ahead: Uint8Array | null } | null;
 }
@@ -377,6 +412,9 @@ class Simulation {
   /** chunk-loss: the chance that a snapshot chunk is lost (0: none), and its generator. */
   private readonly chunkLoss: number;
   private readonly chunkRng: Rng;
+  /** SimOptions.poison, and the draws of when c0 sends the poison (a generator of its own). */
+  private readonly poison: boolean;
+  private readonly poisonRng: Rng;
   private faultMeanMs = 300;
   /** slow-snapshot: the stall per KiB of snapshot, when taken and when installed. */
   private readonly snapshotMsPerKiB: number;
@@ -421,6 +459,8 @@ class Simulation {
     // the faults heal. A generator of its own, so other draws stay as they were.
     this.chunkRng = new Rng((opts.seed ^ 0x1b873593) >>> 0);
     this.chunkLoss = this.chunkRng.chance(0.4) ? this.chunkRng.pick([0.05, 0.2, 0.5]) : 0;
+    this.poison = opts.poison === true;
+    this.poisonRng = new Rng((opts.seed ^ 0x68e31da4) >>> 0);
     for (let i = 0; i < (opts.clients ?? 5); i++) {
       this.clients.push({ id: `c${i}`, process: i, seq: 0, pending: null, target: i % n, token: 0, opsAfterHeal: 0, done: false, counter: 0 });
     }
@@ -637,6 +677,7 @@ class Simulation {
       service,
       outputs: new Map(),
       backlog: [],
+      brokenOutput: null,
       nextOutputId: 1,
       digests,
       restoring: null,
@@ -679,7 +720,7 @@ class Simulation {
         this.stepNode(node, { type: 'arbiterView', requestId: m.requestId, view: m.view }, d.sentAt, null);
         break;
       case 'request':
-        if (node.replica.role !== 'primary') {
+        if (node.replica.role !== 'primary' || node.brokenOutput !== null || (m.command[0] === POISON_COMMAND && !this.poisonMayBreak(node))) {
           const hint = node.replica.view.primary === node.id ? null : node.replica.view.primary;
           this.send(node.id, node.inc, d.from, { t: 'redirect', seq: m.seq, primary: hint });
           return;
@@ -696,9 +737,16 @@ class Simulation {
   /** Execute waiting client requests while flow control lets the primary append. */
   private drain(node: SimNode): void {
     const r = node.replica;
-    while (node.alive && node.backlog.length > 0 && r.role === 'primary' && canAppend(r)) {
+    while (node.alive && node.backlog.length > 0 && r.role === 'primary' && canAppend(r) && node.brokenOutput === null) {
       const req = node.backlog.shift()!;
-      const res = node.service.execute({ clientId: req.client, seq: req.seq, ackedBelow: req.seq === 1 ? 0 : req.seq, command: req.command });
+      let res: ReturnType<Service['execute']>;
+      try {
+        res = node.service.execute({ clientId: req.client, seq: req.seq, ackedBelow: req.seq === 1 ? 0 : req.seq, command: req.command });
+      } catch (e) {
+        if (!(e instanceof LockstepError && e.code === 'E_SERVICE_MACHINE')) throw e;
+        this.broken(node, req, e.message);
+        continue;
+      }
       if (res.entry !== null) {
         this.stepNode(node, { type: 'append', payload: res.entry }, this.now, null);
         node.digests.set(r.lastIndex, node.service.digest());
@@ -707,9 +755,34 @@ class Simulation {
       node.outputs.set(outputId, { client: req.client, seq: req.seq, reply: res.reply });
       this.stepNode(node, { type: 'hold', outputId, fresh: res.entry === null }, this.now, null);
     }
-    if (node.alive && r.role !== 'primary' && node.backlog.length > 0) {
+    if (node.alive && (r.role !== 'primary' || node.brokenOutput !== null) && node.backlog.length > 0) {
       for (const req of node.backlog.splice(0)) this.send(node.id, node.inc, req.client, { t: 'redirect', seq: req.seq, primary: null });
     }
+  }
+
+  /**
+   * A command broke `node`'s machine (the poison): its state changed with no entry to say how.
+   * As the module front does: log the command's quarantine, answer the client, take no other
+   * command, and crash once the output rule releases the quarantine entry (the supervisor
+   * restarts the node as an empty spare). Its digests stop here: its state is not the log's.
+   */
+  private broken(node: SimNode, req: { readonly client: string; readonly seq: number; readonly command: KvCommand }, why: string): void {
+    this.trace(`${node.id} broken by ${req.command[0]} of ${req.client}`);
+    if (this.bugs.noQuarantine) {
+      this.crash(node, this.rng.int(50, 200)); // the reply dies with it: the client resends
+      return;
+    }
+    const entry = node.service.quarantine({ clientId: req.client, seq: req.seq, ackedBelow: req.seq === 1 ? 0 : req.seq, command: req.command }, why);
+    this.stepNode(node, { type: 'append', payload: entry }, this.now, null);
+    node.digests.set(node.replica.lastIndex, node.service.digest());
+    // The client's error reply waits for the output rule like any other: the quarantine entry
+    // may open the client's session, and the reply must not tell of what the backup may lack.
+    const replyId = node.nextOutputId++;
+    node.outputs.set(replyId, { client: req.client, seq: req.seq, reply: { kind: 'error', message: `ERR ${why.slice(0, 120)}` } });
+    this.stepNode(node, { type: 'hold', outputId: replyId, fresh: false }, this.now, null);
+    const outputId = node.nextOutputId++;
+    node.brokenOutput = outputId;
+    this.stepNode(node, { type: 'hold', outputId, fresh: false }, this.now, null);
   }
 
   /**
@@ -740,6 +813,12 @@ class Simulation {
         this.send(node.id, node.inc, a.to, { t: 'peer', msg: a.msg });
         return;
       case 'arbiterCas':
+        if (node.brokenOutput !== null && a.expected.backup !== null && a.next.backup === null) {
+          // As the node does: a broken primary never drops its backup; it stops instead.
+          this.trace(`${node.id} broken, its backup silent: stops rather than drop it`);
+          this.crash(node, this.rng.int(50, 200));
+          return;
+        }
         this.send(node.id, node.inc, 'arbiter', { t: 'cas', requestId: a.requestId, expected: a.expected, next: a.next });
         return;
       case 'arbiterRead':
@@ -752,10 +831,20 @@ class Simulation {
           node.outputs.delete(id);
           this.send(node.id, node.inc, o.client, { t: 'reply', seq: o.seq, reply: o.reply });
         }
+        if (node.brokenOutput !== null && a.outputIds.includes(node.brokenOutput)) {
+          this.trace(`${node.id} quarantine released: stops`);
+          this.releases.push({ node: node.id, inc: node.inc, epoch: node.replica.view.epoch, at: this.now, authorityAt });
+          this.crash(node, this.rng.int(50, 200));
+          return;
+        }
         this.releases.push({ node: node.id, inc: node.inc, epoch: node.replica.view.epoch, at: this.now, authorityAt });
         this.trace(`${node.id} release ${a.outputIds.length} epoch=${node.replica.view.epoch}`);
         return;
       case 'discard':
+        if (node.brokenOutput !== null && a.outputIds.includes(node.brokenOutput)) {
+          this.crash(node, this.rng.int(50, 200));
+          return;
+        }
         for (const id of a.outputIds) node.outputs.delete(id);
         return;
       case 'apply': {
@@ -854,11 +943,21 @@ class Simulation {
   }
 
   private machine(): StateMachine<KvCommand, KvReply, unknown> {
-    return this.service === null ? (createKv() as StateMachine<KvCommand, KvReply, unknown>) : this.service.machine();
+    const m = this.service === null ? (createKv() as StateMachine<KvCommand, KvReply, unknown>) : this.service.machine();
+    return this.poison ? poisonable(m) : m;
   }
 
   private invoke(c: SimClient): void {
     const r = this.rng;
+    if (this.poison && c.process === 0 && this.poisonRng.chance(0.15)) {
+      c.counter++;
+      c.seq++;
+      c.pending = { f: 'set', key: POISON_COMMAND, value: null, seq: c.seq, invokedAt: this.now, command: [POISON_COMMAND] };
+      this.stats.opsInvoked++;
+      this.trace(`${c.id} invoke ${POISON_COMMAND}`);
+      this.sendRequest(c);
+      return;
+    }
     if (this.service !== null) {
       c.counter++;
       c.seq++;
@@ -945,7 +1044,8 @@ class Simulation {
 
   /** Does `node` hold replicated state (so losing it may lose data)? */
   private holdsState(node: SimNode): boolean {
-    if (!node.alive) return false;
+    // A primary broken by the poison is about to stop: it holds nothing to count on.
+    if (!node.alive || node.brokenOutput !== null) return false;
     const r = node.replica;
     return r.role === 'primary' || r.role === 'backup' || (r.role === 'spare' && r.following !== null);
   }
@@ -1230,6 +1330,22 @@ class Simulation {
    * backup that acts as one, under a live primary of that view: no sequence of timeouts may
    * leave the primary alone while a spare is alive and reachable.
    */
+  /**
+   * The poison stops the primary it breaks, so, like the nemesis, it must not take the last
+   * holder of the state: it only lands on a primary whose view has a live backup acting as
+   * one and no test-and-set in flight (otherwise a broken primary may take every copy with
+   * it, and no check could tell a bug from that double failure). Elsewhere it is turned away
+   * as if by a redirect.
+   */
+  private poisonMayBreak(node: SimNode): boolean {
+    const v = node.replica.view;
+    // A test-and-set of its own in flight (dropping a silent backup) may land after it stops,
+    // leaving a view with no holder: the same double fault the nemesis keeps out of crashes.
+    if (node.replica.cas !== null) return false;
+    const b = v.backup === null ? undefined : this.nodes.get(v.backup);
+    return b !== undefined && b.alive && b.replica.role === 'backup' && b.replica.view.epoch === v.epoch && sameView(b.replica.view, v);
+  }
+
   private hasBackup(): boolean {
     const v = this.view;
     const p = v.primary === null ? undefined : this.nodes.get(v.primary);
