@@ -59,6 +59,7 @@ const RUN = new Set([
   './lockstep sim --seeds 500',
   './lockstep sim --seed 42',
   './lockstep sim --seeds 300 --bug staleReads',
+  './lockstep sim --seeds 200 --poison',
   './lockstep sim --seed 42 --history h.jsonl',
   './lockstep check h.jsonl',
   './lockstep check examples/histories/stale-read.jsonl',
@@ -238,6 +239,9 @@ test('the documented commands, pasted in order, do what the docs say', { timeout
   const bug = await run(t, dir, './lockstep sim --seeds 300 --bug staleReads');
   assert.equal(bug.code, 1, 'the planted bug is caught');
   assert.match(bug.out, /seed \d+ FAILED/);
+  const poison = await run(t, dir, './lockstep sim --seeds 200 --poison');
+  assert.equal(poison.code, 0, poison.out);
+  assert.match(poison.out, /^200 passed, 0 failed/m);
   const hist = await run(t, dir, './lockstep sim --seed 42 --history h.jsonl');
   assert.equal(hist.code, 0);
   assert.ok(existsSync(join(dir, 'h.jsonl')));
