@@ -71,6 +71,8 @@ export interface SimOptions {
   readonly traceTailLines?: number;
   /** Switch the forger on (true) or off (false); drawn from the seed when absent. */
   readonly forge?: boolean;
+  /** Planned switchovers among the random events (true) or not (false); drawn from the seed when absent. */
+  readonly switchovers?: boolean;
 }
 
 export type SimCheck =
@@ -104,6 +106,9 @@ export interface SimStats {
   readonly simMs: number;
   /** Keys whose linearizability search gave up (unknown, not a failure). */
   readonly linearizabilityUnknownKeys: number;
+  /** Planned switchovers asked of the primary, and how many landed (the roles swapped). */
+  readonly switchoversAsked: number;
+  readonly switchoversDone: number;
 }
 
 export interface SimResult {
@@ -173,6 +178,7 @@ type SimEvent =
   | { readonly k: 'fault' }
   | { readonly k: 'undo'; readonly undo: () => void; readonly what: string }
   | { readonly k: 'forge' }
+  | { readonly k: 'switchover' }
   | { readonly k: 'heal' };
 
 interface Queued {
@@ -374,6 +380,13 @@ class Simulation {
    */
   private readonly forgeRng: Rng;
   private readonly forgeMeanMs: number | null;
+  /**
+   * Planned switchovers (issue 11 item 1): an operator asks the primary (sometimes another
+   * node, or for another target) to hand over to its backup, every so often through the
+   * safety phase. A generator of its own, so a seed without them runs as before they existed.
+   */
+  private readonly switchRng: Rng;
+  private readonly switchMeanMs: number | null;
   /** chunk-loss: the chance that a snapshot chunk is lost (0: none), and its generator. */
   private readonly chunkLoss: number;
   private readonly chunkRng: Rng;
@@ -387,7 +400,7 @@ class Simulation {
   private finished = false;
 
   private readonly releases: Release[] = [];
-  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, stalls: 0, partitions: 0, linearizabilityUnknownKeys: 0 };
+  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, stalls: 0, partitions: 0, linearizabilityUnknownKeys: 0, switchoversAsked: 0, switchoversDone: 0 };
 
   constructor(opts: SimOptions) {
     this.seed = opts.seed;
@@ -421,6 +434,10 @@ class Simulation {
     // the faults heal. A generator of its own, so other draws stay as they were.
     this.chunkRng = new Rng((opts.seed ^ 0x1b873593) >>> 0);
     this.chunkLoss = this.chunkRng.chance(0.4) ? this.chunkRng.pick([0.05, 0.2, 0.5]) : 0;
+    this.switchRng = new Rng((opts.seed ^ 0x68e31da4) >>> 0);
+    const switchovers = this.switchRng.chance(0.5);
+    const switchMeanMs = this.switchRng.pick([100, 300, 800]);
+    this.switchMeanMs = (opts.switchovers ?? switchovers) ? switchMeanMs : null;
     for (let i = 0; i < (opts.clients ?? 5); i++) {
       this.clients.push({ id: `c${i}`, process: i, seq: 0, pending: null, target: i % n, token: 0, opsAfterHeal: 0, done: false, counter: 0 });
     }
@@ -431,8 +448,10 @@ class Simulation {
     const size = this.nodeIds.length !== 4 ? ` nodes=${this.nodeIds.length}` : '';
     const forge = this.forgeMeanMs !== null ? ` forge=${this.forgeMeanMs}ms` : '';
     const loss = this.chunkLoss > 0 ? ` chunk-loss=${this.chunkLoss}` : '';
-    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}${loss}`);
+    const sw = this.switchMeanMs !== null ? ` switchover=${this.switchMeanMs}ms` : '';
+    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}${loss}${sw}`);
     if (this.forgeMeanMs !== null) this.q.push(100 + this.forgeRng.exp(this.forgeMeanMs), { k: 'forge' });
+    if (this.switchMeanMs !== null) this.q.push(150 + this.switchRng.exp(this.switchMeanMs), { k: 'switchover' });
     for (const id of this.nodeIds) this.startNode(id, 0, this.rng.int(0, 30));
     for (const c of this.clients) this.wakeClient(c, 50 + this.rng.int(0, 50));
     this.q.push(this.rng.exp(this.faultMeanMs) + 200, { k: 'fault' });
@@ -457,7 +476,7 @@ class Simulation {
       failures: this.failures,
       traceHash: this.hash.hex(),
       traceTail: this.tail.slice(),
-      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : [])],
+      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : []), ...(this.switchMeanMs !== null ? ['switchover'] : [])],
       history: this.history,
       stats: { ...this.stats, events: this.events, views: this.views.length, simMs: Math.round(this.now) },
     };
@@ -523,6 +542,11 @@ class Simulation {
       case 'forge':
         this.forgeOne();
         this.q.push(this.now + this.forgeRng.exp(this.forgeMeanMs ?? 100), { k: 'forge' });
+        return;
+      case 'switchover':
+        if (this.healed) return;
+        this.askSwitchover();
+        this.q.push(this.now + this.switchRng.exp(this.switchMeanMs ?? 300), { k: 'switchover' });
         return;
       case 'heal':
         return this.heal();
@@ -708,7 +732,9 @@ class Simulation {
       this.stepNode(node, { type: 'hold', outputId, fresh: res.entry === null }, this.now, null);
     }
     if (node.alive && r.role !== 'primary' && node.backlog.length > 0) {
-      for (const req of node.backlog.splice(0)) this.send(node.id, node.inc, req.client, { t: 'redirect', seq: req.seq, primary: null });
+      // After a switchover the view names the new primary: point the waiting clients at it.
+      const hint = r.role === 'backup' && r.view.primary !== node.id ? r.view.primary : null;
+      for (const req of node.backlog.splice(0)) this.send(node.id, node.inc, req.client, { t: 'redirect', seq: req.seq, primary: hint });
     }
   }
 
@@ -825,6 +851,10 @@ class Simulation {
       case 'log':
         if (a.event !== 'ignoring' && a.event !== 'role') this.trace(`${node.id} ${a.event} ${JSON.stringify(a.fields)}`);
         if (a.event === 'recruit-handover') this.strikeHandover(node, String(a.fields['recruit']));
+        return;
+      case 'switchover':
+        // The trace has the core's log record of it; count the ones that landed.
+        if (a.outcome === 'done') this.stats.switchoversDone++;
         return;
     }
   }
@@ -1088,6 +1118,23 @@ class Simulation {
     }
     this.trace(`forge ${from}>${target.id} ${describe(msg)}`);
     this.send(from, this.nodes.get(from)?.inc ?? 0, target.id, { t: 'peer', msg });
+  }
+
+  /**
+   * An operator's switchover: usually asked of the primary for its backup; sometimes of another
+   * node, or naming a node that is not the backup (both refused, nothing changes).
+   */
+  private askSwitchover(): void {
+    const r = this.switchRng;
+    const live = this.liveNodes().filter((n) => !n.paused);
+    if (live.length === 0) return;
+    const primary = live.find((n) => n.replica.role === 'primary' && n.replica.view.epoch === this.view.epoch);
+    const node = primary !== undefined && r.chance(0.85) ? primary : r.pick(live);
+    const to = r.chance(0.8) ? null : r.pick(this.nodeIds);
+    this.stats.switchoversAsked++;
+    this.trace(`switchover asked of ${node.id}${to === null ? '' : ` to ${to}`}`);
+    this.stepNode(node, { type: 'switchover', to }, this.now, null);
+    this.stepNode(node, { type: 'flush' }, this.now, null);
   }
 
   /**
