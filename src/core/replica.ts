@@ -732,7 +732,10 @@ function becomePrimaryBySwitch(r: Replica, out: Action[], view: View): void {
   assert(old !== undefined, 'a switchover to a backup that follows no primary');
   const at = r.lastIndex;
   becomePrimary(r, out, view, `switchover: ${old} handed over the primary role; it is our backup`);
-  r.followers.set(old, newFollower(r, old, 'backup', at));
+  const f = newFollower(r, old, 'backup', at);
+  // Our first frame goes at the next flush: the old primary holds its waiting clients until then.
+  f.lastSendMs = -Infinity;
+  r.followers.set(old, f);
   log(out, 'info', 'switchover-primary', { from: old, view: formatView(view), lastIndex: at });
 }
 
