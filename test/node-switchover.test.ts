@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { runWorkload, workloadProblems } from '../src/testing/workload.js';
 import { postSwitchover } from '../src/cli/switchover.js';
+import { Redis } from 'ioredis';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
@@ -65,11 +66,31 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
   });
 }
 
-test('switchover refusals: not the primary, not the backup, no header, no backup', async (t) => {
+/** SENTINEL FAILOVER <cluster> on a node's client port: the reply, or the error's message. */
+async function sentinelFailover(cluster: ProcessCluster, id: string): Promise<string> {
+  const c = cluster.node(id).client;
+  const redis = new Redis({ host: c.host, port: c.port, lazyConnect: true, maxRetriesPerRequest: 0 });
+  try {
+    await redis.connect();
+    return String(await redis.call('SENTINEL', 'FAILOVER', cluster.cluster));
+  } catch (e) {
+    return (e as Error).message;
+  } finally {
+    redis.disconnect();
+  }
+}
+
+test('switchover refusals: not the primary, not the backup, no header, no backup; SENTINEL FAILOVER', async (t) => {
   const cluster = await ProcessCluster.start({ nodes: 2 });
   t.after(() => cluster.stop());
+  const first = (await cluster.primary())!;
+  // SENTINEL FAILOVER on the client port: refused on the backup, begun on the primary.
+  assert.match(await sentinelFailover(cluster, first.view.backup!), new RegExp(`^ERR E_SWITCHOVER_NOT_PRIMARY .*send SENTINEL FAILOVER to ${first.id} at `));
+  assert.equal(await sentinelFailover(cluster, first.id), 'OK');
+  await cluster.waitFor(async () => (await cluster.status(first.view.backup!))?.role === 'primary' && (await cluster.status(first.id))?.role === 'backup', 10_000, 'the roles to swap');
   const p = (await cluster.primary())!;
   const b = p.view.backup!;
+  assert.equal(b, first.id);
   const notPrimary = await postSwitchover(cluster.node(b).admin, null);
   assert.equal(notPrimary.code, 'E_SWITCHOVER_NOT_PRIMARY');
   assert.match(notPrimary.message, new RegExp(`the primary this node knows of is ${p.id}`));
@@ -99,4 +120,5 @@ test('switchover refusals: not the primary, not the backup, no header, no backup
   const alone = await cli(['switchover', '--config', cluster.configPath]);
   assert.equal(alone.code, 1);
   assert.match(alone.stderr, /^error E_SWITCHOVER_NO_BACKUP: /);
+  assert.match(await sentinelFailover(cluster, p.id), /^NOGOODSLAVE No suitable replica to promote: E_SWITCHOVER_NO_BACKUP /);
 });

@@ -91,6 +91,10 @@ export class KvFront implements ServiceFront, NodeView {
     return this.node.replica;
   }
 
+  beginSwitchover(to: string | null): { readonly started: boolean; readonly code: string | null; readonly message: string } {
+    return this.node.beginSwitchover?.(to) ?? { started: false, code: null, message: 'this node cannot begin a switchover' };
+  }
+
   get clientCount(): number {
     return this.conns.size;
   }

@@ -131,6 +131,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
   private switchAsking: ((a: SwitchoverAction) => void) | null = null;
   /** The switchover under way in the core: its done or aborted comes later. */
   private switchActive: ((a: SwitchoverAction) => void) | null = null;
+  /** The core's immediate answer (started or refused) to the last switchover asked. */
+  private switchFirst: SwitchoverAction | null = null;
 
   constructor(
     readonly config: ClusterConfig,
@@ -425,6 +427,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
         this.log(a.level, a.event, a.fields);
         return;
       case 'switchover': {
+        if (this.switchAsking !== null) this.switchFirst = a;
         if (a.outcome === 'started') {
           this.switchActive = this.switchAsking;
           return;
@@ -435,6 +438,20 @@ export class ReplicaNode implements FrontHost, AdminHost {
         return;
       }
     }
+  }
+
+  /**
+   * SENTINEL FAILOVER on the client port: begin a switchover and say at once whether it began
+   * (as Redis Sentinel answers +OK and fails over in the background). The outcome is logged.
+   */
+  beginSwitchover(to: string | null): { readonly started: boolean; readonly code: string | null; readonly message: string } {
+    const done = this.switchover(to);
+    void done.then((r) => {
+      if (r.outcome !== 'refused') this.log(r.ok ? 'info' : 'warn', 'sentinel-failover', { outcome: r.outcome, code: r.code, message: r.message, ms: r.ms });
+    });
+    const first = this.switchFirst;
+    if (first === null) return { started: false, code: 'E_SWITCHOVER_ABORTED', message: 'the switchover could not be asked (this node is stopping)' };
+    return { started: first.outcome === 'started', code: first.code, message: first.reason };
   }
 
   /**
@@ -473,6 +490,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
         poll();
       };
       this.switchAsking = answer;
+      this.switchFirst = null;
       try {
         this.input({ type: 'switchover', to });
       } finally {
