@@ -8,11 +8,21 @@ import { execFile } from 'node:child_process';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
-import { runWorkload, workloadProblems } from '../src/testing/workload.js';
+import { runWorkload, workloadProblems, type WorkloadResult } from '../src/testing/workload.js';
 import { postSwitchover } from '../src/cli/switchover.js';
 import { Redis } from 'ioredis';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Start a lockstep/client workload on the cluster; `finish()` stops it and gives its result. */
+function startLoad(cluster: ProcessCluster, clients: number, seed: number): () => Promise<WorkloadResult> {
+  let stop!: () => void;
+  const load = runWorkload(cluster.clientAddresses(), clients, seed, new Promise<void>((r) => (stop = r)));
+  return () => {
+    stop();
+    return load;
+  };
+}
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -30,9 +40,7 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     const p = (await cluster.primary())!;
     const b = p.view.backup!;
     assert.ok(b, 'a backup');
-    let stop!: () => void;
-    const until = new Promise<void>((r) => (stop = r));
-    const load = runWorkload(cluster.clientAddresses(), 4, 7, until);
+    const finish = startLoad(cluster, 4, 7);
     await sleep(600);
     // There, with the CLI (it finds the primary itself).
     const there = await cli(['switchover', '--config', cluster.configPath]);
@@ -51,8 +59,7 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     assert.deepEqual(back.view, { epoch: p.epoch + 2, primary: p.id, backup: b });
     t.diagnostic(`switchover back: roles swapped ${back.ms} ms after the request, new primary live after ${back.liveMs} ms`);
     await sleep(600);
-    stop();
-    const result = await load;
+    const result = await finish();
     t.diagnostic(`${result.ok} operations, ${result.failed} failed`);
     assert.ok(result.ok > 100, `the workload made progress (${result.ok} ops)`);
     assert.equal(result.failed, 0, 'no client saw an error');
@@ -65,6 +72,28 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     assert.equal(y!.digest, x!.digest, 'identical state at the same log index');
   });
 }
+
+test('the backup dies during the catch-up: the switchover is aborted, the primary serves on, no client error', async (t) => {
+  const cluster = await ProcessCluster.start({ nodes: 3 });
+  t.after(() => cluster.stop());
+  const p = (await cluster.primary())!;
+  const b = p.view.backup!;
+  const finish = startLoad(cluster, 3, 11);
+  await sleep(500);
+  await cluster.kill9(b);
+  // Asked before the primary noticed: it begins, waits for acks that never come, and gives up
+  // when the backup has been silent for the failure timeout.
+  const r = await postSwitchover(cluster.node(p.id).admin, null);
+  t.diagnostic(`${r.outcome} ${r.code} after ${r.ms} ms: ${r.message}`);
+  assert.equal(r.ok, false);
+  assert.equal(r.code, 'E_SWITCHOVER_ABORTED');
+  assert.match(r.message, new RegExp(`the backup ${b} is silent`));
+  assert.equal((await cluster.status(p.id))!.role, 'primary', 'the primary serves on');
+  await sleep(500);
+  const result = await finish();
+  assert.equal(result.failed, 0, 'the commands parked during the attempt ran');
+  assert.deepEqual(await workloadProblems(cluster.clientAddresses(), result), []);
+});
 
 /** SENTINEL FAILOVER <cluster> on a node's client port: the reply, or the error's message. */
 async function sentinelFailover(cluster: ProcessCluster, id: string): Promise<string> {

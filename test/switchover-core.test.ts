@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Harness, between } from '../src/sim/harness.js';
 import { canAppend, status } from '../src/core/index.js';
+import { toTimeline } from '../src/node/admin.js';
 
 /** n1 primary, n2 its backup, n3 a spare. */
 function steady(): Harness {
@@ -108,4 +109,16 @@ test('switchover: the view moved under it (the backup went live first); the old 
   assert.equal(h.role('n2'), 'primary');
   assert.notEqual(h.role('n1'), 'primary');
   assert.deepEqual(outcomes(h, 'n1'), ['started', 'aborted E_SWITCHOVER_ABORTED']);
+});
+
+test('the dashboard timeline tells a switchover from a failover', () => {
+  const at = null;
+  const events = toTimeline([
+    { view: { epoch: 1, primary: 'n1', backup: null }, at },
+    { view: { epoch: 2, primary: 'n1', backup: 'n2' }, at },
+    { view: { epoch: 3, primary: 'n2', backup: 'n1' }, at },
+    { view: { epoch: 4, primary: 'n1', backup: null }, at },
+  ]);
+  assert.deepEqual(events.map((e) => e.kind), ['start', 'view-change', 'switchover', 'failover']);
+  assert.equal(events[2]!.text, 'epoch 3: switchover, n2 took over from n1, which is its backup');
 });

@@ -656,7 +656,7 @@ function onSwitchover(r: Replica, out: Action[], to: NodeId | null): void {
     return refuse('E_SWITCHOVER_NOT_PRIMARY', `this node (${self}) is ${r.role}, not the primary: ask the primary${who}`);
   }
   const sw = r.switchover;
-  if (sw !== null) return refuse('E_SWITCHOVER_BUSY', `a switchover to ${sw.to} is already under way (${sw.phase}, for ${r.nowMs - sw.startedMs} ms)`);
+  if (sw !== null) return refuse('E_SWITCHOVER_BUSY', `a switchover to ${sw.to} is already under way (${sw.phase}, for ${Math.round(r.nowMs - sw.startedMs)} ms)`);
   const b = r.view.backup;
   const f = b === null ? undefined : r.followers.get(b);
   if (b === null || f === undefined || f.kind !== 'backup') {
@@ -705,7 +705,7 @@ function becomeBackupBySwitch(r: Replica, out: Action[], view: View, startedMs: 
   r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
   r.following = { primary, epoch: view.epoch, lastHeardMs: r.nowMs, pendingView: null, restore: null };
   setRole(r, out, 'backup', `switchover: ${primary} is primary of epoch ${view.epoch}, this replica its backup`);
-  endSwitch(r, out, 'done', null, `${primary} is the primary of ${formatView(view)} (${r.nowMs - startedMs} ms after the request)`);
+  endSwitch(r, out, 'done', null, `${primary} is the primary of ${formatView(view)} (${Math.round(r.nowMs - startedMs)} ms after the request)`);
   r.notifyPrimary = primary;
   notifySwitch(r, out);
 }
@@ -790,7 +790,7 @@ function onTick(r: Replica, out: Action[]): void {
     case 'primary':
       if (r.switchover?.phase === 'drain' && now - r.switchover.startedMs >= SWITCHOVER_DRAIN_TIMEOUTS * c.failureTimeoutMs) {
         const f = r.followers.get(r.switchover.to);
-        endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${r.switchover.to} did not catch up in ${now - r.switchover.startedMs} ms (acked ${f?.ackedIndex ?? '-'} of ${r.lastIndex}, ${r.held.length - r.heldHead} replies held): serving on as primary`);
+        endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${r.switchover.to} did not catch up in ${Math.round(now - r.switchover.startedMs)} ms (acked ${f?.ackedIndex ?? '-'} of ${r.lastIndex}, ${r.held.length - r.heldHead} replies held): serving on as primary`);
       }
       for (const f of [...r.followers.values()]) {
         // A recruit receiving its snapshot is judged by progress (a new chunk or entry
@@ -800,7 +800,7 @@ function onTick(r: Replica, out: Action[]): void {
         if (silentMs >= (snapshotting ? r.recruitPatienceMs : c.failureTimeoutMs)) {
           if (f.kind === 'backup') {
             if (r.cas === null) {
-              if (r.switchover !== null) endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${f.id} is silent (no ack for ${silentMs} ms): dropping it, serving on as primary`);
+              if (r.switchover !== null) endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${f.id} is silent (no ack for ${Math.round(silentMs)} ms): dropping it, serving on as primary`);
               log(out, 'warn', 'suspect', { peer: f.id, role: 'backup', silentMs });
               startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: c.id, backup: null });
             }

@@ -47,8 +47,11 @@ export interface NodeReport {
 export interface TimelineEvent {
   readonly epoch: number;
   readonly at: string | null;
-  /** start: the first view; failover: the primary changed; view-change: only the backup did. */
-  readonly kind: 'start' | 'failover' | 'view-change';
+  /**
+   * start: the first view; switchover: primary and backup swapped (a planned switchover);
+   * failover: the primary changed otherwise; view-change: only the backup did.
+   */
+  readonly kind: 'start' | 'switchover' | 'failover' | 'view-change';
   readonly view: View;
   readonly text: string;
 }
@@ -154,6 +157,9 @@ export function toTimeline(history: readonly ViewRecord[]): TimelineEvent[] {
     if (prev === null) {
       kind = 'start';
       text = `epoch ${view.epoch}: ${who}`;
+    } else if (prev.primary !== null && prev.primary === view.backup && prev.backup === view.primary) {
+      kind = 'switchover';
+      text = `epoch ${view.epoch}: switchover, ${view.primary ?? 'no node'} took over from ${prev.primary}, which is its backup`;
     } else if (prev.primary !== view.primary) {
       kind = 'failover';
       text = `epoch ${view.epoch}: failover, ${view.primary ?? 'no node'} took over from ${prev.primary ?? 'no node'} (backup ${view.backup ?? '-'})`;
