@@ -71,7 +71,7 @@ test('simulator: issue 14.9 seeds (a forger sends refuses and frames of newer ep
 });
 
 test('simulator: planned switchovers among the random events pass every check, both modes (issue 11 item 1)', () => {
-  // A sweep of seeds 1..3000 in both modes with switchovers forced on passed (17,000 landed).
+  // A sweep of seeds 1..3000 in both modes with switchovers forced on passed (25,474 landed).
   let done = 0;
   for (const mode of ['rsm', 'state-transfer'] as ReplicationMode[]) {
     for (let seed = 1; seed <= 120; seed++) {

@@ -151,9 +151,9 @@ const OPS_AFTER_HEAL = 4;
 type NetMsg =
   | { readonly t: 'peer'; readonly msg: PeerMessage }
   | { readonly t: 'cas'; readonly requestId: number; readonly expected: View; readonly next: View }
-  | { readonly t: 'casResult'; readonly requestId: number; readonly ok: boolean; readonly view: View }
+  | { readonly t: 'casResult'; readonly requestId: number; readonly ok: boolean; readonly view: View; readonly inc: number }
   | { readonly t: 'read'; readonly requestId: number }
-  | { readonly t: 'readResult'; readonly requestId: number; readonly view: View }
+  | { readonly t: 'readResult'; readonly requestId: number; readonly view: View; readonly inc: number }
   | { readonly t: 'request'; readonly seq: number; readonly command: KvCommand }
   | { readonly t: 'reply'; readonly seq: number; readonly reply: KvReply }
   | { readonly t: 'redirect'; readonly seq: number; readonly primary: string | null };
@@ -617,7 +617,7 @@ class Simulation {
   private arbiterProcess(d: Delivery): void {
     const m = d.msg;
     if (m.t === 'read') {
-      this.send('arbiter', 0, d.from, { t: 'readResult', requestId: m.requestId, view: this.view });
+      this.send('arbiter', 0, d.from, { t: 'readResult', requestId: m.requestId, view: this.view, inc: d.fromInc });
       return;
     }
     if (m.t !== 'cas') return;
@@ -638,7 +638,7 @@ class Simulation {
         });
       }
     }
-    this.send('arbiter', 0, d.from, { t: 'casResult', requestId: m.requestId, ok, view: this.view });
+    this.send('arbiter', 0, d.from, { t: 'casResult', requestId: m.requestId, ok, view: this.view, inc: d.fromInc });
   }
 
   // -------------------------------------------------------------------------------------
@@ -695,10 +695,14 @@ class Simulation {
         this.stepNode(node, { type: 'message', from: d.from, msg: m.msg }, d.sentAt, { node: d.from, inc: d.fromInc });
         break;
       case 'casResult':
+        // An answer to an earlier incarnation (asked before a crash, answered after the restart)
+        // goes to a process that no longer exists: a real node's new process never sees it.
+        if (m.inc !== node.inc) return this.trace(`arbiter>${node.id} cas#${m.requestId} for ${node.id}#${m.inc}: dropped`);
         this.trace(`arbiter>${node.id} cas#${m.requestId} ok=${m.ok} ${formatView(m.view)}`);
         this.stepNode(node, { type: 'arbiterResult', requestId: m.requestId, ok: m.ok, view: m.view }, d.sentAt, null);
         break;
       case 'readResult':
+        if (m.inc !== node.inc) return this.trace(`arbiter>${node.id} read#${m.requestId} for ${node.id}#${m.inc}: dropped`);
         this.trace(`arbiter>${node.id} read#${m.requestId} ${formatView(m.view)}`);
         this.stepNode(node, { type: 'arbiterView', requestId: m.requestId, view: m.view }, d.sentAt, null);
         break;
