@@ -32,6 +32,11 @@ export const ERROR_CODES = {
   E_SERVICE_MACHINE: 'a module\'s full StateMachine (`defineMachine`) threw from execute after changing its state (or a read changed it), which no log entry describes: a primary logs the command\'s quarantine, then fail-stops once its backup has it; the backup holds the state as before the command',
   E_SERVICE_QUARANTINED: 'the command once broke the service on a primary (E_SERVICE_MACHINE) and is refused on every replica from then on, unrun, so retrying it cannot stop each new primary in turn; fix the machine to validate before it changes anything (the last 1,000 such commands are remembered)',
   E_SERVICE_TIMEOUT: 'a backup re-executing a service module command ran past `service.timeoutMs` where the primary finished it; the backup fail-stops rather than diverge',
+  E_SWITCHOVER_NOT_PRIMARY: 'a switchover was asked of a node that is not the primary (the message names the primary it knows of): ask the primary; `lockstep switchover --config FILE` finds it',
+  E_SWITCHOVER_NO_BACKUP: 'a switchover was asked while the view has no backup: only a backup holds the state to take over; wait until a spare is recruited (`lockstep status` shows it) and try again',
+  E_SWITCHOVER_TARGET: 'a switchover named a node (`--to`) that is not the backup of the current view: only the backup can take over',
+  E_SWITCHOVER_BUSY: 'a switchover was asked while one is already under way, or while the view is changing (a recruit, a dropped backup): try again when it is done',
+  E_SWITCHOVER_ABORTED: 'a switchover began but did not swap the roles: the backup was silent, restarted or did not catch up in two failure timeouts (the primary serves on, waiting commands run), or the view moved under it (the backup went live: the old primary stepped down); the message says which',
   E_DIR_LOCKED: 'a local cluster\'s run directory is in use by another supervisor, or by nodes still running there (the message names the pid)',
 } as const;
 

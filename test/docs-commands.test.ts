@@ -81,6 +81,9 @@ const NOT_RUN: ReadonlyMap<string, string> = new Map([
   ['redis-cli -p 7001 TRANSFER alice bob 10', 'as OPEN above'],
   ['./lockstep sim --service examples/services/bank/bank.js --seeds 300', '300 seeds take minutes per example; test/service-sim.test.ts runs the simulator on each example for a few seeds'],
   ['etcdctl auth enable', 'production etcd setup; test/node-etcd covers an etcd with auth'],
+  ['./lockstep switchover --config cluster.json', 'needs all three nodes of that config running; test/node-switchover.test.ts runs lockstep switchover --config on a real three-node cluster (ProcessCluster) and checks its output and the roles after'],
+  ['./lockstep switchover --config cluster.json --to n2', 'as above; test/node-switchover.test.ts names the target (--to, and an unknown one: E_UNKNOWN_NODE)'],
+  ['./lockstep status --config cluster.json', 'as above; the status command itself is run on the npm start cluster'],
 ]);
 
 test('every shell command in README.md and docs/ is run by this test or says why not', () => {

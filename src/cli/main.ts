@@ -10,6 +10,7 @@ import { clusterCommand } from './cluster.js';
 import { statusCommand } from './status.js';
 import { runCommand } from './run.js';
 import { initCommand } from './init.js';
+import { switchoverCommand } from './switchover.js';
 import { readFileSync } from 'node:fs';
 
 /** The version in the package.json this command was installed with. */
@@ -29,6 +30,7 @@ commands:
   init     create the cluster's arbiter, once, before its nodes start: lockstep init --config FILE
   node     run one replica: lockstep node --config FILE --id ID (after lockstep init)
   status   the view and every node's state: lockstep status --config FILE
+  switchover  hand the primary role to the backup (planned): lockstep switchover --config FILE
   sim      run the deterministic simulator over many seeds
   check    check that a key/value history is linearizable
   help     print this help
@@ -64,6 +66,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return clusterCommand(rest, io);
     case 'status':
       return statusCommand(rest, io);
+    case 'switchover':
+      return switchoverCommand(rest, io);
     case 'run':
       return runCommand(rest, io);
     case 'version':

@@ -16,7 +16,8 @@ export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm
 
 Runs the deterministic simulator: a 4-replica kv cluster, its arbiter and 5 clients, under
 faults drawn per seed (crashes, kills, pauses, stalls, slow snapshots, partitions, broken
-connections, a slow or unreachable arbiter), then heals it and checks linearizability, lost or
+connections, a slow or unreachable arbiter; on about half the seeds, planned switchovers asked
+of the primary now and then), then heals it and checks linearizability, lost or
 doubled writes, releases by a node that was not the primary, replica divergence, liveness,
 and that the primary gets a backup again.
 
@@ -29,7 +30,7 @@ and that the primary gets a backup again.
                 changes the state, then throws): each primary it reaches must quarantine it
                 and stop, and the next refuse it (E_SERVICE_QUARANTINED), not stop in turn
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
-                noRecruitFence, haltOnRumour, ackDroppedChunk, noQuarantine (with --poison)
+                noRecruitFence, haltOnRumour, ackDroppedChunk, switchEarly, noQuarantine (with --poison)
   --tail LINES  trace lines to print for a failing seed (default 40)
   --history F   write the client history as JSON lines (for lockstep check) to file F: the
                 single seed's, or each failing seed's to F with .seed-N before its extension
@@ -37,7 +38,7 @@ and that the primary gets a backup again.
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
 
-const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk', 'noQuarantine'];
+const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk', 'switchEarly', 'noQuarantine'];
 
 interface SimArgs {
   readonly first: number;
@@ -166,16 +167,18 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
   let failed = 0;
   let ops = 0;
   let goLives = 0;
+  let switchovers = 0;
   let unknownKeys = 0;
   for (let seed = args.first; seed < args.first + args.count; seed++) {
     const r = simulate({ seed, mode: args.mode, bugs: args.bugs, traceTailLines: Math.max(args.tail, 1), poison: args.poison, ...(service ? { service } : {}) });
     ops += r.stats.opsCompleted;
     goLives += r.stats.goLives;
+    switchovers += r.stats.switchoversDone;
     if (!r.ok) {
       failed++;
       report(r, args, out);
     } else if (args.single) {
-      out.stdout(`seed ${seed} ok (mode ${r.mode}, faults ${r.faults.join(',')}, trace ${r.traceHash}, ${r.stats.opsCompleted} ops, ${r.stats.goLives} go-lives, ${r.stats.views} views)\n`);
+      out.stdout(`seed ${seed} ok (mode ${r.mode}, faults ${r.faults.join(',')}, trace ${r.traceHash}, ${r.stats.opsCompleted} ops, ${r.stats.goLives} go-lives, ${r.stats.switchoversDone} switchovers, ${r.stats.views} views)\n`);
       if (args.history !== null) out.stdout(`history: ${writeHistory(args.history, r)}\n`);
     }
     unknownKeys += r.stats.linearizabilityUnknownKeys;
@@ -183,6 +186,6 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
     if (seed % 50 === 0) await new Promise((res) => setImmediate(res));
   }
   const secs = (performance.now() - started) / 1000;
-  out.stdout(`${args.count - failed} passed, ${failed} failed (seeds ${args.first}..${args.first + args.count - 1}, ${ops} client ops, ${goLives} go-lives, ${secs.toFixed(1)} s${unknownKeys > 0 ? `, ${unknownKeys} keys whose linearizability search gave up` : ''})\n`);
+  out.stdout(`${args.count - failed} passed, ${failed} failed (seeds ${args.first}..${args.first + args.count - 1}, ${ops} client ops, ${goLives} go-lives, ${switchovers} switchovers, ${secs.toFixed(1)} s${unknownKeys > 0 ? `, ${unknownKeys} keys whose linearizability search gave up` : ''})\n`);
   return failed === 0 ? 0 : 1;
 }

@@ -180,6 +180,8 @@ export class LockstepClient {
   private lastRefusal = '';
   /** How many times the client moved to another node (for tests and metrics). */
   reconnects = 0;
+  /** Moves since the last reply: the back-off counts these, so it applies once every node was tried in a row. */
+  private movesSinceReply = 0;
 
   constructor(opts: ClientOptions) {
     if (opts.nodes.length === 0) throw new RangeError('ClientOptions.nodes is empty');
@@ -379,6 +381,8 @@ export class LockstepClient {
     }
     const p = this.onWire.shift();
     if (p === undefined) return this.moveOn('a reply nobody asked for');
+    const redirect = r.kind === 'error' && r.message.startsWith('NOTPRIMARY');
+    if (!redirect) this.movesSinceReply = 0;
     if (this.attemptTimer) {
       clearTimeout(this.attemptTimer);
       this.attemptTimer = null;
@@ -430,9 +434,11 @@ export class LockstepClient {
     if (this.renewing) this.renewSession();
     this.target = (this.target + 1) % this.nodes.length;
     this.reconnects++;
+    this.movesSinceReply++;
     if (this.inflight.length > 0) {
-      // Back off a little once every node has been tried.
-      const delay = this.reconnects % this.nodes.length === 0 ? 50 : 0;
+      // Back off a little once every node has been tried (without a reply in between: a move
+      // after each of many switchovers or failovers is not a streak).
+      const delay = this.movesSinceReply % this.nodes.length === 0 ? 50 : 0;
       setTimeout(() => !this.socket && !this.connecting && this.connect(), delay);
     }
   }

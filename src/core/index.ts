@@ -3,4 +3,4 @@ export * from './types.js';
 export { assert, assertNever, AssertionError } from './assert.js';
 export { validateMessage, isView } from './validate.js';
 export { ChunkAssembler } from './chunks.js';
-export { createReplica, step, canAppend, snapshotChunksWanted, status, type Replica, type ReplicaStatus } from './replica.js';
+export { createReplica, step, canAppend, snapshotChunksWanted, status, SWITCHOVER_DRAIN_TIMEOUTS, type Replica, type ReplicaStatus } from './replica.js';

@@ -41,6 +41,7 @@ import {
   type NodeId,
   type PeerMessage,
   type Role,
+  type SwitchoverCode,
   type View,
 } from './types.js';
 import { validateMessage } from './validate.js';
@@ -98,6 +99,11 @@ interface Follower {
   progressMs: number;
   /** Recruits: the longest wait between two steps of progress during the snapshot. */
   progressGapMaxMs: number;
+  /**
+   * It acked a frame of the primary's current view, so it knows it is the backup of that view
+   * (a recruit just made backup may not have heard yet). A switchover waits for this.
+   */
+  viewAcked: boolean;
 }
 
 interface Held {
@@ -108,7 +114,22 @@ interface Held {
   readonly freshSeq: number;
 }
 
-type CasPurpose = 'bootstrap' | 'goLive' | 'dropBackup' | 'addBackup' | 'fence';
+type CasPurpose = 'bootstrap' | 'goLive' | 'dropBackup' | 'addBackup' | 'fence' | 'switchover';
+
+/**
+ * A planned switchover under way on the primary (issue 11 item 1). `drain`: no new command is
+ * taken (canAppend is false, so the driver parks them), the backup catches up and every held
+ * output goes out. `cas`: the test-and-set `{e, self, B} -> {e+1, B, self}` is pending; nothing
+ * is released meanwhile.
+ */
+interface PendingSwitch {
+  readonly to: NodeId;
+  readonly startedMs: number;
+  phase: 'drain' | 'cas';
+}
+
+/** A switchover whose backup has not caught up in this many failure timeouts is aborted. */
+export const SWITCHOVER_DRAIN_TIMEOUTS = 2;
 
 interface PendingCas {
   readonly purpose: CasPurpose;
@@ -194,6 +215,15 @@ export interface Replica {
   /** The last tick: a longer gap than STALL_MS means this replica itself was not running. */
   lastTickMs: number;
 
+  /** Primary: a planned switchover under way. */
+  switchover: PendingSwitch | null;
+  /**
+   * Backup, just after its switchover landed: the new primary, told of its view (a `refuse` of
+   * the new epoch, which it confirms with the arbiter) every heartbeat until its first frame.
+   */
+  notifyPrimary: NodeId | null;
+  lastNotifyMs: number;
+
   // The arbiter.
   cas: PendingCas | null;
   /** A rumour of a newer epoch being checked with the arbiter. */
@@ -231,6 +261,9 @@ export function createReplica(config: CoreConfig, nowMs: number): Replica {
     following: null,
     lastJoinMs: -Infinity,
     lastTickMs: nowMs,
+    switchover: null,
+    notifyPrimary: null,
+    lastNotifyMs: -Infinity,
     cas: null,
     confirm: null,
     lastReadMs: -Infinity,
@@ -241,6 +274,8 @@ export function createReplica(config: CoreConfig, nowMs: number): Replica {
 /** Flow control (§3.3 of the paper): may the primary append another entry now? */
 export function canAppend(r: Replica): boolean {
   if (r.role !== 'primary') return false;
+  // A switchover stops new commands: they wait (parked by the driver), then go to the new primary.
+  if (r.switchover !== null) return false;
   if (r.followers.size === 0) return true;
   return r.log.length - r.logHead < r.config.unackedEntriesMax && r.retainedBytes < r.config.unackedBytesMax;
 }
@@ -267,6 +302,8 @@ export interface ReplicaStatus {
     readonly chunks: number;
   } | null;
   readonly haltReason: string | null;
+  /** A planned switchover under way: to whom, in which phase, for how long. */
+  readonly switchover: { readonly to: NodeId; readonly phase: string; readonly ms: number } | null;
 }
 
 export function status(r: Replica): ReplicaStatus {
@@ -289,6 +326,7 @@ export function status(r: Replica): ReplicaStatus {
     retainedBytes: r.retainedBytes,
     recruit,
     haltReason: r.haltReason,
+    switchover: r.switchover === null ? null : { to: r.switchover.to, phase: r.switchover.phase, ms: r.nowMs - r.switchover.startedMs },
   };
 }
 
@@ -335,6 +373,9 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
       break;
     case 'snapshotChunk':
       onSnapshotChunk(r, out, input.index, input.data, input.last);
+      break;
+    case 'switchover':
+      onSwitchover(r, out, input.to);
       break;
     case 'flush':
       if (r.role === 'primary') sendFrames(r, out);
@@ -392,6 +433,7 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
       return;
     case 'goLive':
       if (won) becomePrimary(r, out, view, 'won the test-and-set after suspecting the primary');
+      else if (isSwitchToMe(r, view)) becomePrimaryBySwitch(r, out, view);
       else if (r.role === 'spare') stopFollowing(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
       else halt(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
       return;
@@ -410,12 +452,23 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
       r.view = view;
       setRole(r, out, 'primary', `fenced off the handover view of epoch ${view.epoch}: no recruit can go live from it`);
       return;
+    case 'switchover': {
+      const sw = r.switchover;
+      if (!won) {
+        // Only this primary writes views naming it primary, one at a time: a view that moved
+        // under us was written by another node (the backup went live). We are deposed.
+        return halt(r, out, `lost the test-and-set of a switchover: the view moved to ${formatView(view)}`);
+      }
+      becomeBackupBySwitch(r, out, view, sw?.startedMs ?? r.nowMs);
+      return;
+    }
     case 'addBackup': {
       if (!won) return halt(r, out, `lost the test-and-set to add a backup; the view is ${formatView(view)}`);
       r.view = view;
       const f = view.backup === null ? undefined : r.followers.get(view.backup);
       assert(f !== undefined && f.kind === 'recruit', 'the recruit left while its test-and-set was pending');
       f.kind = 'backup';
+      f.viewAcked = false;
       setRole(r, out, 'primary', `recruit ${f.id} is now the backup`);
       log(out, 'info', 'recruit-done', { recruit: f.id, epoch: view.epoch, ackedIndex: f.ackedIndex });
       return;
@@ -430,6 +483,7 @@ function becomePrimary(r: Replica, out: Action[], view: View, reason: string): v
   r.view = view;
   r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
   r.following = null;
+  r.notifyPrimary = null;
   r.followers.clear();
   r.log = [];
   r.logHead = 0;
@@ -451,15 +505,23 @@ function becomeBackup(r: Replica, out: Action[], view: View): void {
 }
 
 /** Stop: this replica's state can no longer be trusted to be current. Held outputs never go. */
-function halt(r: Replica, out: Action[], reason: string): void {
+/** No longer primary: held outputs never go (discarded), followers and retained entries are dropped. */
+function dropPrimaryState(r: Replica, out: Action[], reason: string): void {
   const ids = r.held.slice(r.heldHead).map((h) => h.outputId);
   if (ids.length > 0) out.push({ type: 'discard', outputIds: ids, reason });
   r.held = [];
   r.heldHead = 0;
+  r.freshSeqWanted = 0;
   r.followers.clear();
   r.log = [];
   r.logHead = 0;
   r.retainedBytes = 0;
+}
+
+function halt(r: Replica, out: Action[], reason: string): void {
+  if (r.switchover !== null) endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `this replica halted: ${reason}`);
+  r.notifyPrimary = null;
+  dropPrimaryState(r, out, reason);
   r.following = null;
   r.cas = null;
   r.confirm = null;
@@ -546,7 +608,9 @@ function onArbiterView(r: Replica, out: Action[], requestId: number, view: View)
   }
   log(out, 'warn', 'confirmed', { reason: c.reason, arbiterView: formatView(view) });
   const f = r.following;
-  if (r.role !== 'primary' && f !== null && view.primary === f.primary && view.backup === r.config.id) {
+  if (isSwitchToMe(r, view)) {
+    becomePrimaryBySwitch(r, out, view);
+  } else if (r.role !== 'primary' && f !== null && view.primary === f.primary && view.backup === r.config.id) {
     f.epoch = view.epoch;
     becomeBackup(r, out, view);
   } else if (r.role === 'spare') {
@@ -563,6 +627,116 @@ function stopFollowing(r: Replica, out: Action[], reason: string): void {
   r.lastIndex = 0;
   r.lastJoinMs = -Infinity;
   setRole(r, out, 'spare', reason);
+}
+
+// ---------------------------------------------------------------------------------------
+// Planned switchover (issue 11 item 1): the primary hands its role to its backup
+//
+// drain  canAppend turns false (the driver parks new commands, reads too); frames go on until
+//        the backup has acked the last index and every held output is released. At most
+//        SWITCHOVER_DRAIN_TIMEOUTS failure timeouts, and a silent backup aborts it at once.
+// cas    `{e, P, B} -> {e+1, B, P}`: one test-and-set. Nothing is released meanwhile.
+// won    P is B's backup at once (it holds exactly B's log: it appended nothing since B acked
+//        its last index), and tells B with a `refuse` of epoch e+1, every heartbeat until B's
+//        first frame. B confirms that with the arbiter (a rumour like any other) and, seeing
+//        itself primary of the view that follows its own with its primary as backup, goes
+//        live with P as its backup. A B that hears nothing suspects P, asks to go live, and is
+//        refused with that same view: it goes live too.
+// lost   the view moved: only P writes views naming P primary, so the backup went live. P is
+//        deposed and halts, as for any lost test-and-set of a primary.
+
+function onSwitchover(r: Replica, out: Action[], to: NodeId | null): void {
+  const refuse = (code: SwitchoverCode, reason: string): void => {
+    log(out, 'warn', 'switchover-refused', { code, reason, to });
+    out.push({ type: 'switchover', outcome: 'refused', code, reason, view: r.view });
+  };
+  const self = r.config.id;
+  if (r.role !== 'primary') {
+    const who = r.view.primary !== null && r.view.primary !== self ? `; the primary this node knows of is ${r.view.primary} (epoch ${r.view.epoch})` : '';
+    return refuse('E_SWITCHOVER_NOT_PRIMARY', `this node (${self}) is ${r.role}, not the primary: ask the primary${who}`);
+  }
+  const sw = r.switchover;
+  if (sw !== null) return refuse('E_SWITCHOVER_BUSY', `a switchover to ${sw.to} is already under way (${sw.phase}, for ${Math.round(r.nowMs - sw.startedMs)} ms)`);
+  const b = r.view.backup;
+  const f = b === null ? undefined : r.followers.get(b);
+  if (b === null || f === undefined || f.kind !== 'backup') {
+    const recruit = [...r.followers.values()].find((x) => x.kind === 'recruit');
+    const wait = recruit !== undefined ? `; ${recruit.id} is being recruited (${recruit.phase}): try again when it is the backup` : '; no spare is being recruited: start one';
+    return refuse('E_SWITCHOVER_NO_BACKUP', `the view ${formatView(r.view)} has no backup: only a backup holds the state to take over${wait}`);
+  }
+  if (to !== null && to !== b) {
+    return refuse('E_SWITCHOVER_TARGET', `${to} is not the backup of ${formatView(r.view)}: only the backup (${b}) holds the state, so only it can take over`);
+  }
+  if (r.cas !== null) return refuse('E_SWITCHOVER_BUSY', `a view change is under way (${r.cas.purpose}: ${formatView(r.cas.next)}): try again when it is done`);
+  r.switchover = { to: b, startedMs: r.nowMs, phase: 'drain' };
+  log(out, 'info', 'switchover-start', { to: b, lastIndex: r.lastIndex, ackedIndex: f.ackedIndex, heldOutputs: r.held.length - r.heldHead });
+  out.push({ type: 'switchover', outcome: 'started', code: null, reason: `new commands wait while ${b} catches up`, view: r.view });
+  trySwitch(r, out);
+}
+
+/** The drain is over when the backup holds the last index and every held output went out. */
+function trySwitch(r: Replica, out: Action[]): void {
+  const sw = r.switchover;
+  if (sw === null || sw.phase !== 'drain' || r.cas !== null || r.role !== 'primary') return;
+  const f = r.followers.get(sw.to);
+  if (f === undefined || f.kind !== 'backup') return;
+  // PLANTED BUG (switchEarly): swap at once, whatever the backup holds.
+  // The backup must also have acked a frame of this view: a recruit just made backup may not
+  // know it yet, and only a node acting as backup takes over from the view that follows.
+  if (!r.config.bugs?.switchEarly && (!f.viewAcked || f.ackedIndex < r.lastIndex || r.heldHead < r.held.length)) return;
+  sw.phase = 'cas';
+  log(out, 'info', 'switchover-caught-up', { to: sw.to, ackedIndex: f.ackedIndex, lastIndex: r.lastIndex, drainMs: r.nowMs - sw.startedMs });
+  startCas(r, out, 'switchover', r.view, { epoch: r.view.epoch + 1, primary: sw.to, backup: r.config.id });
+}
+
+function endSwitch(r: Replica, out: Action[], outcome: 'done' | 'aborted', code: SwitchoverCode | null, reason: string): void {
+  r.switchover = null;
+  log(out, outcome === 'done' ? 'info' : 'warn', `switchover-${outcome}`, { code, reason, view: formatView(r.view) });
+  out.push({ type: 'switchover', outcome, code, reason, view: r.view });
+}
+
+/** Our switchover landed: we are the new primary's backup, with exactly its log. */
+function becomeBackupBySwitch(r: Replica, out: Action[], view: View, startedMs: number): void {
+  const primary = view.primary;
+  assert(primary !== null && view.backup === r.config.id, 'a switchover view names a primary and this replica as backup');
+  dropPrimaryState(r, out, `switchover: ${primary} is the primary`);
+  r.snapshotFor = null;
+  r.view = view;
+  r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
+  r.following = { primary, epoch: view.epoch, lastHeardMs: r.nowMs, pendingView: null, restore: null };
+  setRole(r, out, 'backup', `switchover: ${primary} is primary of epoch ${view.epoch}, this replica its backup`);
+  endSwitch(r, out, 'done', null, `${primary} is the primary of ${formatView(view)} (${Math.round(r.nowMs - startedMs)} ms after the request)`);
+  r.notifyPrimary = primary;
+  notifySwitch(r, out);
+}
+
+function notifySwitch(r: Replica, out: Action[]): void {
+  const to = r.notifyPrimary;
+  if (to === null) return;
+  r.lastNotifyMs = r.nowMs;
+  out.push({ type: 'send', to, msg: { type: 'refuse', epoch: r.view.epoch, reason: `switchover: the arbiter holds ${formatView(r.view)}, you are its primary` } });
+}
+
+/**
+ * The arbiter names this backup primary of the view right after its own, with its primary as
+ * backup: only its primary's switchover writes that view, and only once this backup had acked
+ * its last index (and the primary appended nothing since). It holds every entry: it goes live.
+ */
+function isSwitchToMe(r: Replica, view: View): boolean {
+  const f = r.following;
+  return r.role === 'backup' && f !== null && r.view.primary === f.primary && view.epoch === r.view.epoch + 1 && view.primary === r.config.id && view.backup === f.primary;
+}
+
+function becomePrimaryBySwitch(r: Replica, out: Action[], view: View): void {
+  const old = r.following?.primary;
+  assert(old !== undefined, 'a switchover to a backup that follows no primary');
+  const at = r.lastIndex;
+  becomePrimary(r, out, view, `switchover: ${old} handed over the primary role; it is our backup`);
+  const f = newFollower(r, old, 'backup', at);
+  // Our first frame goes at the next flush: the old primary holds its waiting clients until then.
+  f.lastSendMs = -Infinity;
+  r.followers.set(old, f);
+  log(out, 'info', 'switchover-primary', { from: old, view: formatView(view), lastIndex: at });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -614,6 +788,10 @@ function onTick(r: Replica, out: Action[]): void {
     case 'halted':
       return;
     case 'primary':
+      if (r.switchover?.phase === 'drain' && now - r.switchover.startedMs >= SWITCHOVER_DRAIN_TIMEOUTS * c.failureTimeoutMs) {
+        const f = r.followers.get(r.switchover.to);
+        endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${r.switchover.to} did not catch up in ${Math.round(now - r.switchover.startedMs)} ms (acked ${f?.ackedIndex ?? '-'} of ${r.lastIndex}, ${r.held.length - r.heldHead} replies held): serving on as primary`);
+      }
       for (const f of [...r.followers.values()]) {
         // A recruit receiving its snapshot is judged by progress (a new chunk or entry
         // acked), not by acks: it may ack heartbeats forever without restoring anything.
@@ -622,6 +800,7 @@ function onTick(r: Replica, out: Action[]): void {
         if (silentMs >= (snapshotting ? r.recruitPatienceMs : c.failureTimeoutMs)) {
           if (f.kind === 'backup') {
             if (r.cas === null) {
+              if (r.switchover !== null) endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${f.id} is silent (no ack for ${Math.round(silentMs)} ms): dropping it, serving on as primary`);
               log(out, 'warn', 'suspect', { peer: f.id, role: 'backup', silentMs });
               startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: c.id, backup: null });
             }
@@ -636,11 +815,13 @@ function onTick(r: Replica, out: Action[]): void {
         const resendFrom = Math.max(f.ackedIndex, f.snapshotIndex) + 1;
         if (f.nextIndex > resendFrom && now - f.lastProgressMs >= c.retransmitMs) rewind(r, f, resendFrom);
       }
+      trySwitch(r, out);
       sendFrames(r, out);
       return;
     case 'backup': {
       const f = r.following;
       assert(f !== null, 'a backup follows its primary');
+      if (r.notifyPrimary !== null && now - r.lastNotifyMs >= c.heartbeatMs) notifySwitch(r, out);
       if (r.cas === null && now - f.lastHeardMs >= c.failureTimeoutMs) {
         log(out, 'warn', 'suspect', { peer: f.primary, role: 'primary', silentMs: now - f.lastHeardMs });
         const next: View = { epoch: r.view.epoch + 1, primary: c.id, backup: null };
@@ -781,6 +962,7 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
   }
   r.knownEpoch = Math.max(r.knownEpoch, epoch);
   f.lastHeardMs = r.nowMs;
+  if (r.notifyPrimary === from) r.notifyPrimary = null; // the new primary of our switchover is live
   f.pendingView = r.role === 'spare' ? m.pendingView : null;
   // While a snapshot is being restored nothing can be applied: entries wait for it.
   const gap = (f.restore !== null && !f.restore.done) || m.prevIndex > r.lastIndex;
@@ -852,6 +1034,7 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
   }
   f.lastAckMs = r.nowMs;
   f.ackedSeq = Math.max(f.ackedSeq, m.seq);
+  if (f.kind === 'backup') f.viewAcked = true; // acks of older epochs were dropped above
   if (m.ackedIndex > f.ackedIndex) {
     f.ackedIndex = m.ackedIndex;
     f.lastProgressMs = r.nowMs;
@@ -866,6 +1049,7 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
   if (f.kind === 'recruit') advanceRecruit(r, out, f);
   tryRelease(r, out);
   trimLog(r);
+  trySwitch(r, out);
 }
 
 function onJoin(r: Replica, out: Action[], from: NodeId): void {
@@ -873,6 +1057,7 @@ function onJoin(r: Replica, out: Action[], from: NodeId): void {
   if (from === r.view.backup) {
     // Our backup restarted empty: it holds nothing. Suspect it now rather than after the timeout.
     if (r.cas === null) {
+      if (r.switchover !== null) endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${from} restarted empty: dropping it, serving on as primary`);
       log(out, 'warn', 'suspect', { peer: from, role: 'backup', reason: 'it rejoined as an empty spare' });
       startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backup: null });
     }
@@ -891,13 +1076,13 @@ function onJoin(r: Replica, out: Action[], from: NodeId): void {
 // ---------------------------------------------------------------------------------------
 // Recruiting a new backup (FT VMotion, §3.1)
 
-function startRecruit(r: Replica, out: Action[], id: NodeId): void {
-  r.followers.set(id, {
+function newFollower(r: Replica, id: NodeId, kind: Follower['kind'], ackedIndex: number): Follower {
+  return {
     id,
-    kind: 'recruit',
-    phase: 'snapshot',
+    kind,
+    phase: kind === 'recruit' ? 'snapshot' : 'catchup',
     nextIndex: r.lastIndex + 1,
-    ackedIndex: 0,
+    ackedIndex,
     ackedSeq: 0,
     sentSeq: 0,
     lastSendMs: r.nowMs,
@@ -917,7 +1102,12 @@ function startRecruit(r: Replica, out: Action[], id: NodeId): void {
     chunkResendMs: r.nowMs,
     progressMs: r.nowMs,
     progressGapMaxMs: 0,
-  });
+    viewAcked: false,
+  };
+}
+
+function startRecruit(r: Replica, out: Action[], id: NodeId): void {
+  r.followers.set(id, newFollower(r, id, 'recruit', 0));
   r.snapshotFor = id;
   log(out, 'info', 'recruit-start', { recruit: id, snapshotIndex: r.lastIndex, epoch: r.view.epoch });
   out.push({ type: 'takeSnapshot' });
@@ -1105,6 +1295,8 @@ function isGuard(r: Replica, f: Follower): boolean {
 /** §2.2: release, in order, every held output that every guard has acked. */
 function tryRelease(r: Replica, out: Action[]): void {
   if (r.heldHead === r.held.length) return;
+  // The switchover's test-and-set is pending: the view may already name another primary.
+  if (r.switchover?.phase === 'cas') return;
   const guards = [...r.followers.values()].filter((f) => isGuard(r, f));
   const ignoreRule = r.config.bugs?.noOutputRule === true;
   const ids: number[] = [];

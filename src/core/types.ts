@@ -115,6 +115,12 @@ export interface PlantedBugs {
    * "query of death" takes down every node (the behaviour before E_SERVICE_QUARANTINED).
    */
   readonly noQuarantine?: boolean;
+  /**
+   * A planned switchover swaps the roles at once, before the backup has acked the primary's
+   * last index and before every held output went out (issue 11 item 1): the new primary
+   * misses entries the old one appended, and the old one, now its backup, diverges.
+   */
+  readonly switchEarly?: boolean;
 }
 
 /** The protocol's timing and bounds: what a cluster config sets for every replica. */
@@ -198,8 +204,23 @@ export type Input =
    * allows, while appends go on; `last` on the final one. Each is sent as one chunk.
    */
   | { readonly type: 'snapshotChunk'; readonly index: number; readonly data: Uint8Array; readonly last: boolean }
+  /**
+   * An operator asks this replica, the primary, to hand its role to its backup (a planned
+   * switchover, issue 11 item 1). `to`: the node that must take over (null: the backup). The
+   * answer comes as `switchover` actions: `refused` at once, or `started`, then `done` or
+   * `aborted`.
+   */
+  | { readonly type: 'switchover'; readonly to: NodeId | null }
   /** The end of a batch of inputs: send what is pending (frames are coalesced until then). */
   | { readonly type: 'flush' };
+
+/** Why a switchover was refused or aborted: stable codes (src/errors.ts, docs/ERRORS.md). */
+export type SwitchoverCode =
+  | 'E_SWITCHOVER_NOT_PRIMARY'
+  | 'E_SWITCHOVER_NO_BACKUP'
+  | 'E_SWITCHOVER_TARGET'
+  | 'E_SWITCHOVER_BUSY'
+  | 'E_SWITCHOVER_ABORTED';
 
 export type LogLevel = 'info' | 'warn';
 
@@ -237,5 +258,11 @@ export type Action =
   | { readonly type: 'takeSnapshot' }
   /** The role or view changed. On 'primary' a follower's guest goes live; on 'halted' the driver discards this replica (it may rejoin later as a fresh spare). */
   | { readonly type: 'role'; readonly role: Role; readonly view: View; readonly reason: string }
+  /**
+   * The course of a switchover asked with the `switchover` input. `refused` (nothing changed)
+   * and `aborted` (the primary serves on, or halted if the view moved under it) carry a code;
+   * `done`: the test-and-set landed, `view` names the new primary and this replica is its backup.
+   */
+  | { readonly type: 'switchover'; readonly outcome: 'started' | 'done' | 'refused' | 'aborted'; readonly code: SwitchoverCode | null; readonly reason: string; readonly view: View }
   /** A structured log record. */
   | { readonly type: 'log'; readonly level: LogLevel; readonly event: string; readonly fields: Readonly<Record<string, string | number | boolean | null>> };

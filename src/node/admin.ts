@@ -2,7 +2,11 @@
 // metrics.ts), / (the dashboard page, dashboard.ts), /api/node (this node's status and its
 // per-second series) and /api/cluster (every node's /api/node, read over their admin ports as
 // the config names them, and the arbiter's views as a timeline). Nothing here decides anything:
-// a peer that does not answer in time is shown as down.
+// a peer that does not answer in time is shown as down. One route acts: POST /api/switchover
+// asks this node, the primary, to hand its role to its backup (issue 11 item 1; the core
+// decides, and refuses when it must). The admin port has no credentials: that POST must carry
+// the header `x-lockstep-switchover: 1`, which a browser cannot send cross-origin without a
+// preflight this port never grants, so a web page cannot trigger it.
 
 import http from 'node:http';
 import type { ViewRecord } from '../arbiter/types.js';
@@ -10,6 +14,12 @@ import type { View } from '../core/index.js';
 import { formatAddress, type ClusterConfig, type NodeAddress } from './config.js';
 import { DASHBOARD_HTML } from './dashboard.js';
 import type { NodeMetrics, SeriesPoint } from './metrics.js';
+import type { SwitchoverReport } from './replica-node.js';
+
+/** How long POST /api/switchover waits for the outcome before answering 504 (the switchover goes on). */
+export const SWITCHOVER_ANSWER_MS = 15_000;
+/** The header POST /api/switchover must carry (see the top of this file). */
+export const SWITCHOVER_HEADER = 'x-lockstep-switchover';
 
 /** How long /api/cluster waits for a peer's /api/node (a node whose event loop is busy answers late). */
 const PEER_TIMEOUT_MS = 1500;
@@ -21,6 +31,8 @@ export interface AdminHost {
   statusJson(): Record<string, unknown>;
   /** The arbiter's views, oldest first; null where the arbiter keeps only the current one. */
   arbiterHistory(): Promise<readonly ViewRecord[] | null>;
+  /** Hand the primary role to the backup (`to`: the node that must take over, null: the backup). */
+  switchover(to: string | null): Promise<SwitchoverReport>;
 }
 
 export interface NodeReport {
@@ -35,15 +47,19 @@ export interface NodeReport {
 export interface TimelineEvent {
   readonly epoch: number;
   readonly at: string | null;
-  /** start: the first view; failover: the primary changed; view-change: only the backup did. */
-  readonly kind: 'start' | 'failover' | 'view-change';
+  /**
+   * start: the first view; switchover: primary and backup swapped (a planned switchover);
+   * failover: the primary changed otherwise; view-change: only the backup did.
+   */
+  readonly kind: 'start' | 'switchover' | 'failover' | 'view-change';
   readonly view: View;
   readonly text: string;
 }
 
 export function serveAdmin(host: AdminHost, req: http.IncomingMessage, res: http.ServerResponse): void {
-  const path = (req.url ?? '/').split('?')[0];
-  if (req.method !== 'GET') return send(res, 405, 'text/plain', 'only GET is served here\n');
+  const [path, query] = (req.url ?? '/').split('?');
+  if (path === '/api/switchover') return switchoverRoute(host, req, res, new URLSearchParams(query ?? ''));
+  if (req.method !== 'GET') return send(res, 405, 'text/plain', 'only GET is served here (and POST /api/switchover)\n');
   switch (path) {
     case '/status':
       return send(res, 200, 'application/json', JSON.stringify(host.statusJson()) + '\n');
@@ -69,6 +85,31 @@ export function serveAdmin(host: AdminHost, req: http.IncomingMessage, res: http
     default:
       return send(res, 404, 'text/plain', 'not found: try / (the dashboard), /status, /metrics, /api/node or /api/cluster\n');
   }
+}
+
+/** POST /api/switchover[?to=ID]: 200 done, 409 refused or aborted, 501 not built, 504 still under way. */
+function switchoverRoute(host: AdminHost, req: http.IncomingMessage, res: http.ServerResponse, query: URLSearchParams): void {
+  if (req.method !== 'POST') return send(res, 405, 'text/plain', 'POST /api/switchover asks this node, the primary, to hand over to its backup\n');
+  if (req.headers[SWITCHOVER_HEADER] !== '1') {
+    return send(res, 403, 'application/json', JSON.stringify({ ok: false, message: `POST /api/switchover needs the header ${SWITCHOVER_HEADER}: 1 (lockstep switchover sends it)` }) + '\n');
+  }
+  req.resume(); // no body is read
+  const to = query.get('to');
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<null>((resolve) => {
+    timer = setTimeout(() => resolve(null), SWITCHOVER_ANSWER_MS);
+  });
+  Promise.race([host.switchover(to === null || to === '' ? null : to), late]).then(
+    (r) => {
+      clearTimeout(timer);
+      if (r === null) {
+        return send(res, 504, 'application/json', JSON.stringify({ ok: false, outcome: 'timeout', code: null, message: `no outcome in ${SWITCHOVER_ANSWER_MS} ms (the arbiter may be unreachable); the switchover goes on: see /status` }) + '\n');
+      }
+      const code = r.ok ? 200 : r.code === 'E_NOT_IMPLEMENTED' ? 501 : 409;
+      send(res, code, 'application/json', JSON.stringify(r) + '\n');
+    },
+    (e: unknown) => send(res, 500, 'text/plain', `switchover failed: ${(e as Error).message}\n`),
+  );
 }
 
 function send(res: http.ServerResponse, code: number, type: string, body: string, headers: Record<string, string> = {}): void {
@@ -116,6 +157,9 @@ export function toTimeline(history: readonly ViewRecord[]): TimelineEvent[] {
     if (prev === null) {
       kind = 'start';
       text = `epoch ${view.epoch}: ${who}`;
+    } else if (prev.primary !== null && prev.primary === view.backup && prev.backup === view.primary) {
+      kind = 'switchover';
+      text = `epoch ${view.epoch}: switchover, ${view.primary ?? 'no node'} took over from ${prev.primary}, which is its backup`;
     } else if (prev.primary !== view.primary) {
       kind = 'failover';
       text = `epoch ${view.epoch}: failover, ${view.primary ?? 'no node'} took over from ${prev.primary ?? 'no node'} (backup ${view.backup ?? '-'})`;

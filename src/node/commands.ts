@@ -20,6 +20,8 @@ export interface NodeView {
   /** The newest view known here (a spare's own stays empty until recruited). */
   readonly knownView: View;
   readonly clientCount: number;
+  /** SENTINEL FAILOVER: begin a planned switchover (issue 11 item 1). */
+  beginSwitchover(to: string | null): { readonly started: boolean; readonly code: string | null; readonly message: string };
 }
 
 export interface MetaReply {
@@ -178,6 +180,18 @@ function sentinel(node: NodeView, args: readonly string[]): KvReply {
           .map((n) => flat([['name', n.id], ['ip', clientOf(n).host], ['port', String(clientOf(n).port)], ['runid', n.id], ['flags', 'sentinel']])),
       );
     }
+    case 'failover': {
+      // A planned switchover (issue 11 item 1), begun here if this node is the primary; +OK
+      // once begun, as Redis Sentinel answers before its failover is done.
+      if (name === undefined || args.length !== 3) return arity('sentinel|failover');
+      if (name !== config.cluster) return err('ERR No such master with that name');
+      const r = node.beginSwitchover(null);
+      if (r.started) return ok;
+      // Redis Sentinel's own errors where they mean the same, with lockstep's code and reason.
+      const prefix = r.code === 'E_SWITCHOVER_NO_BACKUP' ? 'NOGOODSLAVE No suitable replica to promote: ' : r.code === 'E_SWITCHOVER_BUSY' ? 'INPROG Failover already in progress: ' : 'ERR ';
+      const where = r.code === 'E_SWITCHOVER_NOT_PRIMARY' ? primaryHint(node) : '';
+      return err(`${prefix}${r.code ?? 'E_SWITCHOVER_ABORTED'} ${r.message}${where}`);
+    }
     case 'replicas':
     case 'slaves': {
       if (name !== config.cluster) return err('ERR No such master with that name');
@@ -185,6 +199,12 @@ function sentinel(node: NodeView, args: readonly string[]): KvReply {
       return arr(b ? [flat([['name', `${clientOf(b).host}:${clientOf(b).port}`], ['ip', clientOf(b).host], ['port', String(clientOf(b).port)], ['runid', b.id], ['flags', 'slave'], ['master-link-status', 'ok']])] : []);
     }
     default:
-      return err(`ERR unknown or unsupported SENTINEL subcommand '${sub}' (lockstep answers get-master-addr-by-name, masters, master, sentinels, replicas)`);
+      return err(`ERR unknown or unsupported SENTINEL subcommand '${sub}' (lockstep answers get-master-addr-by-name, masters, master, sentinels, replicas, failover)`);
   }
+}
+
+/** For a SENTINEL FAILOVER asked of another node: where to ask instead. */
+function primaryHint(node: NodeView): string {
+  const p = primaryOf(node);
+  return p && p.id !== node.id ? ` (send SENTINEL FAILOVER to ${p.id} at ${clientOf(p).host}:${clientOf(p).port}, or run lockstep switchover)` : '';
 }

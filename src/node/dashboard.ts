@@ -31,6 +31,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   #timeline { list-style: none; padding: 0; margin: 0; max-width: 60em; }
   #timeline li { background: #fff; margin: 0 0 .3em; padding: .3em .7em; border-left: 4px solid #8a94a3; box-shadow: 0 1px 2px #0001; }
   #timeline li.failover { border-left-color: #b3261e; }
+  #timeline li.switchover { border-left-color: #1a73e8; }
   #timeline li.start { border-left-color: #1f7a3a; }
   #timeline time { color: #5a6474; margin-right: .8em; font-variant-numeric: tabular-nums; }
 </style>

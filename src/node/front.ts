@@ -29,6 +29,8 @@ export interface FrontHost {
   log(level: 'info' | 'warn', event: string, fields: LogFields): void;
   /** This replica gave up (a fail-stop event in the service): log it and exit the process. */
   failStop(reason: string): void;
+  /** SENTINEL FAILOVER: begin a planned switchover; whether it began (refused: the code and why). */
+  beginSwitchover?(to: string | null): { readonly started: boolean; readonly code: string | null; readonly message: string };
   /** Where a front reports each answered command's latency (absent: not measured). */
   readonly metrics?: { command(name: string, startMs: number): void };
 }

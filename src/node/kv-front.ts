@@ -95,6 +95,10 @@ export class KvFront implements ServiceFront, NodeView {
     return this.node.replica;
   }
 
+  beginSwitchover(to: string | null): { readonly started: boolean; readonly code: string | null; readonly message: string } {
+    return this.node.beginSwitchover?.(to) ?? { started: false, code: null, message: 'this node cannot begin a switchover' };
+  }
+
   get clientCount(): number {
     return this.conns.size;
   }
@@ -368,6 +372,7 @@ export class KvFront implements ServiceFront, NodeView {
       return;
     }
     if (this.node.replica.role !== 'primary') {
+      if (this.awaitingNewPrimary()) return this.park(conn, args);
       this.reply(conn, { kind: 'error', message: this.notPrimaryMessage() }, name, readAt);
       return;
     }
@@ -542,6 +547,7 @@ export class KvFront implements ServiceFront, NodeView {
       while (conn.waiting.length > 0 && !conn.closed && !this.outputFull(conn)) {
         // Only guest commands wait for the log; meta commands and errors need no room there.
         if (this.node.replica.role === 'primary' && !this.flowOpen()) break;
+        if (this.awaitingNewPrimary()) break;
         this.command(conn, conn.waiting.shift()!);
       }
       if (conn.waiting.length === 0) {
@@ -549,6 +555,17 @@ export class KvFront implements ServiceFront, NodeView {
         conn.socket.resume();
       }
     }
+  }
+
+  /**
+   * Just after our switchover landed, until the new primary's first frame: commands wait here
+   * rather than be sent to a node that has not gone live yet (it would point them back here,
+   * and the client would bounce between the two). The core stops waiting at that frame, or
+   * when it goes live again itself or halts.
+   */
+  private awaitingNewPrimary(): boolean {
+    const r = this.node.replica;
+    return r.role === 'backup' && r.notifyPrimary !== null;
   }
 
   /**

@@ -27,6 +27,7 @@ import {
   type CoreConfig,
   type Input,
   type Replica,
+  type SwitchoverCode,
   type View,
 } from '../core/index.js';
 import { openArbiter } from '../arbiter/open.js';
@@ -59,6 +60,27 @@ const IDENTITY_RETRY_MS = 1000;
  * step. A down peer is found at once (connection refused); a peer's redial backoff is at most 1 s.
  */
 const PEER_SURVEY_MS = 2500;
+
+/** How long POST /api/switchover waits for the new primary to be live after the test-and-set landed. */
+const SWITCHOVER_LIVE_WAIT_MS = 3000;
+
+/** The answer to a switchover asked of this node (POST /api/switchover, SENTINEL FAILOVER). */
+export interface SwitchoverReport {
+  readonly ok: boolean;
+  /** done: the roles swapped; refused: nothing changed; aborted: begun, then given up (the message says why). */
+  readonly outcome: 'done' | 'refused' | 'aborted' | 'timeout';
+  readonly code: SwitchoverCode | 'E_NOT_IMPLEMENTED' | 'E_UNKNOWN_NODE' | null;
+  readonly message: string;
+  readonly view: View;
+  /** From the request to the test-and-set's answer (done) or the refusal/abort. */
+  readonly ms: number;
+  /** done: the new primary sent its first frame to this node (it is live) within SWITCHOVER_LIVE_WAIT_MS. */
+  readonly newPrimaryLive?: boolean;
+  /** done: from the request until that first frame. */
+  readonly liveMs?: number;
+}
+
+type SwitchoverAction = Extract<Action, { type: 'switchover' }>;
 
 /** What /status says about the arbiter: which one, whether its last answer came, how fast. */
 export interface ArbiterHealth {
@@ -105,6 +127,12 @@ export class ReplicaNode implements FrontHost, AdminHost {
   private pumpScheduled = false;
   private stopped = false;
   readonly counters = { viewChanges: 0 };
+  /** The switchover request being stepped now (its refusal or start comes back at once). */
+  private switchAsking: ((a: SwitchoverAction) => void) | null = null;
+  /** The switchover under way in the core: its done or aborted comes later. */
+  private switchActive: ((a: SwitchoverAction) => void) | null = null;
+  /** The core's immediate answer (started or refused) to the last switchover asked. */
+  private switchFirst: SwitchoverAction | null = null;
 
   constructor(
     readonly config: ClusterConfig,
@@ -404,7 +432,83 @@ export class ReplicaNode implements FrontHost, AdminHost {
       case 'log':
         this.log(a.level, a.event, a.fields);
         return;
+      case 'switchover': {
+        if (this.switchAsking !== null) this.switchFirst = a;
+        if (a.outcome === 'started') {
+          this.switchActive = this.switchAsking;
+          return;
+        }
+        const to = this.switchAsking ?? this.switchActive;
+        if (a.outcome !== 'refused' || this.switchAsking === null) this.switchActive = null;
+        to?.(a);
+        return;
+      }
     }
+  }
+
+  /**
+   * SENTINEL FAILOVER on the client port: begin a switchover and say at once whether it began
+   * (as Redis Sentinel answers +OK and fails over in the background). The outcome is logged.
+   */
+  beginSwitchover(to: string | null): { readonly started: boolean; readonly code: string | null; readonly message: string } {
+    const done = this.switchover(to);
+    void done.then((r) => {
+      if (r.outcome !== 'refused') this.log(r.ok ? 'info' : 'warn', 'sentinel-failover', { outcome: r.outcome, code: r.code, message: r.message, ms: r.ms });
+    });
+    const first = this.switchFirst;
+    if (first === null) return { started: false, code: 'E_SWITCHOVER_ABORTED', message: 'the switchover could not be asked (this node is stopping)' };
+    return { started: first.outcome === 'started', code: first.code, message: first.reason };
+  }
+
+  /**
+   * Hand the primary role to the backup (issue 11 item 1): the core parks new commands, waits
+   * for the backup to catch up, swaps the roles with one test-and-set; then this waits (up to
+   * SWITCHOVER_LIVE_WAIT_MS) for the new primary's first frame. Never throws: every outcome is
+   * a report with a stable code.
+   */
+  switchover(to: string | null): Promise<SwitchoverReport> {
+    const startedMs = performance.now();
+    const view = (): View => this.replicaState.view;
+    const since = (): number => Math.round((performance.now() - startedMs) * 10) / 10;
+    if (this.config.service.kind === 'wasm') {
+      return Promise.resolve({ ok: false, outcome: 'refused', code: 'E_NOT_IMPLEMENTED', view: view(), ms: 0,
+        message: 'a switchover of a WebAssembly guest is not built: the primary runs the guest live and cannot turn into a replayer of the new primary\'s records; stop the primary (kill it) for a failover instead' });
+    }
+    const broken = this.front.brokenReason?.() ?? null;
+    if (broken !== null) {
+      // Its state is not the log's: as a backup it would diverge. It stops once its backup has the quarantine.
+      return Promise.resolve({ ok: false, outcome: 'refused', code: 'E_SWITCHOVER_ABORTED', view: view(), ms: 0, message: `this primary's service broke and it is stopping, so it cannot become a backup: ${broken.slice(0, 300)}` });
+    }
+    if (to !== null && !this.config.nodes.some((n) => n.id === to)) {
+      return Promise.resolve({ ok: false, outcome: 'refused', code: 'E_UNKNOWN_NODE', view: view(), ms: 0, message: `no node ${JSON.stringify(to)} in cluster ${this.config.cluster}` });
+    }
+    return new Promise((resolve) => {
+      const answer = (a: SwitchoverAction): void => {
+        const ms = since();
+        if (a.outcome !== 'done') {
+          resolve({ ok: false, outcome: a.outcome === 'started' ? 'timeout' : a.outcome, code: a.code, message: a.reason, view: a.view, ms });
+          return;
+        }
+        // Landed: wait for the new primary's first frame (the core stops telling it then).
+        const poll = (): void => {
+          const live = this.replicaState.notifyPrimary === null && this.replicaState.following?.primary === a.view.primary;
+          if (live || performance.now() - startedMs >= SWITCHOVER_LIVE_WAIT_MS || this.stopped || this.replicaState.role !== 'backup') {
+            resolve({ ok: true, outcome: 'done', code: null, message: a.reason, view: a.view, ms, newPrimaryLive: live, liveMs: since() });
+            return;
+          }
+          setTimeout(poll, 2);
+        };
+        poll();
+      };
+      this.switchAsking = answer;
+      this.switchFirst = null;
+      try {
+        this.input({ type: 'switchover', to });
+      } finally {
+        this.switchAsking = null;
+      }
+      if (this.stopped) resolve({ ok: false, outcome: 'aborted', code: 'E_SWITCHOVER_ABORTED', message: 'this node is stopping', view: view(), ms: 0 });
+    });
   }
 
   /** One arbiter call, timed for /status. A view of another cluster is fail-stop: a config error. */
@@ -504,6 +608,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       heldOutputs: s.heldOutputs,
       retainedEntries: s.retainedEntries,
       recruit: s.recruit,
+      switchover: s.switchover,
       service: this.config.service.kind,
       arbiter: { ...this.arbiterHealth, id: this.arbiterIdentity?.id ?? null },
       ...(this.arbiterMismatches.size > 0 ? { peersOnOtherArbiters: Object.fromEntries(this.arbiterMismatches) } : {}),

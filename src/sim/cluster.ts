@@ -78,6 +78,8 @@ export interface SimOptions {
    * every later primary refuse it; off unless asked for (it crashes primaries on purpose).
    */
   readonly poison?: boolean;
+  /** Planned switchovers among the random events (true) or not (false); drawn from the seed when absent. */
+  readonly switchovers?: boolean;
 }
 
 /** The poison command (SimOptions.poison): the sim's kv machine breaks on it. */
@@ -137,6 +139,9 @@ export interface SimStats {
   readonly simMs: number;
   /** Keys whose linearizability search gave up (unknown, not a failure). */
   readonly linearizabilityUnknownKeys: number;
+  /** Planned switchovers asked of the primary, and how many landed (the roles swapped). */
+  readonly switchoversAsked: number;
+  readonly switchoversDone: number;
 }
 
 export interface SimResult {
@@ -179,9 +184,9 @@ const OPS_AFTER_HEAL = 4;
 type NetMsg =
   | { readonly t: 'peer'; readonly msg: PeerMessage }
   | { readonly t: 'cas'; readonly requestId: number; readonly expected: View; readonly next: View }
-  | { readonly t: 'casResult'; readonly requestId: number; readonly ok: boolean; readonly view: View }
+  | { readonly t: 'casResult'; readonly requestId: number; readonly ok: boolean; readonly view: View; readonly inc: number }
   | { readonly t: 'read'; readonly requestId: number }
-  | { readonly t: 'readResult'; readonly requestId: number; readonly view: View }
+  | { readonly t: 'readResult'; readonly requestId: number; readonly view: View; readonly inc: number }
   | { readonly t: 'request'; readonly seq: number; readonly command: KvCommand }
   | { readonly t: 'reply'; readonly seq: number; readonly reply: KvReply }
   | { readonly t: 'redirect'; readonly seq: number; readonly primary: string | null };
@@ -206,6 +211,7 @@ type SimEvent =
   | { readonly k: 'fault' }
   | { readonly k: 'undo'; readonly undo: () => void; readonly what: string }
   | { readonly k: 'forge' }
+  | { readonly k: 'switchover' }
   | { readonly k: 'heal' };
 
 interface Queued {
@@ -409,6 +415,13 @@ class Simulation {
    */
   private readonly forgeRng: Rng;
   private readonly forgeMeanMs: number | null;
+  /**
+   * Planned switchovers (issue 11 item 1): an operator asks the primary (sometimes another
+   * node, or for another target) to hand over to its backup, every so often through the
+   * safety phase. A generator of its own, so a seed without them runs as before they existed.
+   */
+  private readonly switchRng: Rng;
+  private readonly switchMeanMs: number | null;
   /** chunk-loss: the chance that a snapshot chunk is lost (0: none), and its generator. */
   private readonly chunkLoss: number;
   private readonly chunkRng: Rng;
@@ -425,7 +438,7 @@ class Simulation {
   private finished = false;
 
   private readonly releases: Release[] = [];
-  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, stalls: 0, partitions: 0, linearizabilityUnknownKeys: 0 };
+  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, stalls: 0, partitions: 0, linearizabilityUnknownKeys: 0, switchoversAsked: 0, switchoversDone: 0 };
 
   constructor(opts: SimOptions) {
     this.seed = opts.seed;
@@ -460,7 +473,11 @@ class Simulation {
     this.chunkRng = new Rng((opts.seed ^ 0x1b873593) >>> 0);
     this.chunkLoss = this.chunkRng.chance(0.4) ? this.chunkRng.pick([0.05, 0.2, 0.5]) : 0;
     this.poison = opts.poison === true;
-    this.poisonRng = new Rng((opts.seed ^ 0x68e31da4) >>> 0);
+    this.poisonRng = new Rng((opts.seed ^ 0x3c6ef372) >>> 0);
+    this.switchRng = new Rng((opts.seed ^ 0x68e31da4) >>> 0);
+    const switchovers = this.switchRng.chance(0.5);
+    const switchMeanMs = this.switchRng.pick([100, 300, 800]);
+    this.switchMeanMs = (opts.switchovers ?? switchovers) ? switchMeanMs : null;
     for (let i = 0; i < (opts.clients ?? 5); i++) {
       this.clients.push({ id: `c${i}`, process: i, seq: 0, pending: null, target: i % n, token: 0, opsAfterHeal: 0, done: false, counter: 0 });
     }
@@ -471,8 +488,10 @@ class Simulation {
     const size = this.nodeIds.length !== 4 ? ` nodes=${this.nodeIds.length}` : '';
     const forge = this.forgeMeanMs !== null ? ` forge=${this.forgeMeanMs}ms` : '';
     const loss = this.chunkLoss > 0 ? ` chunk-loss=${this.chunkLoss}` : '';
-    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}${loss}`);
+    const sw = this.switchMeanMs !== null ? ` switchover=${this.switchMeanMs}ms` : '';
+    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}${loss}${sw}`);
     if (this.forgeMeanMs !== null) this.q.push(100 + this.forgeRng.exp(this.forgeMeanMs), { k: 'forge' });
+    if (this.switchMeanMs !== null) this.q.push(150 + this.switchRng.exp(this.switchMeanMs), { k: 'switchover' });
     for (const id of this.nodeIds) this.startNode(id, 0, this.rng.int(0, 30));
     for (const c of this.clients) this.wakeClient(c, 50 + this.rng.int(0, 50));
     this.q.push(this.rng.exp(this.faultMeanMs) + 200, { k: 'fault' });
@@ -497,7 +516,7 @@ class Simulation {
       failures: this.failures,
       traceHash: this.hash.hex(),
       traceTail: this.tail.slice(),
-      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : [])],
+      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : []), ...(this.switchMeanMs !== null ? ['switchover'] : [])],
       history: this.history,
       stats: { ...this.stats, events: this.events, views: this.views.length, simMs: Math.round(this.now) },
     };
@@ -563,6 +582,11 @@ class Simulation {
       case 'forge':
         this.forgeOne();
         this.q.push(this.now + this.forgeRng.exp(this.forgeMeanMs ?? 100), { k: 'forge' });
+        return;
+      case 'switchover':
+        if (this.healed) return;
+        this.askSwitchover();
+        this.q.push(this.now + this.switchRng.exp(this.switchMeanMs ?? 300), { k: 'switchover' });
         return;
       case 'heal':
         return this.heal();
@@ -633,7 +657,7 @@ class Simulation {
   private arbiterProcess(d: Delivery): void {
     const m = d.msg;
     if (m.t === 'read') {
-      this.send('arbiter', 0, d.from, { t: 'readResult', requestId: m.requestId, view: this.view });
+      this.send('arbiter', 0, d.from, { t: 'readResult', requestId: m.requestId, view: this.view, inc: d.fromInc });
       return;
     }
     if (m.t !== 'cas') return;
@@ -654,7 +678,7 @@ class Simulation {
         });
       }
     }
-    this.send('arbiter', 0, d.from, { t: 'casResult', requestId: m.requestId, ok, view: this.view });
+    this.send('arbiter', 0, d.from, { t: 'casResult', requestId: m.requestId, ok, view: this.view, inc: d.fromInc });
   }
 
   // -------------------------------------------------------------------------------------
@@ -712,10 +736,14 @@ class Simulation {
         this.stepNode(node, { type: 'message', from: d.from, msg: m.msg }, d.sentAt, { node: d.from, inc: d.fromInc });
         break;
       case 'casResult':
+        // An answer to an earlier incarnation (asked before a crash, answered after the restart)
+        // goes to a process that no longer exists: a real node's new process never sees it.
+        if (m.inc !== node.inc) return this.trace(`arbiter>${node.id} cas#${m.requestId} for ${node.id}#${m.inc}: dropped`);
         this.trace(`arbiter>${node.id} cas#${m.requestId} ok=${m.ok} ${formatView(m.view)}`);
         this.stepNode(node, { type: 'arbiterResult', requestId: m.requestId, ok: m.ok, view: m.view }, d.sentAt, null);
         break;
       case 'readResult':
+        if (m.inc !== node.inc) return this.trace(`arbiter>${node.id} read#${m.requestId} for ${node.id}#${m.inc}: dropped`);
         this.trace(`arbiter>${node.id} read#${m.requestId} ${formatView(m.view)}`);
         this.stepNode(node, { type: 'arbiterView', requestId: m.requestId, view: m.view }, d.sentAt, null);
         break;
@@ -756,7 +784,9 @@ class Simulation {
       this.stepNode(node, { type: 'hold', outputId, fresh: res.entry === null }, this.now, null);
     }
     if (node.alive && (r.role !== 'primary' || node.brokenOutput !== null) && node.backlog.length > 0) {
-      for (const req of node.backlog.splice(0)) this.send(node.id, node.inc, req.client, { t: 'redirect', seq: req.seq, primary: null });
+      // After a switchover the view names the new primary: point the waiting clients at it.
+      const hint = r.role === 'backup' && r.view.primary !== node.id ? r.view.primary : null;
+      for (const req of node.backlog.splice(0)) this.send(node.id, node.inc, req.client, { t: 'redirect', seq: req.seq, primary: hint });
     }
   }
 
@@ -914,6 +944,10 @@ class Simulation {
       case 'log':
         if (a.event !== 'ignoring' && a.event !== 'role') this.trace(`${node.id} ${a.event} ${JSON.stringify(a.fields)}`);
         if (a.event === 'recruit-handover') this.strikeHandover(node, String(a.fields['recruit']));
+        return;
+      case 'switchover':
+        // The trace has the core's log record of it; count the ones that landed.
+        if (a.outcome === 'done') this.stats.switchoversDone++;
         return;
     }
   }
@@ -1188,6 +1222,25 @@ class Simulation {
     }
     this.trace(`forge ${from}>${target.id} ${describe(msg)}`);
     this.send(from, this.nodes.get(from)?.inc ?? 0, target.id, { t: 'peer', msg });
+  }
+
+  /**
+   * An operator's switchover: usually asked of the primary for its backup; sometimes of another
+   * node, or naming a node that is not the backup (both refused, nothing changes).
+   */
+  private askSwitchover(): void {
+    const r = this.switchRng;
+    const live = this.liveNodes().filter((n) => !n.paused);
+    if (live.length === 0) return;
+    const primary = live.find((n) => n.replica.role === 'primary' && n.replica.view.epoch === this.view.epoch);
+    const node = primary !== undefined && r.chance(0.85) ? primary : r.pick(live);
+    const to = r.chance(0.8) ? null : r.pick(this.nodeIds);
+    this.stats.switchoversAsked++;
+    this.trace(`switchover asked of ${node.id}${to === null ? '' : ` to ${to}`}`);
+    // A primary broken by the poison refuses (as the node does): as a backup it would diverge.
+    if (node.brokenOutput !== null) return this.trace(`${node.id} broken: switchover refused`);
+    this.stepNode(node, { type: 'switchover', to }, this.now, null);
+    this.stepNode(node, { type: 'flush' }, this.now, null);
   }
 
   /**

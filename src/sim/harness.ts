@@ -70,6 +70,8 @@ export class Harness {
   readonly applied = new Map<string, number[]>();
   readonly snapshots = new Map<string, number[]>();
   readonly logs: { node: string; event: string; fields: Record<string, unknown> }[] = [];
+  /** Every `switchover` action (issue 11 item 1): its outcome and code. */
+  readonly switchovers: { node: string; outcome: string; code: string | null; reason: string }[] = [];
   readonly roles: { node: string; role: Role; view: View }[] = [];
   private nextOutputId = 1;
 
@@ -132,6 +134,9 @@ export class Harness {
         return;
       case 'log':
         this.logs.push({ node: id, event: a.event, fields: a.fields });
+        return;
+      case 'switchover':
+        this.switchovers.push({ node: id, outcome: a.outcome, code: a.code, reason: a.reason });
         return;
     }
   }
