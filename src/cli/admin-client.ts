@@ -47,7 +47,11 @@ export interface GuestStatus {
   /** 'snapshot' or 'log': how this replica recruits a new backup. */
   readonly recruitBy: 'snapshot' | 'log';
   /** How this replica's guest was recruited (null: it started the guest). */
-  readonly restoredFrom: { readonly kind: 'snapshot' | 'log'; readonly bytes: number; readonly calls?: number; readonly entries?: number; readonly ms: number } | null;
+  readonly restoredFrom: {
+    readonly kind: 'snapshot' | 'log'; readonly bytes: number; readonly calls?: number; readonly entries?: number; readonly ms: number;
+    /** A streamed snapshot (issue 9 item 4): its pieces, the longest single piece's restore, and the restore's last step. */
+    readonly streamed?: boolean; readonly pieces?: number; readonly maxAddMs?: number; readonly finishMs?: number;
+  } | null;
   /** The last snapshot this replica gave a recruit. */
   readonly lastSnapshot: { readonly kind: string; readonly bytes: number; readonly ms: number; readonly calls: number; readonly logBytesTotal: number } | null;
   readonly heldOutputs: number;

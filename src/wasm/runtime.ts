@@ -50,6 +50,7 @@ import {
 } from './log.js';
 import { Hash64 } from '../guest/bytes.js';
 import { decodeImage, encodeImage, type DecodedImage, type GlobalValue, type GuestImage } from './image.js';
+import { ImageStreamReader, ImageStreamWriter, type StreamHeader } from './image-stream.js';
 
 export type RuntimeMode = 'plain' | 'record' | 'replay';
 
@@ -207,6 +208,11 @@ export class GuestRuntime {
   /** Replay: records still to consume (decoded or not). */
   get backlog(): number {
     return this.queue.length - this.queueHead + this.undecoded;
+  }
+
+  /** The size of the guest's linear memory (0 before it started). */
+  get memoryBytes(): number {
+    return this.mem?.byteLength ?? 0;
   }
 
   /** sha256 of the guest's linear memory (null before it started). */
@@ -398,11 +404,26 @@ export class GuestRuntime {
    * asyncify (it cannot be resumed: it never unwinds).
    */
   snapshot(): Uint8Array {
+    this.checkSnapshot();
+    return encodeImage(this.image());
+  }
+
+  /**
+   * The same state as `snapshot()`, as of now, in pieces (image-stream.ts): memory is copied
+   * once here (one memcpy) with the small parts and the host state; the pieces are made from
+   * those copies on demand (zero-chunk scan and sha256 a piece at a time), so the guest may run
+   * on between them. Throws SnapshotUnsupported as `snapshot()` does.
+   */
+  snapshotStream(): ImageStreamWriter {
+    this.checkSnapshot();
+    return new ImageStreamWriter(this.image());
+  }
+
+  private checkSnapshot(): void {
     if (this.loaded.exports.asyncify === null) throw new SnapshotUnsupported(NO_ASYNCIFY);
     if (this.stopped) throw new SnapshotUnsupported('the guest was stopped');
     if (this.inGuest) throw new SnapshotUnsupported('the guest is running (a snapshot is taken between host calls)');
     if (this.batch.size > 0) throw new SnapshotUnsupported('records are waiting in an unflushed batch');
-    return encodeImage(this.image());
   }
 
   private image(): GuestImage {
@@ -469,15 +490,63 @@ export class GuestRuntime {
     return rt;
   }
 
+  /**
+   * A restore from the pieces of `snapshotStream()` (of a runtime of the same module), taken as
+   * they come: each is checked and hashed, and its memory copied straight into the new
+   * instance's memory (instantiated when the header arrives); `finish` checks the digest,
+   * restores the host state and the small parts, and gives the runtime. Anything damaged
+   * throws E_CORRUPT_ENTRY (from `add` or `finish`); the caller then drops the runtime and the
+   * host, never running them. `opts` as for `restore`.
+   */
+  static restoreStream(opts: RuntimeOptions): { add(piece: Uint8Array): void; finish(): GuestRuntime; readonly stats: ImageStreamReader['stats'] } {
+    if (opts.loaded.exports.asyncify === null) throw new SnapshotUnsupported(NO_ASYNCIFY);
+    const rt = new GuestRuntime(opts);
+    const reader = new ImageStreamReader(opts.loaded, UNWIND_BYTES, { begin: (h) => rt.beginRestore(h) });
+    return {
+      stats: reader.stats,
+      add: (piece) => reader.add(piece),
+      finish: () => {
+        const { header, host } = reader.finish();
+        opts.host.restoreState(host);
+        rt.applyState(header);
+        return rt;
+      },
+    };
+  }
+
+  /** A streamed restore's header is in: instantiate, size memory, zero what the data segments wrote. */
+  private beginRestore(h: StreamHeader): Uint8Array | null {
+    if (h.phase === 'new') return null;
+    this.instantiate();
+    this.hashCache = null;
+    const memory = this.instance!.exports[this.loaded.exports.memory] as WebAssembly.Memory;
+    // Chunks the snapshot does not send are zero; the fresh instance's data segments are not.
+    const fresh = Buffer.from(memory.buffer);
+    const zero = Buffer.alloc(4096);
+    for (let at = 0; at + 4096 <= fresh.length; at += 4096) {
+      if (fresh.compare(zero, 0, 4096, at, at + 4096) !== 0) fresh.fill(0, at, at + 4096);
+    }
+    const grow = (h.memorySize - memory.buffer.byteLength) / 65536;
+    if (grow > 0) memory.grow(grow);
+    return new Uint8Array(memory.buffer);
+  }
+
   private applyImage(img: DecodedImage): void {
+    if (img.phase !== 'new') {
+      this.instantiate();
+      this.restoreMemory(img.memory!);
+    }
+    this.applyState(img);
+  }
+
+  /** Counters, queued records, globals and where the guest stands (memory is in place already). */
+  private applyState(img: Omit<StreamHeader, 'memorySize' | 'hostBytes'>): void {
     this.calls = img.calls;
     this.outputCount = img.outputCount;
     this.outputHash.setState(img.outputHash);
     this.queue = [...img.queuedRecords];
     this.skipBelow = img.calls + img.queuedRecords.length;
     if (img.phase === 'new') return;
-    this.instantiate();
-    this.restoreMemory(img.memory!);
     this.restoreGlobals(img.globals);
     if (this.asy!.getState() !== 0) throw new LockstepError('E_CORRUPT_ENTRY', `corrupt wasm guest snapshot: asyncify's state is ${this.asy!.getState()}, not normal`);
     if (img.phase === 'exited') this.endedWith = { kind: 'exit', code: img.exitCode };
