@@ -23,6 +23,8 @@ export interface NodeStatus {
   /** wasm: the guest's state (wasm-front.ts `status`). */
   readonly guest?: GuestStatus;
   readonly rssBytes: number;
+  /** The longest event-loop delay since the node started (monitorEventLoopDelay, 10 ms resolution). */
+  readonly eventLoopMaxDelayMs?: number;
   /** Which arbiter this node uses, whether its last call was answered, and how fast. */
   readonly arbiter?: { readonly arbiter: string; readonly health: 'unknown' | 'ok' | 'unavailable'; readonly lastLatencyMs: number | null; readonly lastError: string | null };
   readonly view: { epoch: number; primary: string | null; backup: string | null };

@@ -418,7 +418,10 @@ export class WasmFront implements ServiceFront {
         let piece = writer.next(maxBytes);
         maxNextMs = Math.max(maxNextMs, performance.now() - t);
         if (piece === null) {
-          Object.assign(info, { bytes: writer.stats.bytes + 1, pieces: writer.stats.pieces, memoryChunks: writer.stats.memoryChunks, maxNextMs: Math.round(maxNextMs * 10) / 10, ms: Math.round(performance.now() - t0) });
+          Object.assign(info, {
+            bytes: writer.stats.bytes + 1, pieces: writer.stats.pieces, memoryChunks: writer.stats.memoryChunks,
+            maxNextMs: Math.round(maxNextMs * 10) / 10, ms: Math.round(performance.now() - t0), copy: writer.copyStats,
+          });
           this.node.log('info', 'guest-snapshot-sent', info);
           return null;
         }

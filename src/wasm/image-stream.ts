@@ -78,14 +78,47 @@ export class ImageStreamWriter {
   /** memory: the next chunk to look at; host: the next byte to send. */
   private at = 0;
   private readonly chunks: number;
-  private readonly mem: Buffer | null;
   /** Pieces and bytes produced, for the log. */
   readonly stats = { pieces: 0, bytes: 0, memoryChunks: 0 };
 
-  constructor(private img: StreamImage) {
-    const m = img.memory;
-    this.mem = m === null ? null : Buffer.from(m.buffer, m.byteOffset, m.byteLength);
-    this.chunks = m === null ? 0 : m.byteLength / CHUNK;
+  /** How the memory was copied (set by the runtime when its copy is done). */
+  copyStats: Record<string, number> | null = null;
+
+  /**
+   * `img.memory` is the memory as of the snapshot (its size, and the bytes unless `source` is
+   * given); `source` gives where to read it now (the live memory while the guest is held, the
+   * copy after); `onEnd` runs once when the stream ends or is closed.
+   */
+  constructor(
+    private img: StreamImage,
+    private readonly source: (() => Uint8Array) | null = null,
+    private readonly onEnd: (() => void) | null = null,
+  ) {
+    this.chunks = img.memory === null ? 0 : img.memory.byteLength / CHUNK;
+    this.hasMemory = img.memory !== null;
+  }
+
+  private readonly hasMemory: boolean;
+
+  /** The memory as of the snapshot, as a Buffer (from `source` if given). */
+  private get mem(): Buffer {
+    const m = this.source !== null ? this.source() : this.img.memory!;
+    return Buffer.from(m.buffer, m.byteOffset, m.byteLength);
+  }
+
+  /** The first memory chunk no piece has read yet. */
+  get memoryCursor(): number {
+    return this.stage === 'header' ? 0 : this.stage === 'memory' ? this.at : this.chunks;
+  }
+
+  /** Every piece that reads memory was made. */
+  get memoryDone(): boolean {
+    return this.stage !== 'header' && this.stage !== 'memory';
+  }
+
+  /** Ended or closed. */
+  get closed(): boolean {
+    return this.stage === 'done';
   }
 
   /** The next piece (one or more whole frames, about `maxBytes`), or null after the last. */
@@ -95,7 +128,7 @@ export class ImageStreamWriter {
     const w = new ByteWriter(Math.min(budget, 1 << 20) + 64);
     if (this.stage === 'header') {
       this.frame(w, F_HEADER, this.header());
-      this.stage = this.mem === null ? 'host' : 'memory';
+      this.stage = this.hasMemory ? 'memory' : 'host';
     }
     if (this.stage === 'memory' && w.length < budget) this.memoryRuns(w, budget);
     while (this.stage === 'host' && w.length < budget) {
@@ -124,6 +157,7 @@ export class ImageStreamWriter {
   drop(): void {
     this.stage = 'done';
     this.img = { ...this.img, memory: null, host: new Uint8Array(0) };
+    this.onEnd?.();
   }
 
   private header(): Uint8Array {
@@ -141,7 +175,7 @@ export class ImageStreamWriter {
 
   /** Runs of non-zero chunks from `at`, into `w` until the budget or the scan limit. */
   private memoryRuns(w: ByteWriter, budget: number): void {
-    const mem = this.mem!;
+    const mem = this.mem;
     let scanned = 0;
     let wrote = false;
     while (this.at < this.chunks && w.length < budget) {
@@ -176,7 +210,7 @@ export class ImageStreamWriter {
 
   private memoryFrame(w: ByteWriter, first: number, n: number): void {
     const head = new ByteWriter(8).varuint(first).finish();
-    this.frame(w, F_MEMORY, head, this.mem!.subarray(first * CHUNK, (first + n) * CHUNK));
+    this.frame(w, F_MEMORY, head, this.mem.subarray(first * CHUNK, (first + n) * CHUNK));
     this.stats.memoryChunks += n;
   }
 

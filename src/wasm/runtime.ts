@@ -87,6 +87,10 @@ const UNWINDING = 1;
 const REWINDING = 2;
 /** Room for the unwound stack: locals of every frame between _start and the import. */
 const UNWIND_BYTES = 16 * 1024;
+/** A snapshot stream copies the held guest's memory this long per event-loop turn at most. */
+const COPY_SLICE_MS = 4;
+const CHUNK_BYTES = 4096;
+const ZERO_CHUNK = Buffer.alloc(CHUNK_BYTES);
 /** Below this address is no stack (wasm-ld leaves the first KiB alone). */
 const LOW_MEMORY = 1024;
 
@@ -181,6 +185,9 @@ export class GuestRuntime {
    */
   private skipBelow = 0;
   readonly stats = { suspends: 0, slices: 0 };
+  /** Snapshot streams holding the guest suspended (snapshotStream), and the run loop waiting for them. */
+  private holds = 0;
+  private unhold: (() => void) | null = null;
 
   constructor(opts: RuntimeOptions) {
     this.loaded = opts.loaded;
@@ -300,6 +307,9 @@ export class GuestRuntime {
   stop(): void {
     this.stopped = true;
     this.wake();
+    const w = this.unhold;
+    this.unhold = null;
+    w?.();
   }
 
   private wake(): void {
@@ -354,6 +364,8 @@ export class GuestRuntime {
       } catch {
         // A wait that failed is retried like one that succeeded: the call will say what is wrong.
       }
+      // Held by a snapshot stream: stay suspended until it has its copy of memory.
+      while (this.holds > 0 && !this.stopped) await new Promise<void>((resolve) => (this.unhold = resolve));
       if (this.stopped) return { kind: 'stopped' };
       this.beginRewind();
       this.sliceStart = performance.now();
@@ -416,7 +428,66 @@ export class GuestRuntime {
    */
   snapshotStream(): ImageStreamWriter {
     this.checkSnapshot();
-    return new ImageStreamWriter(this.image());
+    const img = this.image(false);
+    const live = img.memory;
+    if (live === null || img.phase !== 'suspended') {
+      // Not started (no memory) or exited (its memory never changes again): read it as it is.
+      return new ImageStreamWriter(img);
+    }
+    // Suspended: the guest is held (not resumed) until its memory is copied, a slice per
+    // event-loop turn, so neither the copy (page faults on fresh memory cost ~1 s at 256 MiB
+    // on this machine) nor the stream holds the event loop. Pieces read the live memory while
+    // the guest is held and the copy after; chunks the stream has passed are not copied.
+    const release = this.hold();
+    const copy = new Uint8Array(live.byteLength);
+    let source = live;
+    const writer = new ImageStreamWriter(img, () => source, release);
+    const chunks = live.byteLength / CHUNK_BYTES;
+    const liveBuf = Buffer.from(live.buffer, live.byteOffset, live.byteLength);
+    const startedMs = performance.now();
+    const copyStats = { turns: 0, copiedChunks: 0, heldMs: 0 };
+    let pos = 0;
+    const step = (): void => {
+      if (writer.closed) return release();
+      const until = performance.now() + COPY_SLICE_MS;
+      copyStats.turns++;
+      pos = Math.max(pos, writer.memoryCursor);
+      while (pos < chunks && performance.now() < until) {
+        const end = Math.min(chunks, pos + 256);
+        for (; pos < end; pos++) {
+          const at = pos * CHUNK_BYTES;
+          if (liveBuf.compare(ZERO_CHUNK, 0, CHUNK_BYTES, at, at + CHUNK_BYTES) === 0) continue; // the copy is zero already
+          copy.set(live.subarray(at, at + CHUNK_BYTES), at);
+          copyStats.copiedChunks++;
+        }
+        pos = Math.max(pos, writer.memoryCursor);
+      }
+      if (pos < chunks && !writer.memoryDone) return void setImmediate(step);
+      source = copy;
+      copyStats.heldMs = Math.round(performance.now() - startedMs);
+      writer.copyStats = copyStats;
+      release();
+    };
+    setImmediate(step);
+    return writer;
+  }
+
+  /**
+   * Keep the guest from resuming (it stays suspended, its memory unchanged) until the returned
+   * function is called. The node's event loop goes on; only the guest waits.
+   */
+  private hold(): () => void {
+    this.holds++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.holds === 0) {
+        const w = this.unhold;
+        this.unhold = null;
+        w?.();
+      }
+    };
   }
 
   private checkSnapshot(): void {
@@ -426,7 +497,8 @@ export class GuestRuntime {
     if (this.batch.size > 0) throw new SnapshotUnsupported('records are waiting in an unflushed batch');
   }
 
-  private image(): GuestImage {
+  /** The state now; `copyMemory` false: memory is the live bytes (the caller keeps them unchanged). */
+  private image(copyMemory = true): GuestImage {
     const phase = this.phase();
     const mem = this.mem;
     const live = phase !== 'new' && mem !== null;
@@ -437,7 +509,7 @@ export class GuestRuntime {
       outputCount: this.outputCount,
       outputHash: this.outputHash.state(),
       exitCode: this.endedWith?.kind === 'exit' ? this.endedWith.code : 0,
-      memory: live ? mem.read(0, mem.byteLength) : null,
+      memory: live ? (copyMemory ? mem.read(0, mem.byteLength) : mem.live()) : null,
       globals: live ? this.globalValues() : [],
       unwindBase: this.unwindBase,
       unwoundStack: phase === 'suspended' ? this.unwoundStack : null,
