@@ -2,7 +2,7 @@
 // the snapshot taken whole in one event-loop turn and restored whole ("snapshot": "whole", the
 // way before) against the streamed snapshot ("stream", the default), in the same run.
 //
-//   npm run build && node bench/wasm-recruit-stall.mjs [--mb 256] [--modes whole,stream] [--failure-ms 3000]
+//   npm run build && node bench/wasm-recruit-stall.mjs [--mb 256] [--modes whole,stream] [--failure-ms 3000] [--logs DIR]
 //
 // Per mode, a fresh 3-node cluster (heartbeat 50 ms, failure timeout --failure-ms) runs
 // examples/kvserver with `--ballast MB` (MB MiB of pseudo-random bytes, so nearly every 4 KiB
@@ -21,6 +21,8 @@
 // Nothing polls /status during the recruit (its memory hash of a big guest would itself stall
 // the node): progress is read from the nodes' log files. JSON lines on stdout, progress on stderr.
 
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ProcessCluster, freePorts } from '../dist/src/testing/process-cluster.js';
 import { examplePath } from '../dist/src/testing/wasm-cluster.js';
 import { LineClient } from '../dist/src/testing/line-client.js';
@@ -32,6 +34,8 @@ const arg = (name, dflt) => {
 const MB = Number(arg('--mb', '256'));
 const MODES = arg('--modes', 'whole,stream').split(',');
 const FAILURE_MS = Number(arg('--failure-ms', '3000'));
+/** Keep the nodes' logs here (per mode and node). */
+const LOGS = arg('--logs', null);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const say = (s) => process.stderr.write(`${new Date().toISOString()} ${s}\n`);
 
@@ -111,10 +115,15 @@ async function once(mode) {
     await sleep(2000); // a stall check tick after the end
     stopping = true;
     await poker;
-    const during = lat.filter(([s]) => s >= startMs && s <= doneMs + 1000).map(([, ms]) => ms);
+    // Every reply in flight at any time from recruit-start to a second after recruit-done.
+    const during = lat.filter(([s, ms]) => s + ms >= startMs && s <= doneMs + 1000).map(([, ms]) => ms);
     const before = lat.filter(([s]) => s < killedAt).map(([, ms]) => ms);
     const snap = events(c, primary.id, ['guest-snapshot', 'guest-snapshot-sent']).filter((e) => Date.parse(e.time) >= killedAt).map(strip);
-    const restore = events(c, spareId, ['guest-restore']).map(strip);
+    const restore = events(c, spareId, ['guest-restore']).filter((e) => Date.parse(e.time) >= killedAt).map(strip);
+    if (LOGS !== null) {
+      mkdirSync(LOGS, { recursive: true });
+      for (const n of c.nodes) writeFileSync(join(LOGS, `${mode}-${n.id}.log`), c.log(n.id));
+    }
     const sum1 = await cl.request('BALLAST');
     cl.close();
 

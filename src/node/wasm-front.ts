@@ -509,7 +509,7 @@ export class WasmFront implements ServiceFront {
         const finishMs = Math.round((performance.now() - t) * 10) / 10;
         const bytes = stream.stats.bytes + 1;
         const ms = Math.round(performance.now() - t0);
-        this.restoredFrom = { kind: 'snapshot', streamed: true, bytes, pieces: stream.stats.pieces, calls: runtime.callCount, ms, finishMs, maxAddMs: Math.round(maxAddMs * 10) / 10 };
+        this.restoredFrom = { kind: 'snapshot', streamed: true, bytes, pieces: stream.stats.pieces, calls: runtime.callCount, ms, finishMs, maxAddMs: Math.round(maxAddMs * 10) / 10, beginMs: Math.round(runtime.restoreBeginMs * 10) / 10 };
         const memoryHash = runtime.memoryBytes <= RESTORE_HASH_MAX_BYTES ? runtime.memoryHash() : `not hashed here (${runtime.memoryBytes} bytes; /status has it)`;
         this.node.log('info', 'guest-restore', { from: 'snapshot', ...this.restoredFrom, memoryHash });
       },

@@ -88,7 +88,7 @@ const REWINDING = 2;
 /** Room for the unwound stack: locals of every frame between _start and the import. */
 const UNWIND_BYTES = 16 * 1024;
 /** A snapshot stream copies the held guest's memory this long per event-loop turn at most. */
-const COPY_SLICE_MS = 4;
+const COPY_SLICE_MS = 10;
 const CHUNK_BYTES = 4096;
 const ZERO_CHUNK = Buffer.alloc(CHUNK_BYTES);
 /** Below this address is no stack (wasm-ld leaves the first KiB alone). */
@@ -589,6 +589,18 @@ export class GuestRuntime {
   /** A streamed restore's header is in: instantiate, size memory, zero what the data segments wrote. */
   private beginRestore(h: StreamHeader): Uint8Array | null {
     if (h.phase === 'new') return null;
+    const t0 = performance.now();
+    try {
+      return this.instantiateFor(h);
+    } finally {
+      this.restoreBeginMs = performance.now() - t0;
+    }
+  }
+
+  /** How long a streamed restore's header took (instantiate, grow): for the restore's log line. */
+  restoreBeginMs = 0;
+
+  private instantiateFor(h: StreamHeader): Uint8Array {
     this.instantiate();
     this.hashCache = null;
     const memory = this.instance!.exports[this.loaded.exports.memory] as WebAssembly.Memory;
