@@ -242,6 +242,10 @@ export class ImageStreamReader {
   private readonly hash: Hash = createHash('sha256');
   /** Bytes of an incomplete frame carried over from the last piece. */
   private carry: Uint8Array = new Uint8Array(0);
+  /** Pieces after `carry` not joined yet, the bytes held with `carry`, and how many the frame needs (0: not known yet). */
+  private carryParts: Uint8Array[] = [];
+  private carryBytes = 0;
+  private carryNeed = 0;
   private header: StreamHeader | null = null;
   private memory: Uint8Array | null = null;
   /** The chunk the next memory run may start at. */
@@ -260,21 +264,28 @@ export class ImageStreamReader {
   add(piece: Uint8Array): void {
     this.stats.pieces++;
     this.stats.bytes += piece.length;
-    let buf = piece;
     if (this.carry.length > 0) {
-      buf = new Uint8Array(this.carry.length + piece.length);
-      buf.set(this.carry, 0);
-      buf.set(piece, this.carry.length);
+      // A frame spanning pieces: gather them without joining until the frame is complete, so a
+      // big (or a damaged, huge) length costs one copy of the bytes, not one per piece.
+      this.carryParts.push(piece.slice());
+      this.carryBytes += piece.length;
+      if (this.carryBytes < this.carryNeed) return;
+      piece = Buffer.concat([this.carry, ...this.carryParts]);
+      this.carryParts = [];
     }
     let at = 0;
     for (;;) {
-      const f = frameAt(buf, at);
-      if (f === null) break;
-      this.frame(buf, at, f.kind, f.bodyAt, f.end);
+      const f = frameAt(piece, at);
+      if (f.end > piece.length) {
+        // What is left is the start of a frame: keep a copy (the piece's bytes may be reused).
+        this.carry = piece.slice(at);
+        this.carryBytes = this.carry.length;
+        this.carryNeed = f.end - at;
+        return;
+      }
+      this.frame(piece, at, f.kind, f.bodyAt, f.end);
       at = f.end;
     }
-    // What is left is the start of a frame: keep a copy (the piece's bytes may be reused).
-    this.carry = buf.slice(at);
   }
 
   /** Every piece is in: the header and host state, checked against the digest. */
@@ -350,16 +361,20 @@ export class ImageStreamReader {
   }
 }
 
-/** The frame starting at `at` if all of it is in `buf` (null: wait for more); checks its kind and size. */
-function frameAt(buf: Uint8Array, at: number): { kind: number; bodyAt: number; end: number } | null {
-  if (at >= buf.length) return null;
+/**
+ * The frame starting at `at`; checks its kind and size. `end` beyond `buf` means it is not all
+ * in yet: then `end` is where it ends if its length is known, else just past `buf`.
+ */
+function frameAt(buf: Uint8Array, at: number): { kind: number; bodyAt: number; end: number } {
+  const unknown = { kind: 0, bodyAt: 0, end: buf.length + 1 };
+  if (at >= buf.length) return { ...unknown, end: at + 1 };
   const kind = buf[at]!;
   if (kind !== F_HEADER && kind !== F_MEMORY && kind !== F_HOST && kind !== F_END) corrupt(`unknown frame kind ${kind}`);
   let len = 0;
   let mul = 1;
   let p = at + 1;
   for (let i = 0; ; i++) {
-    if (p >= buf.length) return null;
+    if (p >= buf.length) return unknown;
     if (i >= 5) corrupt('a frame length too long');
     const b = buf[p++]!;
     len += (b & 0x7f) * mul;
@@ -367,7 +382,6 @@ function frameAt(buf: Uint8Array, at: number): { kind: number; bodyAt: number; e
     mul *= 0x80;
   }
   if (len > MAX_FRAME) corrupt(`a frame of ${len} bytes`);
-  if (p + len > buf.length) return null;
   return { kind, bodyAt: p, end: p + len };
 }
 
