@@ -49,6 +49,7 @@ test('wasm cluster: a spare is recruited from a guest snapshot, matches the prim
   assert.equal(p1.id, p0.id);
   const restored = fields(b1).restoredFrom;
   assert.equal(restored?.kind, 'snapshot', `the recruit says ${JSON.stringify(restored)}`);
+  assert.equal(restored.streamed, true, 'restored from the streamed snapshot (the default)');
   assert.ok(restored.bytes * 5 < logBytes, `a snapshot of ${restored.bytes} bytes against a log of ${logBytes}`);
   assert.equal(fields(p1).lastSnapshot?.kind, 'snapshot');
   assert.match(c.log(b1.id), /"event":"guest-restore"[^\n]*"from":"snapshot"/);

@@ -138,4 +138,12 @@ test('wasm front: snapshot formats: no guest yet is an empty log; a failed or un
   assert.match(rn.failures.at(-1)!, /unknown format tag 1/);
   recruit.installSnapshot(0, new Uint8Array([0x53, 2, 3]));
   assert.match(rn.failures.at(-1)!, /cannot restore the primary's guest snapshot: corrupt/);
+  // The streamed form ('s'), whole or piece by piece: a damaged stream stops the recruit too.
+  recruit.installSnapshot(0, new Uint8Array([0x73, 0x68, 3, 1, 2, 3, 0x65, 32, ...new Uint8Array(32)]));
+  assert.match(rn.failures.at(-1)!, /cannot restore the primary's guest snapshot: corrupt wasm guest snapshot/);
+  const r = recruit.restoreStream();
+  r.add(new Uint8Array([0x73, 0x6d, 200]));
+  r.add(new Uint8Array([1]));
+  r.finish();
+  assert.match(rn.failures.at(-1)!, /cannot restore the primary's guest snapshot: corrupt wasm guest snapshot stream: (frame m before the header|.*truncated)/);
 });

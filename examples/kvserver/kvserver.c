@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef __wasi__
 #include <wasi/api.h>
@@ -319,6 +320,54 @@ static void reply_u64(struct buf *out, uint64_t v) {
 }
 
 /*
+ * --ballast MB: that much memory filled with pseudo-random bytes at start, so
+ * the guest has a big memory to snapshot (issue 9 item 4's tests and bench).
+ * BALLAST replies its checksum (FNV-1a over it, 16 hex digits); POKE N adds 1 to
+ * one byte of its 4 KiB page N (mod its pages) and replies the byte's value.
+ */
+static unsigned char *ballast;
+static size_t ballast_len;
+
+static void ballast_fill(size_t mb) {
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  struct timespec ts;
+  ballast_len = mb << 20;
+  ballast = malloc(ballast_len);
+  if (ballast == NULL) {
+    fprintf(stderr, "kvserver: out of memory for a ballast of %zu MiB\n", mb);
+    exit(1);
+  }
+  for (size_t at = 0; at < ballast_len; at += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    memcpy(ballast + at, &x, 8);
+    /* A host call per MiB: lockstep's host ends a time slice only at a call. */
+    if ((at & 0xfffff) == 0) clock_gettime(CLOCK_MONOTONIC, &ts);
+  }
+}
+
+static void ballast_command(int poke, const char *key, size_t kn, struct buf *out) {
+  char msg[40];
+  if (ballast_len == 0) {
+    reply(out, "ERR no ballast (start with --ballast MB)");
+    return;
+  }
+  if (poke) {
+    size_t page = 0;
+    for (size_t j = 0; j < kn && key[j] >= '0' && key[j] <= '9'; j++) page = page * 10 + (size_t)(key[j] - '0');
+    unsigned char *b = ballast + (page % (ballast_len >> 12)) * 4096 + 17;
+    *b += 1;
+    reply_u64(out, *b);
+    return;
+  }
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t j = 0; j < ballast_len; j++) h = (h ^ ballast[j]) * 0x100000001b3ull;
+  snprintf(msg, sizeof msg, "%016llx", (unsigned long long)h);
+  reply(out, msg);
+}
+
+/*
  * Executes one command line (without its line ending) and appends exactly one
  * reply line to out. Write commands that change the store are appended to the
  * persistence log unless `replaying`. Returns CMD_QUIT for QUIT.
@@ -364,6 +413,11 @@ static int execute(const char *line, size_t len, struct buf *out, int replaying)
       return CMD_QUIT;
     }
     reply_u64(out, key_count);
+    return CMD_OK;
+  }
+
+  if (ieq(cmd, cn, "BALLAST") || ieq(cmd, cn, "POKE")) {
+    ballast_command(ieq(cmd, cn, "POKE"), key, kn, out);
     return CMD_OK;
   }
 
@@ -805,12 +859,13 @@ static int is_socket(int fd) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: kvserver [--persist FILE]\n");
+  fprintf(stderr, "usage: kvserver [--persist FILE] [--ballast MB]\n");
   exit(64);
 }
 
 int main(int argc, char **argv) {
   const char *persist = NULL;
+  size_t ballast_mb = 0;
   const char *env;
   struct pollfd pfds[MAX_LISTEN + MAX_CLIENTS];
   struct conn *pconn[MAX_LISTEN + MAX_CLIENTS];
@@ -818,6 +873,7 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--persist") == 0 && i + 1 < argc) persist = argv[++i];
+    else if (strcmp(argv[i], "--ballast") == 0 && i + 1 < argc) ballast_mb = (size_t)strtoul(argv[++i], NULL, 10);
     else usage();
   }
 
@@ -851,6 +907,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (persist != NULL) log_open(persist);
+  if (ballast_mb > 0) ballast_fill(ballast_mb);
   for (int i = 0; i < nlisten; i++) printf("kvserver: listening on fd %d\n", listen_fds[i]);
 
   for (;;) {

@@ -23,6 +23,8 @@ export interface NodeStatus {
   /** wasm: the guest's state (wasm-front.ts `status`). */
   readonly guest?: GuestStatus;
   readonly rssBytes: number;
+  /** The longest event-loop delay since the node started (monitorEventLoopDelay, 10 ms resolution). */
+  readonly eventLoopMaxDelayMs?: number;
   /** Which arbiter this node uses, whether its last call was answered, and how fast. */
   readonly arbiter?: { readonly arbiter: string; readonly health: 'unknown' | 'ok' | 'unavailable'; readonly lastLatencyMs: number | null; readonly lastError: string | null };
   readonly view: { epoch: number; primary: string | null; backup: string | null };
@@ -47,7 +49,11 @@ export interface GuestStatus {
   /** 'snapshot' or 'log': how this replica recruits a new backup. */
   readonly recruitBy: 'snapshot' | 'log';
   /** How this replica's guest was recruited (null: it started the guest). */
-  readonly restoredFrom: { readonly kind: 'snapshot' | 'log'; readonly bytes: number; readonly calls?: number; readonly entries?: number; readonly ms: number } | null;
+  readonly restoredFrom: {
+    readonly kind: 'snapshot' | 'log'; readonly bytes: number; readonly calls?: number; readonly entries?: number; readonly ms: number;
+    /** A streamed snapshot (issue 9 item 4): its pieces, the longest single piece's restore, and the restore's last step. */
+    readonly streamed?: boolean; readonly pieces?: number; readonly maxAddMs?: number; readonly finishMs?: number;
+  } | null;
   /** The last snapshot this replica gave a recruit. */
   readonly lastSnapshot: { readonly kind: string; readonly bytes: number; readonly ms: number; readonly calls: number; readonly logBytesTotal: number } | null;
   readonly heldOutputs: number;

@@ -46,6 +46,12 @@ export interface WasmServiceConfig {
   readonly memoryLimitMb: number;
   /** Where the per-replica guest directories are (`<guestDir>/<node id>`), resolved. */
   readonly guestDir: string;
+  /**
+   * How a recruit gets the guest's snapshot: 'stream' (default: taken at one point, made and
+   * restored a piece at a time, image-stream.ts) or 'whole' (built and restored in one
+   * event-loop turn each, the way before issue 9 item 4; kept to compare against).
+   */
+  readonly snapshot?: 'stream' | 'whole';
 }
 /** A user's service module (defineService or defineMachine) replicated at the application level (docs/SERVICES.md). */
 export interface ModuleServiceConfig {
@@ -413,7 +419,7 @@ function readPem(key: string, v: unknown, kind: 'CERTIFICATE' | 'PRIVATE KEY', b
   return bytes;
 }
 
-const WASM_KEYS = ['kind', 'module', 'args', 'env', 'listen', 'memoryLimitMb', 'guestDir'] as const;
+const WASM_KEYS = ['kind', 'module', 'args', 'env', 'listen', 'memoryLimitMb', 'guestDir', 'snapshot'] as const;
 const MODULE_KEYS = ['kind', 'module', 'mode', 'digestEvery', 'timeoutMs'] as const;
 export const DIGEST_EVERY_DEFAULT = 1;
 
@@ -478,7 +484,9 @@ function parseWasmService(o: Record<string, unknown>, baseDir: string, fail: (pa
   if (typeof mb !== 'number' || !Number.isSafeInteger(mb) || mb < 1 || mb > 4096) fail('service.memoryLimitMb', `must be an integer from 1 to 4096, got ${describe(mb)}`);
   const guestDir = o.guestDir ?? 'guests';
   if (typeof guestDir !== 'string' || guestDir === '') fail('service.guestDir', `must be a directory path, got ${describe(guestDir)}`);
-  return { kind: 'wasm', module: resolve(baseDir, o.module), args, env, listen, memoryLimitMb: mb, guestDir: resolve(baseDir, guestDir) };
+  const snapshot = o.snapshot ?? 'stream';
+  if (snapshot !== 'stream' && snapshot !== 'whole') fail('service.snapshot', `must be "stream" or "whole", got ${describe(snapshot)}`);
+  return { kind: 'wasm', module: resolve(baseDir, o.module), args, env, listen, memoryLimitMb: mb, guestDir: resolve(baseDir, guestDir), snapshot };
 }
 
 export async function loadConfig(path: string): Promise<ClusterConfig> {

@@ -15,6 +15,7 @@
 // (E_ARBITER_MISMATCH, exit 2): two arbiters would each let a node bootstrap as primary.
 
 import http from 'node:http';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import {
   ChunkAssembler,
   DEFAULT_SNAPSHOT_CHUNK_BYTES,
@@ -49,6 +50,8 @@ export type LogRecord = Record<string, unknown>;
 
 /** A primary streaming a snapshot spends at most this long of an event-loop turn producing chunks. */
 const PUMP_SLICE_MS = 4;
+/** An event-loop turn this late (the longest in a second) is logged as event-loop-stall. */
+const STALL_LOG_MS = 100;
 const PEER_MAX_FRAME_BYTES = 512 * 1024 * 1024;
 const PEER_MAX_QUEUED_BYTES = 256 * 1024 * 1024;
 /** How often /status's arbiter health is refreshed by a read when nothing else asked it. */
@@ -133,6 +136,9 @@ export class ReplicaNode implements FrontHost, AdminHost {
   private switchActive: ((a: SwitchoverAction) => void) | null = null;
   /** The core's immediate answer (started or refused) to the last switchover asked. */
   private switchFirst: SwitchoverAction | null = null;
+  /** How late timers ran (each second's longest is checked, then reset), and the longest since start. */
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  private loopDelayMaxMs = 0;
 
   constructor(
     readonly config: ClusterConfig,
@@ -215,7 +221,11 @@ export class ReplicaNode implements FrontHost, AdminHost {
     const tickMs = Math.max(1, Math.floor(this.config.heartbeatMs / 5));
     this.tickTimer = setInterval(() => this.input({ type: 'tick' }), tickMs);
     this.arbiterHealthTimer = setInterval(() => this.checkArbiterHealth(), ARBITER_HEALTH_MS);
-    this.metricsTimer = setInterval(() => this.metrics.tick(), 1000);
+    this.loopDelay.enable();
+    this.metricsTimer = setInterval(() => {
+      this.metrics.tick();
+      this.checkLoopDelay();
+    }, 1000);
     this.log('info', 'node-start', {
       cluster: this.config.cluster,
       peer: formatAddress(self.peer),
@@ -295,6 +305,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
     if (this.tickTimer) clearInterval(this.tickTimer);
     if (this.arbiterHealthTimer) clearInterval(this.arbiterHealthTimer);
     if (this.metricsTimer) clearInterval(this.metricsTimer);
+    this.loopDelay.disable();
     await this.front.stop();
     await this.arbiter.close();
     await this.transport.close();
@@ -307,6 +318,17 @@ export class ReplicaNode implements FrontHost, AdminHost {
       await closed;
     }
     this.log('info', 'node-stop', {});
+  }
+
+  /**
+   * The longest event-loop delay of the last second: logged when it is a stall (a big
+   * snapshot taken in one turn, a GC pause, a long command), kept for /status.
+   */
+  private checkLoopDelay(): void {
+    const ms = this.loopDelay.max / 1e6;
+    this.loopDelay.reset();
+    this.loopDelayMaxMs = Math.max(this.loopDelayMaxMs, ms);
+    if (ms >= STALL_LOG_MS) this.log('info', 'event-loop-stall', { maxMs: Math.round(ms) });
   }
 
   /** The service failed in a way this replica cannot carry on from: stop, and exit non-zero. */
@@ -614,6 +636,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       ...(this.arbiterMismatches.size > 0 ? { peersOnOtherArbiters: Object.fromEntries(this.arbiterMismatches) } : {}),
       ...this.front.status(),
       rssBytes: process.memoryUsage.rss(),
+      eventLoopMaxDelayMs: Math.round(Math.max(this.loopDelayMaxMs, this.loopDelay.max / 1e6)),
       incarnation: this.incarnation,
       pid: process.pid,
     };

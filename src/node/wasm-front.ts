@@ -18,6 +18,11 @@
 //        recruit replays from the start. The fallback, for a guest loaded without asyncify
 //        (it cannot be resumed) and for a primary with no guest yet (an empty log: the recruit
 //        starts the guest afresh). Only such a front keeps the whole log in memory.
+//   's'  the same state as 'S', streamed (the default, issue 9 item 4): snapshotStream takes it at
+//        one point (one copy of memory, the small parts, the host state) and makes the pieces
+//        on demand (src/wasm/image-stream.ts); restoreStream copies each piece's memory into
+//        the new instance as it comes, so neither side holds its event loop for the whole
+//        memory. Service config `"snapshot": "whole"` gives 'S' instead (to compare).
 //   'X'  the primary could not snapshot its guest (the text says why): the recruit stops.
 // A guest that has exited is snapshotted too (phase "exited"): the recruit holds its memory and
 // directory and reports the same exit.
@@ -34,19 +39,25 @@ import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import { LockstepError } from '../errors.js';
 import { loadModule, type LoadedModule } from '../wasm/module.js';
 import { GuestRuntime, type GuestEnd, type RecordSink, type RuntimeMode } from '../wasm/runtime.js';
+import type { ImageStreamWriter } from '../wasm/image-stream.js';
 import { WasiHost, type OutputEffect } from '../wasm/wasi.js';
 import type { WasmServiceConfig } from './config.js';
 import type { FrontHost, ServiceFront } from './front.js';
+import { wholeRestoreStream, wholeSnapshotStream, type RestoreStream, type SnapshotStream } from '../guest/snapshot-stream.js';
 
 type Pending = { readonly kind: 'append'; readonly payload: Uint8Array } | { readonly kind: 'hold'; readonly effect: OutputEffect };
 
 type GuestState = 'none' | 'running' | 'exited' | 'failed';
+
+/** A restored guest's memory is hashed for the guest-restore log line only up to this size (a full sha256 holds the event loop: ~0.5 s at 256 MiB here). */
+const RESTORE_HASH_MAX_BYTES = 32 * 1024 * 1024;
 
 /** While a listening address stays in use, say so in the log this often. */
 const LISTEN_RETRY_LOG_MS = 10_000;
 
 /** The first byte of a snapshot: its format (see the header comment). */
 const TAG_GUEST = 0x53; // 'S'
+const TAG_STREAM = 0x73; // 's'
 const TAG_LOG = 0x4c; // 'L'
 const TAG_FAILED = 0x58; // 'X'
 
@@ -77,6 +88,8 @@ export class WasmFront implements ServiceFront {
   /** Appends and holds waiting for flow control, in order (an output waits behind its entry). */
   private readonly pending: Pending[] = [];
   private readonly held = new Map<number, OutputEffect>();
+  /** A recruit's host while its streamed snapshot arrives (closed if the guest is dropped first). */
+  private restoringHost: WasiHost | null = null;
   private nextOutputId = 1;
   private flowWaiters: (() => void)[] = [];
   /** Bootstrap primary, guest not started: no backup in the view yet (see `role`). */
@@ -225,6 +238,8 @@ export class WasmFront implements ServiceFront {
 
   private dropGuest(): void {
     this.generation++;
+    this.restoringHost?.close();
+    this.restoringHost = null;
     this.runtime?.stop();
     this.host?.close();
     this.runtime = null;
@@ -319,6 +334,11 @@ export class WasmFront implements ServiceFront {
     switch (data[0]) {
       case TAG_GUEST:
         return this.restoreGuest(body);
+      case TAG_STREAM: {
+        const r = this.guestRestoreStream();
+        r.add(body);
+        return r.finish();
+      }
       case TAG_LOG:
         return this.installLog(body);
       case TAG_FAILED:
@@ -368,6 +388,132 @@ export class WasmFront implements ServiceFront {
       this.node.log('warn', 'guest-snapshot-failed', { reason: why });
       return tagged(TAG_FAILED, new TextEncoder().encode(why));
     }
+  }
+
+  /**
+   * The guest's snapshot in pieces ('s'): its state is taken now, in this call (the guest is
+   * between host calls), and each `next` makes about a chunk of it from that copy while the
+   * guest runs on. The log fallback, a failure, and `"snapshot": "whole"` are one whole
+   * snapshot cut into pieces.
+   */
+  snapshotStream(): SnapshotStream {
+    const rt = this.runtime;
+    if (this.svc.snapshot === 'whole' || rt === null || !this.guestSnapshots) return wholeSnapshotStream(this.takeSnapshot());
+    const t0 = performance.now();
+    let writer: ImageStreamWriter;
+    try {
+      writer = rt.snapshotStream();
+    } catch {
+      return wholeSnapshotStream(this.takeSnapshot()); // 'X' with the reason
+    }
+    const beginMs = Math.round((performance.now() - t0) * 10) / 10;
+    const info: Record<string, unknown> = { kind: 'snapshot', streamed: true, beginMs, calls: rt.callCount, logBytesTotal: this.logTotal.bytes, memoryBytes: rt.memoryBytes };
+    this.lastSnapshot = info;
+    this.node.log('info', 'guest-snapshot', info);
+    let first = true;
+    let maxNextMs = 0;
+    return {
+      next: (maxBytes) => {
+        const t = performance.now();
+        let piece = writer.next(maxBytes);
+        maxNextMs = Math.max(maxNextMs, performance.now() - t);
+        if (piece === null) {
+          Object.assign(info, {
+            bytes: writer.stats.bytes + 1, pieces: writer.stats.pieces, memoryChunks: writer.stats.memoryChunks,
+            maxNextMs: Math.round(maxNextMs * 10) / 10, ms: Math.round(performance.now() - t0), copy: writer.copyStats,
+          });
+          this.node.log('info', 'guest-snapshot-sent', info);
+          return null;
+        }
+        if (first) {
+          piece = tagged(TAG_STREAM, piece);
+          first = false;
+        }
+        return piece;
+      },
+      close: () => writer.drop(),
+    };
+  }
+
+  /**
+   * A recruit's restore, a piece at a time: a streamed guest snapshot ('s') is restored as its
+   * pieces come (guestRestoreStream); any other form is gathered and installed whole.
+   */
+  restoreStream(): RestoreStream {
+    let inner: RestoreStream | null = null;
+    return {
+      add: (piece) => {
+        if (inner === null) {
+          if (piece.length === 0) return;
+          if (piece[0] === TAG_STREAM) {
+            inner = this.guestRestoreStream();
+            piece = piece.subarray(1);
+          } else {
+            inner = wholeRestoreStream((bytes) => this.installSnapshot(0, bytes));
+          }
+        }
+        inner.add(piece);
+      },
+      finish: () => {
+        if (inner === null) return this.node.failStop('corrupt wasm snapshot: it is empty');
+        inner.finish();
+      },
+    };
+  }
+
+  /** Restore a streamed guest snapshot: pieces into the new instance as they come, the rest at finish. */
+  private guestRestoreStream(): RestoreStream {
+    const t0 = performance.now();
+    this.entries = [];
+    this.entryBytes = 0;
+    const gen = this.freshGuestDir();
+    let runtime: GuestRuntime | null = null;
+    const host = this.makeHost('replay', () => runtime!);
+    this.restoringHost = host;
+    let failed = false;
+    let maxAddMs = 0;
+    const fail = (e: unknown): void => {
+      failed = true;
+      if (this.restoringHost === host) this.restoringHost = null;
+      host.close();
+      this.node.failStop(`cannot restore the primary's guest snapshot: ${(e as Error).message}`);
+    };
+    let stream: ReturnType<typeof GuestRuntime.restoreStream>;
+    try {
+      stream = GuestRuntime.restoreStream({ loaded: this.loaded!, host, mode: 'replay', sink: this.sink(gen) });
+    } catch (e) {
+      fail(e);
+      return { add() {}, finish() {} };
+    }
+    return {
+      add: (piece) => {
+        if (failed || gen !== this.generation) return;
+        const t = performance.now();
+        try {
+          stream.add(piece);
+        } catch (e) {
+          return fail(e);
+        }
+        maxAddMs = Math.max(maxAddMs, performance.now() - t);
+      },
+      finish: () => {
+        if (failed || gen !== this.generation) return;
+        const t = performance.now();
+        try {
+          runtime = stream.finish();
+        } catch (e) {
+          return fail(e);
+        }
+        this.restoringHost = null;
+        this.launch(gen, host, runtime);
+        const finishMs = Math.round((performance.now() - t) * 10) / 10;
+        const bytes = stream.stats.bytes + 1;
+        const ms = Math.round(performance.now() - t0);
+        this.restoredFrom = { kind: 'snapshot', streamed: true, bytes, pieces: stream.stats.pieces, calls: runtime.callCount, ms, finishMs, maxAddMs: Math.round(maxAddMs * 10) / 10, beginMs: Math.round(runtime.restoreBeginMs * 10) / 10 };
+        const memoryHash = runtime.memoryBytes <= RESTORE_HASH_MAX_BYTES ? runtime.memoryHash() : `not hashed here (${runtime.memoryBytes} bytes; /status has it)`;
+        this.node.log('info', 'guest-restore', { from: 'snapshot', ...this.restoredFrom, memoryHash });
+      },
+    };
   }
 
   /** Every entry since the guest started (recruiting by replay; see the header comment). */

@@ -10,13 +10,13 @@ export const examplePath = (p: string): string => fileURLToPath(new URL(`../../.
 
 /** A cluster serving examples/kvserver on a free port; `addr` is where its guest listens. */
 export async function kvserverCluster(
-  opts: { peerProxies?: boolean; failureTimeoutMs?: number; args?: string[] } & Pick<ProcessClusterOptions, 'nodes'> = {},
+  opts: { peerProxies?: boolean; failureTimeoutMs?: number; args?: string[]; memoryLimitMb?: number } & Pick<ProcessClusterOptions, 'nodes'> = {},
 ): Promise<{ c: ProcessCluster; addr: { host: string; port: number } }> {
   const [port] = await freePorts(1);
   const addr = { host: '127.0.0.1', port: port! };
   const c = await ProcessCluster.start({
     ...(opts.nodes !== undefined ? { nodes: opts.nodes } : {}),
-    service: { kind: 'wasm', module: examplePath('kvserver/kvserver.wasm'), args: opts.args ?? [], listen: [`127.0.0.1:${port}`], memoryLimitMb: 64 },
+    service: { kind: 'wasm', module: examplePath('kvserver/kvserver.wasm'), args: opts.args ?? [], listen: [`127.0.0.1:${port}`], memoryLimitMb: opts.memoryLimitMb ?? 64 },
     heartbeatMs: 30,
     failureTimeoutMs: opts.failureTimeoutMs ?? 600,
     peerProxies: opts.peerProxies ?? false,

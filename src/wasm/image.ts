@@ -26,6 +26,10 @@
 //
 // Decoding checks every field against the module it is restored into and throws
 // E_CORRUPT_ENTRY, never a crash and never a half-restored guest.
+//
+// Version 2 is the same state streamed in pieces (image-stream.ts, issue 9 item 4): what a
+// recruit gets by default. This whole form is kept for the service config `"snapshot":
+// "whole"` and for tools that want one buffer.
 
 import { createHash } from 'node:crypto';
 import { ByteReader, ByteWriter } from '../guest/bytes.js';
@@ -61,15 +65,13 @@ const MAGIC = 0x47; // 'G'
 const VERSION = 1;
 const PHASES = ['new', 'suspended', 'exited'] as const;
 const PAGE = 65536;
-const CHUNK = 4096;
+export const CHUNK = 4096;
 const DIGEST_BYTES = 32;
 
 export function encodeImage(img: GuestImage): Uint8Array {
   const chunks = img.memory === null ? [] : nonZeroChunks(img.memory);
   const w = new ByteWriter(chunks.length * (CHUNK + 4) + img.host.length + img.queued.length + (img.unwoundStack?.length ?? 0) + 4096);
-  w.u8(MAGIC).u8(VERSION).latin1(img.sha256).u8(PHASES.indexOf(img.phase)).varuint(img.calls);
-  w.varuint(img.outputCount).u32(img.outputHash[0]).u32(img.outputHash[1]).varuint(img.outputHash[2]);
-  if (img.phase === 'exited') w.varuint(img.exitCode);
+  encodePrelude(w, img, VERSION);
   if (img.phase !== 'new') {
     const mem = img.memory!;
     w.varuint(mem.byteLength).varuint(chunks.length);
@@ -83,6 +85,30 @@ export function encodeImage(img: GuestImage): Uint8Array {
   out.set(body, 0);
   out.set(createHash('sha256').update(body).digest(), body.length);
   return out;
+}
+
+type Prelude = Pick<GuestImage, 'sha256' | 'phase' | 'calls' | 'outputCount' | 'outputHash' | 'exitCode'>;
+
+/** What every version starts with: magic, version, module, phase, counters, exit code. */
+export function encodePrelude(w: ByteWriter, img: Prelude, version: number): void {
+  w.u8(MAGIC).u8(version).latin1(img.sha256).u8(PHASES.indexOf(img.phase)).varuint(img.calls);
+  w.varuint(img.outputCount).u32(img.outputHash[0]).u32(img.outputHash[1]).varuint(img.outputHash[2]);
+  if (img.phase === 'exited') w.varuint(img.exitCode);
+}
+
+/** encodePrelude's fields, checked against the module restored into and the version expected. */
+export function decodePrelude(r: ByteReader, loaded: LoadedModule, expectedVersion: number): Prelude {
+  if (r.u8() !== MAGIC) r.corrupt('not a wasm guest snapshot (bad magic byte)');
+  const version = r.u8();
+  if (version !== expectedVersion) r.corrupt(`unknown wasm guest snapshot version ${version} (expected ${expectedVersion} here)`);
+  const sha256 = r.latin1();
+  if (sha256 !== loaded.sha256) r.corrupt(`it is a snapshot of module ${sha256.slice(0, 12)}…, not of this guest's ${loaded.sha256.slice(0, 12)}…`);
+  const phase = PHASES[r.u8()] ?? r.corrupt('unknown guest phase');
+  const calls = r.varuint();
+  const outputCount = r.varuint();
+  const outputHash: [number, number, number] = [r.u32(), r.u32(), r.varuint()];
+  const exitCode = phase === 'exited' ? r.varuint() : 0;
+  return { sha256, phase, calls, outputCount, outputHash, exitCode };
 }
 
 /** The numbers of the memory's 4 KiB chunks that hold anything but zeros. */
@@ -101,7 +127,7 @@ function nonZeroChunks(mem: Uint8Array): number[] {
   return out;
 }
 
-function encodeGlobals(w: ByteWriter, globals: readonly GlobalValue[]): void {
+export function encodeGlobals(w: ByteWriter, globals: readonly GlobalValue[]): void {
   w.varuint(globals.length);
   for (const g of globals) {
     if (typeof g === 'bigint') w.u8(1).bigint(g);
@@ -117,16 +143,7 @@ function encodeGlobals(w: ByteWriter, globals: readonly GlobalValue[]): void {
 export function decodeImage(bytes: Uint8Array, loaded: LoadedModule, unwindBytes: number): DecodedImage {
   checkDigest(bytes);
   const r = new ByteReader(bytes.subarray(0, bytes.length - DIGEST_BYTES), 'wasm guest snapshot');
-  if (r.u8() !== MAGIC) r.corrupt('not a wasm guest snapshot (bad magic byte)');
-  const version = r.u8();
-  if (version !== VERSION) r.corrupt(`unknown wasm guest snapshot version ${version}`);
-  const sha256 = r.latin1();
-  if (sha256 !== loaded.sha256) r.corrupt(`it is a snapshot of module ${sha256.slice(0, 12)}…, not of this guest's ${loaded.sha256.slice(0, 12)}…`);
-  const phase = PHASES[r.u8()] ?? r.corrupt('unknown guest phase');
-  const calls = r.varuint();
-  const outputCount = r.varuint();
-  const outputHash: [number, number, number] = [r.u32(), r.u32(), r.varuint()];
-  const exitCode = phase === 'exited' ? r.varuint() : 0;
+  const { sha256, phase, calls, outputCount, outputHash, exitCode } = decodePrelude(r, loaded, VERSION);
   const memory = phase === 'new' ? null : decodeMemory(r, loaded);
   const globals = phase === 'new' ? [] : decodeGlobals(r, loaded);
   const unwindBase = phase === 'suspended' ? r.varuint() : 0;
@@ -151,11 +168,7 @@ function checkDigest(bytes: Uint8Array): void {
 }
 
 function decodeMemory(r: ByteReader, loaded: LoadedModule): Uint8Array {
-  const size = r.varuint();
-  const pages = size / PAGE;
-  if (!Number.isInteger(pages) || pages < loaded.memory.initialPages || pages > loaded.memory.maximumPages) {
-    r.corrupt(`a memory of ${size} bytes for a guest of ${loaded.memory.initialPages}..${loaded.memory.maximumPages} pages`);
-  }
+  const size = decodeMemorySize(r, loaded);
   const mem = new Uint8Array(size);
   const count = r.varuint();
   let prev = -1;
@@ -170,7 +183,17 @@ function decodeMemory(r: ByteReader, loaded: LoadedModule): Uint8Array {
   return mem;
 }
 
-function decodeGlobals(r: ByteReader, loaded: LoadedModule): GlobalValue[] {
+/** A memory size (bytes, whole pages) that fits `loaded`'s limits. */
+export function decodeMemorySize(r: ByteReader, loaded: LoadedModule): number {
+  const size = r.varuint();
+  const pages = size / PAGE;
+  if (!Number.isInteger(pages) || pages < loaded.memory.initialPages || pages > loaded.memory.maximumPages) {
+    r.corrupt(`a memory of ${size} bytes for a guest of ${loaded.memory.initialPages}..${loaded.memory.maximumPages} pages`);
+  }
+  return size;
+}
+
+export function decodeGlobals(r: ByteReader, loaded: LoadedModule): GlobalValue[] {
   const n = r.varuint();
   if (n !== loaded.globals.length) r.corrupt(`${n} globals for a guest with ${loaded.globals.length}`);
   const out: GlobalValue[] = [];

@@ -142,6 +142,11 @@ export class GuestMemory {
   }
 
   /** sha256 (hex) of the whole of linear memory: lets tests and the runtime compare replicas. */
+  /** The live bytes of memory (no copy: valid until the guest grows its memory). */
+  live(): Uint8Array {
+    return this.refresh();
+  }
+
   hash(): string {
     return createHash('sha256').update(this.refresh()).digest('hex');
   }

@@ -50,6 +50,7 @@ import {
 } from './log.js';
 import { Hash64 } from '../guest/bytes.js';
 import { decodeImage, encodeImage, type DecodedImage, type GlobalValue, type GuestImage } from './image.js';
+import { ImageStreamReader, ImageStreamWriter, type StreamHeader } from './image-stream.js';
 
 export type RuntimeMode = 'plain' | 'record' | 'replay';
 
@@ -86,6 +87,10 @@ const UNWINDING = 1;
 const REWINDING = 2;
 /** Room for the unwound stack: locals of every frame between _start and the import. */
 const UNWIND_BYTES = 16 * 1024;
+/** A snapshot stream copies the held guest's memory this long per event-loop turn at most. */
+const COPY_SLICE_MS = 10;
+const CHUNK_BYTES = 4096;
+const ZERO_CHUNK = Buffer.alloc(CHUNK_BYTES);
 /** Below this address is no stack (wasm-ld leaves the first KiB alone). */
 const LOW_MEMORY = 1024;
 
@@ -180,6 +185,9 @@ export class GuestRuntime {
    */
   private skipBelow = 0;
   readonly stats = { suspends: 0, slices: 0 };
+  /** Snapshot streams holding the guest suspended (snapshotStream), and the run loop waiting for them. */
+  private holds = 0;
+  private unhold: (() => void) | null = null;
 
   constructor(opts: RuntimeOptions) {
     this.loaded = opts.loaded;
@@ -207,6 +215,11 @@ export class GuestRuntime {
   /** Replay: records still to consume (decoded or not). */
   get backlog(): number {
     return this.queue.length - this.queueHead + this.undecoded;
+  }
+
+  /** The size of the guest's linear memory (0 before it started). */
+  get memoryBytes(): number {
+    return this.mem?.byteLength ?? 0;
   }
 
   /** sha256 of the guest's linear memory (null before it started). */
@@ -294,6 +307,9 @@ export class GuestRuntime {
   stop(): void {
     this.stopped = true;
     this.wake();
+    const w = this.unhold;
+    this.unhold = null;
+    w?.();
   }
 
   private wake(): void {
@@ -348,6 +364,8 @@ export class GuestRuntime {
       } catch {
         // A wait that failed is retried like one that succeeded: the call will say what is wrong.
       }
+      // Held by a snapshot stream: stay suspended until it has its copy of memory.
+      while (this.holds > 0 && !this.stopped) await new Promise<void>((resolve) => (this.unhold = resolve));
       if (this.stopped) return { kind: 'stopped' };
       this.beginRewind();
       this.sliceStart = performance.now();
@@ -398,14 +416,89 @@ export class GuestRuntime {
    * asyncify (it cannot be resumed: it never unwinds).
    */
   snapshot(): Uint8Array {
+    this.checkSnapshot();
+    return encodeImage(this.image());
+  }
+
+  /**
+   * The same state as `snapshot()`, as of now, in pieces (image-stream.ts): memory is copied
+   * once here (one memcpy) with the small parts and the host state; the pieces are made from
+   * those copies on demand (zero-chunk scan and sha256 a piece at a time), so the guest may run
+   * on between them. Throws SnapshotUnsupported as `snapshot()` does.
+   */
+  snapshotStream(): ImageStreamWriter {
+    this.checkSnapshot();
+    const img = this.image(false);
+    const live = img.memory;
+    if (live === null || img.phase !== 'suspended') {
+      // Not started (no memory) or exited (its memory never changes again): read it as it is.
+      return new ImageStreamWriter(img);
+    }
+    // Suspended: the guest is held (not resumed) until its memory is copied, a slice per
+    // event-loop turn, so neither the copy (page faults on fresh memory cost ~1 s at 256 MiB
+    // on this machine) nor the stream holds the event loop. Pieces read the live memory while
+    // the guest is held and the copy after; chunks the stream has passed are not copied.
+    const release = this.hold();
+    const copy = new Uint8Array(live.byteLength);
+    let source = live;
+    const writer = new ImageStreamWriter(img, () => source, release);
+    const chunks = live.byteLength / CHUNK_BYTES;
+    const liveBuf = Buffer.from(live.buffer, live.byteOffset, live.byteLength);
+    const startedMs = performance.now();
+    const copyStats = { turns: 0, copiedChunks: 0, heldMs: 0 };
+    let pos = 0;
+    const step = (): void => {
+      if (writer.closed) return release();
+      const until = performance.now() + COPY_SLICE_MS;
+      copyStats.turns++;
+      pos = Math.max(pos, writer.memoryCursor);
+      while (pos < chunks && performance.now() < until) {
+        const end = Math.min(chunks, pos + 256);
+        for (; pos < end; pos++) {
+          const at = pos * CHUNK_BYTES;
+          if (liveBuf.compare(ZERO_CHUNK, 0, CHUNK_BYTES, at, at + CHUNK_BYTES) === 0) continue; // the copy is zero already
+          copy.set(live.subarray(at, at + CHUNK_BYTES), at);
+          copyStats.copiedChunks++;
+        }
+        pos = Math.max(pos, writer.memoryCursor);
+      }
+      if (pos < chunks && !writer.memoryDone) return void setImmediate(step);
+      source = copy;
+      copyStats.heldMs = Math.round(performance.now() - startedMs);
+      writer.copyStats = copyStats;
+      release();
+    };
+    setImmediate(step);
+    return writer;
+  }
+
+  /**
+   * Keep the guest from resuming (it stays suspended, its memory unchanged) until the returned
+   * function is called. The node's event loop goes on; only the guest waits.
+   */
+  private hold(): () => void {
+    this.holds++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.holds === 0) {
+        const w = this.unhold;
+        this.unhold = null;
+        w?.();
+      }
+    };
+  }
+
+  private checkSnapshot(): void {
     if (this.loaded.exports.asyncify === null) throw new SnapshotUnsupported(NO_ASYNCIFY);
     if (this.stopped) throw new SnapshotUnsupported('the guest was stopped');
     if (this.inGuest) throw new SnapshotUnsupported('the guest is running (a snapshot is taken between host calls)');
     if (this.batch.size > 0) throw new SnapshotUnsupported('records are waiting in an unflushed batch');
-    return encodeImage(this.image());
   }
 
-  private image(): GuestImage {
+  /** The state now; `copyMemory` false: memory is the live bytes (the caller keeps them unchanged). */
+  private image(copyMemory = true): GuestImage {
     const phase = this.phase();
     const mem = this.mem;
     const live = phase !== 'new' && mem !== null;
@@ -416,7 +509,7 @@ export class GuestRuntime {
       outputCount: this.outputCount,
       outputHash: this.outputHash.state(),
       exitCode: this.endedWith?.kind === 'exit' ? this.endedWith.code : 0,
-      memory: live ? mem.read(0, mem.byteLength) : null,
+      memory: live ? (copyMemory ? mem.read(0, mem.byteLength) : mem.live()) : null,
       globals: live ? this.globalValues() : [],
       unwindBase: this.unwindBase,
       unwoundStack: phase === 'suspended' ? this.unwoundStack : null,
@@ -469,15 +562,75 @@ export class GuestRuntime {
     return rt;
   }
 
+  /**
+   * A restore from the pieces of `snapshotStream()` (of a runtime of the same module), taken as
+   * they come: each is checked and hashed, and its memory copied straight into the new
+   * instance's memory (instantiated when the header arrives); `finish` checks the digest,
+   * restores the host state and the small parts, and gives the runtime. Anything damaged
+   * throws E_CORRUPT_ENTRY (from `add` or `finish`); the caller then drops the runtime and the
+   * host, never running them. `opts` as for `restore`.
+   */
+  static restoreStream(opts: RuntimeOptions): { add(piece: Uint8Array): void; finish(): GuestRuntime; readonly stats: ImageStreamReader['stats'] } {
+    if (opts.loaded.exports.asyncify === null) throw new SnapshotUnsupported(NO_ASYNCIFY);
+    const rt = new GuestRuntime(opts);
+    const reader = new ImageStreamReader(opts.loaded, UNWIND_BYTES, { begin: (h) => rt.beginRestore(h) });
+    return {
+      stats: reader.stats,
+      add: (piece) => reader.add(piece),
+      finish: () => {
+        const { header, host } = reader.finish();
+        opts.host.restoreState(host);
+        rt.applyState(header);
+        return rt;
+      },
+    };
+  }
+
+  /** A streamed restore's header is in: instantiate, size memory, zero what the data segments wrote. */
+  private beginRestore(h: StreamHeader): Uint8Array | null {
+    if (h.phase === 'new') return null;
+    const t0 = performance.now();
+    try {
+      return this.instantiateFor(h);
+    } finally {
+      this.restoreBeginMs = performance.now() - t0;
+    }
+  }
+
+  /** How long a streamed restore's header took (instantiate, grow): for the restore's log line. */
+  restoreBeginMs = 0;
+
+  private instantiateFor(h: StreamHeader): Uint8Array {
+    this.instantiate();
+    this.hashCache = null;
+    const memory = this.instance!.exports[this.loaded.exports.memory] as WebAssembly.Memory;
+    // Chunks the snapshot does not send are zero; the fresh instance's data segments are not.
+    const fresh = Buffer.from(memory.buffer);
+    const zero = Buffer.alloc(4096);
+    for (let at = 0; at + 4096 <= fresh.length; at += 4096) {
+      if (fresh.compare(zero, 0, 4096, at, at + 4096) !== 0) fresh.fill(0, at, at + 4096);
+    }
+    const grow = (h.memorySize - memory.buffer.byteLength) / 65536;
+    if (grow > 0) memory.grow(grow);
+    return new Uint8Array(memory.buffer);
+  }
+
   private applyImage(img: DecodedImage): void {
+    if (img.phase !== 'new') {
+      this.instantiate();
+      this.restoreMemory(img.memory!);
+    }
+    this.applyState(img);
+  }
+
+  /** Counters, queued records, globals and where the guest stands (memory is in place already). */
+  private applyState(img: Omit<StreamHeader, 'memorySize' | 'hostBytes'>): void {
     this.calls = img.calls;
     this.outputCount = img.outputCount;
     this.outputHash.setState(img.outputHash);
     this.queue = [...img.queuedRecords];
     this.skipBelow = img.calls + img.queuedRecords.length;
     if (img.phase === 'new') return;
-    this.instantiate();
-    this.restoreMemory(img.memory!);
     this.restoreGlobals(img.globals);
     if (this.asy!.getState() !== 0) throw new LockstepError('E_CORRUPT_ENTRY', `corrupt wasm guest snapshot: asyncify's state is ${this.asy!.getState()}, not normal`);
     if (img.phase === 'exited') this.endedWith = { kind: 'exit', code: img.exitCode };
