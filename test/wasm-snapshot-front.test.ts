@@ -32,8 +32,8 @@ class FakeNode implements FrontHost {
   readonly replica: Replica;
 
   constructor(readonly id: string, role: 'primary' | 'spare') {
-    // Just what canAppend reads: the role, and no followers (so no flow control).
-    this.replica = { role, followers: new Map() } as unknown as Replica;
+    // Just what canAppend reads: the role, no switchover, and no followers (so no flow control).
+    this.replica = { role, followers: new Map(), switchover: null } as unknown as Replica;
   }
 
   input(i: Input): void {
