@@ -2,13 +2,15 @@
 // at one moment but encoded, hashed, sent and restored a piece at a time, so neither the
 // primary nor the recruit holds its event loop for a whole guest memory.
 //
-// At the moment the stream begins (the guest is between host calls), the primary copies linear
-// memory once (one memcpy) and takes the small parts (globals, unwound stack, counters, queued
-// records) and the host state (fd table and guest directory, WasiHost.snapshotState). Every
-// piece after that is made from those copies on demand: the zero-chunk scan and the sha256 go
-// a piece at a time, while the guest keeps running. The recruit parses each piece as it comes,
-// copies memory runs straight into place (the new instance's memory) and hashes as it goes; at
-// the end only the small parts are applied.
+// At the moment the stream begins (the guest is between host calls), the primary takes the
+// small parts (globals, unwound stack, counters, queued records) and the host state (fd table
+// and guest directory, WasiHost.snapshotState), and holds the guest suspended while its memory
+// is copied a slice per event-loop turn (GuestRuntime.snapshotStream: one copy into fresh
+// memory costs its page faults, ~1 s at 256 MiB here). Pieces are made on demand from the
+// memory as of that moment (the held guest's live memory, then the copy): the zero-chunk scan
+// and the sha256 go a piece at a time. The recruit parses each piece as it comes, copies memory
+// runs straight into place (the new instance's memory) and hashes as it goes; at the end only
+// the small parts are applied.
 //
 // Layout, version 2 of image.ts's 'G' (version 1 is the whole image): a sequence of frames,
 // each a kind byte, a body length (varuint) and the body, in this order:

@@ -30,6 +30,8 @@
 // format); `GuestRuntime.restore` builds a runtime from one, and its `run()` resumes with the
 // same rewind an await ends with: the import that was suspended is entered again, finishes the
 // rewind and retries its call, which in replay mode takes the next record of the log.
+// `snapshotStream()` / `GuestRuntime.restoreStream` are the same state in pieces
+// (image-stream.ts): the guest is held suspended while its memory is copied in slices.
 
 import { LockstepError } from '../errors.js';
 import type { LoadedModule } from './module.js';
