@@ -4,7 +4,7 @@
 // check passing; and a machine whose command changes the state and then throws fail-stops the
 // primary (E_SERVICE_MACHINE) while the backup carries on with the state from before.
 
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -75,19 +75,29 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
   });
 }
 
-test('a full machine that changes its state and then throws: the primary quarantines the command and fail-stops (E_SERVICE_MACHINE), the backup goes on from before and refuses the command (E_SERVICE_QUARANTINED)', async (t) => {
-  const cluster = await ProcessCluster.start({ nodes: 3, service: { kind: 'module', module: breaks, mode: 'rsm' } });
+/** The breaks machine (rsm) on `nodes` nodes, its register set to 5 through lockstep/client. */
+async function breaksCluster(t: TestContext, nodes: number): Promise<{ cluster: ProcessCluster; primary: { id: string }; backupId: string; c: LockstepClient }> {
+  const cluster = await ProcessCluster.start({ nodes, service: { kind: 'module', module: breaks, mode: 'rsm' } });
   t.after(() => cluster.stop());
   const primary = (await cluster.primary())!;
   const backupId = primary.view.backup!;
   const c = client(cluster);
   t.after(() => c.close());
   assert.equal(await c.call('SET', 5), 'OK');
-  // A plain client (no retry), so the command does not follow the failover to the next primary.
-  const redis = new Redis({ port: cluster.node(primary.id).client.port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
+  return { cluster, primary, backupId, c };
+}
+
+/** BREAK on the primary, from a plain client (no retry), so the command does not follow the failover to the next primary. */
+async function breakPrimary(t: TestContext, cluster: ProcessCluster, primaryId: string): Promise<void> {
+  const redis = new Redis({ port: cluster.node(primaryId).client.port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
   t.after(() => redis.disconnect());
   await redis.connect();
   await assert.rejects(redis.call('BREAK'));
+}
+
+test('a full machine that changes its state and then throws: the primary quarantines the command and fail-stops (E_SERVICE_MACHINE), the backup goes on from before and refuses the command (E_SERVICE_QUARANTINED)', async (t) => {
+  const { cluster, primary, backupId, c } = await breaksCluster(t, 3);
+  await breakPrimary(t, cluster, primary.id);
   await cluster.waitFor(() => cluster.node(primary.id).child === null || cluster.node(primary.id).child!.exitCode !== null, 30_000, `${primary.id} to fail-stop`);
   assert.match(cluster.log(primary.id), /E_SERVICE_MACHINE: breaks\.execute\(BREAK\) threw after changing the state \(digest 5 before, -1 after\): half done/);
   assert.match(cluster.log(primary.id), /the command is quarantined on every replica/);
@@ -115,21 +125,12 @@ test('a full machine that changes its state and then throws: the primary quarant
 });
 
 test('a broken primary whose backup is silent stops rather than drop it, and the backup takes over with the state from before', async (t) => {
-  const cluster = await ProcessCluster.start({ nodes: 2, service: { kind: 'module', module: breaks, mode: 'rsm' } });
-  t.after(() => cluster.stop());
-  const primary = (await cluster.primary())!;
-  const backupId = primary.view.backup!;
-  const c = client(cluster);
-  t.after(() => c.close());
-  assert.equal(await c.call('SET', 5), 'OK');
-  await cluster.signal(backupId, 'SIGSTOP');
-  const redis = new Redis({ port: cluster.node(primary.id).client.port, host: '127.0.0.1', maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
-  t.after(() => redis.disconnect());
-  await redis.connect();
-  await assert.rejects(redis.call('BREAK'));
+  const { cluster, primary, backupId, c } = await breaksCluster(t, 2);
+  cluster.signal(backupId, 'SIGSTOP');
+  await breakPrimary(t, cluster, primary.id);
   await cluster.waitFor(() => cluster.node(primary.id).child === null || cluster.node(primary.id).child!.exitCode !== null, 30_000, `${primary.id} to fail-stop`);
   assert.match(cluster.log(primary.id), /the backup went silent before it had the command's quarantine, so this node stops now rather than drop it/);
-  await cluster.signal(backupId, 'SIGCONT');
+  cluster.signal(backupId, 'SIGCONT');
   await cluster.waitFor(async () => (await cluster.status(backupId))?.role === 'primary', 30_000, `${backupId} to go live`);
   assert.equal(await c.call('GET'), 5);
 });

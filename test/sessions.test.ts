@@ -4,7 +4,7 @@
 // never runs twice; lockstep/client renews its session and carries on, and a command of its
 // that was in doubt when the session went is failed as such (it may have run), not resent.
 
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { RespPipe } from '../src/testing/resp-pipe.js';
@@ -58,8 +58,9 @@ test('an expired session\'s late retry is refused on every primary, and the clie
   assert.equal(await client.get('n'), '4');
 });
 
-test('a command in doubt when its session expires fails with SessionExpiredError and is not sent again', { timeout: 120_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ nodes: 1, extra: { dedupSessionEntries: SESSION_ENTRIES } });
+/** One node, a proxy in front of its client port (for the client under test), and a direct RESP connection. */
+async function oneNodeBehindProxy(t: TestContext, extra: Record<string, unknown>): Promise<{ cluster: ProcessCluster; proxy: TcpProxy; db: RespPipe }> {
+  const cluster = await ProcessCluster.start({ nodes: 1, extra });
   t.after(() => cluster.stop());
   const port = cluster.node('n1').client.port;
   const proxy = new TcpProxy({ host: '127.0.0.1', port });
@@ -67,6 +68,11 @@ test('a command in doubt when its session expires fails with SessionExpiredError
   t.after(() => proxy.stop());
   const db = await RespPipe.connect(port);
   t.after(() => db.close());
+  return { cluster, proxy, db };
+}
+
+test('a command in doubt when its session expires fails with SessionExpiredError and is not sent again', { timeout: 120_000 }, async (t) => {
+  const { cluster, proxy, db } = await oneNodeBehindProxy(t, { dedupSessionEntries: SESSION_ENTRIES });
   const client = new LockstepClient({ nodes: [`127.0.0.1:${proxy.port}`], attemptTimeoutMs: 300, commandTimeoutMs: 60_000 });
   t.after(() => client.close());
   assert.equal(await client.incr('n'), 1);
@@ -87,14 +93,7 @@ test('a command in doubt when its session expires fails with SessionExpiredError
 });
 
 test('a first command whose reply is lost is resent and runs once: LOCKSTEP.OPEN opens the session, harmless to repeat', { timeout: 120_000 }, async (t) => {
-  const cluster = await ProcessCluster.start({ nodes: 1 });
-  t.after(() => cluster.stop());
-  const port = cluster.node('n1').client.port;
-  const proxy = new TcpProxy({ host: '127.0.0.1', port });
-  await proxy.start();
-  t.after(() => proxy.stop());
-  const db = await RespPipe.connect(port);
-  t.after(() => db.close());
+  const { cluster, proxy, db } = await oneNodeBehindProxy(t, {});
   // The raw form: OPEN twice is OK, and then seq 1 with ackedBelow 1 runs (it cannot open).
   assert.deepEqual(await db.one('LOCKSTEP.OPEN', 'raw'), { kind: 'status', value: 'OK' });
   assert.deepEqual(await db.one('LOCKSTEP.OPEN', 'raw'), { kind: 'status', value: 'OK' });

@@ -145,6 +145,8 @@ export class ReplicatedService<C, R, X> {
    * client against each new primary in turn stops one primary, not the whole cluster.
    */
   private quarantined = new Map<string, string>();
+  /** The quarantine's part of digest() ('' when empty), kept up to date when it changes. */
+  private quarantineDigest = '';
   /** No session can expire before appliedEntries reaches this (a cache, not replicated state). */
   private expiryCheckAt = 0;
 
@@ -272,7 +274,7 @@ export class ReplicatedService<C, R, X> {
     const id = req.clientId;
     const opens = id !== null && !this.clients.has(id) && this.refusal(id, req.seq, req.ackedBelow) === null ? id : '';
     const entry = this.w.reset().u8(this.mode === 'rsm' ? TAG_RSM : TAG_STATE_TRANSFER).u8(3).text(fp).text(why).text(opens).take();
-    this.addQuarantine(this.quarantined, fp, why);
+    this.addQuarantine(fp, why);
     if (opens !== '') this.openSession(opens);
     this.stepped();
     return entry;
@@ -283,10 +285,23 @@ export class ReplicatedService<C, R, X> {
     return this.quarantined.size;
   }
 
-  private addQuarantine(q: Map<string, string>, fp: string, why: string): void {
+  private addQuarantine(fp: string, why: string): void {
+    const q = this.quarantined;
     q.delete(fp);
     q.set(fp, why);
     if (q.size > QUARANTINE_MAX) q.delete(q.keys().next().value!);
+    this.hashQuarantine();
+  }
+
+  /** Rare and small (at most QUARANTINE_MAX): hashed whole, in order, whenever it changes. */
+  private hashQuarantine(): void {
+    if (this.quarantined.size === 0) {
+      this.quarantineDigest = '';
+      return;
+    }
+    const h = createHash('sha256');
+    for (const fp of this.quarantined.keys()) h.update(fp);
+    this.quarantineDigest = `/q${h.digest('hex').slice(0, 16)}`;
   }
 
   /** The session-open entry for `id` (unknown here), applied at once. */
@@ -330,7 +345,7 @@ export class ReplicatedService<C, R, X> {
       r.end();
       if (!/^[0-9a-f]{32}$/.test(fp)) r.corrupt('bad quarantine fingerprint');
       if (opens !== '' && this.clients.has(opens)) throw new Error('replica divergence: a quarantine entry opens a session this replica knows');
-      this.addQuarantine(this.quarantined, fp, why);
+      this.addQuarantine(fp, why);
       if (opens !== '') this.openSession(opens);
       this.stepped();
       return;
@@ -506,6 +521,7 @@ export class ReplicatedService<C, R, X> {
 
   private installFilter({ clients, withReplies, filterBytes, quarantined }: ParsedFilter): void {
     this.quarantined = quarantined;
+    this.hashQuarantine();
     this.clients = clients;
     this.withReplies = withReplies;
     this.bytes = filterBytes;
@@ -517,14 +533,9 @@ export class ReplicatedService<C, R, X> {
     }
   }
 
-  /** Machine digest + duplicate-filter digest; both incremental, O(1). */
+  /** Machine digest + duplicate-filter digest (+ the quarantine's, if any); all O(1) here. */
   digest(): string {
-    const base = `${this.machine.digest()}/${this.filterSum.hex()}`;
-    if (this.quarantined.size === 0) return base;
-    // Rare and small (at most QUARANTINE_MAX): hashed whole, in order.
-    const h = createHash('sha256');
-    for (const fp of this.quarantined.keys()) h.update(fp);
-    return `${base}/q${h.digest('hex').slice(0, 16)}`;
+    return `${this.machine.digest()}/${this.filterSum.hex()}${this.quarantineDigest}`;
   }
 
   // ---- the filter ------------------------------------------------------------------------

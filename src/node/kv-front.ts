@@ -9,7 +9,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { canAppend, type Entry, type Replica, type Role, type View } from '../core/index.js';
-import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvMachine, type KvReply } from '../guest/index.js';
+import { ReplicatedService, createKv, type ClientRequest, type KvChange, type KvCommand, type KvMachine, type KvReply } from '../guest/index.js';
 import { AssertionError } from '../core/assert.js';
 import { RespProtocolError, RespRequestParser, encodeReply, replySize, DEFAULT_RESP_LIMITS, type RespLimits } from '../net/resp.js';
 import { EXEC_COMMAND, OPEN_COMMAND, parseExec, parseOpen } from '../net/exec.js';
@@ -62,7 +62,7 @@ export class KvFront implements ServiceFront, NodeView {
   private clientServer: net.Server | null = null;
   private readonly outputs = new Map<number, { conn: ClientConn; slot: Slot }>();
   /** The client request being executed (for a module front whose machine breaks under it). */
-  protected executing: { readonly clientId: string | null; readonly seq: number; readonly ackedBelow: number; readonly command: KvCommand } | null = null;
+  protected executing: ClientRequest<KvCommand> | null = null;
   /** Held outputs that are not replies: what to do once the output rule releases (or drops) them. */
   private readonly whenOut = new Map<number, () => void>();
   private nextOutputId = 1;

@@ -47,11 +47,7 @@ export class ModuleFront extends KvFront {
 
   protected override payload(entry: Uint8Array): Uint8Array {
     const every = this.spec.digestEvery;
-    if (every === 0 || this.service.appliedEntries % every !== 0) {
-      const out = new Uint8Array(entry.length + 1);
-      out.set(entry, 1);
-      return out;
-    }
+    if (every === 0 || this.service.appliedEntries % every !== 0) return withoutDigest(entry);
     return new ByteWriter(entry.length + 40).u8(1).text(this.service.digest()).raw(entry).finish();
   }
 
@@ -98,9 +94,7 @@ export class ModuleFront extends KvFront {
     const entry = this.service.quarantine(this.executing ?? { clientId: null, seq: 1, ackedBelow: 0, command }, reason);
     this.node.log('warn', 'service-command-quarantined', { command: (command[0] ?? '').slice(0, 64), reason: reason.slice(0, 300) });
     // No digest in this entry's payload: the machine's digest here is the broken one.
-    const payload = new Uint8Array(entry.length + 1);
-    payload.set(entry, 1);
-    this.logThen(payload, () => this.node.failStop(`${reason}; the command is quarantined on every replica (E_SERVICE_QUARANTINED)`));
+    this.logThen(withoutDigest(entry), () => this.node.failStop(`${reason}; the command is quarantined on every replica (E_SERVICE_QUARANTINED)`));
   }
 
   brokenReason(): string | null {
@@ -133,4 +127,11 @@ export class ModuleFront extends KvFront {
     if (machine.stateBytes !== undefined) metric('lockstep_service_state_bytes', 'gauge', 'The service module state\'s encoded size.', machine.stateBytes);
     metric('lockstep_service_digest_checks_total', 'counter', 'Digest checks passed on this replica as a backup.', this.checks);
   }
+}
+
+/** A log payload with digest flag 0: the service's entry after one zero byte. */
+function withoutDigest(entry: Uint8Array): Uint8Array {
+  const out = new Uint8Array(entry.length + 1);
+  out.set(entry, 1);
+  return out;
 }

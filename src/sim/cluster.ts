@@ -36,7 +36,7 @@ import {
   type Replica,
   type View,
 } from '../core/index.js';
-import { ReplicatedService, createKv, type KvChange, type KvCommand, type KvReply, type ReplicationMode, type RestoreStream, type SnapshotStream, type StateMachine } from '../guest/index.js';
+import { ReplicatedService, createKv, type ClientRequest, type KvChange, type KvCommand, type KvReply, type ReplicationMode, type RestoreStream, type SnapshotStream, type StateMachine } from '../guest/index.js';
 import type { HistoryEvent, OpF } from './history.js';
 import { checkHistory } from './linearizability.js';
 import { LockstepError } from '../errors.js';
@@ -767,12 +767,13 @@ class Simulation {
     const r = node.replica;
     while (node.alive && node.backlog.length > 0 && r.role === 'primary' && canAppend(r) && node.brokenOutput === null) {
       const req = node.backlog.shift()!;
+      const request = { clientId: req.client, seq: req.seq, ackedBelow: req.seq === 1 ? 0 : req.seq, command: req.command };
       let res: ReturnType<Service['execute']>;
       try {
-        res = node.service.execute({ clientId: req.client, seq: req.seq, ackedBelow: req.seq === 1 ? 0 : req.seq, command: req.command });
+        res = node.service.execute(request);
       } catch (e) {
         if (!(e instanceof LockstepError && e.code === 'E_SERVICE_MACHINE')) throw e;
-        this.broken(node, req, e.message);
+        this.broken(node, request, e.message);
         continue;
       }
       if (res.entry !== null) {
@@ -796,19 +797,19 @@ class Simulation {
    * command, and crash once the output rule releases the quarantine entry (the supervisor
    * restarts the node as an empty spare). Its digests stop here: its state is not the log's.
    */
-  private broken(node: SimNode, req: { readonly client: string; readonly seq: number; readonly command: KvCommand }, why: string): void {
-    this.trace(`${node.id} broken by ${req.command[0]} of ${req.client}`);
+  private broken(node: SimNode, req: ClientRequest<KvCommand>, why: string): void {
+    this.trace(`${node.id} broken by ${req.command[0]} of ${req.clientId}`);
     if (this.bugs.noQuarantine) {
       this.crash(node, this.rng.int(50, 200)); // the reply dies with it: the client resends
       return;
     }
-    const entry = node.service.quarantine({ clientId: req.client, seq: req.seq, ackedBelow: req.seq === 1 ? 0 : req.seq, command: req.command }, why);
+    const entry = node.service.quarantine(req, why);
     this.stepNode(node, { type: 'append', payload: entry }, this.now, null);
     node.digests.set(node.replica.lastIndex, node.service.digest());
     // The client's error reply waits for the output rule like any other: the quarantine entry
     // may open the client's session, and the reply must not tell of what the backup may lack.
     const replyId = node.nextOutputId++;
-    node.outputs.set(replyId, { client: req.client, seq: req.seq, reply: { kind: 'error', message: `ERR ${why.slice(0, 120)}` } });
+    node.outputs.set(replyId, { client: req.clientId!, seq: req.seq, reply: { kind: 'error', message: `ERR ${why.slice(0, 120)}` } });
     this.stepNode(node, { type: 'hold', outputId: replyId, fresh: false }, this.now, null);
     const outputId = node.nextOutputId++;
     node.brokenOutput = outputId;
