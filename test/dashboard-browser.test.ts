@@ -26,7 +26,17 @@ function chromiumMissing(): string | null {
 
 test('the dashboard in headless Chromium: three nodes, then a kill -9 of the primary shows the new primary and the failover', { skip: chromiumMissing() ?? false }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'lockstep-dash-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // One hook: Chromium is closed (and killed if need be) before its profile directory is
+  // removed; after hooks run in the order they were added, and a live browser writes it again.
+  let browser: Browser | null = null;
+  t.after(async () => {
+    if (browser !== null) {
+      const proc = browser.process();
+      await browser.close().catch(() => undefined);
+      if (proc && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
   const cluster = await ProcessCluster.start({ nodes: 3 });
   t.after(() => cluster.stop());
   const client = new LockstepClient({ nodes: cluster.clientAddresses() });
@@ -36,17 +46,12 @@ test('the dashboard in headless Chromium: three nodes, then a kill -9 of the pri
   const primary = (await cluster.primary())!;
   const backupId = primary.view.backup!;
 
-  const browser: Browser = await puppeteer.launch({
+  browser = await puppeteer.launch({
     executablePath: CHROMIUM,
     headless: true,
     // Root in CI has no user namespaces for the sandbox; the page is our own, on loopback.
     args: ['--no-sandbox', '--disable-gpu', '--no-proxy-server', '--disable-background-networking', '--disable-component-update', `--user-data-dir=${join(dir, 'profile')}`],
     timeout: 60_000,
-  });
-  t.after(async () => {
-    const proc = browser.process();
-    await browser.close().catch(() => undefined);
-    if (proc && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
   });
   const page = await browser.newPage();
   await page.setViewport({ width: 1180, height: 900 });
