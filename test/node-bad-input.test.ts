@@ -13,7 +13,7 @@ import { appendProblems } from '../src/testing/workload.js';
 import { LockstepClient } from '../src/client/index.js';
 import { Rng } from '../src/sim/rng.js';
 import { FrameDecoder, frame } from '../src/net/framing.js';
-import { PROTOCOL_VERSION, decodeHandshake, encodeAuthProof, encodeHandshake, encodePeerMessage, type Handshake } from '../src/net/peer-codec.js';
+import { PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, decodeHandshake, encodeAuthProof, encodeHandshake, encodePeerMessage, type Handshake } from '../src/net/peer-codec.js';
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -40,7 +40,7 @@ let forgingFor: ProcessCluster | null = null;
 
 /** A handshake frame as a peer sends it first (the node expects exactly this layout). */
 function handshakeFrame(h: Partial<Handshake> & { cluster: string; nodeId: string }): Buffer {
-  return frame(encodeHandshake({ protocolVersion: PROTOCOL_VERSION, epoch: 0, arbiterId: forgingFor?.arbiterId ?? '', ...h }));
+  return frame(encodeHandshake({ protocolVersion: PROTOCOL_VERSION, minVersion: PROTOCOL_VERSION_MIN, epoch: 0, arbiterId: forgingFor?.arbiterId ?? '', ...h }));
 }
 
 /** A u32 big-endian length prefix. */
@@ -323,17 +323,17 @@ describe('bad input on a running cluster', () => {
     const n = cluster.node(backupId);
     const cases: { h: Parameters<typeof handshakeFrame>[0]; reason: RegExp }[] = [
       { h: { cluster: 'some-other-cluster', nodeId: primaryId }, reason: /cluster "some-other-cluster"/ },
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: PROTOCOL_VERSION + 98 }, reason: new RegExp(`protocol version ${PROTOCOL_VERSION + 98}`) },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: PROTOCOL_VERSION + 98, minVersion: PROTOCOL_VERSION + 98 }, reason: new RegExp(`protocol version ${PROTOCOL_VERSION + 98}`) },
       { h: { cluster: cluster.cluster, nodeId: 'n99' }, reason: /unknown node id "n99"/ },
       { h: { cluster: cluster.cluster, nodeId: n.id }, reason: /own/ },
       { h: { cluster: cluster.cluster, nodeId: primaryId, epoch: 1_000_000, protocolVersion: 0 }, reason: /protocol version 0/ },
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 2 }, reason: /protocol version 2, this node speaks 6/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 2 }, reason: /protocol version 2, this node speaks 6 to 7/ },
       // Version 3 sent a snapshot as one message; version 4 sends chunks (issue 9).
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 3 }, reason: /protocol version 3, this node speaks 6/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 3 }, reason: /protocol version 3, this node speaks 6 to 7/ },
       // Version 4 knew no client sessions in entries and snapshots (issue 9 item 5).
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 4 }, reason: /protocol version 4, this node speaks 6/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 4 }, reason: /protocol version 4, this node speaks 6 to 7/ },
       // Version 5 knew no quarantine entries, nor the quarantine in snapshots.
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 5 }, reason: /protocol version 5, this node speaks 6/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 5 }, reason: /protocol version 5, this node speaks 6 to 7/ },
     ];
     for (const { h, reason } of cases) {
       const p = await connect(n.peer.port);

@@ -15,7 +15,7 @@ import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { appendProblems } from '../src/testing/workload.js';
 import { LockstepClient } from '../src/client/index.js';
 import { FrameDecoder, frame } from '../src/net/framing.js';
-import { PROTOCOL_VERSION, decodeHandshake, encodeAuthProof, encodeHandshake, encodePeerMessage } from '../src/net/peer-codec.js';
+import { PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, decodeHandshake, encodeAuthProof, encodeHandshake, encodePeerMessage } from '../src/net/peer-codec.js';
 import type { PeerMessage } from '../src/core/index.js';
 
 const FORGED_EPOCH = 1_000_000;
@@ -42,7 +42,7 @@ async function forgedMember(cluster: ProcessCluster, to: string, as: string, soc
     socket.once('close', () => reject(new Error(`${to} closed the connection before its handshake`)));
   });
   await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-  socket.write(frame(encodeHandshake({ cluster: cluster.cluster, nodeId: as, protocolVersion: PROTOCOL_VERSION, epoch: 0, arbiterId: cluster.arbiterId })));
+  socket.write(frame(encodeHandshake({ cluster: cluster.cluster, nodeId: as, protocolVersion: PROTOCOL_VERSION, minVersion: PROTOCOL_VERSION_MIN, epoch: 0, arbiterId: cluster.arbiterId })));
   const secret = Buffer.from(readFileSync(join(cluster.dir, 'secret'), 'latin1').trim(), 'latin1');
   const mac = createHmac('sha256', secret)
     .update('lockstep peer auth v1\0')

@@ -7,6 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   PROTOCOL_VERSION,
+  PROTOCOL_VERSION_MIN,
+  agreedVersion,
   PeerCodecError,
   decodeAuthProof,
   decodeHandshake,
@@ -144,9 +146,10 @@ test('fuzz: garbage and mutated messages throw PeerCodecError or decode to somet
 
 test('handshake: round trip, a foreign version still decodes, garbage and stray clients refused', () => {
   const hs: Handshake[] = [
-    { cluster: 'prod', nodeId: 'a', protocolVersion: PROTOCOL_VERSION, epoch: 0, arbiterId: '0123456789abcdef0123456789abcdef', challenge: null },
-    { cluster: 'prod', nodeId: 'b', protocolVersion: PROTOCOL_VERSION, epoch: 7, arbiterId: 'ffff0000', challenge: Uint8Array.from({ length: 32 }, (_, i) => i * 7) },
-    { cluster: 'ünï ☃', nodeId: 'node-with-a-long-name-'.repeat(10), protocolVersion: 9, epoch: 2 ** 50, arbiterId: '', challenge: null },
+    { cluster: 'prod', nodeId: 'a', protocolVersion: PROTOCOL_VERSION, epoch: 0, arbiterId: '0123456789abcdef0123456789abcdef', challenge: null, minVersion: PROTOCOL_VERSION_MIN },
+    { cluster: 'prod', nodeId: 'b', protocolVersion: PROTOCOL_VERSION, epoch: 7, arbiterId: 'ffff0000', challenge: Uint8Array.from({ length: 32 }, (_, i) => i * 7), minVersion: 3 },
+    // Version 6 had no range: what a version 7 node sends a version 6 peer.
+    { cluster: 'prod', nodeId: 'e', protocolVersion: 6, epoch: 1, arbiterId: 'ab', challenge: null },
     // Version 2 had no arbiter id, version 1 no flags byte: still decoded, so that such a peer
     // is told why it is refused.
     { cluster: 'old', nodeId: 'd', protocolVersion: 2, epoch: 3, challenge: null },
@@ -161,6 +164,20 @@ test('handshake: round trip, a foreign version still decodes, garbage and stray 
     assert.throws(() => decodeHandshake(Uint8Array.from([...enc, 1])), /trailing/);
   }
   assert.throws(() => encodeHandshake({ cluster: 'x', nodeId: 'a', protocolVersion: 3, epoch: 0 }), /arbiterId/);
+  assert.throws(() => encodeHandshake({ cluster: 'x', nodeId: 'a', protocolVersion: 7, epoch: 0, arbiterId: '' }), /minVersion/);
+  // A version this node does not know yet may append fields (flag bits above the ones known, bytes
+  // after them): decoded for what it says of itself, the rest skipped, so it can be answered.
+  const future = { cluster: 'ünï ☃', nodeId: 'node-with-a-long-name-'.repeat(10), protocolVersion: PROTOCOL_VERSION + 2, epoch: 2 ** 50, arbiterId: '', challenge: null, minVersion: PROTOCOL_VERSION + 1 };
+  const enc = encodeHandshake(future);
+  const flagsAt = enc.length - 2; // the flags byte, then the one-byte minVersion
+  assert.equal(enc[flagsAt], 2);
+  const appended = Uint8Array.from([...enc, 7, 7, 7]);
+  appended[flagsAt] = 2 | 4 | 64;
+  assert.deepEqual(decodeHandshake(appended), future);
+  // But the flags of a version it knows are checked.
+  const known = encodeHandshake({ ...future, protocolVersion: PROTOCOL_VERSION, minVersion: PROTOCOL_VERSION_MIN });
+  known[known.length - 2] = 2 | 4;
+  assert.throws(() => decodeHandshake(known), /bad handshake flags 6/);
   assert.throws(() => decodeHandshake(Buffer.from('*1\r\n$4\r\nPING\r\n')), /bad magic/);
   assert.throws(() => decodeHandshake(Buffer.from('GET / HTTP/1.1\r\n')), /bad magic/);
   assert.throws(() => decodeHandshake(encodePeerMessage({ type: 'join' })), /bad magic/);
@@ -248,8 +265,23 @@ test('auth proof: round trip; anything else is not a proof', () => {
   assert.equal(Buffer.from(enc.subarray(0, 4)).toString('latin1'), 'LSTA');
   assert.deepEqual(decodeAuthProof(enc), mac);
   assert.throws(() => encodeAuthProof(mac.subarray(1)), /32 bytes/);
-  for (const bad of [enc.subarray(0, 35), Uint8Array.from([...enc, 0]), encodeHandshake({ cluster: 'c', nodeId: 'n', protocolVersion: PROTOCOL_VERSION, epoch: 0, arbiterId: 'ab' }), encodePeerMessage({ type: 'join' })]) {
+  for (const bad of [enc.subarray(0, 35), Uint8Array.from([...enc, 0]), encodeHandshake({ cluster: 'c', nodeId: 'n', protocolVersion: PROTOCOL_VERSION, minVersion: PROTOCOL_VERSION_MIN, epoch: 0, arbiterId: 'ab' }), encodePeerMessage({ type: 'join' })]) {
     assert.throws(() => decodeAuthProof(bad), PeerCodecError);
   }
 });
 
+
+test('protocol versions: two nodes talk the newest version both speak, or refuse when their ranges do not meet', () => {
+  const h = (protocolVersion: number, minVersion?: number): Handshake => ({ cluster: 'c', nodeId: 'n', protocolVersion, epoch: 0, arbiterId: '', challenge: null, ...(minVersion !== undefined ? { minVersion } : {}) });
+  // This node speaks 6 to 7.
+  assert.equal(agreedVersion(h(7, 6), 7, 6), 7);
+  assert.equal(agreedVersion(h(6), 7, 6), 6, 'a version 6 node (no range): talked to in 6');
+  assert.equal(agreedVersion(h(8, 7), 7, 6), 7, 'a newer node that still speaks 7');
+  assert.equal(agreedVersion(h(9, 8), 7, 6), null, 'a node two versions ahead');
+  assert.equal(agreedVersion(h(5), 7, 6), null, 'a node older than the oldest spoken');
+  // Symmetric: each end of a connection computes the same version from the other's handshake.
+  for (const [a, b] of [[[7, 6], [8, 7]], [[6, 6], [7, 6]], [[7, 6], [7, 6]], [[9, 8], [7, 6]]] as const) {
+    assert.equal(agreedVersion(h(b[0], b[1]), a[0], a[1]), agreedVersion(h(a[0], a[1]), b[0], b[1]));
+  }
+  assert.ok(PROTOCOL_VERSION_MIN === PROTOCOL_VERSION - 1, 'a release speaks its own protocol and the one before (docs/ARCHITECTURE.md)');
+});

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { LockstepClient } from '../src/client/index.js';
 import { HAVE_OPENSSL, makeCa, makeCert } from '../src/testing/certs.js';
 import { frame } from '../src/net/framing.js';
-import { PROTOCOL_VERSION, encodeHandshake } from '../src/net/peer-codec.js';
+import { PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, encodeHandshake } from '../src/net/peer-codec.js';
 import { PeerTransport, type PeerTransportOptions } from '../src/net/peer-transport.js';
 import { ProcessCluster, freePorts } from '../src/testing/process-cluster.js';
 
@@ -49,7 +49,7 @@ async function writeCanary(cluster: ProcessCluster): Promise<string> {
 
 /** Connect (`connect` makes the socket), send a valid handshake of member n2, and say what came back before the node closed it. */
 function tryAsPeer(cluster: ProcessCluster, target: string, connect: (port: number) => net.Socket): Promise<{ reply: Buffer; closed: boolean }> {
-  const hello = frame(encodeHandshake({ cluster: cluster.cluster, nodeId: 'n2', protocolVersion: PROTOCOL_VERSION, epoch: 0, arbiterId: cluster.arbiterId, challenge: null }));
+  const hello = frame(encodeHandshake({ cluster: cluster.cluster, nodeId: 'n2', protocolVersion: PROTOCOL_VERSION, minVersion: PROTOCOL_VERSION_MIN, epoch: 0, arbiterId: cluster.arbiterId, challenge: null }));
   return new Promise((resolve) => {
     const s = connect(cluster.node(target).peerListen!.port);
     const chunks: Buffer[] = [];

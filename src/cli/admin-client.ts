@@ -3,6 +3,7 @@
 
 import http from 'node:http';
 import type { NodeAddress } from '../node/config.js';
+import type { PeerVersions } from '../net/peer-transport.js';
 
 export interface NodeStatus {
   readonly id: string;
@@ -28,6 +29,8 @@ export interface NodeStatus {
   /** Which arbiter this node uses, whether its last call was answered, and how fast. */
   readonly arbiter?: { readonly arbiter: string; readonly health: 'unknown' | 'ok' | 'unavailable'; readonly lastLatencyMs: number | null; readonly lastError: string | null };
   readonly view: { epoch: number; primary: string | null; backup: string | null };
+  /** The logging-channel protocol versions this node speaks, and what each peer connection runs (absent before version 7). */
+  readonly protocol?: { readonly oldest: number; readonly newest: number; readonly peers: Readonly<Record<string, PeerVersions>> };
   readonly pid: number;
 }
 
@@ -83,5 +86,8 @@ export function formatStatusLine(id: string, client: string, s: NodeStatus | nul
   if (s === null) return `${id.padEnd(4)} ${'down'.padEnd(8)} ${client}`;
   const view = `view {${s.view.epoch}, ${s.view.primary ?? '-'}, ${s.view.backup ?? '-'}}`;
   const arb = s.arbiter ? ` arbiter ${s.arbiter.health}${s.arbiter.health === 'ok' && s.arbiter.lastLatencyMs !== null ? ` ${s.arbiter.lastLatencyMs} ms` : ''}` : '';
-  return `${id.padEnd(4)} ${s.role.padEnd(8)} epoch ${String(s.epoch).padEnd(4)} log ${String(s.logIndex).padEnd(9)} lag ${String(s.lag).padEnd(6)} ${s.guest ? `guest ${s.guest.state} calls ${String(s.guest.calls).padEnd(8)}` : `ops/s ${String(s.opsPerSec ?? 0).padEnd(7)}`} ${client.padEnd(16)} ${view}${arb}`;
+  // The protocol it speaks, and which peers it talks an older one with (a rolling upgrade under way).
+  const older = s.protocol ? Object.entries(s.protocol.peers).filter(([, v]) => v.outbound !== null && v.outbound < s.protocol!.newest).map(([p, v]) => `${p}@${v.outbound}`) : [];
+  const proto = s.protocol ? ` protocol ${s.protocol.newest}${older.length > 0 ? ` (talks ${older.join(' ')})` : ''}` : ' protocol 6 or older';
+  return `${id.padEnd(4)} ${s.role.padEnd(8)} epoch ${String(s.epoch).padEnd(4)} log ${String(s.logIndex).padEnd(9)} lag ${String(s.lag).padEnd(6)} ${s.guest ? `guest ${s.guest.state} calls ${String(s.guest.calls).padEnd(8)}` : `ops/s ${String(s.opsPerSec ?? 0).padEnd(7)}`} ${client.padEnd(16)} ${view}${arb}${proto}`;
 }

@@ -342,6 +342,11 @@ export class ByteReader {
     return b;
   }
 
+  /** Skip whatever is left (fields a newer format appended that this reader does not know). */
+  skipRest(): void {
+    this.pos = this.buf.length;
+  }
+
   /** Assert the whole input was consumed. */
   end(): void {
     if (this.pos !== this.buf.length) this.corrupt(`${this.remaining} trailing bytes`);

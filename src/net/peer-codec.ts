@@ -25,13 +25,33 @@
 // last use (issue 9 item 5); a version 4 peer could not read them, so it is refused.
 // Version 6: log entries may quarantine a command that broke a module's machine, and the
 // duplicate filter in a snapshot carries the quarantine; a version 5 peer is refused.
+// Version 7: the handshake says the oldest version the node still speaks (flags bit 1, a
+// varuint after the challenge), and two nodes talk the newest version both speak: a node of
+// version N speaks N and N-1, so during a rolling upgrade N and N+1 run side by side
+// (`agreedVersion`; docs/ARCHITECTURE.md "Protocol versions and rolling upgrades"). A node
+// answers a dialler in the dialler's version when that is older than its own, in that
+// version's handshake format, so a version 6 node (which knew no ranges) is answered as a
+// version 6 node would answer. Messages are the same in 6 and 7.
+// A handshake of a NEWER version than this node knows is decoded leniently: flag bits it does
+// not know and bytes after the fields it knows are ignored. So later versions may only append
+// to the handshake (a field per new flag bit, in bit order), and a node of version N can
+// always read an N+1 peer's range and answer it in N.
 // Auth proof (version 2): magic 'LSTA' and a 32-byte HMAC-SHA256, the dialler's first frame
 // after the answer's handshake when it was challenged.
 
 import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import type { PeerMessage, View } from '../core/types.js';
 
-export const PROTOCOL_VERSION = 6;
+/** The newest logging-channel protocol this node speaks (what its handshake announces). */
+export const PROTOCOL_VERSION = 7;
+/**
+ * The oldest one it still speaks: the previous version, so that a rolling upgrade can run
+ * version N and N+1 side by side. Versions before 6 changed what entries and snapshots carry
+ * without a range to fall back on, so they are refused.
+ */
+export const PROTOCOL_VERSION_MIN = 6;
+/** The first version whose handshake carries the oldest version the node speaks. */
+const RANGE_VERSION = 7;
 
 /** Bytes of a handshake challenge and of an auth proof. */
 export const AUTH_BYTES = 32;
@@ -45,6 +65,23 @@ export interface Handshake {
   readonly arbiterId?: string;
   /** Version 2: the challenge the dialler must answer with an auth proof, or null. */
   readonly challenge?: Uint8Array | null;
+  /** Version 7: the oldest protocol version the node still speaks (absent: only `protocolVersion`). */
+  readonly minVersion?: number;
+}
+
+/**
+ * The protocol version two nodes talk on a connection, given the other's handshake: the newest
+ * both speak, or null when their ranges do not meet. Each side computes the same number.
+ */
+export function agreedVersion(theirs: Handshake, newest = PROTOCOL_VERSION, oldest = PROTOCOL_VERSION_MIN): number | null {
+  const v = Math.min(newest, theirs.protocolVersion);
+  return v >= Math.max(oldest, theirs.minVersion ?? theirs.protocolVersion) ? v : null;
+}
+
+/** "6" or "6 to 7": the versions a handshake says its node speaks, for a refusal's reason. */
+export function versionRange(h: Pick<Handshake, 'protocolVersion' | 'minVersion'>): string {
+  const lo = h.minVersion ?? h.protocolVersion;
+  return lo === h.protocolVersion ? `${lo}` : `${lo} to ${h.protocolVersion}`;
 }
 
 export class PeerCodecError extends Error {
@@ -107,8 +144,11 @@ export function encodeHandshake(h: Handshake): Uint8Array {
     if (h.protocolVersion < 2) return;
     const c = h.challenge ?? null;
     if (c !== null && c.length !== AUTH_BYTES) throw new RangeError(`a challenge is ${AUTH_BYTES} bytes, got ${c.length}`);
-    w.u8(c === null ? 0 : 1);
+    const range = h.protocolVersion >= RANGE_VERSION;
+    if (range && h.minVersion === undefined) throw new RangeError(`a version ${RANGE_VERSION} handshake carries a minVersion`);
+    w.u8((c === null ? 0 : 1) | (range ? 2 : 0));
     if (c !== null) w.raw(c);
+    if (range) w.varuint(h.minVersion!);
   });
 }
 
@@ -123,9 +163,14 @@ export function decodeHandshake(bytes: Uint8Array): Handshake {
     if (protocolVersion < 2) return { cluster, nodeId, protocolVersion, epoch };
     const arbiter = protocolVersion >= 3 ? { arbiterId: r.text() } : {};
     const flags = r.u8();
-    if (flags > 1) r.corrupt(`bad handshake flags ${flags}`);
-    const challenge = flags === 1 ? raw(r, AUTH_BYTES).slice() : null;
-    return { cluster, nodeId, protocolVersion, epoch, ...arbiter, challenge };
+    const newer = protocolVersion > PROTOCOL_VERSION;
+    const known = protocolVersion >= RANGE_VERSION ? 3 : 1;
+    if (flags > known && !newer) r.corrupt(`bad handshake flags ${flags}`);
+    const challenge = (flags & 1) === 1 ? raw(r, AUTH_BYTES).slice() : null;
+    const range = protocolVersion >= RANGE_VERSION && (flags & 2) === 2 ? { minVersion: r.varuint() } : {};
+    // A newer version may append fields this node does not know: skipped, not refused.
+    if (newer) r.skipRest();
+    return { cluster, nodeId, protocolVersion, epoch, ...arbiter, challenge, ...range };
   });
 }
 

@@ -32,6 +32,15 @@
 // the other way round, is refused (`peer-refused`, naming TLS as the reason); a failed TLS
 // handshake ends that connection only.
 //
+// Protocol versions (peer-codec.ts): a node speaks PROTOCOL_VERSION_MIN to PROTOCOL_VERSION,
+// and a connection runs at the newest version both ends speak. The dialler announces the
+// newest it speaks, or, once it has learnt from the peer's own handshake that the peer is
+// older, the peer's version in that version's format (a version 6 node refuses any other
+// without answering, so only its own dial tells us what it is). The answering side answers in
+// the agreed version. When a peer comes back newer (it was upgraded), an outbound connection
+// still at the older version is closed and dialled again, so the pair converges to the newest
+// version both speak. `versions()` reports what each connection runs, for /status.
+//
 // Sending never blocks and never queues without bound: if there is no connection the message
 // is dropped (the core resends from the last ack); while one is being opened, messages wait
 // (bounded) for its handshake; writes of one event-loop turn are coalesced into one socket
@@ -44,12 +53,15 @@ import { FrameDecoder, frame } from './framing.js';
 import {
   AUTH_BYTES,
   PROTOCOL_VERSION,
+  PROTOCOL_VERSION_MIN,
+  agreedVersion,
   decodeAuthProof,
   decodeHandshake,
   decodePeerMessage,
   encodeAuthProof,
   encodeHandshake,
   encodePeerFrame,
+  versionRange,
   type Handshake,
 } from './peer-codec.js';
 import type { PeerMessage } from '../core/index.js';
@@ -92,6 +104,18 @@ interface Outbound {
   backoffMs: number;
   /** How the last dial ended: no TCP connection at all ('unreachable'), or not yet / otherwise. */
   lastOutcome: 'pending' | 'unreachable' | 'connected';
+  /** The protocol version the ready connection runs (null: not ready). */
+  version: number | null;
+}
+
+/** The protocol versions of the connections with one peer, for /status. */
+export interface PeerVersions {
+  /** What our connection to it runs (null: none ready). */
+  readonly outbound: number | null;
+  /** What its connection to us runs (null: none admitted yet). */
+  readonly inbound: number | null;
+  /** The newest version its last handshake said it speaks (null: not heard from). */
+  readonly speaks: number | null;
 }
 
 const HANDSHAKE_TIMEOUT_MS = 5000;
@@ -111,6 +135,10 @@ export class PeerTransport {
   private flushScheduled = false;
   private readonly twoArbitersLoggedAt = new Map<string, number>();
   private readonly toldOtherArbiter = new Set<string>();
+  /** The newest version each peer's last admitted handshake announced. */
+  private readonly peerNewest = new Map<string, number>();
+  /** The version each peer's admitted inbound connection runs. */
+  private readonly inboundVersion = new Map<string, number>();
   /** Counters for /metrics. */
   readonly stats = { framesSent: 0, bytesSent: 0, framesReceived: 0, bytesReceived: 0, dropped: 0, refused: 0 };
 
@@ -222,9 +250,40 @@ export class PeerTransport {
     return this.out.get(to)?.lastOutcome === 'unreachable';
   }
 
-  private handshake(challenge: Uint8Array | null = null): Buffer {
-    const h: Handshake = { cluster: this.o.cluster, nodeId: this.o.self, protocolVersion: PROTOCOL_VERSION, epoch: this.o.epoch(), arbiterId: this.o.arbiterId(), challenge };
+  /** Our handshake in protocol `version` (its format: a version 6 one carries no range). */
+  private handshake(version: number, challenge: Uint8Array | null = null): Buffer {
+    const h: Handshake = { cluster: this.o.cluster, nodeId: this.o.self, protocolVersion: version, epoch: this.o.epoch(), arbiterId: this.o.arbiterId(), challenge, minVersion: PROTOCOL_VERSION_MIN };
     return frame(encodeHandshake(h));
+  }
+
+  /** The version to dial `id` in: the newest we speak, or the peer's if it told us it is older. */
+  private dialVersion(id: string): number {
+    return Math.max(PROTOCOL_VERSION_MIN, Math.min(PROTOCOL_VERSION, this.peerNewest.get(id) ?? PROTOCOL_VERSION));
+  }
+
+  /** What each peer's connections run, by peer id. */
+  versions(): Record<string, PeerVersions> {
+    const out: Record<string, PeerVersions> = {};
+    for (const id of this.o.peers.keys()) {
+      const o = this.out.get(id);
+      out[id] = { outbound: o?.ready ? o.version : null, inbound: this.inboundVersion.get(id) ?? null, speaks: this.peerNewest.get(id) ?? null };
+    }
+    return out;
+  }
+
+  /**
+   * A peer's admitted handshake says which versions it speaks: remember the newest, and if our
+   * connection to it runs an older version than both now speak (it was upgraded), dial again.
+   */
+  private learnVersion(peer: string, h: Handshake, agreed: number): void {
+    this.peerNewest.set(peer, h.protocolVersion);
+    this.inboundVersion.set(peer, agreed);
+    const o = this.out.get(peer);
+    if (o?.ready && o.socket !== null && o.version !== null && o.version < agreed) {
+      this.o.log('info', 'peer-version-up', { peer, from: o.version, to: agreed });
+      o.backoffMs = RECONNECT_MIN_MS;
+      o.socket.destroy();
+    }
   }
 
   /** What `from` must send `to` to answer `challenge`: bound to the cluster and both ids. */
@@ -272,7 +331,7 @@ export class PeerTransport {
 
   /** Why a peer's handshake is refused, or null. */
   private refusal(h: Handshake, expectedId: string | null): string | null {
-    if (h.protocolVersion !== PROTOCOL_VERSION) return `protocol version ${h.protocolVersion}, this node speaks ${PROTOCOL_VERSION}`;
+    if (agreedVersion(h) === null) return `protocol version ${versionRange(h)}, this node speaks ${versionRange({ protocolVersion: PROTOCOL_VERSION, minVersion: PROTOCOL_VERSION_MIN })}`;
     if (h.cluster !== this.o.cluster) return `cluster ${JSON.stringify(h.cluster)}, this node is in ${JSON.stringify(this.o.cluster)}`;
     if (h.nodeId === this.o.self) return `node id ${h.nodeId} is this node's own`;
     if (!this.o.peers.has(h.nodeId)) return `unknown node id ${JSON.stringify(h.nodeId)}`;
@@ -299,6 +358,8 @@ export class PeerTransport {
     // stranger must not make this node buffer a snapshot-sized frame.
     const decoder = new FrameDecoder(HANDSHAKE_MAX_BYTES);
     let peer: string | null = null;
+    /** The peer's handshake, once it passed refusal(). */
+    let theirs: Handshake | null = null;
     /** With a secret: the challenge sent, until the peer's proof answers it. */
     let challenge: Uint8Array | null = null;
     /** Refused and ending: nothing more it sends is read. */
@@ -328,19 +389,20 @@ export class PeerTransport {
             const why = this.refusal(h, null);
             if (why !== null) return fail(why);
             peer = h.nodeId;
+            theirs = h;
             const other = this.arbiterMismatch(h, remote, this.o.secret === null);
             if (other !== null) {
               refused = true;
               clearTimeout(timer);
-              return this.refuseOtherArbiter(socket, peer, remote, other);
+              return this.refuseOtherArbiter(socket, h, remote, other);
             }
             if (this.o.secret !== null) {
               // Nothing from this peer is taken until it proves it holds the secret.
               challenge = new Uint8Array(randomBytes(AUTH_BYTES));
-              socket.write(this.handshake(challenge));
+              socket.write(this.handshake(agreedVersion(h)!, challenge));
               continue;
             }
-            this.admit(socket, decoder, timer, peer, remote, h.epoch);
+            this.admit(socket, decoder, timer, h, remote, true);
             continue;
           }
           if (challenge !== null) {
@@ -349,7 +411,7 @@ export class PeerTransport {
               return fail(`a ${f.length}-byte frame came instead of a valid auth proof: it did not prove it holds the cluster's secret (is secretFile the same on every node?)`);
             }
             challenge = null;
-            this.admit(socket, decoder, timer, peer, remote, null);
+            this.admit(socket, decoder, timer, theirs!, remote, false);
             continue;
           }
           this.stats.framesReceived++;
@@ -371,10 +433,11 @@ export class PeerTransport {
    * arbiter, so the dialler learns why) and end it; and dial the peer now, so it hears of us on
    * its own inbound side too.
    */
-  private refuseOtherArbiter(socket: net.Socket, peer: string, remote: string, reason: string): void {
+  private refuseOtherArbiter(socket: net.Socket, h: Handshake, remote: string, reason: string): void {
+    const peer = h.nodeId;
     this.stats.refused++;
     this.o.log('warn', 'peer-refused', { remote, peer, reason });
-    socket.end(this.handshake());
+    socket.end(this.handshake(agreedVersion(h)!));
     setTimeout(() => socket.destroy(), 1000).unref();
     // Once: two nodes on two arbiters redialling each other at every refusal would never back off.
     if (!this.toldOtherArbiter.has(peer)) {
@@ -383,12 +446,18 @@ export class PeerTransport {
     }
   }
 
-  /** The peer is who it says: take its messages (and snapshot-sized frames) from now on. */
-  private admit(socket: net.Socket, decoder: FrameDecoder, timer: NodeJS.Timeout, peer: string, remote: string, epoch: number | null): void {
+  /**
+   * The peer is who it says: take its messages (and snapshot-sized frames) from now on.
+   * `answer`: our handshake is still to be sent (it went with the challenge when there is a secret).
+   */
+  private admit(socket: net.Socket, decoder: FrameDecoder, timer: NodeJS.Timeout, h: Handshake, remote: string, answer: boolean): void {
+    const peer = h.nodeId;
+    const version = agreedVersion(h)!;
     clearTimeout(timer);
     decoder.maxFrameBytes = this.o.maxFrameBytes;
-    if (this.o.secret === null) socket.write(this.handshake());
-    this.o.log('info', 'peer-accepted', { peer, remote, ...(epoch !== null ? { peerEpoch: epoch } : {}), authenticated: this.o.secret !== null, tls: this.o.tls !== null });
+    if (answer) socket.write(this.handshake(version));
+    this.o.log('info', 'peer-accepted', { peer, remote, ...(answer ? { peerEpoch: h.epoch } : {}), protocolVersion: version, authenticated: this.o.secret !== null, tls: this.o.tls !== null });
+    this.learnVersion(peer, h, version);
     this.redialNow(peer);
   }
 
@@ -413,23 +482,25 @@ export class PeerTransport {
     if (this.closed) return;
     const addr = this.o.peers.get(id)!;
     let o = this.out.get(id);
-    if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, pendingFrames: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS, lastOutcome: 'pending' }));
+    if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, pendingFrames: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS, lastOutcome: 'pending', version: null }));
     const state = o;
     const t = this.o.tls;
     // With TLS, the peer's certificate must chain to our CA and name the host we dial (node:tls's default identity check).
     const socket: net.Socket = t === null ? net.connect({ host: addr.host, port: addr.port }) : tls.connect({ host: addr.host, port: addr.port, cert: t.cert, key: t.key, ca: t.ca });
     state.socket = socket;
     state.ready = false;
+    state.version = null;
+    const announced = this.dialVersion(id);
     socket.setNoDelay(true);
     const decoder = new FrameDecoder(HANDSHAKE_MAX_BYTES);
     let connected = false;
     socket.on('connect', () => {
       connected = true;
       state.lastOutcome = 'connected';
-      if (t === null) socket.write(this.handshake());
+      if (t === null) socket.write(this.handshake(announced));
     });
     // Our handshake goes only once the peer proved its certificate: it names the cluster and our arbiter.
-    if (t !== null) socket.on('secureConnect', () => socket.write(this.handshake()));
+    if (t !== null) socket.on('secureConnect', () => socket.write(this.handshake(announced)));
     socket.on('data', (chunk: Buffer) => {
       try {
         decoder.push(chunk);
@@ -438,10 +509,13 @@ export class PeerTransport {
           const h = decodeHandshake(f);
           const why = this.refusal(h, id) ?? this.arbiterMismatch(h, null) ?? this.authMismatch(h);
           if (why !== null) throw new Error(why);
+          // The answer is in the version we agree on, at most the one we announced.
+          if (h.protocolVersion > announced) throw new Error(`answered in protocol version ${h.protocolVersion}, newer than the ${announced} it was dialled in`);
           if (h.challenge) socket.write(frame(encodeAuthProof(this.proof(this.o.self, id, h.challenge))));
           state.ready = true;
+          state.version = agreedVersion(h);
           state.backoffMs = RECONNECT_MIN_MS;
-          this.o.log('info', 'peer-connected', { peer: id, peerEpoch: h.epoch });
+          this.o.log('info', 'peer-connected', { peer: id, peerEpoch: h.epoch, protocolVersion: state.version });
           this.flush();
         }
       } catch (e) {
@@ -462,6 +536,7 @@ export class PeerTransport {
       if (state.ready) this.o.log('warn', 'peer-disconnected', { peer: id });
       state.socket = null;
       state.ready = false;
+      state.version = null;
       state.pending = [];
       state.pendingBytes = 0;
       state.pendingFrames = 0;

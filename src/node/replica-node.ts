@@ -35,6 +35,7 @@ import { openArbiter } from '../arbiter/open.js';
 import { isNotInitialized, type Arbiter, type ArbiterIdentity } from '../arbiter/types.js';
 import { LockstepError, isLockstepError } from '../errors.js';
 import { PeerTransport } from '../net/peer-transport.js';
+import { PROTOCOL_VERSION, PROTOCOL_VERSION_MIN } from '../net/peer-codec.js';
 import { arbiterFor, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
 import type { RestoreStream, SnapshotStream } from '../guest/snapshot-stream.js';
@@ -634,6 +635,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
       service: this.config.service.kind,
       arbiter: { ...this.arbiterHealth, id: this.arbiterIdentity?.id ?? null },
       ...(this.arbiterMismatches.size > 0 ? { peersOnOtherArbiters: Object.fromEntries(this.arbiterMismatches) } : {}),
+      // The logging-channel versions this node speaks and what each peer connection runs (a rolling upgrade shows here).
+      protocol: { oldest: PROTOCOL_VERSION_MIN, newest: PROTOCOL_VERSION, peers: this.transport.versions() },
       ...this.front.status(),
       rssBytes: process.memoryUsage.rss(),
       eventLoopMaxDelayMs: Math.round(Math.max(this.loopDelayMaxMs, this.loopDelay.max / 1e6)),
