@@ -20,7 +20,8 @@ import { TcpProxy } from './tcp-proxy.js';
 import { initClusterArbiter } from '../cli/init.js';
 import { loadConfig } from '../node/config.js';
 
-const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+/** This build's `lockstep` entry point (what nodes run unless the cluster or `spawn` says otherwise). */
+export const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
 export interface ProcessClusterOptions {
   readonly nodes?: number;
@@ -50,6 +51,8 @@ export interface ProcessClusterOptions {
   readonly hosts?: readonly string[];
   /** A command prefix to run node `id` under, e.g. ['ip', 'netns', 'exec', 'lsN-1-1']. */
   readonly wrap?: (id: string) => readonly string[];
+  /** The `cli/main.js` every node starts with (default: this build's), e.g. an older release's. */
+  readonly main?: string;
 }
 
 export interface ProcessNode {
@@ -86,6 +89,7 @@ export class ProcessCluster {
   /** The id of the arbiter's identity (what every node carries in its handshake). */
   arbiterId = '';
   private wrap: ((id: string) => readonly string[]) | undefined;
+  private main = MAIN;
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -96,6 +100,7 @@ export class ProcessCluster {
     const count = opts.hosts?.length ?? opts.nodes ?? 3;
     const c = new ProcessCluster(mkdtempSync(join(tmpdir(), 'lockstep-test-')));
     c.wrap = opts.wrap;
+    if (opts.main !== undefined) c.main = opts.main;
     try {
       if (opts.hosts && opts.peerProxies) throw new Error('peerProxies listen on loopback; with hosts, cut the network instead (netns.ts)');
       const per = opts.peerProxies ? 4 : 3;
@@ -162,12 +167,15 @@ export class ProcessCluster {
     return n;
   }
 
-  /** Start (or start again, as an empty spare) node `id`. */
-  spawn(id: string): ChildProcess {
+  /**
+   * Start (or start again, as an empty spare) node `id`, with the cluster's `cli/main.js` or
+   * `main` (another build's, as in a rolling upgrade).
+   */
+  spawn(id: string, main: string = this.main): ChildProcess {
     const n = this.node(id);
     const log = createWriteStream(join(this.dir, `${id}.log`), { flags: 'a' });
     const [command, ...prefix] = [...(this.wrap?.(id) ?? []), process.execPath];
-    const child = spawn(command!, [...prefix, MAIN, 'node', '--config', this.configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command!, [...prefix, main, 'node', '--config', this.configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout?.pipe(log);
     child.stderr?.pipe(log);
     n.child = child;
@@ -188,6 +196,22 @@ export class ProcessCluster {
     this.signal(id, 'SIGKILL');
     await exited;
     this.node(id).child = null;
+  }
+
+  /** Stop node `id` as an operator would (SIGTERM) and wait for it to exit; its exit code. */
+  async stopNode(id: string, timeoutMs = 10_000): Promise<number | null> {
+    const child = this.node(id).child;
+    if (!child) return null;
+    const exited = new Promise<number | null>((r) => (child.exitCode !== null || child.signalCode !== null ? r(child.exitCode) : child.once('exit', (code) => r(code))));
+    this.signal(id, 'SIGTERM');
+    const timer = new Promise<'late'>((r) => setTimeout(() => r('late'), timeoutMs).unref());
+    const code = await Promise.race([exited, timer]);
+    if (code === 'late') {
+      await this.kill9(id);
+      throw new Error(`${id} did not exit within ${timeoutMs} ms of SIGTERM (killed)`);
+    }
+    this.node(id).child = null;
+    return code;
   }
 
   status(id: string): Promise<NodeStatus | null> {
