@@ -24,6 +24,7 @@ import type { GuestCodec, Execution, StateMachine } from './types.js';
 import type { RestoreStream, SnapshotStream } from './snapshot-stream.js';
 import { ByteReader, ByteWriter, Hash64, SumDigest, varuintSize } from './bytes.js';
 import { BIG_VALUE_CHARS, appendBig, hashBig, type BigPair } from './value-hash.js';
+import { SHARDS, ShardedMap, shardOf } from './sharded-map.js';
 
 export type KvCommand = readonly string[];
 
@@ -115,7 +116,8 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   readonly name = 'kv';
   readonly codec: GuestCodec<KvCommand, KvReply, KvChange> = kvCodec;
 
-  private data = new Map<string, string>();
+  /** The keys and values: many small Maps, so that no rehash stops the event loop (sharded-map.ts). */
+  private data = new ShardedMap<string>();
   /** Digest parts of the values of BIG_VALUE_CHARS or more (so removing one needs no rehash). */
   private bigs = new Map<string, BigPair>();
   /** The longest value a command may make (Redis's proto-max-bulk-len); the same on every replica. */
@@ -221,13 +223,15 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   }
 
   /**
-   * The snapshot in pieces, consistent as of now while commands keep executing: the keys of
-   * now are listed at once (pointers only), and a key changed or deleted before it was written
-   * out is written with the value it had now (kept by put/appendTo); keys created later are
-   * not in the list. A piece is KV_PIECE then (latin1 key, latin1 value) pairs to its end.
+   * The snapshot in pieces, consistent as of now while commands keep executing: a key changed
+   * or deleted before it was written out is written with the value it had now (kept by
+   * put/appendTo), and a key created later is not written. The keys are listed one shard at a
+   * time, when the stream gets to it (listing 10 M keys at once would stop the event loop for
+   * a second); a key deleted from a shard not listed yet is listed from what the stream kept.
+   * A piece is KV_PIECE then (latin1 key, latin1 value) pairs to its end.
    */
   snapshotStream(): SnapshotStream {
-    const s = new KvSnapshotStream(this, [...this.data.keys()]);
+    const s = new KvSnapshotStream(this, (i) => this.data.shard(i));
     this.streams.add(s);
     return s;
   }
@@ -245,7 +249,7 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
 
   /** Restore from the pieces of a snapshotStream, each parsed as it comes; swapped in at finish. */
   restoreStream(): RestoreStream {
-    const data = new Map<string, string>();
+    const data = new ShardedMap<string>();
     const bigs = new Map<string, BigPair>();
     const sum = new SumDigest();
     let used = 0;
@@ -279,7 +283,7 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
     if (r.u8() !== 1) r.corrupt('unknown kv snapshot version');
     const n = r.varuint();
     if (n > r.remaining) r.corrupt('key count larger than the snapshot');
-    const data = new Map<string, string>();
+    const data = new ShardedMap<string>();
     let prev: string | null = null;
     for (let i = 0; i < n; i++) {
       const k = r.latin1();
@@ -351,7 +355,7 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
 
   /** Copy-on-write: every open stream keeps `key`'s value before its first change. */
   private keepOld(key: string, old: string | undefined): void {
-    for (const s of this.streams) if (!s.kept.has(key)) s.kept.set(key, old ?? null);
+    for (const s of this.streams) if (!s.kept.has(key)) s.keep(key, old ?? null);
   }
 
   /** Append `add` to the existing value at `key`: a big value hashes only `add`. */
@@ -596,32 +600,66 @@ const KV_PIECE = 0x4b;
 export class KvSnapshotStream implements SnapshotStream {
   /** Old values of keys changed since the stream began (null: the key did not exist then). */
   readonly kept = new Map<string, string | null>();
+  /** Per shard not listed yet: keys that existed when the stream began and have changed since. */
+  private readonly changedBefore: (string[] | undefined)[] = [];
+  /** The next shard to list, the keys of the one being written, and where in them. */
+  private shardAt = 0;
+  private keys: string[] = [];
   private at = 0;
   private done = false;
 
   constructor(
     private readonly kv: KvMachine,
-    private readonly keys: string[],
+    private readonly shard: (i: number) => ReadonlyMap<string, string>,
   ) {}
+
+  /** Keep `key`'s value of when the stream began, before its first change (KvMachine.put). */
+  keep(key: string, old: string | null): void {
+    this.kept.set(key, old);
+    if (old === null) return;
+    const i = shardOf(key);
+    if (i >= this.shardAt) (this.changedBefore[i] ??= []).push(key);
+  }
 
   next(maxBytes: number): Uint8Array | null {
     if (this.done) return null;
     const w = new ByteWriter(Math.min(maxBytes, 1 << 20) + 64);
     w.u8(KV_PIECE);
-    const keys = this.keys;
-    while (this.at < keys.length && w.length < maxBytes) {
-      const k = keys[this.at++]!;
+    while (w.length < maxBytes) {
+      if (this.at >= this.keys.length && !this.listNextShard()) break;
+      const k = this.keys[this.at++]!;
       const v = this.kv.valueFor(this, k);
       if (v !== undefined) w.latin1(k).latin1(v);
     }
-    if (this.at >= keys.length) this.close();
+    if (this.at >= this.keys.length && this.shardAt >= SHARDS) this.close();
     return w.finish();
+  }
+
+  /**
+   * List the next shard's keys: those in it now, and those that were in it when the stream
+   * began and have been deleted since (their values are kept). False when no shard is left.
+   */
+  private listNextShard(): boolean {
+    while (this.shardAt < SHARDS) {
+      const i = this.shardAt++;
+      const live = this.shard(i);
+      const keys = [...live.keys()];
+      for (const k of this.changedBefore[i] ?? []) if (!live.has(k)) keys.push(k);
+      this.changedBefore[i] = undefined;
+      if (keys.length > 0) {
+        this.keys = keys;
+        this.at = 0;
+        return true;
+      }
+    }
+    return false;
   }
 
   close(): void {
     this.done = true;
     this.kept.clear();
-    this.keys.length = 0;
+    this.keys = [];
+    this.changedBefore.length = 0;
     this.kv.endStream(this);
   }
 }
