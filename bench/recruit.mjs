@@ -10,8 +10,12 @@
 // kill to a backup in the view; the primary's peak RSS during the recruit against its RSS
 // before and the state's size (usedMemoryBytes). Prints JSON lines on stdout, progress on
 // stderr. Needs a build. Usage: node bench/recruit.mjs [--keys N] [--modes rsm,state-transfer]
+// [--maxmemory MB (the kv's maxmemory; default the config's 256)] [--failure-ms MS (500)]
+// [--logs DIR (keep each node's log there)]
 
 import { Redis } from 'ioredis';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ProcessCluster } from '../dist/src/testing/process-cluster.js';
 
 const arg = (name, dflt) => {
@@ -20,6 +24,9 @@ const arg = (name, dflt) => {
 };
 const KEYS = Number(arg('--keys', '1000000'));
 const MODES = arg('--modes', 'rsm,state-transfer').split(',');
+const MAXMEMORY_MB = arg('--maxmemory', null);
+const FAILURE_MS = Number(arg('--failure-ms', '500'));
+const LOGS = arg('--logs', null);
 const BASELINE_MS = 3000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (s) => process.stderr.write(`${new Date().toISOString()} ${s}\n`);
@@ -45,7 +52,8 @@ function window() {
 }
 
 async function once(mode) {
-  const cluster = await ProcessCluster.start({ nodes: 3, mode, heartbeatMs: 50, failureTimeoutMs: 500 });
+  const extra = MAXMEMORY_MB === null ? {} : { maxmemory: Number(MAXMEMORY_MB) * 2 ** 20 };
+  const cluster = await ProcessCluster.start({ nodes: 3, mode, heartbeatMs: 50, failureTimeoutMs: FAILURE_MS, extra });
   try {
     const primary = await cluster.primary();
     const backupId = primary.view.backup;
@@ -120,6 +128,10 @@ async function once(mode) {
       sameDigest: after.logIndex === spare?.logIndex ? after.digest === spare?.digest : 'not caught up yet',
     };
   } finally {
+    if (LOGS !== null) {
+      mkdirSync(LOGS, { recursive: true });
+      for (const n of cluster.nodes) writeFileSync(join(LOGS, `${mode}-${n.id}.log`), cluster.log(n.id));
+    }
     await cluster.stop();
   }
 }
