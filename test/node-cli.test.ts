@@ -58,6 +58,30 @@ test('lockstep node refuses a bad config before starting, naming the field', asy
   assert.match((await run(['node', '--config', path, '--id', 'n7'])).stderr, /E_UNKNOWN_NODE.*valid ids: n1/);
 });
 
+test('lockstep node refuses a maxmemory its JS heap cannot hold, naming the flag that fixes it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'lockstep-cfg-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'c.json');
+  const config = (extra: object): string => JSON.stringify({ cluster: 'c', arbiter: 'file:a', service: { kind: 'kv', mode: 'rsm' }, nodes: [{ id: 'n1', peer: '127.0.0.1:9000', client: '127.0.0.1:9001', admin: '127.0.0.1:9002' }], ...extra });
+  const node = (heapMb: number): Promise<{ code: number; stderr: string }> =>
+    new Promise((resolve) => {
+      execFile(process.execPath, [`--max-old-space-size=${heapMb}`, bin, 'node', '--config', path, '--id', 'n1'], { timeout: 30_000 }, (err, _out, stderr) => {
+        resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stderr });
+      });
+    });
+  // The default maxmemory (256 MiB) in a 256 MiB heap: refused before anything opens.
+  writeFileSync(path, config({}));
+  const small = await node(256);
+  assert.equal(small.code, 2, small.stderr);
+  assert.match(small.stderr, /^error E_CONFIG_INVALID: maxmemory 256 MiB needs a JS heap of 768 MiB \(3x\), and this node's is \d+ MiB: start node with --max-old-space-size=768 .*or lower maxmemory to \d+ MiB or less/m);
+  // 64 MiB fits: the node gets past the check (and stops at the next thing: no arbiter yet).
+  writeFileSync(path, config({ maxmemory: 64 * 2 ** 20 }));
+  const fits = await node(256);
+  assert.equal(fits.code, 2, fits.stderr);
+  assert.doesNotMatch(fits.stderr, /JS heap/);
+  assert.match(fits.stderr, /lockstep init/);
+});
+
 test('lockstep node refuses a port that is taken', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'lockstep-cfg-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -15,6 +15,7 @@
 // (E_ARBITER_MISMATCH, exit 2): two arbiters would each let a node bootstrap as primary.
 
 import http from 'node:http';
+import { getHeapStatistics } from 'node:v8';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import {
   ChunkAssembler,
@@ -36,7 +37,7 @@ import { isNotInitialized, type Arbiter, type ArbiterIdentity } from '../arbiter
 import { LockstepError, isLockstepError } from '../errors.js';
 import { PeerTransport } from '../net/peer-transport.js';
 import { PROTOCOL_VERSION, PROTOCOL_VERSION_MIN } from '../net/peer-codec.js';
-import { arbiterFor, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
+import { arbiterFor, checkHeapFits, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
 import type { RestoreStream, SnapshotStream } from '../guest/snapshot-stream.js';
 import { KvFront } from './kv-front.js';
@@ -196,6 +197,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
 
   async start(): Promise<void> {
     const self = nodeOf(this.config, this.id);
+    checkHeapFits(this.config, getHeapStatistics().heap_size_limit);
     try {
       this.arbiterIdentity = await this.readIdentity();
     } catch (e) {
