@@ -767,6 +767,12 @@ class Simulation {
     const r = node.replica;
     while (node.alive && node.backlog.length > 0 && r.role === 'primary' && canAppend(r) && node.brokenOutput === null) {
       const req = node.backlog.shift()!;
+      if (req.command[0] === POISON_COMMAND && !this.poisonMayBreak(node)) {
+        // Checked again when it runs, not only when it arrived: a command parked by a
+        // switchover runs later, maybe after the backup was dropped (seed 80 with --poison).
+        this.send(node.id, node.inc, req.client, { t: 'redirect', seq: req.seq, primary: null });
+        continue;
+      }
       const request = { clientId: req.client, seq: req.seq, ackedBelow: req.seq === 1 ? 0 : req.seq, command: req.command };
       let res: ReturnType<Service['execute']>;
       try {
