@@ -24,7 +24,7 @@ import type { GuestCodec, Execution, StateMachine } from './types.js';
 import type { RestoreStream, SnapshotStream } from './snapshot-stream.js';
 import { ByteReader, ByteWriter, Hash64, SumDigest, varuintSize } from './bytes.js';
 import { BIG_VALUE_CHARS, appendBig, hashBig, type BigPair } from './value-hash.js';
-import { SHARDS, ShardedMap, shardOf } from './sharded-map.js';
+import { KvStore, SHARDS, shardOf } from './kv-store.js';
 
 export type KvCommand = readonly string[];
 
@@ -116,8 +116,8 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
   readonly name = 'kv';
   readonly codec: GuestCodec<KvCommand, KvReply, KvChange> = kvCodec;
 
-  /** The keys and values: many small Maps, so that no rehash stops the event loop (sharded-map.ts). */
-  private data = new ShardedMap<string>();
+  /** The keys and values: off the JS heap, in shards, so that no rehash or collection stops the event loop (kv-store.ts). */
+  private data = new KvStore();
   /** Digest parts of the values of BIG_VALUE_CHARS or more (so removing one needs no rehash). */
   private bigs = new Map<string, BigPair>();
   /** The longest value a command may make (Redis's proto-max-bulk-len); the same on every replica. */
@@ -231,7 +231,7 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
    * A piece is KV_PIECE then (latin1 key, latin1 value) pairs to its end.
    */
   snapshotStream(): SnapshotStream {
-    const s = new KvSnapshotStream(this, (i) => this.data.shard(i));
+    const s = new KvSnapshotStream(this, () => this.data);
     this.streams.add(s);
     return s;
   }
@@ -249,7 +249,7 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
 
   /** Restore from the pieces of a snapshotStream, each parsed as it comes; swapped in at finish. */
   restoreStream(): RestoreStream {
-    const data = new ShardedMap<string>();
+    const data = new KvStore();
     const bigs = new Map<string, BigPair>();
     const sum = new SumDigest();
     let used = 0;
@@ -283,7 +283,7 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
     if (r.u8() !== 1) r.corrupt('unknown kv snapshot version');
     const n = r.varuint();
     if (n > r.remaining) r.corrupt('key count larger than the snapshot');
-    const data = new ShardedMap<string>();
+    const data = new KvStore();
     let prev: string | null = null;
     for (let i = 0; i < n; i++) {
       const k = r.latin1();
@@ -610,7 +610,7 @@ export class KvSnapshotStream implements SnapshotStream {
 
   constructor(
     private readonly kv: KvMachine,
-    private readonly shard: (i: number) => ReadonlyMap<string, string>,
+    private readonly store: () => KvStore,
   ) {}
 
   /** Keep `key`'s value of when the stream began, before its first change (KvMachine.put). */
@@ -642,9 +642,9 @@ export class KvSnapshotStream implements SnapshotStream {
   private listNextShard(): boolean {
     while (this.shardAt < SHARDS) {
       const i = this.shardAt++;
-      const live = this.shard(i);
-      const keys = [...live.keys()];
-      for (const k of this.changedBefore[i] ?? []) if (!live.has(k)) keys.push(k);
+      const store = this.store();
+      const keys = store.shardKeys(i);
+      for (const k of this.changedBefore[i] ?? []) if (!store.has(k)) keys.push(k);
       this.changedBefore[i] = undefined;
       if (keys.length > 0) {
         this.keys = keys;
