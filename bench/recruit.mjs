@@ -11,8 +11,8 @@
 // before and the state's size (usedMemoryBytes). Prints JSON lines on stdout, progress on
 // stderr. Needs a build. Usage: node bench/recruit.mjs [--keys N] [--modes rsm,state-transfer]
 // [--maxmemory MB (the kv's maxmemory; default the config's 256)] [--failure-ms MS (500)]
-// [--logs DIR (keep each node's log there)]. A maxmemory past a third of the nodes' V8 heap is
-// refused: give them more, e.g. NODE_OPTIONS=--max-old-space-size=7000 for --maxmemory 2048.
+// [--logs DIR (keep each node's log there)]. A maxmemory past 2/3 of the nodes' V8 heap is
+// refused: give them more, e.g. NODE_OPTIONS=--max-old-space-size=3100 for --maxmemory 2048.
 
 import { Redis } from 'ioredis';
 import { mkdirSync, writeFileSync } from 'node:fs';

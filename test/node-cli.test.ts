@@ -69,11 +69,12 @@ test('lockstep node refuses a maxmemory its JS heap cannot hold, naming the flag
         resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : -1, stderr });
       });
     });
-  // The default maxmemory (256 MiB) in a 256 MiB heap: refused before anything opens.
+  // The default maxmemory (256 MiB) in a 256 MiB heap: refused before anything opens (values
+  // of 64 KiB and more live on the JS heap: a state of them would not fit).
   writeFileSync(path, config({}));
   const small = await node(256);
   assert.equal(small.code, 2, small.stderr);
-  assert.match(small.stderr, /^error E_CONFIG_INVALID: maxmemory 256 MiB needs a JS heap of 768 MiB \(3x\), and this node's is \d+ MiB: start node with --max-old-space-size=768 .*or lower maxmemory to \d+ MiB or less/m);
+  assert.match(small.stderr, /^error E_CONFIG_INVALID: maxmemory 256 MiB needs a JS heap of 384 MiB \(1.5x\), and this node's is \d+ MiB: start node with --max-old-space-size=384 .*or lower maxmemory to \d+ MiB or less/m);
   // 64 MiB fits: the node gets past the check (and stops at the next thing: no arbiter yet).
   writeFileSync(path, config({ maxmemory: 64 * 2 ** 20 }));
   const fits = await node(256);

@@ -500,20 +500,20 @@ export async function loadConfig(path: string): Promise<ClusterConfig> {
 }
 
 /**
- * The JS heap a kv node needs per byte of `maxmemory`: a key and its value live on the V8 heap
- * as two strings and a Map entry (measured: RSS 2.2-2.8x the counted state at 2.5-10 M keys of
- * 16-byte values), and the collector needs room beyond what is live.
+ * The JS heap a kv node needs per byte of `maxmemory`. kv keeps keys and values off the heap
+ * (src/guest/kv-store.ts) except values of 64 KiB and more, which stay JS strings: a state of
+ * big values is all on the heap, and the collector needs room beyond what is live.
  */
-export const HEAP_PER_MAXMEMORY = 3;
+export const HEAP_PER_MAXMEMORY = 1.5;
 
 /**
- * Refuse to run a kv node whose heap cannot hold the state `maxmemory` allows: it would die of
- * "JavaScript heap out of memory" when the state got there, and its backup, holding the same
- * state, soon after. `heapLimitBytes` is this process's (v8.getHeapStatistics().heap_size_limit).
+ * Refuse to run a kv node whose heap cannot hold the state `maxmemory` allows (in big values):
+ * it would die of "JavaScript heap out of memory" when the state got there, and its backup,
+ * holding the same state, soon after. `heapLimitBytes` is this process's (v8.getHeapStatistics().heap_size_limit).
  */
 export function checkHeapFits(config: ClusterConfig, heapLimitBytes: number): void {
   if (config.service.kind !== 'kv') return;
-  const need = config.maxmemory * HEAP_PER_MAXMEMORY;
+  const need = Math.ceil(config.maxmemory * HEAP_PER_MAXMEMORY);
   if (need <= heapLimitBytes) return;
   const mib = (b: number): number => Math.ceil(b / 2 ** 20);
   throw new LockstepError(
