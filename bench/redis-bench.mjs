@@ -16,8 +16,12 @@
 // the rounds), and the ratios of the medians (replicated/single, replicated/Redis) with the
 // min-max of the per-round ratios (each round's two numbers were measured minutes apart).
 //
+// With --baseline DIR (another build's dist/, e.g. built from the commit before a change), the
+// lockstep setups also run on that build, in the same rounds, each right after its own: a
+// before/after comparison with the same interleaving.
+//
 //   npx tsc -p . && node bench/redis-bench.mjs [--rounds 3] [--n 20000] [--seconds 3] [--conc 1,16,64]
-//        [--setups single,replicated,redis] [--modes rsm,state-transfer] [--json FILE]
+//        [--setups single,replicated,redis] [--modes rsm,state-transfer] [--dist DIR] [--baseline DIR] [--json FILE]
 
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
@@ -26,12 +30,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 
-const DIST = fileURLToPath(new URL('../dist/src/testing/process-cluster.js', import.meta.url));
-if (!existsSync(DIST)) {
-  console.error('dist/ is missing: build first with `npx tsc -p .`');
-  process.exit(2);
-}
-const { ProcessCluster, freePorts } = await import(DIST);
 
 // ---------------------------------------------------------------- options
 
@@ -44,10 +42,14 @@ const HELP = `usage: node bench/redis-bench.mjs [options]
   --setups LIST    any of single,replicated,redis (default all; redis only if redis-server exists)
                    (single is one node in kv rsm mode; replicated runs once per --modes entry)
   --no-benchmark   skip redis-benchmark      --no-ioredis   skip the ioredis load
+  --dist DIR       the build to measure (default: this checkout's dist/)
+  --baseline DIR   another build (a dist/ directory, e.g. before a change): its 1-node and
+                   replicated setups run in the same rounds, interleaved, and every row of the
+                   measured build gets a ratio to the baseline's
   --json FILE      also write every measurement as JSON`;
 
 function parseArgs(argv) {
-  const o = { rounds: 3, modes: ['rsm', 'state-transfer'], n: 20000, seconds: 3, conc: [1, 16, 64], setups: ['single', 'replicated', 'redis'], benchmark: true, ioredis: true, json: null };
+  const o = { rounds: 3, modes: ['rsm', 'state-transfer'], n: 20000, seconds: 3, conc: [1, 16, 64], setups: ['single', 'replicated', 'redis'], benchmark: true, ioredis: true, json: null, dist: null, baseline: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -64,6 +66,8 @@ function parseArgs(argv) {
     else if (a === '--no-benchmark') o.benchmark = false;
     else if (a === '--no-ioredis') o.ioredis = false;
     else if (a === '--json') o.json = val();
+    else if (a === '--dist') o.dist = val();
+    else if (a === '--baseline') o.baseline = val();
     else if (a === '--help' || a === '-h') {
       console.log(HELP);
       process.exit(0);
@@ -83,6 +87,21 @@ try {
   console.error(e.message);
   process.exit(2);
 }
+
+// The build measured (its testing/process-cluster.js starts its own cli/main.js), and optionally a
+// baseline build whose nodes run in the same rounds (before/after a change, interleaved).
+const DIST_DIR = opts.dist ?? fileURLToPath(new URL('../dist', import.meta.url));
+const DIST = join(DIST_DIR, 'src/testing/process-cluster.js');
+if (!existsSync(DIST)) {
+  console.error(`${DIST} is missing: build first with \`npx tsc -p .\``);
+  process.exit(2);
+}
+const BASE_MAIN = opts.baseline === null ? null : join(opts.baseline, 'src/cli/main.js');
+if (BASE_MAIN !== null && !existsSync(BASE_MAIN)) {
+  console.error(`${BASE_MAIN} is missing: --baseline names a built dist/ directory`);
+  process.exit(2);
+}
+const { ProcessCluster, freePorts } = await import(DIST);
 
 const have = (bin) => spawnSync(bin, ['--version'], { stdio: 'ignore' }).status === 0;
 const HAVE_BENCH = have('redis-benchmark');
@@ -175,8 +194,8 @@ function quantile(sorted, q) {
 // timeout: two shared cores under full load must not look like a dead primary.
 const LOCKSTEP_TIMING = { heartbeatMs: 50, failureTimeoutMs: 1000 };
 
-async function startLockstep(nodes, mode = 'rsm') {
-  const c = await ProcessCluster.start({ nodes, mode, ...LOCKSTEP_TIMING });
+async function startLockstep(nodes, mode = 'rsm', main = undefined) {
+  const c = await ProcessCluster.start({ nodes, mode, ...LOCKSTEP_TIMING, ...(main ? { main } : {}) });
   clusters.add(c);
   const p = await c.primary();
   if (!p) throw new Error('no primary');
@@ -316,7 +335,17 @@ for (const s of opts.setups) {
   if (s === 'single') SETUPS.push({ key: 'single', label: 'lockstep, 1 node (no backup), kv rsm', short: '1 node', start: () => startLockstep(1, 'rsm') });
   else if (s === 'replicated') {
     for (const m of opts.modes) SETUPS.push({ key: `repl-${MODE_SHORT[m]}`, label: `lockstep, 3 nodes (primary+backup+spare), kv ${m}`, short: `replicated ${m}`, start: () => startLockstep(3, m) });
-  } else if (s === 'redis' && HAVE_REDIS) SETUPS.push({ key: 'redis', label: 'Redis 1 primary + 1 replica', short: 'Redis+replica', start: startRedisPair });
+  }
+}
+if (BASE_MAIN !== null) {
+  // Each lockstep setup is followed by the same setup on the baseline build.
+  for (const s of SETUPS.splice(0)) {
+    const [nodes, mode] = s.key === 'single' ? [1, 'rsm'] : [3, s.key === 'repl-rsm' ? 'rsm' : 'state-transfer'];
+    SETUPS.push(s, { key: `base-${s.key}`, label: `${s.label} [baseline ${opts.baseline}]`, short: `${s.short} [base]`, start: () => startLockstep(nodes, mode, BASE_MAIN) });
+  }
+}
+for (const s of opts.setups) {
+  if (s === 'redis' && HAVE_REDIS) SETUPS.push({ key: 'redis', label: 'Redis 1 primary + 1 replica', short: 'Redis+replica', start: startRedisPair });
 }
 
 const results = []; // { round, setup, tool, op, c, p, rps, p50, p99, errors }
@@ -386,11 +415,13 @@ function printTable() {
   }
   const rows = (setup, k) => results.filter((r) => r.setup === setup && r.tool === k.tool && r.op === k.op && r.c === k.c && r.p === k.p);
   const haveSingle = SETUPS.some((s) => s.key === 'single');
+  const haveBase = BASE_MAIN !== null;
   const haveRedis = SETUPS.some((s) => s.key === 'redis');
   const W = { cell: 34, setup: 29, rps: 26, lat: 19, ratio: 19 };
   const lines = [];
   lines.push(`${pad('tool             op        c   P', W.cell)} ${pad('setup', W.setup)} ${pad('ops/s', W.rps, true)} ${pad('p50 ms', W.lat, true)} ${pad('p99 ms', W.lat, true)}` +
-    (haveSingle ? ` ${pad('repl/single', W.ratio, true)}` : '') + (haveRedis ? ` ${pad('repl/Redis', W.ratio, true)}` : ''));
+    (haveSingle ? ` ${pad('repl/single', W.ratio, true)}` : '') + (haveRedis ? ` ${pad('repl/Redis', W.ratio, true)}` : '') +
+    (haveBase ? ` ${pad('/baseline', W.ratio, true)}` : ''));
   lines.push('-'.repeat(lines[0].length));
   /** The ratio of the medians, and the min-max of the per-round ratios. */
   const ratio = (a, b) => {
@@ -407,11 +438,13 @@ function printTable() {
       const op = k.tool === 'ioredis' && k.op === 'SET' && s.key === 'redis' ? 'SET+WAIT' : k.op;
       const cellName = first ? `${pad(k.tool, 16)} ${pad(k.op, 8)} ${pad(k.c, 3, true)} ${pad(k.p, 3, true)}` : '';
       first = false;
-      const isRepl = s.key.startsWith('repl-');
+      const isRepl = s.key.startsWith('repl-') || s.key.startsWith('base-repl-');
+      const base = s.key.startsWith('base-');
       const errs = rs.reduce((n, r) => n + r.errors, 0);
       lines.push(`${pad(cellName, W.cell)} ${pad(s.short + (op !== k.op ? ' (*)' : ''), W.setup)} ${pad(spread(rs.map((r) => r.rps), 0), W.rps, true)} ${pad(spread(rs.map((r) => r.p50), 2), W.lat, true)} ${pad(spread(rs.map((r) => r.p99), 2), W.lat, true)}` +
-        (haveSingle ? ` ${pad(isRepl ? ratio(rs, rows('single', k)) : '', W.ratio, true)}` : '') +
+        (haveSingle ? ` ${pad(isRepl ? ratio(rs, rows(base ? 'base-single' : 'single', k)) : '', W.ratio, true)}` : '') +
         (haveRedis ? ` ${pad(isRepl ? ratio(rs, rows('redis', k)) : '', W.ratio, true)}` : '') +
+        (haveBase ? ` ${pad(!base && s.key !== 'redis' ? ratio(rs, rows(`base-${s.key}`, k)) : '', W.ratio, true)}` : '') +
         (errs ? `  ${errs} errors` : ''));
     }
   }
@@ -421,6 +454,7 @@ function printTable() {
   console.log('(redis-benchmark: its own histogram; ioredis: measured client-side per command).');
   console.log('repl/single, repl/Redis: ratio of the median ops/s of that replicated setup to the 1-node / Redis one, then (min-max) of the');
   console.log('per-round ratios (the two measured in the same round).');
+  if (haveBase) console.log(`[base]: the same setup running the baseline build ${opts.baseline}; /baseline: this build's median ops/s over the baseline's.`);
   if (haveRedis) {
     console.log('(*) ioredis SET on Redis is SET + WAIT 1 0 pipelined (acknowledged only once the replica has it: the guarantee lockstep gives);');
     console.log('    redis-benchmark and GET rows on Redis are plain commands (no WAIT), so those ratios compare against unreplicated-speed Redis.');
