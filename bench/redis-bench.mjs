@@ -24,7 +24,7 @@
 //        [--setups single,replicated,redis] [--modes rsm,state-transfer] [--dist DIR] [--baseline DIR] [--json FILE]
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -46,10 +46,12 @@ const HELP = `usage: node bench/redis-bench.mjs [options]
   --baseline DIR   another build (a dist/ directory, e.g. before a change): its 1-node and
                    replicated setups run in the same rounds, interleaved, and every row of the
                    measured build gets a ratio to the baseline's
-  --json FILE      also write every measurement as JSON`;
+  --json FILE      also write every measurement as JSON
+  --table FILE     run nothing: print the table of a run's --json FILE (with --setups, --modes
+                   and --baseline choosing the rows shown: without --baseline, no [base] rows)`;
 
 function parseArgs(argv) {
-  const o = { rounds: 3, modes: ['rsm', 'state-transfer'], n: 20000, seconds: 3, conc: [1, 16, 64], setups: ['single', 'replicated', 'redis'], benchmark: true, ioredis: true, json: null, dist: null, baseline: null };
+  const o = { rounds: 3, modes: ['rsm', 'state-transfer'], n: 20000, seconds: 3, conc: [1, 16, 64], setups: ['single', 'replicated', 'redis'], benchmark: true, ioredis: true, json: null, dist: null, baseline: null, table: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -68,6 +70,7 @@ function parseArgs(argv) {
     else if (a === '--json') o.json = val();
     else if (a === '--dist') o.dist = val();
     else if (a === '--baseline') o.baseline = val();
+    else if (a === '--table') o.table = val();
     else if (a === '--help' || a === '-h') {
       console.log(HELP);
       process.exit(0);
@@ -463,6 +466,20 @@ function printTable() {
   for (const h of healthNotes) console.log(`note: round ${h.round}, ${h.setup}: ${h.health}`);
 }
 
+if (opts.table !== null) {
+  const j = JSON.parse(readFileSync(opts.table, 'utf8'));
+  results.push(...j.results);
+  healthNotes.push(...(j.healthNotes ?? []));
+  Object.assign(opts, { rounds: j.opts.rounds, conc: j.opts.conc, n: j.opts.n, seconds: j.opts.seconds });
+  console.log(`lockstep redis-bench, from ${opts.table}: run ${j.date.slice(0, 16).replace('T', ' ')} UTC${j.machine ? `, ${j.machine}` : ''};`);
+  console.log(`${opts.rounds} interleaved rounds (fresh cluster per setup per round; order rotated), N=${opts.n}, ioredis ${opts.seconds}s/cell;`);
+  console.log(`load average (1 min) ${j.loadavg.start[0].toFixed(2)} at the start, ${j.loadavg.end[0].toFixed(2)} at the end`);
+  console.log('');
+  printTable();
+  process.exit(0);
+}
+
+const MACHINE = `node ${process.version}, ${cpus().length} cpus (${cpus()[0]?.model ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB`;
 const started = Date.now();
 const load0 = loadavg();
 try {
@@ -472,12 +489,12 @@ try {
   }
   const load1 = loadavg();
   console.log('');
-  console.log(`lockstep redis-bench, ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, node ${process.version}, ${cpus().length} cpus (${cpus()[0]?.model ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB;`);
+  console.log(`lockstep redis-bench, ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, ${MACHINE};`);
   console.log(`${opts.rounds} interleaved rounds (fresh cluster per setup per round; order rotated), N=${opts.n}, ioredis ${opts.seconds}s/cell; took ${Math.round((Date.now() - started) / 1000)} s;`);
   console.log(`load average (1 min) ${load0[0].toFixed(2)} at the start, ${load1[0].toFixed(2)} at the end`);
   console.log('');
   printTable();
-  if (opts.json) writeFileSync(opts.json, JSON.stringify({ date: new Date().toISOString(), opts, loadavg: { start: load0, end: load1 }, results, healthNotes }, null, 2));
+  if (opts.json) writeFileSync(opts.json, JSON.stringify({ date: new Date().toISOString(), machine: MACHINE, opts, loadavg: { start: load0, end: load1 }, results, healthNotes }, null, 2));
 } catch (e) {
   console.error('benchmark failed:', e?.stack ?? e);
   process.exitCode = 1;
