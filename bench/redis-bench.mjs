@@ -26,7 +26,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
 import { tmpdir, cpus, totalmem, loadavg } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 
@@ -93,13 +93,13 @@ try {
 
 // The build measured (its testing/process-cluster.js starts its own cli/main.js), and optionally a
 // baseline build whose nodes run in the same rounds (before/after a change, interleaved).
-const DIST_DIR = opts.dist ?? fileURLToPath(new URL('../dist', import.meta.url));
+const DIST_DIR = opts.dist !== null ? resolve(opts.dist) : fileURLToPath(new URL('../dist', import.meta.url));
 const DIST = join(DIST_DIR, 'src/testing/process-cluster.js');
 if (!existsSync(DIST)) {
   console.error(`${DIST} is missing: build first with \`npx tsc -p .\``);
   process.exit(2);
 }
-const BASE_MAIN = opts.baseline === null ? null : join(opts.baseline, 'src/cli/main.js');
+const BASE_MAIN = opts.baseline === null ? null : join(resolve(opts.baseline), 'src/cli/main.js');
 if (BASE_MAIN !== null && !existsSync(BASE_MAIN)) {
   console.error(`${BASE_MAIN} is missing: --baseline names a built dist/ directory`);
   process.exit(2);
