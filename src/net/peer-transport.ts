@@ -65,6 +65,7 @@ import {
   type Handshake,
 } from './peer-codec.js';
 import type { PeerMessage } from '../core/index.js';
+import { TIMING_ON, timing } from './timing.js';
 
 export interface PeerAddress {
   readonly host: string;
@@ -238,6 +239,7 @@ export class PeerTransport {
       o.pendingBytes = 0;
       o.pendingFrames = 0;
       socket.uncork();
+      if (TIMING_ON) timing.peerWrite();
     }
   }
 
@@ -415,7 +417,9 @@ export class PeerTransport {
             continue;
           }
           this.stats.framesReceived++;
-          this.o.onMessage(peer, decodePeerMessage(f));
+          const msg = decodePeerMessage(f);
+          if (TIMING_ON) timing.peerMessage((msg as { type?: unknown }).type);
+          this.o.onMessage(peer, msg);
         }
       } catch (e) {
         fail((e as Error).message);

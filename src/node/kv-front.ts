@@ -13,6 +13,7 @@ import { ReplicatedService, createKv, type ClientRequest, type KvChange, type Kv
 import { AssertionError } from '../core/assert.js';
 import { RespProtocolError, RespRequestParser, encodeReply, replySize, DEFAULT_RESP_LIMITS, type RespLimits } from '../net/resp.js';
 import { EXEC_COMMAND, OPEN_COMMAND, parseExec, parseOpen } from '../net/exec.js';
+import { TIMING_ON, timing } from '../net/timing.js';
 import { clientOf, formatAddress, nodeOf, type ClusterConfig, type KvServiceConfig } from './config.js';
 import { metaCommand, type NodeView } from './commands.js';
 import type { FrontHost, ServiceFront } from './front.js';
@@ -323,6 +324,7 @@ export class KvFront implements ServiceFront, NodeView {
     if (conn.closed) return; // refused: what it still sends is dropped
     const before = conn.parser.bufferedBytes;
     const readAt = performance.now();
+    if (TIMING_ON) timing.cmd();
     try {
       if (this.inputBytes + chunk.length > this.node.config.clientInputBytesMax) {
         throw new RespProtocolError(`client input buffers are full (clientInputBytesMax ${this.node.config.clientInputBytesMax} bytes over all connections)`);
@@ -530,6 +532,7 @@ export class KvFront implements ServiceFront, NodeView {
     conn.slotBytes -= data.length;
     if (close) conn.socket.end(data);
     else conn.socket.write(data);
+    if (TIMING_ON) timing.reply();
   }
 
   /**

@@ -36,6 +36,7 @@ import { openArbiter } from '../arbiter/open.js';
 import { isNotInitialized, type Arbiter, type ArbiterIdentity } from '../arbiter/types.js';
 import { LockstepError, isLockstepError } from '../errors.js';
 import { PeerTransport } from '../net/peer-transport.js';
+import { TIMING_ON, timing } from '../net/timing.js';
 import { PROTOCOL_VERSION, PROTOCOL_VERSION_MIN } from '../net/peer-codec.js';
 import { arbiterFor, checkHeapFits, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
@@ -644,6 +645,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       eventLoopMaxDelayMs: Math.round(Math.max(this.loopDelayMaxMs, this.loopDelay.max / 1e6)),
       incarnation: this.incarnation,
       pid: process.pid,
+      ...(TIMING_ON ? { timing: timing.report() } : {}),
     };
   }
 
