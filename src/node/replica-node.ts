@@ -46,6 +46,8 @@ import { explainListen, listenOn } from './listen.js';
 import { serveAdmin, type AdminHost } from './admin.js';
 import { NodeMetrics } from './metrics.js';
 import type { ViewRecord } from '../arbiter/types.js';
+import { DurableStore, type Recovered } from './durable.js';
+import type { Entry, PeerMessage } from '../core/types.js';
 
 export type LogRecord = Record<string, unknown>;
 
@@ -140,6 +142,12 @@ export class ReplicaNode implements FrontHost, AdminHost {
   /** How late timers ran (each second's longest is checked, then reset), and the longest since start. */
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
   private loopDelayMaxMs = 0;
+  /** Durable mode: this node's dataDir (null: in memory). */
+  private readonly store: DurableStore | null;
+  /** Durable mode: acks waiting for the commit (fsync) of what they ack, at the end of this turn. */
+  private deferredSends: { readonly to: string; readonly msg: PeerMessage }[] = [];
+  /** Durable mode: releases waiting for the commit of the entries the outputs depend on. */
+  private deferredReleases: (readonly number[])[] = [];
 
   constructor(
     readonly config: ClusterConfig,
@@ -176,6 +184,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       log: (level, event, fields) => this.log(level, event, fields),
     });
     this.metrics = new NodeMetrics({ currentRole: () => this.replicaState.role, gauges: (metric) => this.scrapedMetrics(metric) });
+    this.store = config.durable ? new DurableStore(self.dataDir!) : null;
   }
 
   get replica(): Replica {
@@ -196,6 +205,18 @@ export class ReplicaNode implements FrontHost, AdminHost {
 
   async start(): Promise<void> {
     const self = nodeOf(this.config, this.id);
+    // Durable mode: the disk is checked before anything else; a damaged file refuses the start.
+    let onDisk: Recovered | null = null;
+    if (this.store !== null) {
+      try {
+        this.store.lock();
+        onDisk = this.store.open();
+      } catch (e) {
+        await this.arbiter.close();
+        throw e;
+      }
+      for (const w of onDisk.warnings) this.log('warn', 'durable-repaired', { reason: w });
+    }
     try {
       this.arbiterIdentity = await this.readIdentity();
     } catch (e) {
@@ -213,6 +234,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       }
       this.log('warn', 'arbiter-unavailable', { reason: e.message, waitingFor: 'the arbiter to answer; starting anyway, this node cannot go live until it does' });
     }
+    const recovered = onDisk === null ? undefined : await this.recoverDurable(onDisk);
     await explainListen('peer', self.peerListen, () => this.transport.start());
     await this.front.start();
     const admin = http.createServer((req, res) => serveAdmin(this, req, res));
@@ -238,6 +260,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       arbiterId: this.arbiterIdentity.id,
       peerAuth: this.config.secret !== null,
       peerTls: this.config.peerTls !== null,
+      durable: this.store === null ? null : this.store.dir,
     });
     const client = self.client;
     if (this.config.service.kind !== 'wasm' && client !== null && !isLoopbackHost(client.host) && this.config.requirePass === null && this.config.clientTls === null) {
@@ -253,7 +276,134 @@ export class ReplicaNode implements FrontHost, AdminHost {
         reason: `the peer port ${formatAddress(self.peerListen)} is beyond loopback without peerTls: anyone who can read that network reads the replicated state`,
       });
     }
-    this.input({ type: 'start' });
+    this.input(recovered === undefined ? { type: 'start' } : { type: 'start', recovered });
+  }
+
+  /**
+   * Durable mode, at start: what of the disk this node may use. Only a node the arbiter's current
+   * view names (primary or backup) holds every entry whose output was ever released (a backup
+   * acked only what it had fsync'd; a primary released only what it had fsync'd): it restores its
+   * service from the disk and waits as a backup (the core's `recovered` start). Any other node's
+   * disk may be stale (it was dropped from the view, or never in it): it is discarded, logged,
+   * and the node joins as an empty spare to be recruited.
+   */
+  private async recoverDurable(disk: Recovered): Promise<{ index: number; view: View } | undefined> {
+    const store = this.store!;
+    const identity = this.arbiterIdentity!;
+    const meta = disk.meta;
+    if (meta !== null && (meta.cluster !== this.config.cluster || meta.node !== this.id)) {
+      throw new LockstepError('E_CONFIG_INVALID', `the dataDir ${store.dir} holds node ${meta.node} of cluster ${meta.cluster}, this is node ${this.id} of cluster ${this.config.cluster}: every node needs its own dataDir; check nodes[].dataDir in the config`);
+    }
+    if (meta !== null && meta.arbiterId !== null && meta.arbiterId !== identity.id) {
+      throw new LockstepError('E_ARBITER_MISMATCH', `the dataDir ${store.dir} was written under arbiter ${meta.arbiterId}, this node uses arbiter ${identity.id} at ${this.arbiter.description}: the arbiter was initialized again or the config names another one, so the views this disk was acked under are gone. Point the config at the old arbiter, or move ${store.dir} away to start this node empty`);
+    }
+    let view: View = NO_VIEW;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        view = await this.askArbiter(() => this.arbiter.current());
+        this.sawView(view);
+        break;
+      } catch (e) {
+        if (!isLockstepError(e) || e.code !== 'E_ARBITER_UNAVAILABLE' || this.stopped) throw e;
+        this.log('warn', 'arbiter-unavailable', { reason: e.message, attempt, waitingFor: 'the arbiter\'s view: a durable node decides what of its disk it may use from it' });
+        await new Promise((r) => setTimeout(r, IDENTITY_RETRY_MS));
+      }
+    }
+    const named = view.epoch > 0 && (view.primary === this.id || view.backup === this.id);
+    const writeMeta = (v: View): void => store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view: v });
+    if (named && meta !== null) {
+      const started = performance.now();
+      if (disk.snapshotPieces.length > 0) {
+        if (this.front.restoreStream) {
+          const r = this.front.restoreStream();
+          for (const p of disk.snapshotPieces) r.add(p);
+          r.finish();
+        } else {
+          this.front.installSnapshot(disk.snapshotIndex, Buffer.concat(disk.snapshotPieces.map((p) => Buffer.from(p.buffer, p.byteOffset, p.byteLength))));
+        }
+      }
+      for (let i = 0; i < disk.entries.length; i += 1024) this.front.apply(disk.entries.slice(i, i + 1024));
+      writeMeta(view);
+      this.log('info', 'durable-recovered', {
+        dataDir: store.dir, snapshotIndex: disk.snapshotIndex, entries: disk.entries.length, lastIndex: disk.lastIndex,
+        view: `{epoch ${view.epoch}, primary ${view.primary ?? '-'}, backup ${view.backup ?? '-'}}`, ms: Math.round(performance.now() - started),
+      });
+      return { index: disk.lastIndex, view };
+    }
+    if (meta !== null && disk.lastIndex > 0) {
+      this.log('warn', 'durable-discarded', {
+        dataDir: store.dir, lastIndex: disk.lastIndex,
+        reason: `the arbiter's view {epoch ${view.epoch}, primary ${view.primary ?? '-'}, backup ${view.backup ?? '-'}} does not name this node, so its disk may be stale (it missed entries acked without it); it joins as an empty spare and is recruited from the primary`,
+      });
+    } else if (named) {
+      this.log('warn', 'durable-empty', { dataDir: store.dir, reason: 'the view names this node but its dataDir holds nothing (a new or emptied directory): it joins as an empty spare' });
+    }
+    store.reset(0, []);
+    writeMeta(view);
+    return undefined;
+  }
+
+  /**
+   * Durable mode, at the end of an event-loop turn: write and fsync what this turn appended (one
+   * fdatasync for every entry of every frame of the turn: group commit), then let out what
+   * waited for it: the acks to the primary, the released replies. False: the disk failed and
+   * this node is stopping (fail-stop); nothing that waited goes out.
+   */
+  private commitDurable(): boolean {
+    const store = this.store;
+    if (store === null) return true;
+    try {
+      store.commit();
+    } catch (e) {
+      this.durableFailed(e);
+      return false;
+    }
+    const sends = this.deferredSends;
+    const releases = this.deferredReleases;
+    this.deferredSends = [];
+    this.deferredReleases = [];
+    for (const m of sends) this.transport.send(m.to, m.msg);
+    for (const ids of releases) this.front.release(ids);
+    this.maybeCompact();
+    return true;
+  }
+
+  /** A disk error: fail-stop. Nothing waiting for the disk goes out. */
+  private durableFailed(e: unknown): void {
+    this.deferredSends = [];
+    this.deferredReleases = [];
+    if (isLockstepError(e)) this.failStop(`${e.code}: ${e.message}`);
+    else throw e;
+  }
+
+  /** Run a store call; an I/O failure is fail-stop. */
+  private durably(call: (store: DurableStore) => void): void {
+    if (this.store === null || this.stopped) return;
+    try {
+      call(this.store);
+    } catch (e) {
+      this.durableFailed(e);
+    }
+  }
+
+  /** Compaction: past durableCompactBytes of log, snapshot the service and delete the log behind it. */
+  private maybeCompact(): void {
+    const store = this.store;
+    const r = this.replicaState;
+    if (store === null || store.logBytesSinceSnapshot < this.config.durableCompactBytes) return;
+    if ((r.role !== 'primary' && r.role !== 'backup') || this.producing !== null || this.restoring !== null || store.index !== r.lastIndex) return;
+    if (this.front.brokenReason?.() != null) return;
+    const started = performance.now();
+    const pieces: Uint8Array[] = [];
+    if (this.front.snapshotStream) {
+      const stream = this.front.snapshotStream();
+      for (let p = stream.next(this.chunkBytes()); p !== null; p = stream.next(this.chunkBytes())) pieces.push(p.slice());
+    } else {
+      pieces.push(this.front.takeSnapshot());
+    }
+    const logBytes = store.logBytesSinceSnapshot;
+    this.durably((s) => s.snapshot(pieces));
+    this.log('info', 'durable-snapshot', { index: r.lastIndex, bytes: pieces.reduce((n, p) => n + p.length, 0), logBytesDeleted: logBytes, ms: Math.round(performance.now() - started) });
   }
 
   /**
@@ -310,6 +460,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
     await this.front.stop();
     await this.arbiter.close();
     await this.transport.close();
+    this.store?.close();
     const admin = this.adminServer;
     if (admin) {
       const closed = new Promise<void>((resolve) => admin.close(() => resolve()));
@@ -351,6 +502,11 @@ export class ReplicaNode implements FrontHost, AdminHost {
     if (this.stopped) return;
     if (input.type === 'message') this.metrics.received(input.from, input.msg);
     const actions = step(this.replicaState, input, this.nowMs());
+    if (input.type === 'append' && this.store !== null) {
+      // The primary's own log: on disk (committed at the end of this turn) before any reply it depends on goes out.
+      const entry: Entry = { index: this.replicaState.lastIndex, payload: input.payload };
+      this.durably((s) => s.append([entry], this.replicaState.view.epoch));
+    }
     for (const a of actions) this.act(a);
     if (input.type === 'message' || input.type === 'arbiterResult' || input.type === 'tick') this.front.flowMayHaveOpened();
     if (this.producing !== null && input.type !== 'snapshotChunk') this.schedulePump();
@@ -364,6 +520,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
     setImmediate(() => {
       this.flushScheduled = false;
       if (this.stopped) return;
+      if (!this.commitDurable()) return;
       for (const a of step(this.replicaState, { type: 'flush' }, this.nowMs())) this.act(a);
       this.transport.flush();
       this.front.afterFlush();
@@ -374,7 +531,9 @@ export class ReplicaNode implements FrontHost, AdminHost {
     switch (a.type) {
       case 'send':
         this.metrics.sent(a.to, a.msg);
-        this.transport.send(a.to, a.msg);
+        // Durable mode: an ack says "I hold it", so it waits for the fsync at the end of this turn.
+        if (this.store !== null && (a.msg.type === 'ack' || a.msg.type === 'chunkAck')) this.deferredSends.push({ to: a.to, msg: a.msg });
+        else this.transport.send(a.to, a.msg);
         return;
       case 'arbiterCas': {
         const broken = this.front.brokenReason?.() ?? null;
@@ -411,15 +570,21 @@ export class ReplicaNode implements FrontHost, AdminHost {
         return;
       }
       case 'release':
-        this.front.release(a.outputIds);
+        // Durable mode: a reply goes out only once this node's own log holds what it depends on.
+        if (this.store !== null) this.deferredReleases.push(a.outputIds);
+        else this.front.release(a.outputIds);
         return;
       case 'discard':
         this.front.discard(a.outputIds, a.reason);
         return;
       case 'apply':
         this.front.apply(a.entries);
+        this.durably((s) => s.append(a.entries, this.replicaState.view.epoch));
         return;
       case 'restoreChunk': {
+        // Durable mode: the snapshot goes to disk as it comes; at the last chunk it is fsync'd and
+        // replaces what the disk held, before the chunk's ack goes out.
+        this.durably((s) => s.snapshotPiece(a.index, a.chunk, a.data, a.last));
         if (this.front.restoreStream) {
           if (a.chunk === 0) this.restoring = this.front.restoreStream();
           const r = this.restoring;
@@ -449,6 +614,10 @@ export class ReplicaNode implements FrontHost, AdminHost {
       case 'role':
         this.counters.viewChanges++;
         this.metrics.role(a.role);
+        if (a.role === 'primary' || a.role === 'backup') {
+          const arbiterId = this.arbiterIdentity?.id ?? null;
+          this.durably((s) => s.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId, view: a.view }));
+        }
         if (a.role === 'halted') this.startOver(a.reason);
         else this.front.role(a.role, a.view, a.reason);
         return;
@@ -602,6 +771,13 @@ export class ReplicaNode implements FrontHost, AdminHost {
   }
 
   private startOver(reason: string): void {
+    if (this.store !== null) {
+      // What this turn appended and acked goes out first; then the disk, no longer in any view, is discarded.
+      if (!this.commitDurable()) return;
+      const lastIndex = this.store.index;
+      this.durably((s) => s.reset(0, []));
+      this.log('warn', 'durable-discarded', { dataDir: this.store.dir, lastIndex, reason: `halted (${reason}): this node is in no view, so its disk is stale; it rejoins as an empty spare` });
+    }
     this.front.reset();
     this.chunks.clear();
     this.restoring = null;
@@ -641,6 +817,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       rssBytes: process.memoryUsage.rss(),
       eventLoopMaxDelayMs: Math.round(Math.max(this.loopDelayMaxMs, this.loopDelay.max / 1e6)),
       incarnation: this.incarnation,
+      durable: this.store === null ? null : { dataDir: this.store.dir, index: this.store.index, generation: this.store.generation, ...this.store.stats },
       pid: process.pid,
     };
   }

@@ -50,6 +50,8 @@ export interface ProcessClusterOptions {
   readonly hosts?: readonly string[];
   /** A command prefix to run node `id` under, e.g. ['ip', 'netns', 'exec', 'lsN-1-1']. */
   readonly wrap?: (id: string) => readonly string[];
+  /** Durable mode: `"durable": true`, every node's dataDir `data-<id>` in the cluster's directory (see dataDir). */
+  readonly durable?: boolean;
 }
 
 export interface ProcessNode {
@@ -125,6 +127,7 @@ export class ProcessCluster {
         service: opts.service ?? { kind: 'kv', mode: opts.mode ?? 'rsm' },
         heartbeatMs: opts.heartbeatMs ?? 30,
         failureTimeoutMs: opts.failureTimeoutMs ?? 300,
+        ...(opts.durable ? { durable: true } : {}),
         ...opts.extra,
         nodes: c.nodes.map((n) => ({
           id: n.id,
@@ -132,6 +135,7 @@ export class ProcessCluster {
           peer: `${n.peer.host}:${n.peer.port}`,
           admin: `${n.admin.host}:${n.admin.port}`,
           ...(n.peerListen ? { peerListen: `${n.peerListen.host}:${n.peerListen.port}` } : {}),
+          ...(opts.durable ? { dataDir: `data-${n.id}` } : {}),
           ...opts.nodeExtra?.(n.id),
         })),
       };
@@ -188,6 +192,20 @@ export class ProcessCluster {
     this.signal(id, 'SIGKILL');
     await exited;
     this.node(id).child = null;
+  }
+
+  /** Durable mode: node `id`'s dataDir (spawn starts it again from there). */
+  dataDir(id: string): string {
+    return join(this.dir, `data-${this.node(id).id}`);
+  }
+
+  /** kill -9 every running node at once (one signal each, back to back), and wait until all are gone. */
+  async killAll(): Promise<void> {
+    const running = this.nodes.filter((n) => n.child !== null && n.child.exitCode === null && n.child.signalCode === null);
+    const exited = running.map((n) => new Promise<void>((r) => n.child!.once('exit', () => r())));
+    for (const n of running) process.kill(n.child!.pid!, 'SIGKILL');
+    await Promise.all(exited);
+    for (const n of this.nodes) n.child = null;
   }
 
   status(id: string): Promise<NodeStatus | null> {
