@@ -520,9 +520,14 @@ export class ReplicaNode implements FrontHost, AdminHost {
     setImmediate(() => {
       this.flushScheduled = false;
       if (this.stopped) return;
-      if (!this.commitDurable()) return;
       for (const a of step(this.replicaState, { type: 'flush' }, this.nowMs())) this.act(a);
       this.transport.flush();
+      // Durable mode: the frames are on their way while this node fsyncs its own log; then the
+      // acks and the replies that waited for that fsync go out.
+      if (this.store !== null) {
+        if (!this.commitDurable()) return;
+        this.transport.flush();
+      }
       this.front.afterFlush();
     });
   }
