@@ -5,7 +5,8 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { cpSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { startLoad, workloadProblems } from '../src/testing/workload.js';
@@ -123,4 +124,49 @@ test('durable: a node whose log is damaged refuses to start with E_DURABLE_CORRU
   cluster.spawn(b);
   await cluster.waitFor(async () => (await cluster.status(b))?.role === 'backup', 30_000, `${b} recruited as the backup`);
   await inStep(cluster, 'the recruited backup in step');
+});
+
+// A disk that fills up under the backup: a real ENOSPC, on a small tmpfs mounted over its
+// dataDir (root only). The backup must stop (fail-stop, exit 3, E_DURABLE_IO naming the file),
+// not ack what it could not write; the primary drops it and serves on with every write.
+const ROOT = process.getuid?.() === 0;
+test('durable: a backup whose disk is full stops (E_DURABLE_IO naming the file, exit 3); the primary drops it and serves on, nothing acknowledged lost', { skip: ROOT ? false : 'needs root to mount a small tmpfs' }, async (t) => {
+  const cluster = await ProcessCluster.start({ durable: true, nodes: 2, failureTimeoutMs: 4000, heartbeatMs: 100 });
+  let mounted = '';
+  t.after(async () => {
+    await cluster.killAll();
+    if (mounted !== '') execFileSync('umount', ['-l', mounted]);
+    await cluster.stop();
+  });
+  const p = (await cluster.primary())!;
+  const b = p.view.backup!;
+  const client = new LockstepClient({ nodes: cluster.clientAddresses(), commandTimeoutMs: 30_000 });
+  t.after(() => client.close());
+  for (let i = 0; i < 20; i++) await client.call('SET', `small${i}`, 'x');
+  // The backup's dataDir moves onto a 1 MiB tmpfs (with what it held), and it comes back from it.
+  await cluster.kill9(b);
+  const dir = cluster.dataDir(b);
+  renameSync(dir, `${dir}.disk`);
+  mkdirSync(dir);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', dir]);
+  mounted = dir;
+  cpSync(`${dir}.disk`, dir, { recursive: true });
+  const child = cluster.spawn(b);
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  await cluster.waitFor(async () => (await cluster.status(b))?.role === 'backup', 30_000, `${b} back as the backup`);
+  // 100 KiB values: the tmpfs is full after a few.
+  const big = 'b'.repeat(100 * 1024);
+  const acked: string[] = [];
+  for (let i = 0; i < 20; i++) {
+    await client.call('SET', `big${i}`, big);
+    acked.push(`big${i}`);
+  }
+  assert.equal(await exited, 3, 'the backup fail-stopped');
+  const log = cluster.log(b);
+  assert.match(log, /"fail-stop".*E_DURABLE_IO/);
+  assert.match(log, /ENOSPC/);
+  assert.ok(log.includes(dir), 'the error names a file in the dataDir');
+  await cluster.waitFor(async () => (await cluster.status(p.id))?.view.backup === null, 30_000, 'the primary to drop the backup');
+  for (const k of acked) assert.equal((await client.get(k))?.length, big.length, k);
+  assert.equal(await client.call('SET', 'after', 'full'), 'OK');
 });
