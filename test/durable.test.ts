@@ -11,6 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DurableStore, type DurableMeta } from '../src/node/durable.js';
 import { isLockstepError } from '../src/errors.js';
+import { createReplica, step } from '../src/core/replica.js';
+import { DEFAULT_TIMING } from '../src/core/types.js';
 
 const META: DurableMeta = { format: 1, cluster: 'c', node: 'n1', arbiterId: 'a', view: { epoch: 3, primary: 'n1', backup: 'n2' } };
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
@@ -235,4 +237,39 @@ test('a second process on the same dataDir is refused (E_DIR_LOCKED); a stale lo
   assert.equal(readFileSync(join(dir, 'LOCK'), 'utf8').trim(), String(process.pid));
   s.close();
   assert.ok(!readdirSync(dir).includes('LOCK'), 'closed: the lock is let go');
+});
+
+// The core's side: a node recovered from its disk, named in the arbiter's view, waits as a
+// backup of that view's primary and asks to go live from that view after the failure timeout,
+// as a backup does; it takes frames if that primary is alive.
+test('core: a recovered start waits as a backup of the view\'s primary, then asks {e, P, B} -> {e+1, self, -}', () => {
+  const view = { epoch: 4, primary: 'n1', backup: 'n2' };
+  for (const self of ['n1', 'n2']) {
+    const r = createReplica({ ...DEFAULT_TIMING, id: self, nodes: ['n1', 'n2', 'n3'] }, 0);
+    const out = step(r, { type: 'start', recovered: { index: 17, view } }, 0);
+    assert.equal(r.role, 'backup');
+    assert.equal(r.lastIndex, 17);
+    assert.deepEqual(r.view, view);
+    assert.ok(out.some((a) => a.type === 'role' && a.role === 'backup'));
+    assert.ok(!out.some((a) => a.type === 'arbiterCas'), 'no bootstrap');
+    const early = step(r, { type: 'tick' }, DEFAULT_TIMING.failureTimeoutMs / 4);
+    assert.ok(!early.some((a) => a.type === 'arbiterCas'));
+    const asks = [DEFAULT_TIMING.failureTimeoutMs / 2, (3 * DEFAULT_TIMING.failureTimeoutMs) / 4, DEFAULT_TIMING.failureTimeoutMs + 1].flatMap((t) => step(r, { type: 'tick' }, t));
+    const cas = asks.find((a) => a.type === 'arbiterCas');
+    assert.ok(cas !== undefined && cas.type === 'arbiterCas', `${self} asks to go live`);
+    assert.deepEqual(cas.expected, view);
+    assert.deepEqual(cas.next, { epoch: 5, primary: self, backup: null });
+    step(r, { type: 'arbiterResult', requestId: cas.requestId, ok: true, view: cas.next }, DEFAULT_TIMING.failureTimeoutMs + 2);
+    assert.equal(r.role, 'primary');
+    assert.equal(r.lastIndex, 17, 'live with its disk');
+  }
+  // The primary of that view alive: the recovered backup takes its frames from the index it holds.
+  const b = createReplica({ ...DEFAULT_TIMING, id: 'n2', nodes: ['n1', 'n2', 'n3'] }, 0);
+  step(b, { type: 'start', recovered: { index: 17, view } }, 0);
+  const acks = step(b, { type: 'message', from: 'n1', msg: { type: 'frame', view, seq: 9, prevIndex: 16, payloads: [bytes('17'), bytes('18')], primaryIndex: 18, pendingView: null } }, 10);
+  assert.ok(acks.some((a) => a.type === 'apply' && a.entries.length === 1 && a.entries[0]!.index === 18), 'only entry 18 is new');
+  assert.ok(acks.some((a) => a.type === 'send' && a.msg.type === 'ack' && a.msg.ackedIndex === 18));
+  // Never from a view that does not name it.
+  const c = createReplica({ ...DEFAULT_TIMING, id: 'n3', nodes: ['n1', 'n2', 'n3'] }, 0);
+  assert.throws(() => step(c, { type: 'start', recovered: { index: 17, view } }, 0), /does not name this replica/);
 });
