@@ -822,7 +822,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       rssBytes: process.memoryUsage.rss(),
       eventLoopMaxDelayMs: Math.round(Math.max(this.loopDelayMaxMs, this.loopDelay.max / 1e6)),
       incarnation: this.incarnation,
-      durable: this.store === null ? null : { dataDir: this.store.dir, index: this.store.index, generation: this.store.generation, ...this.store.stats },
+      durable: this.store === null ? null : { dataDir: this.store.dir, index: this.store.index, generation: this.store.generation, ...this.store.stats, commitMs: Math.round(this.store.stats.commitMs) },
       pid: process.pid,
     };
   }
@@ -846,6 +846,13 @@ export class ReplicaNode implements FrontHost, AdminHost {
     metric('lockstep_peer_frames_received_total', 'counter', 'Logging-channel frames received.', t.framesReceived);
     metric('lockstep_peer_messages_dropped_total', 'counter', 'Messages dropped because the link was down or full.', t.dropped);
     metric('lockstep_peer_refused_total', 'counter', 'Peer connections refused or closed for garbage.', t.refused);
+    const d = this.store?.stats;
+    if (d !== undefined) {
+      metric('lockstep_durable_commits_total', 'counter', 'Durable mode: group commits (one write and one fdatasync each).', d.commits);
+      metric('lockstep_durable_commit_ms_total', 'counter', 'Durable mode: milliseconds spent writing and fsyncing the log.', Math.round(d.commitMs));
+      metric('lockstep_durable_log_bytes_total', 'counter', 'Durable mode: log bytes written.', d.bytes);
+      metric('lockstep_durable_snapshots_total', 'counter', 'Durable mode: snapshot files written (compaction, or a snapshot received as a recruit).', d.snapshots);
+    }
   }
 
   /** The arbiter's views for the dashboard's timeline (null: this arbiter keeps no history). */
