@@ -65,7 +65,7 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
 
 test('durable: a backup killed and restarted while its primary lives resumes from its disk (no snapshot), under load', async (t) => {
   // A failure timeout long enough that the restart lands before the primary drops the backup.
-  const cluster = await ProcessCluster.start({ durable: true, failureTimeoutMs: 4000, heartbeatMs: 100 });
+  const cluster = await ProcessCluster.start({ durable: true, failureTimeoutMs: 8000, heartbeatMs: 100 });
   t.after(() => cluster.stop());
   const p = (await cluster.primary())!;
   const b = p.view.backup!;
