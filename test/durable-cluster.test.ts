@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { startLoad, workloadProblems } from '../src/testing/workload.js';
 import { LockstepClient } from '../src/client/index.js';
+import { BANK_ACCOUNTS, openAccounts, transferOf } from '../src/testing/bank-load.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -199,22 +200,17 @@ test('durable: a service module (examples/services/bank) across kill -9 of every
   t.after(() => cluster.stop());
   const setup = new LockstepClient({ nodes: cluster.clientAddresses(), commandTimeoutMs: 60_000 });
   t.after(() => setup.close());
-  const names = ['ann', 'bob', 'cat', 'dan', 'eve'];
-  const balances = new Map<string, number>();
-  for (const n of names) {
-    assert.equal(await setup.call('OPEN', n, 1000), 'OK');
-    balances.set(n, 1000);
-  }
+  const names = BANK_ACCOUNTS;
+  const balances = await openAccounts(setup, names, 1000);
   let stop = false;
   let done = 0;
   const worker = async (w: number): Promise<void> => {
     const c = new LockstepClient({ nodes: cluster.clientAddresses(), commandTimeoutMs: 60_000, clientId: `worker-${w}` });
     try {
       for (let i = 0; !stop; i++) {
-        const from = names[(w + i) % names.length]!;
-        const to = names[(w + 2 * i + 1) % names.length]!;
-        if (from === to) continue;
-        const cents = 1 + ((w * 7 + i * 13) % 50);
+        const tr = transferOf(names, w, i, 50);
+        if (tr === null) continue;
+        const { from, to, cents } = tr;
         try {
           await c.call('TRANSFER', from, to, String(cents));
         } catch (e) {
