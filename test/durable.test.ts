@@ -273,3 +273,34 @@ test('core: a recovered start waits as a backup of the view\'s primary, then ask
   const c = createReplica({ ...DEFAULT_TIMING, id: 'n3', nodes: ['n1', 'n2', 'n3'] }, 0);
   assert.throws(() => step(c, { type: 'start', recovered: { index: 17, view } }, 0), /does not name this replica/);
 });
+
+test('compaction in slices: entries appended while it runs go on after its index; a crash before it finishes leaves the old snapshot and every entry', (t) => {
+  const dir = tempDir(t);
+  written(dir, 10);
+  const s = new DurableStore(dir);
+  s.lock();
+  s.open();
+  assert.equal(s.beginCompaction(), 10);
+  s.compactionPiece(bytes('state at 10'));
+  s.append([{ index: 11, payload: bytes('entry 11') }, { index: 12, payload: bytes('entry 12') }], 3);
+  s.commit();
+  // The node dies here (no finish, no close): a new process opens the directory.
+  const crashed = new DurableStore(dir);
+  crashed.lock();
+  const r = crashed.open();
+  assert.equal(r.snapshotIndex, 0);
+  assert.deepEqual(r.entries.map((e) => e.index), Array.from({ length: 12 }, (_, i) => i + 1));
+  assert.ok(r.warnings.some((w) => w.includes('.snap.tmp') && w.includes('unfinished')), r.warnings.join('; '));
+  // This time it finishes, with an entry appended meanwhile.
+  assert.equal(crashed.beginCompaction(), 12);
+  crashed.append([{ index: 13, payload: bytes('entry 13') }], 3);
+  crashed.commit();
+  crashed.compactionPiece(bytes('state at 12'));
+  crashed.finishCompaction();
+  crashed.close();
+  const done = reopen(dir);
+  assert.equal(done.snapshotIndex, 12);
+  assert.deepEqual(done.snapshotPieces.map(text), ['state at 12']);
+  assert.deepEqual(done.entries.map((e) => text(e.payload)), ['entry 13']);
+  assert.equal(segments(dir).length, 1, `the segments the snapshot covers are gone: ${segments(dir).join(' ')}`);
+});

@@ -121,11 +121,14 @@ export class DurableStore {
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private lastIndex = 0;
-  private snapshotIndex = 0;
+  /** The index of the current snapshot (compaction or a recruit's). */
+  snapshotIndex = 0;
   /** Log bytes written since the last snapshot (compaction is due past compactBytes). */
   logBytesSinceSnapshot = 0;
   /** Snapshot being received from a primary (recruit): its tmp file. */
-  private incoming: { fd: number; tmp: string; name: string; gen: number; index: number; pieces: number } | null = null;
+  private incoming: SnapshotFile | null = null;
+  /** Compaction under way: the snapshot of this node's own state being written, a piece at a time. */
+  private outgoing: SnapshotFile | null = null;
   /** Commits (one write and one fdatasync each), their bytes and time, snapshots written. */
   readonly stats = { commits: 0, bytes: 0, commitMs: 0, commitMsMax: 0, snapshots: 0 };
 
@@ -152,11 +155,8 @@ export class DurableStore {
   close(): void {
     if (this.segFd !== null) closeSync(this.segFd);
     this.segFd = null;
-    if (this.incoming !== null) {
-      closeSync(this.incoming.fd);
-      rmSync(this.incoming.tmp, { force: true });
-      this.incoming = null;
-    }
+    this.dropIncoming();
+    this.abortCompaction();
     this.unlock?.();
     this.unlock = null;
   }
@@ -426,42 +426,90 @@ export class DurableStore {
     this.segFd = null;
   }
 
-  /** Write a snapshot file of this generation at `index` (tmp, fsync, rename, fsync dir). */
-  private writeSnapshotFile(gen: number, index: number, pieces: readonly Uint8Array[]): void {
+  /**
+   * Compaction, begun: the snapshot of the service's state at the last index appended (committed
+   * first). The log goes on in a new segment after that index, while the caller gives the
+   * snapshot's pieces (compactionPiece) a slice at a time, from a stream begun at this very
+   * moment; finishCompaction makes it current and deletes the log segments and older snapshots
+   * it covers. Returns the snapshot's index.
+   */
+  beginCompaction(): number {
+    this.abortCompaction();
+    this.commit();
+    const index = this.lastIndex;
+    this.closeSegment();
+    this.outgoing = this.createSnapshotFile(this.gen, index);
+    this.logBytesSinceSnapshot = 0;
+    return index;
+  }
+
+  compactionPiece(data: Uint8Array): void {
+    const out = this.outgoing;
+    if (out === null) throw new Error('lockstep invariant broken: a compaction piece with no compaction under way');
+    this.writePiece(out, data);
+  }
+
+  finishCompaction(): void {
+    const out = this.outgoing;
+    if (out === null) throw new Error('lockstep invariant broken: finishing no compaction');
+    this.outgoing = null;
+    this.sealSnapshotFile(out);
+    this.removeExcept(out.gen, out.index);
+    this.snapshotIndex = out.index;
+  }
+
+  /** Drop a compaction under way (the node halts, or a new generation begins). */
+  abortCompaction(): void {
+    const out = this.outgoing;
+    if (out === null) return;
+    this.outgoing = null;
+    closeSync(out.fd);
+    rmSync(out.tmp, { force: true });
+  }
+
+  /** A whole compaction at once: the service's state at the last index appended, in these pieces. */
+  snapshot(pieces: readonly Uint8Array[]): void {
+    this.beginCompaction();
+    for (const p of pieces) this.compactionPiece(p);
+    this.finishCompaction();
+  }
+
+  private createSnapshotFile(gen: number, index: number): SnapshotFile {
     const name = `snap-${pad(gen)}-${pad(index)}.snap`;
-    const path = this.file(name);
-    const tmp = `${path}.tmp`;
-    io(tmp, 'writing', () => {
-      const fd = openSync(tmp, 'w', 0o644);
-      try {
-        writeSync(fd, snapshotHeader(gen, index));
-        for (const p of pieces) {
-          writeSync(fd, recordHeader(p));
-          writeSync(fd, p);
-        }
-        writeSync(fd, snapshotEnd(pieces.length));
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
+    const tmp = `${this.file(name)}.tmp`;
+    const fd = io(tmp, 'creating', () => openSync(tmp, 'w', 0o644));
+    const f = { fd, tmp, name, gen, index, pieces: 0 };
+    io(tmp, 'writing', () => writeSync(fd, snapshotHeader(gen, index)));
+    return f;
+  }
+
+  private writePiece(f: SnapshotFile, data: Uint8Array): void {
+    io(f.tmp, 'writing', () => {
+      writeSync(f.fd, recordHeader(data));
+      writeSync(f.fd, data);
     });
-    io(path, 'renaming to', () => renameSync(tmp, path));
+    f.pieces++;
+  }
+
+  /** The end marker, fsync, rename into place, fsync of the directory: the file is whole or absent. */
+  private sealSnapshotFile(f: SnapshotFile): void {
+    io(f.tmp, 'writing', () => {
+      writeSync(f.fd, snapshotEnd(f.pieces));
+      fsyncSync(f.fd);
+      closeSync(f.fd);
+    });
+    const path = this.file(f.name);
+    io(path, 'renaming to', () => renameSync(f.tmp, path));
     this.syncDir();
     this.stats.snapshots++;
   }
 
-  /**
-   * Compaction: the service's state at the last index appended (committed first), in this
-   * generation; the log segments and older snapshots it covers are deleted.
-   */
-  snapshot(pieces: readonly Uint8Array[]): void {
-    this.commit();
-    const index = this.lastIndex;
-    this.closeSegment();
-    this.writeSnapshotFile(this.gen, index, pieces);
-    this.removeExcept(this.gen, index);
-    this.snapshotIndex = index;
-    this.logBytesSinceSnapshot = 0;
+  private dropIncoming(): void {
+    const inc = this.incoming;
+    if (inc === null) return;
+    this.incoming = null;
+    closeSync(inc.fd);
+    rmSync(inc.tmp, { force: true });
   }
 
   /**
@@ -469,55 +517,40 @@ export class DurableStore {
    * on disk before is superseded and deleted once the new snapshot is on disk.
    */
   reset(index: number, pieces: readonly Uint8Array[]): void {
+    this.abortCompaction();
+    this.dropIncoming();
     this.pending = [];
     this.pendingBytes = 0;
     this.closeSegment();
-    const gen = this.gen + 1;
-    this.writeSnapshotFile(gen, index, pieces);
-    this.gen = gen;
-    this.removeExcept(gen, index);
-    this.lastIndex = index;
-    this.snapshotIndex = index;
-    this.logBytesSinceSnapshot = 0;
+    const f = this.createSnapshotFile(this.gen + 1, index);
+    for (const p of pieces) this.writePiece(f, p);
+    this.sealSnapshotFile(f);
+    this.newGeneration(f.gen, index);
   }
 
   /** A recruit receives its primary's snapshot a piece at a time: written as it comes, made current at the last. */
   snapshotPiece(index: number, chunk: number, data: Uint8Array, last: boolean): void {
     if (chunk === 0) {
-      if (this.incoming !== null) {
-        closeSync(this.incoming.fd);
-        rmSync(this.incoming.tmp, { force: true });
-      }
-      const gen = this.gen + 1;
-      const name = `snap-${pad(gen)}-${pad(index)}.snap`;
-      const tmp = `${this.file(name)}.tmp`;
-      const fd = io(tmp, 'creating', () => openSync(tmp, 'w', 0o644));
-      this.incoming = { fd, tmp, name, gen, index, pieces: 0 };
-      io(tmp, 'writing', () => writeSync(fd, snapshotHeader(gen, index)));
+      this.abortCompaction();
+      this.dropIncoming();
+      this.incoming = this.createSnapshotFile(this.gen + 1, index);
     }
     const inc = this.incoming;
     if (inc === null || inc.index !== index) throw new Error(`lockstep invariant broken: snapshot piece ${chunk} at ${index} with no snapshot being received`);
-    io(inc.tmp, 'writing', () => {
-      writeSync(inc.fd, recordHeader(data));
-      writeSync(inc.fd, data);
-    });
-    inc.pieces++;
+    this.writePiece(inc, data);
     if (!last) return;
-    io(inc.tmp, 'writing', () => {
-      writeSync(inc.fd, snapshotEnd(inc.pieces));
-      fsyncSync(inc.fd);
-      closeSync(inc.fd);
-    });
     this.incoming = null;
-    const path = this.file(inc.name);
-    io(path, 'renaming to', () => renameSync(inc.tmp, path));
-    this.syncDir();
-    this.stats.snapshots++;
+    this.sealSnapshotFile(inc);
     this.pending = [];
     this.pendingBytes = 0;
     this.closeSegment();
-    this.gen = inc.gen;
-    this.removeExcept(inc.gen, index);
+    this.newGeneration(inc.gen, index);
+  }
+
+  /** Generation `gen` begins with its snapshot at `index` (on disk): what came before goes. */
+  private newGeneration(gen: number, index: number): void {
+    this.gen = gen;
+    this.removeExcept(gen, index);
     this.lastIndex = index;
     this.snapshotIndex = index;
     this.logBytesSinceSnapshot = 0;
@@ -535,6 +568,8 @@ export class DurableStore {
     this.syncDir();
   }
 }
+
+interface SnapshotFile { readonly fd: number; readonly tmp: string; readonly name: string; readonly gen: number; readonly index: number; pieces: number }
 
 function snapshotHeader(gen: number, index: number): Buffer {
   const h = Buffer.alloc(20);

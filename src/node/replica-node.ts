@@ -38,7 +38,7 @@ import { PeerTransport } from '../net/peer-transport.js';
 import { PROTOCOL_VERSION, PROTOCOL_VERSION_MIN } from '../net/peer-codec.js';
 import { arbiterFor, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
-import type { RestoreStream, SnapshotStream } from '../guest/snapshot-stream.js';
+import { wholeSnapshotStream, type RestoreStream, type SnapshotStream } from '../guest/snapshot-stream.js';
 import { KvFront } from './kv-front.js';
 import { ModuleFront } from './module-front.js';
 import { WasmFront } from './wasm-front.js';
@@ -148,6 +148,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
   private deferredSends: { readonly to: string; readonly msg: PeerMessage }[] = [];
   /** Durable mode: releases waiting for the commit of the entries the outputs depend on. */
   private deferredReleases: (readonly number[])[] = [];
+  /** Durable mode: the compaction under way (a snapshot of the service at `index` being written). */
+  private compacting: { readonly index: number; readonly stream: SnapshotStream; readonly startedMs: number; bytes: number; readonly logBytes: number } | null = null;
 
   constructor(
     readonly config: ClusterConfig,
@@ -386,25 +388,60 @@ export class ReplicaNode implements FrontHost, AdminHost {
     }
   }
 
-  /** Compaction: past durableCompactBytes of log, snapshot the service and delete the log behind it. */
+  /**
+   * Compaction: past durableCompactBytes of log, snapshot the service and delete the log behind
+   * it. The snapshot is a stream begun now (consistent at the last index; the service goes on),
+   * written a slice of an event-loop turn at a time (pumpCompaction), so a big state does not
+   * stall the node past its peers' failure timeout.
+   */
   private maybeCompact(): void {
     const store = this.store;
     const r = this.replicaState;
-    if (store === null || store.logBytesSinceSnapshot < this.config.durableCompactBytes) return;
-    if ((r.role !== 'primary' && r.role !== 'backup') || this.producing !== null || this.restoring !== null || store.index !== r.lastIndex) return;
+    if (store === null || this.compacting !== null || store.logBytesSinceSnapshot < this.config.durableCompactBytes) return;
+    if ((r.role !== 'primary' && r.role !== 'backup') || this.restoring !== null || store.index !== r.lastIndex) return;
     if (this.front.brokenReason?.() != null) return;
-    const started = performance.now();
-    const pieces: Uint8Array[] = [];
-    if (this.front.snapshotStream) {
-      const stream = this.front.snapshotStream();
-      for (let p = stream.next(this.chunkBytes()); p !== null; p = stream.next(this.chunkBytes())) pieces.push(p.slice());
-    } else {
-      pieces.push(this.front.takeSnapshot());
-    }
     const logBytes = store.logBytesSinceSnapshot;
-    this.durably((s) => s.snapshot(pieces));
-    this.log('info', 'durable-snapshot', { index: r.lastIndex, bytes: pieces.reduce((n, p) => n + p.length, 0), logBytesDeleted: logBytes, ms: Math.round(performance.now() - started) });
+    let index = -1;
+    this.durably((s) => (index = s.beginCompaction()));
+    if (index < 0) return;
+    const stream = this.front.snapshotStream ? this.front.snapshotStream() : wholeSnapshotStream(this.front.takeSnapshot());
+    this.compacting = { index, stream, startedMs: performance.now(), bytes: 0, logBytes };
+    this.scheduleCompaction();
   }
+
+  private scheduleCompaction(): void {
+    setImmediate(() => this.pumpCompaction());
+  }
+
+  private pumpCompaction(): void {
+    const c = this.compacting;
+    if (c === null || this.stopped) return;
+    const r = this.replicaState;
+    if (r.role !== 'primary' && r.role !== 'backup') return this.abortCompaction('this node is no longer primary or backup');
+    const until = performance.now() + PUMP_SLICE_MS;
+    for (;;) {
+      const piece = c.stream.next(this.chunkBytes());
+      if (piece === null) break;
+      c.bytes += piece.length;
+      this.durably((s) => s.compactionPiece(piece));
+      if (this.stopped) return;
+      if (performance.now() >= until) return this.scheduleCompaction();
+    }
+    this.compacting = null;
+    this.durably((s) => s.finishCompaction());
+    if (this.stopped) return;
+    this.log('info', 'durable-snapshot', { index: c.index, bytes: c.bytes, logBytesDeleted: c.logBytes, ms: Math.round(performance.now() - c.startedMs) });
+  }
+
+  private abortCompaction(reason: string): void {
+    const c = this.compacting;
+    if (c === null) return;
+    this.compacting = null;
+    c.stream.close();
+    this.store?.abortCompaction();
+    this.log('info', 'durable-snapshot-dropped', { index: c.index, reason });
+  }
+
 
   /**
    * The arbiter's identity. The node goes no further until it has it: an arbiter that does not
@@ -779,6 +816,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
     if (this.store !== null) {
       // What this turn appended and acked goes out first; then the disk, no longer in any view, is discarded.
       if (!this.commitDurable()) return;
+      this.abortCompaction('halted');
       const lastIndex = this.store.index;
       this.durably((s) => s.reset(0, []));
       this.log('warn', 'durable-discarded', { dataDir: this.store.dir, lastIndex, reason: `halted (${reason}): this node is in no view, so its disk is stale; it rejoins as an empty spare` });
@@ -822,7 +860,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       rssBytes: process.memoryUsage.rss(),
       eventLoopMaxDelayMs: Math.round(Math.max(this.loopDelayMaxMs, this.loopDelay.max / 1e6)),
       incarnation: this.incarnation,
-      durable: this.store === null ? null : { dataDir: this.store.dir, index: this.store.index, generation: this.store.generation, ...this.store.stats, commitMs: Math.round(this.store.stats.commitMs) },
+      durable: this.store === null ? null : { dataDir: this.store.dir, index: this.store.index, snapshotIndex: this.store.snapshotIndex, generation: this.store.generation, ...this.store.stats, commitMs: Math.round(this.store.stats.commitMs) },
       pid: process.pid,
     };
   }
