@@ -13,6 +13,7 @@ import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { startLoad, workloadProblems } from '../src/testing/workload.js';
 import { LockstepClient } from '../src/client/index.js';
 import { BANK_ACCOUNTS, openAccounts, transferOf } from '../src/testing/bank-load.js';
+import { postSwitchover } from '../src/cli/switchover.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -238,4 +239,27 @@ test('durable: a service module (examples/services/bank) across kill -9 of every
   assert.deepEqual(await setup.call('AUDIT'), [5000, 5000]);
   for (const n of names) assert.equal(await setup.call('BALANCE', n), balances.get(n), n);
   await inStep(cluster, 'the backup in step with equal digests');
+});
+
+// A planned switchover in durable mode: the old primary, now the backup, keeps its disk and
+// goes on writing the new primary's entries after its own; then every node is killed at once.
+test('durable: a switchover under load, then kill -9 of every node: the swapped pair comes back with every acknowledged write', async (t) => {
+  const cluster = await ProcessCluster.start({ durable: true, failureTimeoutMs: 1000, heartbeatMs: 50 });
+  t.after(() => cluster.stop());
+  const p = (await cluster.primary())!;
+  const b = p.view.backup!;
+  const finish = startLoad(cluster.clientAddresses(), 4, 3);
+  await sleep(800);
+  const r = await postSwitchover(cluster.node(p.id).admin, b);
+  assert.equal(r.ok, true, r.message);
+  await sleep(800);
+  const view = (await cluster.primary())!.view;
+  assert.deepEqual([view.primary, view.backup], [b, p.id], 'swapped');
+  await cluster.killAll();
+  for (const n of cluster.nodes) cluster.spawn(n.id);
+  const pair = await inStep(cluster, 'a primary and a backup in step after the restart');
+  const result = await finish();
+  t.diagnostic(`${result.ok} operations acknowledged; after the restart: primary ${pair.primary}, backup ${pair.backup}`);
+  assert.ok([b, p.id].includes(pair.primary), 'one of the swapped pair went live');
+  assert.deepEqual(await workloadProblems(cluster.clientAddresses(), { ...result, failed: 0 }), []);
 });
