@@ -442,7 +442,6 @@ export class ReplicaNode implements FrontHost, AdminHost {
     this.log('info', 'durable-snapshot-dropped', { index: c.index, reason });
   }
 
-
   /**
    * The arbiter's identity. The node goes no further until it has it: an arbiter that does not
    * answer is waited for (logged each time); one never initialized, or another cluster's, or
