@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync, cpSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
@@ -151,7 +151,7 @@ test('durable: a node whose log is damaged refuses to start with E_DURABLE_CORRU
 // dataDir (root only). The backup must stop (fail-stop, exit 3, E_DURABLE_IO naming the file),
 // not ack what it could not write; the primary drops it and serves on with every write.
 const ROOT = process.getuid?.() === 0;
-test('durable: a backup whose disk is full stops (E_DURABLE_IO naming the file, exit 3); the primary drops it and serves on, nothing acknowledged lost', { skip: ROOT ? false : 'needs root to mount a small tmpfs' }, async (t) => {
+test('durable: a backup whose disk is full stops (E_DURABLE_IO naming the file, exit 3); the primary drops it and serves on, nothing acknowledged lost; started on the full disk it is refused; given room it is recruited', { skip: ROOT ? false : 'needs root to mount a small tmpfs' }, async (t) => {
   const cluster = await ProcessCluster.start({ durable: true, nodes: 2, failureTimeoutMs: 4000, heartbeatMs: 100 });
   let mounted = '';
   t.after(async () => {
@@ -190,6 +190,24 @@ test('durable: a backup whose disk is full stops (E_DURABLE_IO naming the file, 
   await cluster.waitFor(async () => (await cluster.status(p.id))?.view.backup === null, 30_000, 'the primary to drop the backup');
   for (const k of acked) assert.equal((await client.get(k))?.length, big.length, k);
   assert.equal(await client.call('SET', 'after', 'full'), 'OK');
+  // Started again on the disk, filled to the last byte: refused at start, naming the file.
+  const filler = join(dir, 'filler');
+  try {
+    for (;;) appendFileSync(filler, Buffer.alloc(4096));
+  } catch (e) {
+    assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
+  }
+  const again = cluster.spawn(b);
+  assert.equal(await new Promise<number | null>((r) => again.once('exit', (c) => r(c))), 2, 'refused to start');
+  const startLog = cluster.log(b).slice(log.length);
+  assert.match(startLog, /E_DURABLE_IO/);
+  assert.ok(startLog.includes(dir), startLog.slice(0, 2000));
+  // Given room (what an operator does: here the tmpfs grows), it starts, joins as a spare
+  // (the view no longer names it) and is recruited with a snapshot.
+  rmSync(filler);
+  execFileSync('mount', ['-o', 'remount,size=16m', dir]);
+  cluster.spawn(b);
+  await cluster.waitFor(async () => (await cluster.status(b))?.role === 'backup', 30_000, `${b} recruited again`);
 });
 
 // A user's service module goes through the same apply and snapshot paths: the bank example,
