@@ -304,3 +304,35 @@ test('compaction in slices: entries appended while it runs go on after its index
   assert.deepEqual(done.entries.map((e) => text(e.payload)), ['entry 13']);
   assert.equal(segments(dir).length, 1, `the segments the snapshot covers are gone: ${segments(dir).join(' ')}`);
 });
+
+test('an asynchronous commit writes in the background; one at a time; a full disk is E_DURABLE_IO', { skip: process.platform !== 'linux' && 'needs /dev/full' }, async (t) => {
+  const dir = tempDir(t);
+  written(dir, 3);
+  const s = new DurableStore(dir);
+  s.lock();
+  s.open();
+  assert.equal(s.commitAsync(() => assert.fail('nothing to write')), false);
+  s.append([{ index: 4, payload: bytes('entry 4') }], 3);
+  const done = new Promise<unknown>((r) => s.commitAsync(r));
+  assert.equal(s.committing, true);
+  s.append([{ index: 5, payload: bytes('entry 5') }], 3); // waits for the next commit
+  assert.throws(() => s.commit(), /while an asynchronous one is under way/);
+  assert.equal(await done, null);
+  assert.equal(s.committing, false);
+  assert.equal(await new Promise<unknown>((r) => s.commitAsync(r)), null);
+  s.close();
+  assert.deepEqual(reopen(dir).entries.map((e) => text(e.payload)), ['entry 1', 'entry 2', 'entry 3', 'entry 4', 'entry 5']);
+  // A full disk: E_DURABLE_IO naming the file (thrown at once here: the new segment's header
+  // cannot be written; a failed write of records comes through the callback).
+  const full = tempDir(t);
+  const f = new DurableStore(full);
+  f.lock();
+  f.open();
+  f.reset(0, []);
+  const seg = join(full, `log-${'1'.padStart(20, '0')}-${'1'.padStart(20, '0')}.log`);
+  symlinkSync('/dev/full', seg);
+  f.append([{ index: 1, payload: bytes('x') }], 1);
+  const err = await new Promise<unknown>((r) => f.commitAsync(r)).catch((e: unknown) => e);
+  f.close();
+  assert.ok(isLockstepError(err) && err.code === 'E_DURABLE_IO' && err.message.includes(seg) && /ENOSPC/.test(err.message), String(err));
+});

@@ -34,6 +34,8 @@ import {
   renameSync,
   rmSync,
   writeSync,
+  write as fsWrite,
+  fdatasync as fsFdatasync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -123,6 +125,10 @@ export class DurableStore {
   private lastIndex = 0;
   /** The index of the current snapshot (compaction or a recruit's). */
   snapshotIndex = 0;
+  /** An asynchronous commit is under way. */
+  private inFlight = false;
+  /** Segments closed while a commit to them was under way. */
+  private closeAfterFlight: number[] = [];
   /** Log bytes written since the last snapshot (compaction is due past compactBytes). */
   logBytesSinceSnapshot = 0;
   /** Snapshot being received from a primary (recruit): its tmp file. */
@@ -153,8 +159,7 @@ export class DurableStore {
 
   /** Close files and let the lock go (if still ours). */
   close(): void {
-    if (this.segFd !== null) closeSync(this.segFd);
-    this.segFd = null;
+    this.closeSegment();
     this.dropIncoming();
     this.abortCompaction();
     this.unlock?.();
@@ -387,20 +392,79 @@ export class DurableStore {
 
   /** Write what was appended and fdatasync once (group commit). Throws E_DURABLE_IO. */
   commit(): void {
-    if (this.pending.length === 0) return;
+    if (this.inFlight) throw new Error('lockstep invariant broken: a synchronous commit while an asynchronous one is under way');
+    const batch = this.takeBatch();
+    if (batch === null) return;
+    const started = performance.now();
+    io(batch.file, 'writing', () => {
+      let off = 0;
+      while (off < batch.data.length) off += writeSync(batch.fd, batch.data, off, batch.data.length - off);
+      fdatasyncSync(batch.fd);
+    });
+    this.committed(batch.data.length, performance.now() - started);
+  }
+
+  /** A commit is under way (commitAsync): no other may start until it ends. */
+  get committing(): boolean {
+    return this.inFlight;
+  }
+
+  /**
+   * The same as commit, off the event loop: the write and the fdatasync run in libuv's thread
+   * pool, and `done` is called when both are over (with E_DURABLE_IO if either failed). False,
+   * and no call: nothing to write. One at a time: entries appended meanwhile wait for the next.
+   * A new segment that cannot be created throws E_DURABLE_IO at once.
+   */
+  commitAsync(done: (err: LockstepError | null) => void): boolean {
+    if (this.inFlight) throw new Error('lockstep invariant broken: two asynchronous commits at once');
+    const batch = this.takeBatch();
+    if (batch === null) return false;
+    this.inFlight = true;
+    const started = performance.now();
+    const fail = (e: NodeJS.ErrnoException): void => {
+      this.endFlight();
+      try {
+        io(batch.file, 'writing', () => {
+          throw e;
+        });
+      } catch (err) {
+        done(err as LockstepError);
+      }
+    };
+    const write = (off: number): void => {
+      fsWrite(batch.fd, batch.data, off, batch.data.length - off, null, (e, n) => {
+        if (e) return fail(e);
+        if (off + n < batch.data.length) return write(off + n);
+        fsFdatasync(batch.fd, (e2) => {
+          if (e2) return fail(e2);
+          this.endFlight();
+          this.committed(batch.data.length, performance.now() - started);
+          done(null);
+        });
+      });
+    };
+    write(0);
+    return true;
+  }
+
+  private endFlight(): void {
+    this.inFlight = false;
+    // A segment closed while its write was under way (a reset, a compaction): close it now.
+    for (const fd of this.closeAfterFlight) closeSync(fd);
+    this.closeAfterFlight = [];
+  }
+
+  /** What was appended, as one buffer for the open segment (opened if need be); null: nothing. */
+  private takeBatch(): { fd: number; file: string; data: Buffer } | null {
+    if (this.pending.length === 0) return null;
     if (this.segFd === null) this.openSegment(this.lastIndex - this.pending.length / 2 + 1);
-    const fd = this.segFd!;
     const data = this.pending.length === 2 ? Buffer.concat(this.pending) : Buffer.concat(this.pending, this.pendingBytes);
-    const bytes = this.pendingBytes;
     this.pending = [];
     this.pendingBytes = 0;
-    const started = performance.now();
-    io(this.file(this.segName), 'writing', () => {
-      let off = 0;
-      while (off < data.length) off += writeSync(fd, data, off, data.length - off);
-      fdatasyncSync(fd);
-    });
-    const ms = performance.now() - started;
+    return { fd: this.segFd!, file: this.file(this.segName), data };
+  }
+
+  private committed(bytes: number, ms: number): void {
     this.stats.commitMs += ms;
     this.stats.commitMsMax = Math.max(this.stats.commitMsMax, ms);
     this.segBytes += bytes;
@@ -422,7 +486,10 @@ export class DurableStore {
   }
 
   private closeSegment(): void {
-    if (this.segFd !== null) closeSync(this.segFd);
+    if (this.segFd !== null) {
+      if (this.inFlight) this.closeAfterFlight.push(this.segFd);
+      else closeSync(this.segFd);
+    }
     this.segFd = null;
   }
 
@@ -434,6 +501,7 @@ export class DurableStore {
    * it covers. Returns the snapshot's index.
    */
   beginCompaction(): number {
+    if (this.inFlight) throw new Error('lockstep invariant broken: a compaction begun while a commit is under way');
     this.abortCompaction();
     this.commit();
     const index = this.lastIndex;

@@ -346,28 +346,49 @@ export class ReplicaNode implements FrontHost, AdminHost {
   }
 
   /**
-   * Durable mode, at the end of an event-loop turn: write and fsync what this turn appended (one
-   * fdatasync for every entry of every frame of the turn: group commit), then let out what
-   * waited for it: the acks to the primary, the released replies. False: the disk failed and
-   * this node is stopping (fail-stop); nothing that waited goes out.
+   * Durable mode, at the end of an event-loop turn: write and fsync what was appended (one
+   * fdatasync for every entry of every frame since the last commit: group commit), off the
+   * event loop, then let out what waited for it: the acks to the primary, the released replies.
+   * One commit at a time: what comes while one is under way waits for the next, which starts
+   * when it ends. Nothing to write and none under way: what waited goes out at once (every
+   * entry appended is on disk).
    */
-  private commitDurable(): boolean {
+  private commitDurable(): void {
     const store = this.store;
-    if (store === null) return true;
-    try {
-      store.commit();
-    } catch (e) {
-      this.durableFailed(e);
-      return false;
-    }
+    if (store === null || store.committing || this.stopped) return;
     const sends = this.deferredSends;
     const releases = this.deferredReleases;
     this.deferredSends = [];
     this.deferredReleases = [];
+    const incarnation = this.incarnation;
+    let started: boolean;
+    try {
+      started = store.commitAsync((err) => this.durableCommitted(err, incarnation, sends, releases));
+    } catch (e) {
+      return this.durableFailed(e);
+    }
+    if (!started) {
+      this.letOut(sends, releases);
+      this.maybeCompact();
+    }
+  }
+
+  /** A commit ended: what waited for it goes out, and the next one starts with what came meanwhile. */
+  private durableCommitted(err: LockstepError | null, incarnation: number, sends: readonly { readonly to: string; readonly msg: PeerMessage }[], releases: readonly (readonly number[])[]): void {
+    if (this.stopped) return;
+    if (err !== null) return this.durableFailed(err);
+    // Halted meanwhile (startOver): this incarnation's acks and replies are dropped, never sent.
+    if (incarnation === this.incarnation) this.letOut(sends, releases);
+    this.maybeCompact();
+    this.commitDurable();
+    if (this.stopped) return;
+    this.transport.flush();
+    this.front.afterFlush();
+  }
+
+  private letOut(sends: readonly { readonly to: string; readonly msg: PeerMessage }[], releases: readonly (readonly number[])[]): void {
     for (const m of sends) this.transport.send(m.to, m.msg);
     for (const ids of releases) this.front.release(ids);
-    this.maybeCompact();
-    return true;
   }
 
   /** A disk error: fail-stop. Nothing waiting for the disk goes out. */
@@ -397,7 +418,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
   private maybeCompact(): void {
     const store = this.store;
     const r = this.replicaState;
-    if (store === null || this.compacting !== null || store.logBytesSinceSnapshot < this.config.durableCompactBytes) return;
+    if (store === null || this.compacting !== null || store.committing || store.logBytesSinceSnapshot < this.config.durableCompactBytes) return;
     if ((r.role !== 'primary' && r.role !== 'backup') || this.restoring !== null || store.index !== r.lastIndex) return;
     if (this.front.brokenReason?.() != null) return;
     const logBytes = store.logBytesSinceSnapshot;
@@ -561,7 +582,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
       // Durable mode: the frames are on their way while this node fsyncs its own log; then the
       // acks and the replies that waited for that fsync go out.
       if (this.store !== null) {
-        if (!this.commitDurable()) return;
+        this.commitDurable();
+        if (this.stopped) return;
         this.transport.flush();
       }
       this.front.afterFlush();
@@ -813,8 +835,19 @@ export class ReplicaNode implements FrontHost, AdminHost {
 
   private startOver(reason: string): void {
     if (this.store !== null) {
-      // What this turn appended and acked goes out first; then the disk, no longer in any view, is discarded.
-      if (!this.commitDurable()) return;
+      // With no commit under way, what was appended is written and what waited for it goes out;
+      // with one under way, what waits is dropped (an ack or a reply not sent is always safe).
+      // Then the disk, no longer in any view, is discarded.
+      if (!this.store.committing) {
+        try {
+          this.store.commit();
+        } catch (e) {
+          return this.durableFailed(e);
+        }
+        this.letOut(this.deferredSends, this.deferredReleases);
+      }
+      this.deferredSends = [];
+      this.deferredReleases = [];
       this.abortCompaction('halted');
       const lastIndex = this.store.index;
       this.durably((s) => s.reset(0, []));
