@@ -336,3 +336,29 @@ test('an asynchronous commit writes in the background; one at a time; a full dis
   f.close();
   assert.ok(isLockstepError(err) && err.code === 'E_DURABLE_IO' && err.message.includes(seg) && /ENOSPC/.test(err.message), String(err));
 });
+
+test('a segment the node created and died before writing an entry to is started over, not appended to', (t) => {
+  const dir = tempDir(t);
+  written(dir, 3);
+  const s = new DurableStore(dir);
+  s.lock();
+  s.open();
+  s.append([{ index: 4, payload: bytes('entry 4') }], 3);
+  s.commit(); // opens log-...-4.log
+  s.close();
+  const seg4 = join(dir, segments(dir).at(-1)!);
+  truncateSync(seg4, 8 + 5); // the header and a torn piece of entry 4: it was never whole
+  for (let round = 0; round < 2; round++) {
+    const again = new DurableStore(dir);
+    again.lock();
+    const r = again.open();
+    assert.equal(r.lastIndex, 3);
+    again.append([{ index: 4, payload: bytes('entry 4 again') }], 4);
+    again.commit(); // the same file name: it must start over
+    again.close();
+    const back = reopen(dir);
+    assert.deepEqual(back.entries.map((e) => text(e.payload)).slice(-1), ['entry 4 again']);
+    assert.deepEqual(back.warnings, []);
+    truncateSync(seg4, 8); // now only the header
+  }
+});

@@ -476,8 +476,10 @@ export class DurableStore {
   private openSegment(first: number): void {
     this.segName = `log-${pad(this.gen)}-${pad(first)}.log`;
     const path = this.file(this.segName);
+    // 'w': a file of that name holds no entry (else the log's last index would be past its first):
+    // it was created, then the node died before an entry in it was whole. It starts over.
     this.segFd = io(path, 'creating', () => {
-      const fd = openSync(path, 'a', 0o644);
+      const fd = openSync(path, 'w', 0o644);
       writeSync(fd, LOG_MAGIC);
       return fd;
     });
