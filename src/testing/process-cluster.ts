@@ -166,7 +166,7 @@ export class ProcessCluster {
     return n;
   }
 
-  /** Start (or start again: as an empty spare; in durable mode from its dataDir) node `id`. */
+  /** Start (or start again, as an empty spare) node `id`. */
   spawn(id: string): ChildProcess {
     const n = this.node(id);
     const log = createWriteStream(join(this.dir, `${id}.log`), { flags: 'a' });
