@@ -5,7 +5,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { appendFileSync, cpSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -282,4 +282,25 @@ test('durable: a switchover under load, then kill -9 of every node: the swapped 
   t.diagnostic(`${result.ok} operations acknowledged; after the restart: primary ${pair.primary}, backup ${pair.backup}`);
   assert.ok([b, p.id].includes(pair.primary), 'one of the swapped pair went live');
   assert.deepEqual(await workloadProblems(cluster.clientAddresses(), { ...result, failed: 0 }), []);
+});
+
+// A careless second run of a node (the same config and id, so the same dataDir) while the first
+// runs: refused before it touches the directory, naming the holder's pid; the first serves on.
+test('durable: a second process on a running node\'s dataDir is refused (E_DIR_LOCKED, exit 2) and changes nothing', async (t) => {
+  const cluster = await ProcessCluster.start({ durable: true, nodes: 2 });
+  t.after(() => cluster.stop());
+  const p = (await cluster.primary())!;
+  const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+  const second = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    execFile(process.execPath, [main, 'node', '--config', cluster.configPath, '--id', p.id], { timeout: 30_000 }, (e, _stdout, stderr) => {
+      resolve({ code: e === null ? 0 : typeof e.code === 'number' ? e.code : null, stderr });
+    });
+  });
+  assert.equal(second.code, 2, second.stderr);
+  assert.match(second.stderr, /E_DIR_LOCKED/);
+  assert.ok(second.stderr.includes(`pid ${p.pid}`) && second.stderr.includes(join(cluster.dataDir(p.id), 'LOCK')), second.stderr);
+  const client = new LockstepClient({ nodes: cluster.clientAddresses(), commandTimeoutMs: 20_000 });
+  t.after(() => client.close());
+  assert.equal(await client.call('SET', 'still', 'here'), 'OK');
+  assert.equal((await cluster.status(p.id))!.role, 'primary');
 });
