@@ -309,3 +309,37 @@ test('durable: a second process on a running node\'s dataDir is refused (E_DIR_L
   assert.equal(await client.call('SET', 'still', 'here'), 'OK');
   assert.equal((await cluster.status(p.id))!.role, 'primary');
 });
+
+// Turning durable mode on for a running cluster, as docs/DEPLOY.md says: the config changed on
+// every node, then each restarted in turn, the spare first, the backup, the primary last; then
+// kill -9 of every node at once loses nothing acknowledged.
+test('durable: turned on for a running in-memory cluster by restarting the nodes one at a time under load, then kill -9 of all', async (t) => {
+  const cluster = await ProcessCluster.start({ failureTimeoutMs: 1000, heartbeatMs: 50 });
+  t.after(() => cluster.stop());
+  const finish = startLoad(cluster.clientAddresses(), 4, 21);
+  await sleep(500);
+  const config = JSON.parse(readFileSync(cluster.configPath, 'utf8')) as { durable?: boolean; nodes: { id: string; dataDir?: string }[] };
+  config.durable = true;
+  for (const n of config.nodes) n.dataDir = `data-${n.id}`;
+  writeFileSync(cluster.configPath, JSON.stringify(config, null, 2));
+  const restart = async (id: string): Promise<void> => {
+    await cluster.kill9(id);
+    cluster.spawn(id);
+    await cluster.waitFor(async () => ((await cluster.status(id))?.durable ?? null) !== null, 30_000, `${id} up in durable mode`);
+    await inStep(cluster, `a backup in step after restarting ${id}`);
+  };
+  const first = (await cluster.primary())!;
+  const spare = cluster.nodes.map((n) => n.id).find((id) => id !== first.id && id !== first.view.backup)!;
+  await restart(spare);
+  await restart(first.view.backup!);
+  await restart(first.id);
+  await sleep(500);
+  const view = (await cluster.primary())!.view;
+  await cluster.killAll();
+  for (const n of cluster.nodes) cluster.spawn(n.id);
+  await inStep(cluster, 'a primary and a backup in step after kill -9 of all');
+  const result = await finish();
+  t.diagnostic(`view at the kill ${JSON.stringify(view)}; ${result.ok} operations acknowledged`);
+  assert.ok(result.ok > 100, `progress (${result.ok})`);
+  assert.deepEqual(await workloadProblems(cluster.clientAddresses(), { ...result, failed: 0 }), []);
+});
