@@ -22,7 +22,7 @@ export const ERROR_CODES = {
   E_NOT_IMPLEMENTED: 'a feature named in the config or on the command line is not built yet',
   E_ARBITER_UNAVAILABLE: 'the arbiter cannot be read or written in time (its directory is missing or unusable, or it was never created by lockstep init; etcd is unreachable, slow, without a leader or out of space); the node waits and retries, but refuses to start on an arbiter never initialized',
   E_ARBITER_CLUSTER: 'the arbiter holds a view of another cluster (two clusters share one arbiter directory): give every cluster its own',
-  E_ARBITER_MISMATCH: 'a peer uses another arbiter than this node (two arbiters: split brain risk): check the arbiter path in every node\'s config and run lockstep init once per cluster; the node refuses to start',
+  E_ARBITER_MISMATCH: 'a peer uses another arbiter than this node (two arbiters: split brain risk): check the arbiter path in every node\'s config and run lockstep init once per cluster; the node refuses to start. Also: a durable node\'s dataDir was written under another arbiter (the arbiter was initialized again, or the config points at another one); the node refuses to trust that disk',
   E_ARBITER_AUTH: 'etcd refused this node\'s credentials: it demands a user and none is configured, the user or password is wrong, or the user may not read and write the view\'s key',
   E_LISTEN: 'a port in the config cannot be listened on (in use, or no such address)',
   E_WASM_DIVERGENCE: 'a backup replaying a WebAssembly guest saw it make a different host call, or get a different result, than on the primary (the message names the call index and the difference)',
@@ -37,7 +37,9 @@ export const ERROR_CODES = {
   E_SWITCHOVER_TARGET: 'a switchover named a node (`--to`) that is not the backup of the current view: only the backup can take over',
   E_SWITCHOVER_BUSY: 'a switchover was asked while one is already under way, or while the view is changing (a recruit, a dropped backup): try again when it is done',
   E_SWITCHOVER_ABORTED: 'a switchover began but did not swap the roles: the backup was silent, restarted or did not catch up in two failure timeouts (the primary serves on, waiting commands run), or the view moved under it (the backup went live: the old primary stepped down); the message says which',
-  E_DIR_LOCKED: 'a local cluster\'s run directory is in use by another supervisor, or by nodes still running there (the message names the pid)',
+  E_DIR_LOCKED: 'a local cluster\'s run directory is in use by another supervisor, or by nodes still running there; or a durable node\'s dataDir is in use by another running node (the message names the pid and the lock file)',
+  E_DURABLE_CORRUPT: 'durable mode: a file in the node\'s dataDir is damaged (a bad CRC or record header before the end of the log, an entry missing, a corrupt snapshot or meta.json; the message names the file and the offset): the node refuses to start rather than lose or invent entries; move its dataDir away and start it empty (it is recruited from the primary), or restore the directory',
+  E_DURABLE_IO: 'durable mode: the node cannot read or write its dataDir (disk full, an I/O error, a permission; the message names the file): a node that cannot keep its log on disk stops (fail-stop) rather than ack what it did not write',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

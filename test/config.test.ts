@@ -31,7 +31,9 @@ test('a valid config parses with the defaults filled in', () => {
     client: { host: '127.0.0.1', port: 7002 },
     admin: { host: '127.0.0.1', port: 7202 },
     arbiter: 'file:.lockstep/arbiter',
+    dataDir: null,
   });
+  assert.equal(c.durable, false);
   assert.equal(c.arbiterTimeoutMs, 1000);
   assert.equal(c.etcd, undefined);
   assert.equal(c.retransmitMs, 150);
@@ -103,8 +105,31 @@ test('nodeOf and coreConfigFor', () => {
   assert.ok(!('bugs' in core));
 });
 
+test('durable mode: each node\'s dataDir resolves against the config\'s directory; durableCompactBytes defaults to 64 MiB', () => {
+  const j = base();
+  j.durable = true;
+  (j.nodes as Json[]).forEach((n, i) => (n.dataDir = i === 0 ? '/var/lib/lockstep/n1' : `data/n${i + 1}`));
+  const c = parse(j);
+  assert.equal(c.durable, true);
+  assert.equal(c.durableCompactBytes, 64 * 1024 * 1024);
+  assert.deepEqual(c.nodes.map((n) => n.dataDir), ['/var/lib/lockstep/n1', '/etc/lockstep/data/n2', '/etc/lockstep/data/n3']);
+  j.durableCompactBytes = 1 << 20;
+  assert.equal(parse(j).durableCompactBytes, 1 << 20);
+});
+
+const durable = (j: Json): void => {
+  j.durable = true;
+  (j.nodes as Json[]).forEach((n) => (n.dataDir = `data/${String(n.id)}`));
+};
+
 // [name, edit of the base config, code, substrings the message must contain]
 const cases: [string, (j: Json) => void, string, string[]][] = [
+  ['durable without a dataDir', (j) => { durable(j); delete node(j, 1).dataDir; }, 'E_CONFIG_INVALID', ['nodes[1].dataDir: missing', 'its own dataDir']],
+  ['two nodes on one dataDir', (j) => { durable(j); node(j, 2).dataDir = './data/n1'; }, 'E_CONFIG_INVALID', ['nodes[2].dataDir', '/etc/lockstep/data/n1 is already the dataDir of nodes[0].dataDir']],
+  ['dataDir without durable', (j) => { node(j, 0).dataDir = 'data/n1'; }, 'E_CONFIG_INVALID', ['nodes[0].dataDir: is set but "durable" is not true']],
+  ['durable not a boolean', (j) => { j.durable = 'yes'; }, 'E_CONFIG_INVALID', ['durable: must be true or false']],
+  ['durableCompactBytes without durable', (j) => { j.durableCompactBytes = 1000; }, 'E_CONFIG_INVALID', ['durableCompactBytes: is set but "durable" is not true']],
+  ['durable wasm service', (j) => { durable(j); j.service = { kind: 'wasm', module: 'g.wasm', listen: ['127.0.0.1:7300'] }; for (const n of j.nodes as Json[]) delete n.client; }, 'E_NOT_IMPLEMENTED', ['durable: durable mode is not yet built for the wasm service']],
   ['unknown top-level key', (j) => { j.heartbeatMS = 5; }, 'E_CONFIG_INVALID', ['unknown key heartbeatMS', 'known keys: cluster, arbiter']],
   ['unknown node key', (j) => { node(j, 0).clinet = 'x'; }, 'E_CONFIG_INVALID', ['unknown key nodes[0].clinet', 'known keys: id, peer, client, admin']],
   ['unknown service key', (j) => { (j.service as Json).size = 1; }, 'E_CONFIG_INVALID', ['unknown key service.size']],

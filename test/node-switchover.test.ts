@@ -8,21 +8,12 @@ import { execFile } from 'node:child_process';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
-import { runWorkload, workloadProblems, type WorkloadResult } from '../src/testing/workload.js';
+import { startLoad, workloadProblems } from '../src/testing/workload.js';
 import { postSwitchover } from '../src/cli/switchover.js';
 import { Redis } from 'ioredis';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Start a lockstep/client workload on the cluster; `finish()` stops it and gives its result. */
-function startLoad(cluster: ProcessCluster, clients: number, seed: number): () => Promise<WorkloadResult> {
-  let stop!: () => void;
-  const load = runWorkload(cluster.clientAddresses(), clients, seed, new Promise<void>((r) => (stop = r)));
-  return () => {
-    stop();
-    return load;
-  };
-}
 const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -40,7 +31,7 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     const p = (await cluster.primary())!;
     const b = p.view.backup!;
     assert.ok(b, 'a backup');
-    const finish = startLoad(cluster, 4, 7);
+    const finish = startLoad(cluster.clientAddresses(), 4, 7);
     await sleep(600);
     // There, with the CLI (it finds the primary itself).
     const there = await cli(['switchover', '--config', cluster.configPath]);
@@ -78,7 +69,7 @@ test('the backup dies during the catch-up: the switchover is aborted, the primar
   t.after(() => cluster.stop());
   const p = (await cluster.primary())!;
   const b = p.view.backup!;
-  const finish = startLoad(cluster, 3, 11);
+  const finish = startLoad(cluster.clientAddresses(), 3, 11);
   await sleep(500);
   await cluster.kill9(b);
   // Asked before the primary noticed: it begins, waits for acks that never come, and gives up

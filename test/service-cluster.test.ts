@@ -16,6 +16,7 @@ import { Redis } from 'ioredis';
 import { LockstepClient, ReplyError } from '../src/client/index.js';
 import { freeBasePort, spawnCli } from '../src/testing/cli-child.js';
 import { checkLinearizable, type ModelOp } from '../src/testing/model-check.js';
+import { BANK_ACCOUNTS, openAccounts, transferOf } from '../src/testing/bank-load.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const example = (p: string): string => fileURLToPath(new URL(`../../examples/services/${p}`, import.meta.url));
@@ -49,12 +50,8 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     t.after(() => cluster.stop());
     const setup = client(cluster);
     t.after(() => setup.close());
-    const names = ['ann', 'bob', 'cat', 'dan', 'eve'];
-    const balances = new Map<string, number>();
-    for (const n of names) {
-      assert.equal(await setup.call('OPEN', n, 1000), 'OK');
-      balances.set(n, 1000);
-    }
+    const names = BANK_ACCOUNTS;
+    const balances = await openAccounts(setup, names, 1000);
     const primary = (await cluster.primary())!;
     const backupId = primary.view.backup!;
     let stop = false;
@@ -66,10 +63,9 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
       const c = client(cluster, `worker-${w}`);
       try {
         for (let i = 0; !stop; i++) {
-          const from = names[(w + i) % names.length]!;
-          const to = names[(w + 2 * i + 1) % names.length]!;
-          if (from === to) continue;
-          const cents = 1 + ((w * 7 + i * 13) % 300);
+          const tr = transferOf(names, w, i, 300);
+          if (tr === null) continue;
+          const { from, to, cents } = tr;
           const input = i % 3 === 2 ? ['BALANCE', to] : ['TRANSFER', from, to, String(cents)];
           const call = performance.now();
           try {

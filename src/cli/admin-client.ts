@@ -31,7 +31,21 @@ export interface NodeStatus {
   readonly view: { epoch: number; primary: string | null; backup: string | null };
   /** The logging-channel protocol versions this node speaks, and what each peer connection runs (absent before version 7). */
   readonly protocol?: { readonly oldest: number; readonly newest: number; readonly peers: Readonly<Record<string, PeerVersions>> };
+  /** Durable mode: the dataDir, the last index on disk, the current snapshot, commit counters (null: in memory; absent: an older node). */
+  readonly durable?: DurableStatus | null;
   readonly pid: number;
+}
+
+export interface DurableStatus {
+  readonly dataDir: string;
+  readonly index: number;
+  readonly snapshotIndex: number;
+  readonly generation: number;
+  readonly commits: number;
+  readonly bytes: number;
+  readonly commitMs: number;
+  readonly commitMsMax: number;
+  readonly snapshots: number;
 }
 
 export interface GuestStatus {

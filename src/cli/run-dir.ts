@@ -10,10 +10,10 @@
 // DIR/arbiter.old-<time> (on etcd: PREFIX/CLUSTER/view.old-<time>), and only when no node of
 // the cluster that wrote it still answers.
 
-import { closeSync, existsSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { existsSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { LockstepError } from '../errors.js';
-import { pidAlive } from '../pid.js';
+import { takePidLock } from '../pid.js';
 import { fetchStatus } from './admin-client.js';
 import { loadConfig } from '../node/config.js';
 import { etcdViewKey, formatEndpoint, parseArbiterSpec } from '../arbiter/spec.js';
@@ -25,40 +25,11 @@ const LOCK = 'supervisor.lock';
  * function (idempotent; call it on every way out).
  */
 export function lockRunDir(dir: string): () => void {
-  const path = join(dir, LOCK);
-  for (let attempt = 0; attempt < 2; attempt++) {
-    let fd: number;
-    try {
-      fd = openSync(path, 'wx', 0o644);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new LockstepError('E_DIR_LOCKED', `cannot create ${path}: ${(e as Error).message}`);
-      const holder = Number.parseInt(readFileSafe(path), 10);
-      if (Number.isSafeInteger(holder) && holder > 0 && pidAlive(holder)) {
-        throw new LockstepError('E_DIR_LOCKED', `${dir} is in use by another lockstep supervisor (pid ${holder}); stop it first, or use --dir for a second cluster`);
-      }
-      rmSync(path, { force: true }); // stale: its supervisor is gone
-      continue;
-    }
-    writeSync(fd, `${process.pid}\n`);
-    closeSync(fd);
-    let released = false;
-    const release = (): void => {
-      if (released) return;
-      released = true;
-      if (readFileSafe(path).trim() === String(process.pid)) rmSync(path, { force: true });
-    };
-    process.once('exit', release);
-    return release;
-  }
-  throw new LockstepError('E_DIR_LOCKED', `cannot take ${path}: another supervisor raced for it`);
-}
-
-function readFileSafe(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '';
-  }
+  return takePidLock(
+    join(dir, LOCK),
+    (holder) => new LockstepError('E_DIR_LOCKED', `${dir} is in use by another lockstep supervisor (pid ${holder}); stop it first, or use --dir for a second cluster`),
+    (reason) => new LockstepError('E_DIR_LOCKED', reason),
+  );
 }
 
 /**

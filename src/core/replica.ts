@@ -339,7 +339,8 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
   switch (input.type) {
     case 'start':
       assert(r.role === 'booting' && r.cas === null, 'start given twice');
-      startCas(r, out, 'bootstrap', NO_VIEW, { epoch: 1, primary: r.config.id, backup: null });
+      if (input.recovered !== undefined) startRecovered(r, out, input.recovered.index, input.recovered.view);
+      else startCas(r, out, 'bootstrap', NO_VIEW, { epoch: 1, primary: r.config.id, backup: null });
       break;
     case 'tick':
       onTick(r, out);
@@ -502,6 +503,25 @@ function becomeBackup(r: Replica, out: Action[], view: View): void {
   r.following.epoch = view.epoch;
   r.following.pendingView = null;
   setRole(r, out, 'backup', `named backup by ${view.primary ?? '-'}`);
+}
+
+/**
+ * Durable mode, at start: the guest holds this node's disk up to `index` and the arbiter's view
+ * names this node. Every entry whose output was released is on the disk of each node that view
+ * names (a backup acked only what it had fsync'd, a primary released only what it had fsync'd),
+ * so the replica waits as a backup of the view's primary (itself, if it was the primary: no frame
+ * comes, and it asks to go live after the failure timeout), exactly as a backup does.
+ */
+function startRecovered(r: Replica, out: Action[], index: number, view: View): void {
+  const self = r.config.id;
+  assert(view.epoch > 0 && view.primary !== null && (view.primary === self || view.backup === self), 'recovered with a view that does not name this replica');
+  assert(Number.isSafeInteger(index) && index >= 0, 'recovered index');
+  r.lastIndex = index;
+  r.view = view;
+  r.knownEpoch = view.epoch;
+  r.following = { primary: view.primary, epoch: view.epoch, lastHeardMs: r.nowMs, pendingView: null, restore: null };
+  log(out, 'info', 'recovered', { index, view: formatView(view) });
+  setRole(r, out, 'backup', `recovered from disk at index ${index}; named in ${formatView(view)}: waiting for ${view.primary === self ? 'the failure timeout to go live' : `frames from ${view.primary}, or the failure timeout to go live`}`);
 }
 
 /** Stop: this replica's state can no longer be trusted to be current. Held outputs never go. */

@@ -176,8 +176,15 @@ export const DEFAULT_TIMING: CoreTiming = {
 
 /** What a driver feeds the core. Every input is given with the current time. */
 export type Input =
-  /** Boot: try the bootstrap test-and-set 0 -> 1; the loser becomes a spare. */
-  | { readonly type: 'start' }
+  /**
+   * Boot: try the bootstrap test-and-set 0 -> 1; the loser becomes a spare. `recovered` (durable
+   * mode): the driver restored the guest from this node's disk up to `index`, and the arbiter's
+   * current view is `view`, which names this node (primary or backup). The replica waits as a
+   * backup of that view's primary and, after the failure timeout with no frame, asks to go live
+   * from it as any backup would (`{e, P, B} -> {e+1, self, -}`): whichever named node comes back
+   * first takes over with its disk. A node not named in the view must not be given `recovered`.
+   */
+  | { readonly type: 'start'; readonly recovered?: { readonly index: number; readonly view: View } }
   /** Time passed: run the failure detector, heartbeats, retransmission, retries. */
   | { readonly type: 'tick' }
   /** A message from a peer, not yet trusted: the core validates it. */

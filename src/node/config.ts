@@ -13,6 +13,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { LockstepError, isLockstepError } from '../errors.js';
 import { DEFAULT_SNAPSHOT_CHUNK_BYTES, DEFAULT_SNAPSHOT_WINDOW_CHUNKS, DEFAULT_TIMING, type CoreConfig, type CoreTiming } from '../core/types.js';
 import { parseArbiterSpec } from '../arbiter/spec.js';
+import { DURABLE_COMPACT_BYTES_DEFAULT } from './durable.js';
 import type { ArbiterOptions, EtcdClientOptions } from '../arbiter/types.js';
 
 export interface NodeAddress { readonly host: string; readonly port: number }
@@ -29,6 +30,8 @@ export interface NodeConfig {
   /** The arbiter spec this node uses: the top-level `arbiter`, or the node's own endpoints for
    *  the same etcd prefix (`nodes[i].arbiter`: its local member, a proxy). */
   readonly arbiter: string;
+  /** Durable mode: where this node keeps its log and snapshots (resolved against the config's directory); null when not durable. */
+  readonly dataDir: string | null;
 }
 export interface KvServiceConfig { readonly kind: 'kv'; readonly mode: 'rsm' | 'state-transfer' }
 /** A WebAssembly/WASI guest replicated by record and replay (docs/WASM.md). */
@@ -96,6 +99,13 @@ export interface ClusterConfig extends CoreTiming {
   /** The shared secret peers prove they hold (from `secretFile`), or null: no peer authentication. */
   readonly secret: Uint8Array | null;
   readonly nodes: readonly NodeConfig[];
+  /**
+   * Durable mode (issue 11 item 3): every node keeps its log and snapshots in its `dataDir`, and
+   * an entry counts as acked only once the backup has it on disk (docs/ARCHITECTURE.md).
+   */
+  readonly durable: boolean;
+  /** Durable mode: a node snapshots its state and deletes the log behind it after this many log bytes. */
+  readonly durableCompactBytes: number;
   /** The directory the config file is in (relative arbiter paths resolve against it). */
   readonly baseDir: string;
 }
@@ -129,7 +139,7 @@ const INTS = [
   'heartbeatMs', 'failureTimeoutMs', 'retransmitMs', 'arbiterRetryMs', 'joinIntervalMs', 'unackedEntriesMax',
   'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections', 'arbiterTimeoutMs',
   'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax', 'maxmemory', 'dedupBytesMax', 'dedupSessionEntries',
-  'snapshotChunkBytes', 'snapshotWindowChunks',
+  'snapshotChunkBytes', 'snapshotWindowChunks', 'durableCompactBytes',
 ] as const;
 const ETCD_KEYS = ['caFile', 'certFile', 'keyFile', 'authFile'] as const;
 /** The default bound on one etcd call: well above a LAN etcd's commit time, below a human's patience. */
@@ -231,6 +241,14 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
   if (!Array.isArray(top.nodes) || top.nodes.length < 1 || top.nodes.length > MAX_NODES) {
     fail('nodes', `must be an array of 1 to ${MAX_NODES} nodes, got ${Array.isArray(top.nodes) ? `${top.nodes.length} nodes` : describe(top.nodes)}`);
   }
+  if (top.durable !== undefined && typeof top.durable !== 'boolean') fail('durable', `must be true or false, got ${describe(top.durable)}`);
+  const durable = top.durable === true;
+  if (durable && service.kind === 'wasm') {
+    fail('durable', 'durable mode is not yet built for the wasm service (its guest\'s record log and memory image are not kept on disk); use it with the kv or a module service, or run the wasm service in memory', 'E_NOT_IMPLEMENTED');
+  }
+  const durableCompactBytes = int('durableCompactBytes', DURABLE_COMPACT_BYTES_DEFAULT);
+  if (!durable && top.durableCompactBytes !== undefined) fail('durableCompactBytes', 'is set but "durable" is not true');
+  const dataDirs: { dir: string; host: string; path: string }[] = [];
   const ids = new Map<string, string>();
   const used: { host: string; port: number; path: string }[] = [];
   const nodes = top.nodes.map((raw, i): NodeConfig => {
@@ -254,7 +272,18 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     };
     const peer = addr('peer');
     const peerListen = o.peerListen === undefined ? peer : addr('peerListen');
-    return { id, peer, peerListen, client: o.client === undefined ? null : addr('client'), admin: addr('admin'), arbiter: nodeArbiter(o.arbiter, `${path}.arbiter`) };
+    let dataDir: string | null = null;
+    if (durable) {
+      if (o.dataDir === undefined) fail(`${path}.dataDir`, 'missing; with "durable": true every node needs its own dataDir, a directory on a local disk where it keeps its log and snapshots');
+      if (typeof o.dataDir !== 'string' || o.dataDir === '') fail(`${path}.dataDir`, `must be a directory path, got ${describe(o.dataDir)}`);
+      dataDir = resolve(baseDir, o.dataDir);
+      const twin = dataDirs.find((d) => d.dir === dataDir && d.host === peer.host.toLowerCase());
+      if (twin) fail(`${path}.dataDir`, `${dataDir} is already the dataDir of ${twin.path} on the same host: two nodes on one dataDir would corrupt it; give every node its own`);
+      dataDirs.push({ dir: dataDir, host: peer.host.toLowerCase(), path: `${path}.dataDir` });
+    } else if (o.dataDir !== undefined) {
+      fail(`${path}.dataDir`, 'is set but "durable" is not true: set "durable": true to keep the log on disk, or remove dataDir');
+    }
+    return { id, peer, peerListen, client: o.client === undefined ? null : addr('client'), admin: addr('admin'), arbiter: nodeArbiter(o.arbiter, `${path}.arbiter`), dataDir };
   });
 
   if (secret === null && peerTls === null) {
@@ -279,7 +308,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     snapshotWindowChunks: int('snapshotWindowChunks', DEFAULT_SNAPSHOT_WINDOW_CHUNKS),
     maxClientConnections: int('maxClientConnections', 10_000),
     protoMaxBulkLen, maxReplyBytes, clientInputBytesMax, maxmemory, dedupBytesMax, dedupSessionEntries,
-    secret, requirePass, clientTls, peerTls, nodes, baseDir,
+    secret, requirePass, clientTls, peerTls, nodes, durable, durableCompactBytes, baseDir,
   };
 }
 
@@ -428,8 +457,8 @@ export const DIGEST_EVERY_DEFAULT = 1;
  * same ones: test/config-schema keeps the two in step.
  */
 export const CONFIG_KEYS = {
-  top: [...TOP_REQUIRED, ...INTS, 'secretFile', 'etcd', 'requirePassFile', 'clientTls', 'peerTls'],
-  node: ['id', ...ROLES, 'peerListen', 'arbiter'],
+  top: [...TOP_REQUIRED, ...INTS, 'secretFile', 'etcd', 'requirePassFile', 'clientTls', 'peerTls', 'durable'],
+  node: ['id', ...ROLES, 'peerListen', 'arbiter', 'dataDir'],
   kvService: ['kind', 'mode'],
   wasmService: WASM_KEYS,
   moduleService: MODULE_KEYS,

@@ -40,7 +40,7 @@ import { TIMING_ON, timing } from '../net/timing.js';
 import { PROTOCOL_VERSION, PROTOCOL_VERSION_MIN } from '../net/peer-codec.js';
 import { arbiterFor, checkHeapFits, coreConfigFor, formatAddress, isLoopbackHost, nodeOf, type ClusterConfig } from './config.js';
 import type { FrontHost, LogFields, ServiceFront } from './front.js';
-import type { RestoreStream, SnapshotStream } from '../guest/snapshot-stream.js';
+import { wholeSnapshotStream, type RestoreStream, type SnapshotStream } from '../guest/snapshot-stream.js';
 import { KvFront } from './kv-front.js';
 import { ModuleFront } from './module-front.js';
 import { WasmFront } from './wasm-front.js';
@@ -48,6 +48,8 @@ import { explainListen, listenOn } from './listen.js';
 import { serveAdmin, type AdminHost } from './admin.js';
 import { NodeMetrics } from './metrics.js';
 import type { ViewRecord } from '../arbiter/types.js';
+import { DurableStore, type Recovered } from './durable.js';
+import type { Entry, PeerMessage } from '../core/types.js';
 
 export type LogRecord = Record<string, unknown>;
 
@@ -142,6 +144,14 @@ export class ReplicaNode implements FrontHost, AdminHost {
   /** How late timers ran (each second's longest is checked, then reset), and the longest since start. */
   private readonly loopDelay = monitorEventLoopDelay({ resolution: 10 });
   private loopDelayMaxMs = 0;
+  /** Durable mode: this node's dataDir (null: in memory). */
+  private readonly store: DurableStore | null;
+  /** Durable mode: acks waiting for the commit (fsync) of what they ack, at the end of this turn. */
+  private deferredSends: { readonly to: string; readonly msg: PeerMessage }[] = [];
+  /** Durable mode: releases waiting for the commit of the entries the outputs depend on. */
+  private deferredReleases: (readonly number[])[] = [];
+  /** Durable mode: the compaction under way (a snapshot of the service at `index` being written). */
+  private compacting: { readonly index: number; readonly stream: SnapshotStream; readonly startedMs: number; bytes: number; readonly logBytes: number } | null = null;
 
   constructor(
     readonly config: ClusterConfig,
@@ -178,6 +188,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       log: (level, event, fields) => this.log(level, event, fields),
     });
     this.metrics = new NodeMetrics({ currentRole: () => this.replicaState.role, gauges: (metric) => this.scrapedMetrics(metric) });
+    this.store = config.durable ? new DurableStore(self.dataDir!) : null;
   }
 
   get replica(): Replica {
@@ -199,6 +210,18 @@ export class ReplicaNode implements FrontHost, AdminHost {
   async start(): Promise<void> {
     const self = nodeOf(this.config, this.id);
     checkHeapFits(this.config, getHeapStatistics().heap_size_limit);
+    // Durable mode: the disk is checked before anything else; a damaged file refuses the start.
+    let onDisk: Recovered | null = null;
+    if (this.store !== null) {
+      try {
+        this.store.lock();
+        onDisk = this.store.open();
+      } catch (e) {
+        await this.arbiter.close();
+        throw e;
+      }
+      for (const w of onDisk.warnings) this.log('warn', 'durable-repaired', { reason: w });
+    }
     try {
       this.arbiterIdentity = await this.readIdentity();
     } catch (e) {
@@ -216,6 +239,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       }
       this.log('warn', 'arbiter-unavailable', { reason: e.message, waitingFor: 'the arbiter to answer; starting anyway, this node cannot go live until it does' });
     }
+    const recovered = onDisk === null ? undefined : await this.recoverDurable(onDisk);
     await explainListen('peer', self.peerListen, () => this.transport.start());
     await this.front.start();
     const admin = http.createServer((req, res) => serveAdmin(this, req, res));
@@ -241,6 +265,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       arbiterId: this.arbiterIdentity.id,
       peerAuth: this.config.secret !== null,
       peerTls: this.config.peerTls !== null,
+      durable: this.store === null ? null : this.store.dir,
     });
     const client = self.client;
     if (this.config.service.kind !== 'wasm' && client !== null && !isLoopbackHost(client.host) && this.config.requirePass === null && this.config.clientTls === null) {
@@ -256,7 +281,189 @@ export class ReplicaNode implements FrontHost, AdminHost {
         reason: `the peer port ${formatAddress(self.peerListen)} is beyond loopback without peerTls: anyone who can read that network reads the replicated state`,
       });
     }
-    this.input({ type: 'start' });
+    this.input(recovered === undefined ? { type: 'start' } : { type: 'start', recovered });
+  }
+
+  /**
+   * Durable mode, at start: what of the disk this node may use. Only a node the arbiter's current
+   * view names (primary or backup) holds every entry whose output was ever released (a backup
+   * acked only what it had fsync'd; a primary released only what it had fsync'd): it restores its
+   * service from the disk and waits as a backup (the core's `recovered` start). Any other node's
+   * disk may be stale (it was dropped from the view, or never in it): it is discarded, logged,
+   * and the node joins as an empty spare to be recruited.
+   */
+  private async recoverDurable(disk: Recovered): Promise<{ index: number; view: View } | undefined> {
+    const store = this.store!;
+    const identity = this.arbiterIdentity!;
+    const meta = disk.meta;
+    if (meta !== null && (meta.cluster !== this.config.cluster || meta.node !== this.id)) {
+      throw new LockstepError('E_CONFIG_INVALID', `the dataDir ${store.dir} holds node ${meta.node} of cluster ${meta.cluster}, this is node ${this.id} of cluster ${this.config.cluster}: every node needs its own dataDir; check nodes[].dataDir in the config`);
+    }
+    if (meta !== null && meta.arbiterId !== null && meta.arbiterId !== identity.id) {
+      throw new LockstepError('E_ARBITER_MISMATCH', `the dataDir ${store.dir} was written under arbiter ${meta.arbiterId}, this node uses arbiter ${identity.id} at ${this.arbiter.description}: the arbiter was initialized again or the config names another one, so the views this disk was acked under are gone. Point the config at the old arbiter, or move ${store.dir} away to start this node empty`);
+    }
+    let view: View = NO_VIEW;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        view = await this.askArbiter(() => this.arbiter.current());
+        this.sawView(view);
+        break;
+      } catch (e) {
+        if (!isLockstepError(e) || e.code !== 'E_ARBITER_UNAVAILABLE' || this.stopped) throw e;
+        this.log('warn', 'arbiter-unavailable', { reason: e.message, attempt, waitingFor: 'the arbiter\'s view: a durable node decides what of its disk it may use from it' });
+        await new Promise((r) => setTimeout(r, IDENTITY_RETRY_MS));
+      }
+    }
+    const named = view.epoch > 0 && (view.primary === this.id || view.backup === this.id);
+    const writeMeta = (v: View): void => store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view: v });
+    if (named && meta !== null) {
+      const started = performance.now();
+      if (disk.snapshotPieces.length > 0) {
+        if (this.front.restoreStream) {
+          const r = this.front.restoreStream();
+          for (const p of disk.snapshotPieces) r.add(p);
+          r.finish();
+        } else {
+          this.front.installSnapshot(disk.snapshotIndex, Buffer.concat(disk.snapshotPieces.map((p) => Buffer.from(p.buffer, p.byteOffset, p.byteLength))));
+        }
+      }
+      for (let i = 0; i < disk.entries.length; i += 1024) this.front.apply(disk.entries.slice(i, i + 1024));
+      writeMeta(view);
+      this.log('info', 'durable-recovered', {
+        dataDir: store.dir, snapshotIndex: disk.snapshotIndex, entries: disk.entries.length, lastIndex: disk.lastIndex,
+        view: `{epoch ${view.epoch}, primary ${view.primary ?? '-'}, backup ${view.backup ?? '-'}}`, ms: Math.round(performance.now() - started),
+      });
+      return { index: disk.lastIndex, view };
+    }
+    if (meta !== null && disk.lastIndex > 0) {
+      this.log('warn', 'durable-discarded', {
+        dataDir: store.dir, lastIndex: disk.lastIndex,
+        reason: `the arbiter's view {epoch ${view.epoch}, primary ${view.primary ?? '-'}, backup ${view.backup ?? '-'}} does not name this node, so its disk may be stale (it missed entries acked without it); it joins as an empty spare and is recruited from the primary`,
+      });
+    } else if (named) {
+      this.log('warn', 'durable-empty', { dataDir: store.dir, reason: 'the view names this node but its dataDir holds nothing (a new or emptied directory): it joins as an empty spare' });
+    }
+    store.reset(0, []);
+    writeMeta(view);
+    return undefined;
+  }
+
+  /**
+   * Durable mode, at the end of an event-loop turn: write and fsync what was appended (one
+   * fdatasync for every entry of every frame since the last commit: group commit), off the
+   * event loop, then let out what waited for it: the acks to the primary, the released replies.
+   * One commit at a time: what comes while one is under way waits for the next, which starts
+   * when it ends. Nothing to write and none under way: what waited goes out at once (every
+   * entry appended is on disk).
+   */
+  private commitDurable(): void {
+    const store = this.store;
+    if (store === null || store.committing || this.stopped) return;
+    const sends = this.deferredSends;
+    const releases = this.deferredReleases;
+    this.deferredSends = [];
+    this.deferredReleases = [];
+    const incarnation = this.incarnation;
+    let started: boolean;
+    try {
+      started = store.commitAsync((err) => this.durableCommitted(err, incarnation, sends, releases));
+    } catch (e) {
+      return this.durableFailed(e);
+    }
+    if (!started) {
+      this.letOut(sends, releases);
+      this.maybeCompact();
+    }
+  }
+
+  /** A commit ended: what waited for it goes out, and the next one starts with what came meanwhile. */
+  private durableCommitted(err: LockstepError | null, incarnation: number, sends: readonly { readonly to: string; readonly msg: PeerMessage }[], releases: readonly (readonly number[])[]): void {
+    if (this.stopped) return;
+    if (err !== null) return this.durableFailed(err);
+    // Halted meanwhile (startOver): this incarnation's acks and replies are dropped, never sent.
+    if (incarnation === this.incarnation) this.letOut(sends, releases);
+    this.maybeCompact();
+    this.commitDurable();
+    if (this.stopped) return;
+    this.transport.flush();
+    this.front.afterFlush();
+  }
+
+  private letOut(sends: readonly { readonly to: string; readonly msg: PeerMessage }[], releases: readonly (readonly number[])[]): void {
+    for (const m of sends) this.transport.send(m.to, m.msg);
+    for (const ids of releases) this.front.release(ids);
+  }
+
+  /** A disk error: fail-stop. Nothing waiting for the disk goes out. */
+  private durableFailed(e: unknown): void {
+    this.deferredSends = [];
+    this.deferredReleases = [];
+    if (isLockstepError(e)) this.failStop(`${e.code}: ${e.message}`);
+    else throw e;
+  }
+
+  /** Run a store call; an I/O failure is fail-stop. */
+  private durably(call: (store: DurableStore) => void): void {
+    if (this.store === null || this.stopped) return;
+    try {
+      call(this.store);
+    } catch (e) {
+      this.durableFailed(e);
+    }
+  }
+
+  /**
+   * Compaction: past durableCompactBytes of log, snapshot the service and delete the log behind
+   * it. The snapshot is a stream begun now (consistent at the last index; the service goes on),
+   * written a slice of an event-loop turn at a time (pumpCompaction), so a big state does not
+   * stall the node past its peers' failure timeout.
+   */
+  private maybeCompact(): void {
+    const store = this.store;
+    const r = this.replicaState;
+    if (store === null || this.compacting !== null || store.committing || store.logBytesSinceSnapshot < this.config.durableCompactBytes) return;
+    if ((r.role !== 'primary' && r.role !== 'backup') || this.restoring !== null || store.index !== r.lastIndex) return;
+    if (this.front.brokenReason?.() != null) return;
+    const logBytes = store.logBytesSinceSnapshot;
+    let index = -1;
+    this.durably((s) => (index = s.beginCompaction()));
+    if (index < 0) return;
+    const stream = this.front.snapshotStream ? this.front.snapshotStream() : wholeSnapshotStream(this.front.takeSnapshot());
+    this.compacting = { index, stream, startedMs: performance.now(), bytes: 0, logBytes };
+    this.scheduleCompaction();
+  }
+
+  private scheduleCompaction(): void {
+    setImmediate(() => this.pumpCompaction());
+  }
+
+  private pumpCompaction(): void {
+    const c = this.compacting;
+    if (c === null || this.stopped) return;
+    const r = this.replicaState;
+    if (r.role !== 'primary' && r.role !== 'backup') return this.abortCompaction('this node is no longer primary or backup');
+    const until = performance.now() + PUMP_SLICE_MS;
+    for (;;) {
+      const piece = c.stream.next(this.chunkBytes());
+      if (piece === null) break;
+      c.bytes += piece.length;
+      this.durably((s) => s.compactionPiece(piece));
+      if (this.stopped) return;
+      if (performance.now() >= until) return this.scheduleCompaction();
+    }
+    this.compacting = null;
+    this.durably((s) => s.finishCompaction());
+    if (this.stopped) return;
+    this.log('info', 'durable-snapshot', { index: c.index, bytes: c.bytes, logBytesDeleted: c.logBytes, ms: Math.round(performance.now() - c.startedMs) });
+  }
+
+  private abortCompaction(reason: string): void {
+    const c = this.compacting;
+    if (c === null) return;
+    this.compacting = null;
+    c.stream.close();
+    this.store?.abortCompaction();
+    this.log('info', 'durable-snapshot-dropped', { index: c.index, reason });
   }
 
   /**
@@ -313,6 +520,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
     await this.front.stop();
     await this.arbiter.close();
     await this.transport.close();
+    this.store?.close();
     const admin = this.adminServer;
     if (admin) {
       const closed = new Promise<void>((resolve) => admin.close(() => resolve()));
@@ -354,6 +562,11 @@ export class ReplicaNode implements FrontHost, AdminHost {
     if (this.stopped) return;
     if (input.type === 'message') this.metrics.received(input.from, input.msg);
     const actions = step(this.replicaState, input, this.nowMs());
+    if (input.type === 'append' && this.store !== null) {
+      // The primary's own log: on disk (committed at the end of this turn) before any reply it depends on goes out.
+      const entry: Entry = { index: this.replicaState.lastIndex, payload: input.payload };
+      this.durably((s) => s.append([entry], this.replicaState.view.epoch));
+    }
     for (const a of actions) this.act(a);
     if (input.type === 'message' || input.type === 'arbiterResult' || input.type === 'tick') this.front.flowMayHaveOpened();
     if (this.producing !== null && input.type !== 'snapshotChunk') this.schedulePump();
@@ -369,6 +582,13 @@ export class ReplicaNode implements FrontHost, AdminHost {
       if (this.stopped) return;
       for (const a of step(this.replicaState, { type: 'flush' }, this.nowMs())) this.act(a);
       this.transport.flush();
+      // Durable mode: the frames are on their way while this node fsyncs its own log; then the
+      // acks and the replies that waited for that fsync go out.
+      if (this.store !== null) {
+        this.commitDurable();
+        if (this.stopped) return;
+        this.transport.flush();
+      }
       this.front.afterFlush();
     });
   }
@@ -377,7 +597,9 @@ export class ReplicaNode implements FrontHost, AdminHost {
     switch (a.type) {
       case 'send':
         this.metrics.sent(a.to, a.msg);
-        this.transport.send(a.to, a.msg);
+        // Durable mode: an ack says "I hold it", so it waits for the fsync at the end of this turn.
+        if (this.store !== null && (a.msg.type === 'ack' || a.msg.type === 'chunkAck')) this.deferredSends.push({ to: a.to, msg: a.msg });
+        else this.transport.send(a.to, a.msg);
         return;
       case 'arbiterCas': {
         const broken = this.front.brokenReason?.() ?? null;
@@ -414,15 +636,21 @@ export class ReplicaNode implements FrontHost, AdminHost {
         return;
       }
       case 'release':
-        this.front.release(a.outputIds);
+        // Durable mode: a reply goes out only once this node's own log holds what it depends on.
+        if (this.store !== null) this.deferredReleases.push(a.outputIds);
+        else this.front.release(a.outputIds);
         return;
       case 'discard':
         this.front.discard(a.outputIds, a.reason);
         return;
       case 'apply':
         this.front.apply(a.entries);
+        this.durably((s) => s.append(a.entries, this.replicaState.view.epoch));
         return;
       case 'restoreChunk': {
+        // Durable mode: the snapshot goes to disk as it comes; at the last chunk it is fsync'd and
+        // replaces what the disk held, before the chunk's ack goes out.
+        this.durably((s) => s.snapshotPiece(a.index, a.chunk, a.data, a.last));
         if (this.front.restoreStream) {
           if (a.chunk === 0) this.restoring = this.front.restoreStream();
           const r = this.restoring;
@@ -452,6 +680,10 @@ export class ReplicaNode implements FrontHost, AdminHost {
       case 'role':
         this.counters.viewChanges++;
         this.metrics.role(a.role);
+        if (a.role === 'primary' || a.role === 'backup') {
+          const arbiterId = this.arbiterIdentity?.id ?? null;
+          this.durably((s) => s.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId, view: a.view }));
+        }
         if (a.role === 'halted') this.startOver(a.reason);
         else this.front.role(a.role, a.view, a.reason);
         return;
@@ -605,6 +837,25 @@ export class ReplicaNode implements FrontHost, AdminHost {
   }
 
   private startOver(reason: string): void {
+    if (this.store !== null) {
+      // With no commit under way, what was appended is written and what waited for it goes out;
+      // with one under way, what waits is dropped (an ack or a reply not sent is always safe).
+      // Then the disk, no longer in any view, is discarded.
+      if (!this.store.committing) {
+        try {
+          this.store.commit();
+        } catch (e) {
+          return this.durableFailed(e);
+        }
+        this.letOut(this.deferredSends, this.deferredReleases);
+      }
+      this.deferredSends = [];
+      this.deferredReleases = [];
+      this.abortCompaction('halted');
+      const lastIndex = this.store.index;
+      this.durably((s) => s.reset(0, []));
+      this.log('warn', 'durable-discarded', { dataDir: this.store.dir, lastIndex, reason: `halted (${reason}): this node is in no view, so its disk is stale; it rejoins as an empty spare` });
+    }
     this.front.reset();
     this.chunks.clear();
     this.restoring = null;
@@ -644,6 +895,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
       rssBytes: process.memoryUsage.rss(),
       eventLoopMaxDelayMs: Math.round(Math.max(this.loopDelayMaxMs, this.loopDelay.max / 1e6)),
       incarnation: this.incarnation,
+      durable: this.store === null ? null : { dataDir: this.store.dir, index: this.store.index, snapshotIndex: this.store.snapshotIndex, generation: this.store.generation, ...this.store.stats, commitMs: Math.round(this.store.stats.commitMs) },
       pid: process.pid,
       ...(TIMING_ON ? { timing: timing.report() } : {}),
     };
@@ -668,6 +920,13 @@ export class ReplicaNode implements FrontHost, AdminHost {
     metric('lockstep_peer_frames_received_total', 'counter', 'Logging-channel frames received.', t.framesReceived);
     metric('lockstep_peer_messages_dropped_total', 'counter', 'Messages dropped because the link was down or full.', t.dropped);
     metric('lockstep_peer_refused_total', 'counter', 'Peer connections refused or closed for garbage.', t.refused);
+    const d = this.store?.stats;
+    if (d !== undefined) {
+      metric('lockstep_durable_commits_total', 'counter', 'Durable mode: group commits (one write and one fdatasync each).', d.commits);
+      metric('lockstep_durable_commit_ms_total', 'counter', 'Durable mode: milliseconds spent writing and fsyncing the log.', Math.round(d.commitMs));
+      metric('lockstep_durable_log_bytes_total', 'counter', 'Durable mode: log bytes written.', d.bytes);
+      metric('lockstep_durable_snapshots_total', 'counter', 'Durable mode: snapshot files written (compaction, or a snapshot received as a recruit).', d.snapshots);
+    }
   }
 
   /** The arbiter's views for the dashboard's timeline (null: this arbiter keeps no history). */

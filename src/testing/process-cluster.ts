@@ -53,6 +53,8 @@ export interface ProcessClusterOptions {
   readonly wrap?: (id: string) => readonly string[];
   /** The `cli/main.js` every node starts with (default: this build's), e.g. an older release's. */
   readonly main?: string;
+  /** Durable mode: `"durable": true`, every node's dataDir `data-<id>` in the cluster's directory (see dataDir). */
+  readonly durable?: boolean;
 }
 
 export interface ProcessNode {
@@ -130,6 +132,7 @@ export class ProcessCluster {
         service: opts.service ?? { kind: 'kv', mode: opts.mode ?? 'rsm' },
         heartbeatMs: opts.heartbeatMs ?? 30,
         failureTimeoutMs: opts.failureTimeoutMs ?? 300,
+        ...(opts.durable ? { durable: true } : {}),
         ...opts.extra,
         nodes: c.nodes.map((n) => ({
           id: n.id,
@@ -137,6 +140,7 @@ export class ProcessCluster {
           peer: `${n.peer.host}:${n.peer.port}`,
           admin: `${n.admin.host}:${n.admin.port}`,
           ...(n.peerListen ? { peerListen: `${n.peerListen.host}:${n.peerListen.port}` } : {}),
+          ...(opts.durable ? { dataDir: `data-${n.id}` } : {}),
           ...opts.nodeExtra?.(n.id),
         })),
       };
@@ -168,16 +172,18 @@ export class ProcessCluster {
   }
 
   /**
-   * Start (or start again, as an empty spare) node `id`, with the cluster's `cli/main.js` or
-   * `main` (another build's, as in a rolling upgrade).
+   * Start (or start again: an empty spare, or in durable mode from its dataDir) node `id`,
+   * with the cluster's `cli/main.js` or `main` (another build's, as in a rolling upgrade).
    */
   spawn(id: string, main: string = this.main): ChildProcess {
     const n = this.node(id);
     const log = createWriteStream(join(this.dir, `${id}.log`), { flags: 'a' });
     const [command, ...prefix] = [...(this.wrap?.(id) ?? []), process.execPath];
     const child = spawn(command!, [...prefix, main, 'node', '--config', this.configPath, '--id', id], { stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout?.pipe(log);
-    child.stderr?.pipe(log);
+    // Neither stream ends the log: a child writing to stderr as its stdout closes would
+    // otherwise write after the end ("write after end" in the test).
+    child.stdout?.pipe(log, { end: false });
+    child.stderr?.pipe(log, { end: false });
     n.child = child;
     return child;
   }
@@ -212,6 +218,20 @@ export class ProcessCluster {
     }
     this.node(id).child = null;
     return code;
+  }
+
+  /** Durable mode: node `id`'s dataDir (spawn starts it again from there). */
+  dataDir(id: string): string {
+    return join(this.dir, `data-${this.node(id).id}`);
+  }
+
+  /** kill -9 every running node at once (one signal each, back to back), and wait until all are gone. */
+  async killAll(): Promise<void> {
+    const running = this.nodes.filter((n) => n.child !== null && n.child.exitCode === null && n.child.signalCode === null);
+    const exited = running.map((n) => new Promise<void>((r) => n.child!.once('exit', () => r())));
+    for (const n of running) process.kill(n.child!.pid!, 'SIGKILL');
+    await Promise.all(exited);
+    for (const n of this.nodes) n.child = null;
   }
 
   status(id: string): Promise<NodeStatus | null> {

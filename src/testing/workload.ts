@@ -63,6 +63,16 @@ export async function runWorkload(addresses: string[], clients: number, seed: nu
   return { history, ok, failed, ackedAppends };
 }
 
+/** Start a workload of `clients` clients on these addresses; `finish()` stops it and gives its result. */
+export function startLoad(addresses: string[], clients: number, seed: number): () => Promise<WorkloadResult> {
+  let stop!: () => void;
+  const load = runWorkload(addresses, clients, seed, new Promise<void>((r) => (stop = r)));
+  return () => {
+    stop();
+    return load;
+  };
+}
+
 /** Every acknowledged append is in the final value exactly once, and nothing is there twice. */
 export function appendProblems(key: string, finalValue: string | null, acked: readonly string[]): string[] {
   const tokens = (finalValue ?? '').split(';').filter((t) => t.length > 0).map((t) => `${t};`);
