@@ -184,6 +184,7 @@ export class ProcessCluster {
     // otherwise write after the end ("write after end" in the test).
     child.stdout?.pipe(log, { end: false });
     child.stderr?.pipe(log, { end: false });
+    child.once('close', () => log.end()); // after both streams are done
     n.child = child;
     return child;
   }
