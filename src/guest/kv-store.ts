@@ -91,6 +91,8 @@ class Shard {
   keyLengths = new Int32Array(MIN_SLOTS);
   count = 0;
   tombstones = 0;
+  /** Tables built (for tests: a shard grows by a factor, so this is logarithmic in its keys). */
+  rebuilds = 0;
   readonly side = new Map<string, string>();
   /**
    * How much this shard grows its table and arena by, between 2x and 3x (tables) and 1.5x and
@@ -196,11 +198,12 @@ class Shard {
   /** Make room in the table for one more key: at most MAX_LOAD of its slots used or dead. */
   private reserveSlot(): void {
     if (this.count + this.tombstones + 1 <= this.offsets.length * MAX_LOAD) return;
-    this.rebuild(Math.max(MIN_SLOTS, Math.ceil((this.count + 1) * (2 + this.spread) / (MAX_LOAD * 2))));
+    this.rebuild(Math.max(MIN_SLOTS, Math.ceil(((this.count + 1) * (2 + this.spread)) / MAX_LOAD)));
   }
 
   /** A new table of `size` slots with the live keys (no arena read: hashes are kept). */
   private rebuild(size: number): void {
+    this.rebuilds++;
     const offsets = this.offsets;
     const hashes = this.hashes;
     const lengths = this.keyLengths;
@@ -325,6 +328,13 @@ export class KvStore {
         yield [k, s.value(slot, k)];
       }
     }
+  }
+
+  /** The most tables any one shard has built (for tests and tools). */
+  mostRebuilds(): number {
+    let most = 0;
+    for (const s of this.shards) most = Math.max(most, s.rebuilds);
+    return most;
   }
 
   /** The longest run a lookup walks past its home slot, over every shard (for tests and tools). */
