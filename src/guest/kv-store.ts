@@ -97,8 +97,8 @@ class Shard {
   /**
    * How much this shard grows its table and arena by, between 2x and 3x (tables) and 1.5x and
    * 2x (arenas), different for each shard: keys spread evenly, so shards that all grew by 2x
-   * would all grow at once, and a thousand fresh allocations at once cost this machine's page
-   * faults in one event-loop turn (760-1,177 ms measured at 8-10 M keys, before this).
+   * would all grow in the same few turns. (The 760-1,177 ms gaps first blamed on that were
+   * mostly a sizing bug, rebuilding some tables on every insert: bench/README.md.)
    */
   private readonly spread: number;
 
@@ -239,9 +239,8 @@ class Shard {
     const compact = this.garbage * 2 > this.top;
     const grow = 1.5 + this.spread / 2;
     const size = Math.ceil(Math.max(MIN_ARENA, compact ? (live + need) * grow : Math.max(this.arena.length * grow, this.top + need)));
-    if (size > MAX_ARENA) {
-      if (live + need > MAX_ARENA) throw new RangeError('kv store: a shard\'s arena would pass 2 GiB');
-    }
+    // Both sizes below are at least live + need: only when that passes the cap is there no room.
+    if (live + need > MAX_ARENA) throw new RangeError('kv store: a shard\'s arena would pass 2 GiB');
     const next = Buffer.allocUnsafeSlow(Math.min(size, MAX_ARENA));
     if (!compact && this.top + need <= next.length) {
       this.arena.copy(next, 0, 0, this.top);
