@@ -81,6 +81,11 @@ export async function freePorts(n: number): Promise<number[]> {
   return ports;
 }
 
+/** Once `child` has exited (at once if it has): its exit code (null: ended by a signal). */
+function exitOf(child: ChildProcess): Promise<number | null> {
+  return new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(child.exitCode) : child.once('exit', (code) => r(code))));
+}
+
 export class ProcessCluster {
   readonly dir: string;
   readonly configPath: string;
@@ -199,7 +204,7 @@ export class ProcessCluster {
   async kill9(id: string): Promise<void> {
     const child = this.node(id).child;
     if (!child) return;
-    const exited = new Promise<void>((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())));
+    const exited = exitOf(child);
     this.signal(id, 'SIGKILL');
     await exited;
     this.node(id).child = null;
@@ -209,7 +214,7 @@ export class ProcessCluster {
   async stopNode(id: string, timeoutMs = 10_000): Promise<number | null> {
     const child = this.node(id).child;
     if (!child) return null;
-    const exited = new Promise<number | null>((r) => (child.exitCode !== null || child.signalCode !== null ? r(child.exitCode) : child.once('exit', (code) => r(code))));
+    const exited = exitOf(child);
     this.signal(id, 'SIGTERM');
     const timer = new Promise<'late'>((r) => setTimeout(() => r('late'), timeoutMs).unref());
     const code = await Promise.race([exited, timer]);
@@ -229,7 +234,7 @@ export class ProcessCluster {
   /** kill -9 every running node at once (one signal each, back to back), and wait until all are gone. */
   async killAll(): Promise<void> {
     const running = this.nodes.filter((n) => n.child !== null && n.child.exitCode === null && n.child.signalCode === null);
-    const exited = running.map((n) => new Promise<void>((r) => n.child!.once('exit', () => r())));
+    const exited = running.map((n) => exitOf(n.child!));
     for (const n of running) process.kill(n.child!.pid!, 'SIGKILL');
     await Promise.all(exited);
     for (const n of this.nodes) n.child = null;
@@ -287,7 +292,7 @@ export class ProcessCluster {
         const child = n.child;
         n.child = null;
         if (!child || child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
-        const exited = new Promise<void>((r) => child.once('exit', () => r()));
+        const exited = exitOf(child);
         try {
           process.kill(child.pid, 'SIGCONT');
           process.kill(child.pid, 'SIGKILL');
