@@ -117,12 +117,17 @@ test('rolling upgrade from the previous release under lockstep/client load: spar
   assert.deepEqual(await workloadProblems(cluster.clientAddresses(), result), []);
 
   // Every node runs this build, and every connection between them protocol 7.
+  let seen = '';
   await cluster.waitFor(async () => {
     const all = await cluster.statuses();
+    seen = JSON.stringify(all.map((s) => [s?.id, s?.role, s?.protocol?.peers]));
     // A connection not open (null) is fine: a spare need not dial anyone.
     const newest = (v: number | null): boolean => v === null || v === PROTOCOL_VERSION;
     return all.every((s) => upgraded(s) && Object.values(s!.protocol!.peers).every((v) => newest(v.outbound) && newest(v.inbound) && newest(v.speaks)));
-  }, 10_000, 'every peer connection to run the newest protocol');
+  }, 10_000, 'every peer connection to run the newest protocol').catch((e: Error) => {
+    const logs = cluster.nodes.map((n) => `${n.id}:\n${cluster.log(n.id).split('\n').filter((l) => /peer-(connected|accepted|version-up|refused|disconnected)/.test(l)).slice(-12).join('\n')}`);
+    throw new Error(`${e.message}; last seen ${seen}\n${logs.join('\n')}`);
+  });
   const p = (await cluster.primary())!;
   assert.equal(p.protocol!.peers[p.view.backup!]!.outbound, PROTOCOL_VERSION, 'primary to backup runs the newest protocol');
   await cluster.waitFor(async () => {

@@ -38,8 +38,12 @@
 // older, the peer's version in that version's format (a version 6 node refuses any other
 // without answering, so only its own dial tells us what it is). The answering side answers in
 // the agreed version. When a peer comes back newer (it was upgraded), an outbound connection
-// still at the older version is closed and dialled again, so the pair converges to the newest
-// version both speak. `versions()` reports what each connection runs, for /status.
+// still at the older version is closed and dialled again (also when our dial was under way as
+// its newer handshake came), so the pair converges to the newest version both speak. What a
+// peer said is forgotten when the connection it said it on closes: its next process may be
+// another release, and two upgraded nodes that dialled each other on what their old processes
+// said would otherwise keep the older version for ever. `versions()` reports what each
+// connection runs, for /status.
 //
 // Sending never blocks and never queues without bound: if there is no connection the message
 // is dropped (the core resends from the last ack); while one is being opened, messages wait
@@ -136,10 +140,16 @@ export class PeerTransport {
   private flushScheduled = false;
   private readonly twoArbitersLoggedAt = new Map<string, number>();
   private readonly toldOtherArbiter = new Set<string>();
-  /** The newest version each peer's last admitted handshake announced. */
+  /**
+   * The newest version each peer's last admitted handshake announced, while the connection it
+   * came on is open: a peer that went away may come back as another release, so what its
+   * previous process said is forgotten with that process's connection.
+   */
   private readonly peerNewest = new Map<string, number>();
   /** The version each peer's admitted inbound connection runs. */
   private readonly inboundVersion = new Map<string, number>();
+  /** The inbound connection each peer's entries above were learnt from. */
+  private readonly learntFrom = new Map<string, net.Socket>();
   /** Counters for /metrics. */
   readonly stats = { framesSent: 0, bytesSent: 0, framesReceived: 0, bytesReceived: 0, dropped: 0, refused: 0 };
 
@@ -211,7 +221,7 @@ export class PeerTransport {
   flush(): void {
     this.flushScheduled = false;
     for (const o of this.out.values()) {
-      if (o.pending.length === 0 || !o.socket || !o.ready) continue; // held until the handshake is done
+      if (o.pending.length === 0 || !o.socket || !o.ready || o.socket.destroyed) continue; // held until the handshake is done
       // Small parts are joined into one buffer; a large part (a big entry, a snapshot) goes as
       // it is, uncopied, in the same corked write.
       const socket = o.socket;
@@ -277,14 +287,35 @@ export class PeerTransport {
    * A peer's admitted handshake says which versions it speaks: remember the newest, and if our
    * connection to it runs an older version than both now speak (it was upgraded), dial again.
    */
-  private learnVersion(peer: string, h: Handshake, agreed: number): void {
+  private learnVersion(peer: string, socket: net.Socket, h: Handshake, agreed: number): void {
     this.peerNewest.set(peer, h.protocolVersion);
     this.inboundVersion.set(peer, agreed);
+    this.learntFrom.set(peer, socket);
+    this.versionUp(peer);
+  }
+
+  /**
+   * Our ready connection to `peer` runs an older version than both of us speak (we dialled on
+   * what an older process of it said, or our dial was under way when its newer handshake came):
+   * close it, and the reconnect dials in the newer version.
+   */
+  private versionUp(peer: string): void {
     const o = this.out.get(peer);
-    if (o?.ready && o.socket !== null && o.version !== null && o.version < agreed) {
-      this.o.log('info', 'peer-version-up', { peer, from: o.version, to: agreed });
-      o.backoffMs = RECONNECT_MIN_MS;
-      o.socket.destroy();
+    if (o === undefined || !o.ready || o.socket === null || o.version === null) return;
+    const both = Math.min(PROTOCOL_VERSION, this.peerNewest.get(peer) ?? PROTOCOL_VERSION_MIN);
+    if (o.version >= both) return;
+    this.o.log('info', 'peer-version-up', { peer, from: o.version, to: both });
+    o.backoffMs = RECONNECT_MIN_MS;
+    o.socket.destroy();
+  }
+
+  /** An inbound connection closed: if what we know of its peer's versions came on it, forget it. */
+  private forgetVersion(socket: net.Socket): void {
+    for (const [peer, from] of this.learntFrom) {
+      if (from !== socket) continue;
+      this.learntFrom.delete(peer);
+      this.peerNewest.delete(peer);
+      this.inboundVersion.delete(peer);
     }
   }
 
@@ -429,6 +460,7 @@ export class PeerTransport {
     socket.on('close', () => {
       clearTimeout(timer);
       this.inbound.delete(socket);
+      this.forgetVersion(socket);
     });
   }
 
@@ -461,7 +493,7 @@ export class PeerTransport {
     decoder.maxFrameBytes = this.o.maxFrameBytes;
     if (answer) socket.write(this.handshake(version));
     this.o.log('info', 'peer-accepted', { peer, remote, ...(answer ? { peerEpoch: h.epoch } : {}), protocolVersion: version, authenticated: this.o.secret !== null, tls: this.o.tls !== null });
-    this.learnVersion(peer, h, version);
+    this.learnVersion(peer, socket, h, version);
     this.redialNow(peer);
   }
 
@@ -520,6 +552,7 @@ export class PeerTransport {
           state.version = agreedVersion(h);
           state.backoffMs = RECONNECT_MIN_MS;
           this.o.log('info', 'peer-connected', { peer: id, peerEpoch: h.epoch, protocolVersion: state.version });
+          this.versionUp(id);
           this.flush();
         }
       } catch (e) {

@@ -3,7 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { freePorts } from './process-cluster.js';
+import net from 'node:net';
 
 const MAIN = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
@@ -38,10 +38,39 @@ export function spawnCli(t: { after: (fn: () => Promise<void>) => void }, args: 
   return { child, output: () => out, errors: () => err, exited };
 }
 
-/** A base port P for `lockstep cluster`/`run` (they use P+1.., P+101.., P+201..), near a free one. */
+/**
+ * A base port P for `lockstep cluster`/`run` (they use P+1.., P+101.., P+201..): below the
+ * kernel's ephemeral range (32768 and up by default), so that no outgoing connection's source
+ * port and no `listen(0)` elsewhere in the suite can take one of them while the test runs, and
+ * with all of P+1..P+9, P+101..P+109 and P+201..P+209 free now. Random, so that two test files
+ * running at once rarely pick the same; checked, so that a clash is skipped rather than failed.
+ */
 export async function freeBasePort(): Promise<number> {
-  const [base] = await freePorts(1);
-  return Math.min(60_000, Math.max(20_000, base! - (base! % 1000)));
+  const offsets = [0, 100, 200].flatMap((hundred) => Array.from({ length: 9 }, (_, i) => hundred + 1 + i));
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 120) * 100;
+    if (await allFree(offsets.map((o) => base + o))) return base;
+  }
+  throw new Error('freeBasePort: no base port in 20000..32000 with its 27 ports free after 50 tries');
+}
+
+async function allFree(ports: readonly number[]): Promise<boolean> {
+  const servers: net.Server[] = [];
+  try {
+    for (const port of ports) {
+      const s = net.createServer();
+      await new Promise<void>((resolve, reject) => {
+        s.once('error', reject);
+        s.listen(port, '127.0.0.1', () => resolve());
+      });
+      servers.push(s);
+    }
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  }
 }
 
 /** Run `lockstep ARGS...` to its end (SIGKILL after `timeoutMs`): exit code, stdout, stderr. */
