@@ -32,7 +32,7 @@ import type { Etcd3, IOptions } from 'etcd3';
 import { LockstepError } from '../errors.js';
 import { NO_VIEW, sameView, type View } from '../core/types.js';
 import { etcdIdentityKey, etcdViewKey, formatEndpoint } from './spec.js';
-import { ArbiterNotInitialized, checkProposal, decodeIdentity, encodeIdentity, encodeView, newIdentity } from './types.js';
+import { ArbiterNotInitialized, checkProposal, decodeIdentity, encodeIdentity, encodeView, newIdentity, storedBackups } from './types.js';
 import type { Arbiter, ArbiterIdentity, CasResult, EtcdClientOptions, EtcdEndpoint, InitResult } from './types.js';
 
 export const ETCD_DEFAULT_TIMEOUT_MS = 1000;
@@ -229,13 +229,14 @@ export class EtcdArbiter implements Arbiter {
       // handled below
     }
     const member = (x: unknown): x is string | null => x === null || (typeof x === 'string' && x !== '');
-    if (typeof o !== 'object' || o === null || !Number.isSafeInteger(o.epoch) || (o.epoch as number) < 1 || typeof o.primary !== 'string' || !member(o.primary) || !member(o.backup)) {
+    const backups = typeof o === 'object' && o !== null ? storedBackups(o) : null;
+    if (typeof o !== 'object' || o === null || !Number.isSafeInteger(o.epoch) || (o.epoch as number) < 1 || typeof o.primary !== 'string' || !member(o.primary) || backups === null) {
       throw new LockstepError('E_ARBITER_UNAVAILABLE', `arbiter ${this.description}: ${this.key} does not hold a view: ${JSON.stringify(bytes.slice(0, 200))}`);
     }
     if (o.cluster !== this.cluster) {
       throw new LockstepError('E_ARBITER_CLUSTER', `arbiter ${this.description}: ${this.key} holds a view of cluster ${JSON.stringify(o.cluster)}, not ${JSON.stringify(this.cluster)}`);
     }
-    return { view: Object.freeze({ epoch: o.epoch as number, primary: o.primary, backup: o.backup }), bytes, modRevision: String(kv.mod_revision) };
+    return { view: Object.freeze({ epoch: o.epoch as number, primary: o.primary, backups: Object.freeze(backups) }), bytes, modRevision: String(kv.mod_revision) };
   }
 }
 

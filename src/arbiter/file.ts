@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { LockstepError } from '../errors.js';
 import { NO_VIEW, sameView, type View } from '../core/types.js';
-import { ArbiterNotInitialized, checkProposal, decodeIdentity, encodeIdentity, encodeView, newIdentity } from './types.js';
+import { ArbiterNotInitialized, checkProposal, decodeIdentity, encodeIdentity, encodeView, newIdentity, storedBackups } from './types.js';
 import type { Arbiter, ArbiterIdentity, CasResult, InitResult, ViewRecord } from './types.js';
 
 const VIEW_FILE = /^view-(\d+)$/;
@@ -181,12 +181,13 @@ export class FileArbiter implements Arbiter {
     }
     const o = v as Record<string, unknown> | null;
     const member = (x: unknown): x is string | null => x === null || (typeof x === 'string' && x !== '');
-    if (typeof o !== 'object' || o === null || o.epoch !== epoch || typeof o.primary !== 'string' || !member(o.primary) || !member(o.backup)) {
+    const backups = typeof o === 'object' && o !== null ? storedBackups(o) : null;
+    if (typeof o !== 'object' || o === null || o.epoch !== epoch || typeof o.primary !== 'string' || !member(o.primary) || backups === null) {
       throw new LockstepError('E_ARBITER_UNAVAILABLE', `arbiter ${path}: not a valid view for epoch ${epoch}: ${JSON.stringify(text.slice(0, 200))}`);
     }
     if (o.cluster !== undefined && o.cluster !== this.cluster) {
       throw new LockstepError('E_ARBITER_CLUSTER', `arbiter ${path} holds a view of cluster ${JSON.stringify(o.cluster)}, not ${JSON.stringify(this.cluster)}: give every cluster its own arbiter directory`);
     }
-    return Object.freeze({ epoch, primary: o.primary, backup: o.backup });
+    return Object.freeze({ epoch, primary: o.primary, backups: Object.freeze(backups) });
   }
 }

@@ -59,7 +59,7 @@ export class MemoryArbiter implements Arbiter {
     checkProposal(expected, next);
     const cur = this.read(); // read, compare and write in one synchronous step: atomic
     if (!sameView(cur, expected)) return { ok: false, view: cur };
-    this.store.view = Object.freeze({ epoch: next.epoch, primary: next.primary, backup: next.backup });
+    this.store.view = Object.freeze({ epoch: next.epoch, primary: next.primary, backups: Object.freeze([...next.backups]) });
     this.store.cluster = this.cluster;
     return { ok: true, view: this.store.view };
   }

@@ -156,15 +156,41 @@ export type ArbiterSpec =
   | { readonly kind: 'memory' }
   | { readonly kind: 'etcd'; readonly endpoints: readonly EtcdEndpoint[]; readonly prefix: string };
 
-/** The JSON a stored view is written as (file, etcd), keys in this order, one canonical form. */
+/**
+ * The JSON a stored view is written as (file, etcd), keys in this order, one canonical form.
+ * A view with at most one backup is written exactly as releases before several backups wrote
+ * it (`backup`: an id or null), so a stored view compares equal across a rolling upgrade; only
+ * a view with two or more backups adds `backups` (a release before it cannot read that view).
+ */
 export function encodeView(cluster: string, v: View): string {
-  return JSON.stringify({ cluster, epoch: v.epoch, primary: v.primary, backup: v.backup });
+  const more = v.backups.length > 1 ? { backups: v.backups } : {};
+  return JSON.stringify({ cluster, epoch: v.epoch, primary: v.primary, backup: v.backups[0] ?? null, ...more });
+}
+
+/**
+ * The backups of a stored view's JSON object (`backup`, and `backups` when there are several),
+ * or null if they are not well formed: ids are non-empty strings, none repeated, none the primary.
+ */
+export function storedBackups(o: Record<string, unknown>): string[] | null {
+  const id = (x: unknown): x is string => typeof x === 'string' && x !== '';
+  let list: string[];
+  if (o.backups !== undefined) {
+    if (!Array.isArray(o.backups) || o.backups.length < 2 || !o.backups.every(id) || o.backup !== o.backups[0]) return null;
+    list = o.backups as string[];
+  } else if (o.backup === null) {
+    list = [];
+  } else if (id(o.backup)) {
+    list = [o.backup];
+  } else {
+    return null;
+  }
+  return new Set(list).size === list.length && !list.includes(o.primary as string) ? list : null;
 }
 
 /** A proposal that breaks these rules is a bug in the caller, not an arbiter outcome: a plain Error. */
 export function checkProposal(expected: View, next: View): void {
   const ok =
     Number.isSafeInteger(expected.epoch) && expected.epoch >= 0 && next.epoch === expected.epoch + 1 &&
-    typeof next.primary === 'string' && next.primary !== '' && next.backup !== next.primary;
+    typeof next.primary === 'string' && next.primary !== '' && !next.backups.includes(next.primary) && new Set(next.backups).size === next.backups.length;
   if (!ok) throw new Error(`invalid arbiter proposal ${formatView(expected)} -> ${formatView(next)}`);
 }

@@ -31,7 +31,9 @@ import {
   DEFAULT_SNAPSHOT_CHUNK_BYTES,
   DEFAULT_SNAPSHOT_WINDOW_CHUNKS,
   NO_VIEW,
+  firstBackup,
   formatView,
+  isBackupIn,
   sameView,
   type Action,
   type CoreConfig,
@@ -286,7 +288,7 @@ export interface ReplicaStatus {
   readonly view: View;
   readonly knownEpoch: number;
   readonly lastIndex: number;
-  /** Primary: what its backup acked (= lastIndex when it has none). Follower: lastIndex. */
+  /** Primary: what every backup acked (the least of them; = lastIndex when it has none). Follower: lastIndex. */
   readonly ackedIndex: number;
   /** Entries appended but not yet acked by the backup. */
   readonly lagEntries: number;
@@ -310,7 +312,7 @@ export function status(r: Replica): ReplicaStatus {
   let ackedIndex = r.lastIndex;
   let recruit: ReplicaStatus['recruit'] = null;
   for (const f of r.followers.values()) {
-    if (f.kind === 'backup') ackedIndex = f.ackedIndex;
+    if (f.kind === 'backup') ackedIndex = Math.min(ackedIndex, f.ackedIndex);
     else recruit = { id: f.id, phase: f.phase, ackedIndex: f.ackedIndex, chunksAcked: f.chunksAcked, chunks: f.chunks.length };
   }
   return {
@@ -340,7 +342,7 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
     case 'start':
       assert(r.role === 'booting' && r.cas === null, 'start given twice');
       if (input.recovered !== undefined) startRecovered(r, out, input.recovered.index, input.recovered.view);
-      else startCas(r, out, 'bootstrap', NO_VIEW, { epoch: 1, primary: r.config.id, backup: null });
+      else startCas(r, out, 'bootstrap', NO_VIEW, { epoch: 1, primary: r.config.id, backups: [] });
       break;
     case 'tick':
       onTick(r, out);
@@ -435,15 +437,23 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
     case 'goLive':
       if (won) becomePrimary(r, out, view, 'won the test-and-set after suspecting the primary');
       else if (isSwitchToMe(r, view)) becomePrimaryBySwitch(r, out, view);
+      else if (namesMeBackupOfMyPrimary(r, view)) {
+        // The view moved on under the primary we suspect (it added or dropped another backup)
+        // and still names us its backup: every output released in it waited for our ack of
+        // that epoch, so we hold them all. Follow it, and ask again from it at the next tick.
+        r.following!.epoch = view.epoch;
+        becomeBackup(r, out, view);
+      }
       else if (r.role === 'spare') stopFollowing(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
       else halt(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
       return;
     case 'dropBackup': {
       if (!won) return halt(r, out, `lost the test-and-set to drop the backup; the view is ${formatView(view)}`);
-      const old = r.view.backup;
+      const gone = r.view.backups.filter((id) => !isBackupIn(view, id));
       r.view = view;
-      if (old !== null) r.followers.delete(old);
-      setRole(r, out, 'primary', `carrying on without backup ${old ?? '-'}`);
+      for (const id of gone) r.followers.delete(id);
+      const left = view.backups.length === 0 ? '' : ` (backups left: ${view.backups.join(', ')})`;
+      setRole(r, out, 'primary', `carrying on without backup ${gone.join(', ') || '-'}${left}`);
       trimLog(r);
       tryRelease(r, out);
       return;
@@ -466,7 +476,8 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
     case 'addBackup': {
       if (!won) return halt(r, out, `lost the test-and-set to add a backup; the view is ${formatView(view)}`);
       r.view = view;
-      const f = view.backup === null ? undefined : r.followers.get(view.backup);
+      const added = view.backups[view.backups.length - 1];
+      const f = added === undefined ? undefined : r.followers.get(added);
       assert(f !== undefined && f.kind === 'recruit', 'the recruit left while its test-and-set was pending');
       f.kind = 'backup';
       f.viewAcked = false;
@@ -514,7 +525,7 @@ function becomeBackup(r: Replica, out: Action[], view: View): void {
  */
 function startRecovered(r: Replica, out: Action[], index: number, view: View): void {
   const self = r.config.id;
-  assert(view.epoch > 0 && view.primary !== null && (view.primary === self || view.backup === self), 'recovered with a view that does not name this replica');
+  assert(view.epoch > 0 && view.primary !== null && (view.primary === self || isBackupIn(view, self)), 'recovered with a view that does not name this replica');
   assert(Number.isSafeInteger(index) && index >= 0, 'recovered index');
   r.lastIndex = index;
   r.view = view;
@@ -630,7 +641,7 @@ function onArbiterView(r: Replica, out: Action[], requestId: number, view: View)
   const f = r.following;
   if (isSwitchToMe(r, view)) {
     becomePrimaryBySwitch(r, out, view);
-  } else if (r.role !== 'primary' && f !== null && view.primary === f.primary && view.backup === r.config.id) {
+  } else if (r.role !== 'primary' && f !== null && view.primary === f.primary && isBackupIn(view, r.config.id)) {
     f.epoch = view.epoch;
     becomeBackup(r, out, view);
   } else if (r.role === 'spare') {
@@ -677,7 +688,7 @@ function onSwitchover(r: Replica, out: Action[], to: NodeId | null): void {
   }
   const sw = r.switchover;
   if (sw !== null) return refuse('E_SWITCHOVER_BUSY', `a switchover to ${sw.to} is already under way (${sw.phase}, for ${Math.round(r.nowMs - sw.startedMs)} ms)`);
-  const b = r.view.backup;
+  const b = to !== null && isBackupIn(r.view, to) ? to : firstBackup(r.view);
   const f = b === null ? undefined : r.followers.get(b);
   if (b === null || f === undefined || f.kind !== 'backup') {
     const recruit = [...r.followers.values()].find((x) => x.kind === 'recruit');
@@ -685,7 +696,7 @@ function onSwitchover(r: Replica, out: Action[], to: NodeId | null): void {
     return refuse('E_SWITCHOVER_NO_BACKUP', `the view ${formatView(r.view)} has no backup: only a backup holds the state to take over${wait}`);
   }
   if (to !== null && to !== b) {
-    return refuse('E_SWITCHOVER_TARGET', `${to} is not the backup of ${formatView(r.view)}: only the backup (${b}) holds the state, so only it can take over`);
+    return refuse('E_SWITCHOVER_TARGET', `${to} is not a backup of ${formatView(r.view)}: only a backup (${r.view.backups.join(', ')}) holds the state, so only it can take over`);
   }
   if (r.cas !== null) return refuse('E_SWITCHOVER_BUSY', `a view change is under way (${r.cas.purpose}: ${formatView(r.cas.next)}): try again when it is done`);
   r.switchover = { to: b, startedMs: r.nowMs, phase: 'drain' };
@@ -706,7 +717,9 @@ function trySwitch(r: Replica, out: Action[]): void {
   if (!r.config.bugs?.switchEarly && (!f.viewAcked || f.ackedIndex < r.lastIndex || r.heldHead < r.held.length)) return;
   sw.phase = 'cas';
   log(out, 'info', 'switchover-caught-up', { to: sw.to, ackedIndex: f.ackedIndex, lastIndex: r.lastIndex, drainMs: r.nowMs - sw.startedMs });
-  startCas(r, out, 'switchover', r.view, { epoch: r.view.epoch + 1, primary: sw.to, backup: r.config.id });
+  // With several backups the others are left out of the new view (they follow the old
+  // primary; they halt, rejoin as spares and are recruited by the new one).
+  startCas(r, out, 'switchover', r.view, { epoch: r.view.epoch + 1, primary: sw.to, backups: [r.config.id] });
 }
 
 function endSwitch(r: Replica, out: Action[], outcome: 'done' | 'aborted', code: SwitchoverCode | null, reason: string): void {
@@ -718,7 +731,7 @@ function endSwitch(r: Replica, out: Action[], outcome: 'done' | 'aborted', code:
 /** Our switchover landed: we are the new primary's backup, with exactly its log. */
 function becomeBackupBySwitch(r: Replica, out: Action[], view: View, startedMs: number): void {
   const primary = view.primary;
-  assert(primary !== null && view.backup === r.config.id, 'a switchover view names a primary and this replica as backup');
+  assert(primary !== null && isBackupIn(view, r.config.id), 'a switchover view names a primary and this replica as backup');
   dropPrimaryState(r, out, `switchover: ${primary} is the primary`);
   r.snapshotFor = null;
   r.view = view;
@@ -744,7 +757,16 @@ function notifySwitch(r: Replica, out: Action[]): void {
  */
 function isSwitchToMe(r: Replica, view: View): boolean {
   const f = r.following;
-  return r.role === 'backup' && f !== null && r.view.primary === f.primary && view.epoch === r.view.epoch + 1 && view.primary === r.config.id && view.backup === f.primary;
+  return r.role === 'backup' && f !== null && r.view.primary === f.primary && view.epoch === r.view.epoch + 1 && view.primary === r.config.id && view.backups.length === 1 && view.backups[0] === f.primary;
+}
+
+/**
+ * A follower's primary is still primary of a newer view that names this replica one of its
+ * backups (it added or dropped another backup meanwhile).
+ */
+function namesMeBackupOfMyPrimary(r: Replica, view: View): boolean {
+  const f = r.following;
+  return (r.role === 'backup' || r.role === 'spare') && f !== null && view.epoch > f.epoch && view.primary === f.primary && isBackupIn(view, r.config.id);
 }
 
 function becomePrimaryBySwitch(r: Replica, out: Action[], view: View): void {
@@ -812,6 +834,7 @@ function onTick(r: Replica, out: Action[]): void {
         const f = r.followers.get(r.switchover.to);
         endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${r.switchover.to} did not catch up in ${Math.round(now - r.switchover.startedMs)} ms (acked ${f?.ackedIndex ?? '-'} of ${r.lastIndex}, ${r.held.length - r.heldHead} replies held): serving on as primary`);
       }
+      const silentBackups: NodeId[] = [];
       for (const f of [...r.followers.values()]) {
         // A recruit receiving its snapshot is judged by progress (a new chunk or entry
         // acked), not by acks: it may ack heartbeats forever without restoring anything.
@@ -822,7 +845,7 @@ function onTick(r: Replica, out: Action[]): void {
             if (r.cas === null) {
               if (r.switchover !== null) endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${f.id} is silent (no ack for ${Math.round(silentMs)} ms): dropping it, serving on as primary`);
               log(out, 'warn', 'suspect', { peer: f.id, role: 'backup', silentMs });
-              startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: c.id, backup: null });
+              silentBackups.push(f.id);
             }
           } else if (r.cas?.purpose !== 'addBackup') {
             if (snapshotting) r.recruitPatienceMs = Math.min(2 * r.recruitPatienceMs, RECRUIT_PATIENCE_MAX * c.failureTimeoutMs);
@@ -835,6 +858,8 @@ function onTick(r: Replica, out: Action[]): void {
         const resendFrom = Math.max(f.ackedIndex, f.snapshotIndex) + 1;
         if (f.nextIndex > resendFrom && now - f.lastProgressMs >= c.retransmitMs) rewind(r, f, resendFrom);
       }
+      // Every silent backup leaves the view in one test-and-set; the others stay.
+      if (silentBackups.length > 0) dropBackups(r, out, silentBackups);
       trySwitch(r, out);
       sendFrames(r, out);
       return;
@@ -844,7 +869,9 @@ function onTick(r: Replica, out: Action[]): void {
       if (r.notifyPrimary !== null && now - r.lastNotifyMs >= c.heartbeatMs) notifySwitch(r, out);
       if (r.cas === null && now - f.lastHeardMs >= c.failureTimeoutMs) {
         log(out, 'warn', 'suspect', { peer: f.primary, role: 'primary', silentMs: now - f.lastHeardMs });
-        const next: View = { epoch: r.view.epoch + 1, primary: c.id, backup: null };
+        // The other backups (if any) are left out: one of them may hold entries we lack, or lack
+        // some we hold. They halt, rejoin as spares and are recruited from our state.
+        const next: View = { epoch: r.view.epoch + 1, primary: c.id, backups: [] };
         if (c.bugs?.liveWithoutArbiter) becomePrimary(r, out, next, 'PLANTED BUG: went live without the arbiter');
         else startCas(r, out, 'goLive', r.view, next);
       }
@@ -862,7 +889,7 @@ function onTick(r: Replica, out: Action[]): void {
           // Our primary was handing over to us and went silent: its test-and-set may have
           // landed, making us the backup of a dead primary. Only the arbiter knows.
           log(out, 'warn', 'suspect', { peer: f.primary, role: 'primary (handing over)', silentMs: now - f.lastHeardMs });
-          startCas(r, out, 'goLive', f.pendingView, { epoch: f.pendingView.epoch + 1, primary: c.id, backup: null });
+          startCas(r, out, 'goLive', f.pendingView, { epoch: f.pendingView.epoch + 1, primary: c.id, backups: [] });
         } else {
           stopFollowing(r, out, `recruiting primary ${f.primary} silent for ${now - f.lastHeardMs} ms`);
         }
@@ -968,13 +995,13 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
     // backup of epoch N" out of the blue) is checked with the arbiter first.
     const expected = r.role === 'spare' && f.pendingView !== null && sameView(f.pendingView, m.view);
     if (!expected) {
-      const what = m.view.backup === r.config.id ? 'names this replica backup' : r.role === 'backup' ? 'has another backup' : 'does not name this recruit';
+      const what = isBackupIn(m.view, r.config.id) ? 'names this replica backup' : r.role === 'backup' ? 'does not name this replica backup' : 'does not name this recruit';
       rumour(r, out, epoch, `${from} says view ${formatView(m.view)}, which ${what}`);
       return;
     }
     f.epoch = epoch;
     becomeBackup(r, out, m.view);
-  } else if (r.role === 'spare' && m.view.backup === r.config.id) {
+  } else if (r.role === 'spare' && isBackupIn(m.view, r.config.id)) {
     // Named backup of the epoch it was recruited in: no primary says that (a view naming a
     // backup is always newer than the recruit's snapshot).
     rumour(r, out, epoch + 1, `${from} says view ${formatView(m.view)}, which names this recruit backup of the epoch it was recruited in`);
@@ -1074,12 +1101,12 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
 
 function onJoin(r: Replica, out: Action[], from: NodeId): void {
   if (r.role !== 'primary') return;
-  if (from === r.view.backup) {
+  if (isBackupIn(r.view, from)) {
     // Our backup restarted empty: it holds nothing. Suspect it now rather than after the timeout.
     if (r.cas === null) {
       if (r.switchover !== null) endSwitch(r, out, 'aborted', 'E_SWITCHOVER_ABORTED', `the backup ${from} restarted empty: dropping it, serving on as primary`);
       log(out, 'warn', 'suspect', { peer: from, role: 'backup', reason: 'it rejoined as an empty spare' });
-      startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backup: null });
+      dropBackups(r, out, [from]);
     }
     return;
   }
@@ -1090,7 +1117,19 @@ function onJoin(r: Replica, out: Action[], from: NodeId): void {
     if ((f.phase !== 'snapshot' || f.chunksAcked > 0) && r.cas?.purpose !== 'addBackup') abandonRecruit(r, out, f, 'it rejoined as an empty spare');
     return;
   }
-  if (r.view.backup === null && r.followers.size === 0 && r.cas === null) startRecruit(r, out, from);
+  // One recruit at a time, while the view has fewer backups than the cluster keeps.
+  const recruiting = [...r.followers.values()].some((x) => x.kind === 'recruit');
+  if (r.view.backups.length < backupsWanted(r) && !recruiting && r.cas === null) startRecruit(r, out, from);
+}
+
+/** How many backups this cluster keeps (`"backups"`, default 1). */
+function backupsWanted(r: Replica): number {
+  return Math.max(1, r.config.backups ?? 1);
+}
+
+/** `{e, self, B} -> {e+1, self, B without ids}`: the silent or emptied backups leave the view. */
+function dropBackups(r: Replica, out: Action[], ids: readonly NodeId[]): void {
+  startCas(r, out, 'dropBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backups: r.view.backups.filter((id) => !ids.includes(id)) });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1182,7 +1221,7 @@ function onSnapshotChunk(r: Replica, out: Action[], index: number, data: Uint8Ar
   if (r.config.bugs?.earlyBackup && r.cas === null) {
     // PLANTED BUG: hand over at once, without waiting for the recruit to hold what was released.
     f.phase = 'handover';
-    startCas(r, out, 'addBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backup: f.id });
+    startCas(r, out, 'addBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backups: [...r.view.backups, f.id] });
   }
 }
 
@@ -1263,7 +1302,7 @@ function advanceRecruit(r: Replica, out: Action[], f: Follower): void {
   if (f.phase === 'handover' && r.cas === null && f.ackedIndex >= r.releasedIndexMax && f.handoverSeq > 0 && f.ackedSeq >= f.handoverSeq) {
     // The recruit holds every entry any released output depends on, and knows the view we
     // are about to propose (so it can go live if we die right after the test-and-set lands).
-    startCas(r, out, 'addBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backup: f.id });
+    startCas(r, out, 'addBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backups: [...r.view.backups, f.id] });
   }
 }
 
@@ -1284,7 +1323,7 @@ function abandonRecruit(r: Replica, out: Action[], f: Follower, reason: string):
   tryRelease(r, out);
   if (f.handoverSeq > 0 && !r.config.bugs?.noRecruitFence) {
     assert(r.cas === null, `abandoning a recruit in handover while a test-and-set is pending (${r.cas?.purpose})`);
-    startCas(r, out, 'fence', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backup: null });
+    startCas(r, out, 'fence', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backups: r.view.backups });
   }
 }
 
@@ -1319,11 +1358,15 @@ function tryRelease(r: Replica, out: Action[]): void {
   if (r.switchover?.phase === 'cas') return;
   const guards = [...r.followers.values()].filter((f) => isGuard(r, f));
   const ignoreRule = r.config.bugs?.noOutputRule === true;
+  const oneAck = r.config.bugs?.releaseOnOneAck === true;
   const ids: number[] = [];
   while (r.heldHead < r.held.length) {
     const h = r.held[r.heldHead];
     assert(h !== undefined, 'held output in range');
-    if (!ignoreRule && !guards.every((g) => g.ackedIndex >= h.index && g.ackedSeq >= h.freshSeq)) break;
+    const acked = (g: Follower): boolean => g.ackedIndex >= h.index && g.ackedSeq >= h.freshSeq;
+    // PLANTED BUG (releaseOnOneAck): one guard's ack is enough.
+    const enough = oneAck && guards.length > 0 ? guards.some(acked) : guards.every(acked);
+    if (!ignoreRule && !enough) break;
     ids.push(h.outputId);
     r.releasedIndexMax = Math.max(r.releasedIndexMax, h.index);
     r.heldHead++;
@@ -1407,7 +1450,7 @@ function sendFrames(r: Replica, out: Action[]): void {
 function sendFrame(r: Replica, out: Action[], f: Follower, payloads: Uint8Array[]): void {
   const seq = ++r.frameSeq;
   const pendingView: View | null =
-    f.kind === 'recruit' && f.phase === 'handover' ? { epoch: r.view.epoch + 1, primary: r.config.id, backup: f.id } : null;
+    f.kind === 'recruit' && f.phase === 'handover' ? { epoch: r.view.epoch + 1, primary: r.config.id, backups: [...r.view.backups, f.id] } : null;
   out.push({
     type: 'send',
     to: f.id,

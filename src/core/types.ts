@@ -9,24 +9,38 @@
 export type NodeId = string;
 
 /**
- * A view: who is primary and who is backup in an epoch. Views live in the arbiter, the
+ * A view: who is primary and who are the backups in an epoch. Views live in the arbiter, the
  * shared storage of VMware FT; the only way to change one is the arbiter's test-and-set
- * `compareAndSet(expected, next)`. Epoch 0 is "no view yet".
+ * `compareAndSet(expected, next)`. Epoch 0 is "no view yet". `backups` lists every backup, in
+ * the order they were added (most clusters keep one: `"backups": 1`, the default); an output
+ * waits for each of them.
  */
 export interface View {
   readonly epoch: number;
   readonly primary: NodeId | null;
-  readonly backup: NodeId | null;
+  readonly backups: readonly NodeId[];
 }
 
-export const NO_VIEW: View = { epoch: 0, primary: null, backup: null };
+export const NO_VIEW: View = { epoch: 0, primary: null, backups: [] };
 
 export function sameView(a: View, b: View): boolean {
-  return a.epoch === b.epoch && a.primary === b.primary && a.backup === b.backup;
+  return a.epoch === b.epoch && a.primary === b.primary && a.backups.length === b.backups.length && a.backups.every((id, i) => b.backups[i] === id);
 }
 
+/** The view's first backup (the only one in a one-backup cluster), or null. */
+export function firstBackup(v: View): NodeId | null {
+  return v.backups[0] ?? null;
+}
+
+/** Is `id` one of the view's backups? */
+export function isBackupIn(v: View, id: NodeId): boolean {
+  return v.backups.includes(id);
+}
+
+/** `{epoch 3, primary n1, backup n2}`; with several backups `{epoch 3, primary n1, backups n2,n3}`. */
 export function formatView(v: View): string {
-  return `{epoch ${v.epoch}, primary ${v.primary ?? '-'}, backup ${v.backup ?? '-'}}`;
+  const b = v.backups.length > 1 ? `backups ${v.backups.join(',')}` : `backup ${v.backups[0] ?? '-'}`;
+  return `{epoch ${v.epoch}, primary ${v.primary ?? '-'}, ${b}}`;
 }
 
 /** A log entry: an opaque guest payload at a log index (indexes start at 1). */
@@ -121,6 +135,12 @@ export interface PlantedBugs {
    * misses entries the old one appended, and the old one, now its backup, diverges.
    */
   readonly switchEarly?: boolean;
+  /**
+   * With several backups, an output is released once ANY one of them acked its index, not
+   * every one (issue 11 item 4): a primary and that backup can die, and the backup that goes
+   * live lacks what a client was told.
+   */
+  readonly releaseOnOneAck?: boolean;
 }
 
 /** The protocol's timing and bounds: what a cluster config sets for every replica. */
@@ -158,6 +178,8 @@ export interface CoreConfig extends CoreTiming {
   readonly id: NodeId;
   /** Every replica of the cluster, this one included. */
   readonly nodes: readonly NodeId[];
+  /** How many backups a primary keeps in its view, recruiting spares up to it (default 1). */
+  readonly backups?: number;
   readonly bugs?: PlantedBugs;
 }
 

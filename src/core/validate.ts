@@ -18,8 +18,9 @@ function viewProblem(v: unknown): string | null {
   const o = v as Record<string, unknown>;
   if (!isIndex(o.epoch) || o.epoch === 0) return 'view.epoch is not a positive integer';
   if (!isNodeIdOrNull(o.primary) || o.primary === null) return 'view.primary is not a node id';
-  if (!isNodeIdOrNull(o.backup)) return 'view.backup is not a node id or null';
-  if (o.backup === o.primary) return 'view names one node as primary and backup';
+  if (!Array.isArray(o.backups) || !o.backups.every((b) => isNodeIdOrNull(b) && b !== null)) return 'view.backups is not a list of node ids';
+  if (o.backups.includes(o.primary)) return 'view names one node as primary and backup';
+  if (new Set(o.backups).size !== o.backups.length) return 'view names one backup twice';
   return null;
 }
 

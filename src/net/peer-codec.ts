@@ -191,19 +191,35 @@ export function decodeAuthProof(bytes: Uint8Array): Uint8Array {
   return Uint8Array.from(bytes.subarray(4));
 }
 
+// A view: flags bit 0 primary, bit 1 a (first) backup, bit 2 more backups (a count, then
+// each). Bit 2 is set only for views with two or more backups, which only a cluster with
+// `"backups"` above 1 makes, so a view of one backup is encoded as before it existed.
 function writeView(w: ByteWriter, v: View): void {
-  w.varuint(v.epoch).u8((v.primary !== null ? 1 : 0) | (v.backup !== null ? 2 : 0));
+  const more = v.backups.length - 1;
+  w.varuint(v.epoch).u8((v.primary !== null ? 1 : 0) | (v.backups.length > 0 ? 2 : 0) | (more > 0 ? 4 : 0));
   if (v.primary !== null) w.text(v.primary);
-  if (v.backup !== null) w.text(v.backup);
+  if (v.backups.length > 0) w.text(v.backups[0]!);
+  if (more > 0) {
+    w.varuint(more);
+    for (let i = 1; i < v.backups.length; i++) w.text(v.backups[i]!);
+  }
 }
+
+/** At most this many backups in a view on the wire (a peer's count is checked before reading). */
+const VIEW_BACKUPS_MAX = 64;
 
 function readView(r: ByteReader): View {
   const epoch = r.varuint();
   const flags = r.u8();
-  if (flags > 3) r.corrupt(`bad view flags ${flags}`);
+  if (flags > 7 || (flags & 6) === 4) r.corrupt(`bad view flags ${flags}`);
   const primary = flags & 1 ? r.text() : null;
-  const backup = flags & 2 ? r.text() : null;
-  return { epoch, primary, backup };
+  const backups: string[] = flags & 2 ? [r.text()] : [];
+  if (flags & 4) {
+    const more = r.varuint();
+    if (more < 1 || more >= VIEW_BACKUPS_MAX) r.corrupt(`a view with ${more + 1} backups`);
+    for (let i = 0; i < more; i++) backups.push(r.text());
+  }
+  return { epoch, primary, backups };
 }
 
 export function encodePeerMessage(msg: PeerMessage): Uint8Array {

@@ -246,10 +246,13 @@ export class DurableStore {
     const o = m as Record<string, unknown>;
     const v = o?.view as Record<string, unknown> | undefined;
     if (typeof o !== 'object' || o === null || o.format !== 1 || typeof o.cluster !== 'string' || typeof o.node !== 'string' || (o.arbiterId !== null && typeof o.arbiterId !== 'string')
-      || typeof v !== 'object' || v === null || typeof v.epoch !== 'number' || (v.primary !== null && typeof v.primary !== 'string') || (v.backup !== null && typeof v.backup !== 'string')) {
+      || typeof v !== 'object' || v === null || typeof v.epoch !== 'number' || (v.primary !== null && typeof v.primary !== 'string')) {
       corrupt(path, 0, 'not a lockstep meta.json of format 1');
     }
-    return m as DurableMeta;
+    // `backups` (a list); a release before several backups wrote `backup` (an id or null).
+    const backups = Array.isArray(v.backups) ? v.backups : v.backup === null ? [] : [v.backup];
+    if (!backups.every((b) => typeof b === 'string' && b !== '')) corrupt(path, 0, 'not a lockstep meta.json of format 1 (its view\'s backups are not node ids)');
+    return { ...(m as DurableMeta), view: { epoch: v.epoch, primary: v.primary as string | null, backups: backups as string[] } };
   }
 
   private readSnapshot(path: string, gen: number, index: number): Uint8Array[] {
