@@ -23,7 +23,7 @@ import { EtcdCluster, etcdMissing } from '../src/testing/etcd-cluster.js';
 import { freePorts } from '../src/testing/process-cluster.js';
 import { TcpProxy } from '../src/testing/tcp-proxy.js';
 
-const v = (epoch: number, primary: string, backup: string | null = null): View => ({ epoch, primary, backup });
+const v = (epoch: number, primary: string, backup: string | null = null): View => ({ epoch, primary, backups: backup === null ? [] : [backup] });
 
 interface T { after(f: () => unknown): void }
 
@@ -156,12 +156,12 @@ await a.current();
 process.stdout.write('ready\\n');
 const t0 = Number(await new Promise((r) => process.stdin.once('data', r)));
 process.stdin.destroy();
-let view = { epoch: 0, primary: null, backup: null };
+let view = { epoch: 0, primary: null, backups: [] };
 const log = [];
 for (let r = 0; view.epoch < Number(rounds); r++) {
   const wait = t0 + r * Number(slot) - Date.now();
   if (wait > 0) await new Promise((res) => setTimeout(res, wait));
-  const next = { epoch: view.epoch + 1, primary: id, backup: null };
+  const next = { epoch: view.epoch + 1, primary: id, backups: [] };
   const res = await a.compareAndSet(view, next);
   log.push({ next, ok: res.ok, view: res.view });
   view = res.view;
@@ -297,7 +297,7 @@ for (const { name, skip, make } of implementations) {
 
     test('a malformed proposal is a programming error, not an arbiter outcome', async (t) => {
       const a = await ready(make(t));
-      for (const next of [v(2, 'n1'), v(1, 'n1', 'n1'), { epoch: 1, primary: null, backup: null }]) {
+      for (const next of [v(2, 'n1'), v(1, 'n1', 'n1'), { epoch: 1, primary: null, backups: [] }]) {
         await assert.rejects(a.compareAndSet(NO_VIEW, next), (e: unknown) => e instanceof Error && !isLockstepError(e));
       }
       assert.deepEqual(await a.current(), NO_VIEW);
@@ -388,9 +388,10 @@ test('FileArbiter: 8 processes met at the exclusive link, and the views on disk 
   const names = readdirSync(dir).filter((n) => n !== IDENTITY_FILE).sort();
   assert.deepEqual(names, Array.from({ length: ROUNDS }, (_, i) => `view-${i + 1}`).sort(), 'no temp file left behind');
   for (const n of names) {
-    const x = JSON.parse(readFileSync(join(dir, n), 'utf8')) as View & { cluster: string };
+    // Stored as releases before several backups stored it: `backup`, an id or null.
+    const x = JSON.parse(readFileSync(join(dir, n), 'utf8')) as { cluster: string; epoch: number; primary: string; backup: string | null };
     assert.equal(x.cluster, 'test');
-    assert.deepEqual({ epoch: x.epoch, primary: x.primary, backup: x.backup }, chain.get(x.epoch));
+    assert.deepEqual({ epoch: x.epoch, primary: x.primary, backups: x.backup === null ? [] : [x.backup] }, chain.get(x.epoch));
   }
   assert.ok(eexist > 0, 'the children really raced on the exclusive link');
 });

@@ -6,6 +6,7 @@ import {
   AssertionError,
   DEFAULT_TIMING,
   NO_VIEW,
+  formatView,
   createReplica,
   isView,
   sameView,
@@ -13,14 +14,14 @@ import {
   validateMessage,
 } from '../src/core/index.js';
 
-const view = { epoch: 3, primary: 'n1', backup: 'n2' };
+const view = { epoch: 3, primary: 'n1', backups: ['n2'] };
 const frame = { type: 'frame', view, seq: 1, prevIndex: 0, payloads: [new Uint8Array(2)], primaryIndex: 1, pendingView: null };
 
 test('validateMessage accepts well-formed messages and names what is wrong with the rest', () => {
   const cases: [unknown, string | null][] = [
     [frame, null],
     [{ ...frame, payloads: [] }, null],
-    [{ ...frame, pendingView: { epoch: 4, primary: 'n1', backup: 'n3' } }, null],
+    [{ ...frame, pendingView: { epoch: 4, primary: 'n1', backups: ['n3'] } }, null],
     [{ type: 'chunk', view, seq: 2, index: 7, chunk: 0, last: true, data: new Uint8Array(0) }, null],
     [{ type: 'chunkAck', epoch: 3, seq: 2, index: 7, chunks: 1, gap: false }, null],
     [{ type: 'ack', epoch: 3, seq: 1, ackedIndex: 0, gap: false }, null],
@@ -29,9 +30,12 @@ test('validateMessage accepts well-formed messages and names what is wrong with 
     [null, 'message is not an object'],
     [[], 'unknown message type'],
     [{ type: 'frame', view: null }, 'frame: view is not an object'],
-    [{ ...frame, view: { epoch: 0, primary: 'n1', backup: null } }, 'frame: view.epoch is not a positive integer'],
-    [{ ...frame, view: { epoch: 1, primary: null, backup: null } }, 'frame: view.primary is not a node id'],
-    [{ ...frame, view: { epoch: 1, primary: 'n1', backup: 'n1' } }, 'frame: view names one node as primary and backup'],
+    [{ ...frame, view: { epoch: 0, primary: 'n1', backups: [] } }, 'frame: view.epoch is not a positive integer'],
+    [{ ...frame, view: { epoch: 1, primary: null, backups: [] } }, 'frame: view.primary is not a node id'],
+    [{ ...frame, view: { epoch: 1, primary: 'n1', backups: ['n1'] } }, 'frame: view names one node as primary and backup'],
+    [{ ...frame, view: { epoch: 1, primary: 'n1', backups: ['n2', 'n3', 'n2'] } }, 'frame: view names one backup twice'],
+    [{ ...frame, view: { epoch: 1, primary: 'n1', backup: 'n2' } }, 'frame: view.backups is not a list of node ids'],
+    [{ ...frame, view: { epoch: 1, primary: 'n1', backups: ['n2', ''] } }, 'frame: view.backups is not a list of node ids'],
     [{ ...frame, seq: 0 }, 'frame: seq is not a positive integer'],
     [{ ...frame, seq: 1.5 }, 'frame: seq is not a positive integer'],
     [{ ...frame, prevIndex: -1 }, 'frame: prevIndex is not an index'],
@@ -58,7 +62,11 @@ test('validateMessage accepts well-formed messages and names what is wrong with 
 
 test('views: equality and shape', () => {
   assert.ok(sameView(view, { ...view }));
-  assert.ok(!sameView(view, { ...view, backup: null }));
+  assert.ok(!sameView(view, { ...view, backups: [] }));
+  assert.ok(!sameView(view, { ...view, backups: [...view.backups, 'n3'] }));
+  assert.ok(!sameView({ ...view, backups: ['n2', 'n3'] }, { ...view, backups: ['n3', 'n2'] }), 'the order of backups is part of a view');
+  assert.equal(formatView({ ...view, backups: ['n2', 'n3'] }), '{epoch 3, primary n1, backups n2,n3}');
+  assert.equal(formatView(view), '{epoch 3, primary n1, backup n2}');
   assert.ok(!sameView(view, NO_VIEW));
   assert.ok(isView(view));
   assert.ok(!isView(NO_VIEW), 'epoch 0 is not a view a peer may send');
@@ -84,16 +92,16 @@ test('the bootstrap test-and-set: won -> primary, lost -> spare, late answers ig
   const [cas] = step(won, { type: 'start' }, 0).filter((a) => a.type === 'arbiterCas');
   assert.ok(cas?.type === 'arbiterCas');
   assert.deepEqual(cas.expected, NO_VIEW);
-  assert.deepEqual(cas.next, { epoch: 1, primary: 'n1', backup: null });
+  assert.deepEqual(cas.next, { epoch: 1, primary: 'n1', backups: [] });
   step(won, { type: 'arbiterResult', requestId: cas.requestId, ok: true, view: cas.next }, 1);
   assert.equal(won.role, 'primary');
 
   const lost = createReplica(config, 0);
   step(lost, { type: 'start' }, 0);
-  step(lost, { type: 'arbiterResult', requestId: 1, ok: false, view: { epoch: 5, primary: 'n2', backup: null } }, 1);
+  step(lost, { type: 'arbiterResult', requestId: 1, ok: false, view: { epoch: 5, primary: 'n2', backups: [] } }, 1);
   assert.equal(lost.role, 'spare');
   assert.equal(lost.knownEpoch, 5);
-  const late = step(lost, { type: 'arbiterResult', requestId: 1, ok: true, view: { epoch: 1, primary: 'n1', backup: null } }, 2);
+  const late = step(lost, { type: 'arbiterResult', requestId: 1, ok: true, view: { epoch: 1, primary: 'n1', backups: [] } }, 2);
   assert.equal(lost.role, 'spare');
   assert.ok(late.some((a) => a.type === 'log' && a.event === 'ignoring'));
 });

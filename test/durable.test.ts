@@ -14,7 +14,7 @@ import { isLockstepError } from '../src/errors.js';
 import { createReplica, step } from '../src/core/replica.js';
 import { DEFAULT_TIMING } from '../src/core/types.js';
 
-const META: DurableMeta = { format: 1, cluster: 'c', node: 'n1', arbiterId: 'a', view: { epoch: 3, primary: 'n1', backup: 'n2' } };
+const META: DurableMeta = { format: 1, cluster: 'c', node: 'n1', arbiterId: 'a', view: { epoch: 3, primary: 'n1', backups: ['n2'] } };
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);
 
@@ -243,7 +243,7 @@ test('a second process on the same dataDir is refused (E_DIR_LOCKED); a stale lo
 // backup of that view's primary and asks to go live from that view after the failure timeout,
 // as a backup does; it takes frames if that primary is alive.
 test('core: a recovered start waits as a backup of the view\'s primary, then asks {e, P, B} -> {e+1, self, -}', () => {
-  const view = { epoch: 4, primary: 'n1', backup: 'n2' };
+  const view = { epoch: 4, primary: 'n1', backups: ['n2'] };
   for (const self of ['n1', 'n2']) {
     const r = createReplica({ ...DEFAULT_TIMING, id: self, nodes: ['n1', 'n2', 'n3'] }, 0);
     const out = step(r, { type: 'start', recovered: { index: 17, view } }, 0);
@@ -258,7 +258,7 @@ test('core: a recovered start waits as a backup of the view\'s primary, then ask
     const cas = asks.find((a) => a.type === 'arbiterCas');
     assert.ok(cas !== undefined && cas.type === 'arbiterCas', `${self} asks to go live`);
     assert.deepEqual(cas.expected, view);
-    assert.deepEqual(cas.next, { epoch: 5, primary: self, backup: null });
+    assert.deepEqual(cas.next, { epoch: 5, primary: self, backups: [] });
     step(r, { type: 'arbiterResult', requestId: cas.requestId, ok: true, view: cas.next }, DEFAULT_TIMING.failureTimeoutMs + 2);
     assert.equal(r.role, 'primary');
     assert.equal(r.lastIndex, 17, 'live with its disk');

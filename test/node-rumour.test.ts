@@ -111,7 +111,7 @@ test('issue 14.9: a member forging refuse {epoch: 1000000} to the primary and th
   const at = (await cluster.status(backup))!.logIndex;
   const frameMsg: PeerMessage = {
     type: 'frame',
-    view: { epoch: FORGED_EPOCH, primary, backup },
+    view: { epoch: FORGED_EPOCH, primary, backups: [backup] },
     seq: 1,
     prevIndex: at,
     payloads: [],

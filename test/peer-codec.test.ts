@@ -28,9 +28,10 @@ import { fuzzIterations } from '../src/testing/fuzz-scale.js';
 const rng = new Rng(4242);
 const bytes = (n: number): Uint8Array => Uint8Array.from({ length: n }, () => rng.u32() & 0xff);
 
-const V1: View = { epoch: 1, primary: 'a', backup: null };
-const V2: View = { epoch: 7, primary: 'node-b', backup: 'node-c' };
-const V3: View = { epoch: 2 ** 40, primary: 'ünïcødé ☃', backup: 'z' };
+const V1: View = { epoch: 1, primary: 'a', backups: [] };
+const V2: View = { epoch: 7, primary: 'node-b', backups: ['node-c'] };
+const V3: View = { epoch: 2 ** 40, primary: 'ünïcødé ☃', backups: ['z'] };
+const V4: View = { epoch: 9, primary: 'n1', backups: ['n2', 'n3', 'n4'] };
 
 const MESSAGES: PeerMessage[] = [
   { type: 'frame', view: V1, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null },
@@ -39,6 +40,7 @@ const MESSAGES: PeerMessage[] = [
   { type: 'frame', view: V2, seq: 3, prevIndex: 5, payloads: [bytes(200_000), bytes(3)], primaryIndex: 7, pendingView: null },
   { type: 'chunk', view: V2, seq: 5, index: 1234, chunk: 0, last: false, data: bytes(1 << 20) },
   { type: 'chunk', view: V1, seq: 1, index: 0, chunk: 0, last: true, data: new Uint8Array(0) },
+  { type: 'frame', view: V4, seq: 4, prevIndex: 1, payloads: [bytes(10)], primaryIndex: 2, pendingView: { ...V4, epoch: 10, backups: ['n2', 'n3', 'n4', 'n5'] } },
   { type: 'chunk', view: V3, seq: 2 ** 40, index: 2 ** 50, chunk: 123_456, last: true, data: bytes(70) },
   { type: 'chunkAck', epoch: 7, seq: 6, index: 1234, chunks: 1, gap: false },
   { type: 'chunkAck', epoch: 2 ** 40, seq: 2 ** 53 - 1, index: 0, chunks: 0, gap: true },
@@ -65,7 +67,7 @@ test('every message kind round-trips exactly, from a Uint8Array and from a Buffe
     assert.equal(validateMessage(dec), dec, `${msg.type} validates`);
   }
   // Structure only: values the core would refuse still round-trip.
-  const odd = { type: 'frame', view: { epoch: 0, primary: null, backup: '' }, seq: 0, prevIndex: 9, payloads: [], primaryIndex: 0, pendingView: null } as const;
+  const odd = { type: 'frame', view: { epoch: 0, primary: null, backups: [''] }, seq: 0, prevIndex: 9, payloads: [], primaryIndex: 0, pendingView: null } as const;
   assert.deepEqual(decodePeerMessage(encodePeerMessage(odd as unknown as PeerMessage)), odd);
   assert.equal(encodePeerMessage({ type: 'join' }).length, 1);
   assert.equal(encodePeerMessage({ type: 'ack', epoch: 3, seq: 4, ackedIndex: 100, gap: false }).length, 5);

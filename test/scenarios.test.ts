@@ -13,7 +13,7 @@ function steady(): Harness {
   const h = new Harness();
   h.boot('n1');
   h.settle(300);
-  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backup: 'n2' });
+  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backups: ['n2'] });
   assert.equal(h.role('n1'), 'primary');
   assert.equal(h.role('n2'), 'backup');
   assert.equal(h.role('n3'), 'spare');
@@ -27,8 +27,8 @@ test('boot: the first to win the test-and-set 0 -> 1 is primary; it recruits a b
   assert.equal(h.role('n1'), 'spare');
   h.settle(300);
   assert.equal(h.arbiterView.primary, 'n2');
-  assert.notEqual(h.arbiterView.backup, null);
-  assert.equal(h.role(h.arbiterView.backup!), 'backup');
+  assert.notEqual(h.arbiterView.backups[0] ?? null, null);
+  assert.equal(h.role(h.arbiterView.backups[0]!), 'backup');
 });
 
 test('output rule: a write is released only once the backup acked its entry', () => {
@@ -69,12 +69,12 @@ test('the backup fails: the primary suspects it, wins the test-and-set, releases
   const outs = h.write('n1', 3);
   h.advance(150, { deliver: cutNoJoins, arbiter: true });
   assert.equal(h.arbiterView.epoch, 3);
-  assert.equal(h.arbiterView.backup, null);
+  assert.equal(h.arbiterView.backups[0] ?? null, null);
   for (const o of outs) assert.equal(h.isReleased('n1', o), true);
   assert.equal(h.role('n1'), 'primary');
   // ... and recruits the spare, which becomes the backup with every entry.
   h.settle(300);
-  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n1', backup: 'n3' });
+  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n1', backups: ['n3'] });
   assert.equal(h.role('n3'), 'backup');
   assert.equal(h.replica('n3').lastIndex, h.replica('n1').lastIndex);
 });
@@ -88,7 +88,7 @@ test('the primary fails: the backup goes live with every entry whose output was 
   h.crash('n1');
   h.advance(200, { deliver: () => true, arbiter: true });
   assert.equal(h.role('n2'), 'primary');
-  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n2', backup: 'n3' });
+  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n2', backups: ['n3'] });
   assert.equal(h.replica('n2').lastIndex, 5, 'holds the five released entries, not the two unsent ones');
 });
 
@@ -199,14 +199,14 @@ test('primary and backup both lost: the empty spare never becomes primary', () =
   h.crash('n2');
   h.advance(3000, { deliver: () => true, arbiter: true });
   assert.equal(h.role('n3'), 'spare');
-  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backup: 'n2' });
+  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backups: ['n2'] });
 });
 
 test('recruiting: during the handover outputs wait for the recruit too, then it becomes backup', () => {
   const h = steady();
   h.crash('n2');
   h.advance(150, { deliver: cutNoJoins, arbiter: true });
-  assert.equal(h.arbiterView.backup, null);
+  assert.equal(h.arbiterView.backups[0] ?? null, null);
   h.write('n1', 3); // released at once: no backup
   // n3 joins and gets a snapshot; deliver only the snapshot and its ack.
   h.advance(25, { deliver: (e) => e.msg.type === 'join' });
@@ -216,7 +216,7 @@ test('recruiting: during the handover outputs wait for the recruit too, then it 
   assert.deepEqual(h.snapshots.get('n3'), [3]);
   // Snapshot acked, caught up, told of the pending view: the test-and-set is at the arbiter.
   assert.equal(status(h.replica('n1')).recruit?.phase, 'handover');
-  assert.deepEqual(h.casQueue.map((c) => c.next), [{ epoch: 4, primary: 'n1', backup: 'n3' }]);
+  assert.deepEqual(h.casQueue.map((c) => c.next), [{ epoch: 4, primary: 'n1', backups: ['n3'] }]);
   // While the handover is under way, a write waits for n3 as well.
   const [w] = h.write('n1', 1);
   assert.equal(h.isReleased('n1', w!), false);
@@ -224,7 +224,7 @@ test('recruiting: during the handover outputs wait for the recruit too, then it 
   assert.equal(h.isReleased('n1', w!), true);
   h.answerArbiter();
   h.settle(100);
-  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n1', backup: 'n3' });
+  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n1', backups: ['n3'] });
   assert.equal(h.role('n3'), 'backup');
 });
 
@@ -237,10 +237,10 @@ test('a recruit whose primary dies right after the handover test-and-set goes li
   // The addBackup test-and-set is queued at the arbiter: it lands, then n1 dies.
   const pending = h.casQueue.find((r) => r.from === 'n1');
   assert.ok(pending, 'n1 proposed a backup');
-  const recruit = pending.next.backup!;
+  const recruit = pending.next.backups[0]!;
   h.crash('n1');
   h.answerArbiter();
-  assert.equal(h.arbiterView.backup, recruit);
+  assert.equal(h.arbiterView.backups[0] ?? null, recruit);
   h.advance(300, { deliver: () => true, arbiter: true });
   assert.equal(h.role(recruit), 'primary', 'the recruit knew the pending view and went live');
   assert.equal(h.replica(recruit).lastIndex, 4);
@@ -301,7 +301,7 @@ test('a backup restarted empty is suspected at once when it asks to join', () =>
   const h = steady();
   h.input('n1', { type: 'message', from: 'n2', msg: { type: 'join' } });
   assert.equal(h.casQueue.length, 1);
-  assert.equal(h.casQueue[0]!.next.backup, null);
+  assert.equal(h.casQueue[0]!.next.backups[0] ?? null, null);
 });
 
 test('a spare never acks frames of a primary it does not follow', () => {
@@ -319,12 +319,12 @@ test('garbage from a peer is dropped with a logged reason; the replica carries o
     42,
     'frame',
     { type: 'frame' },
-    { type: 'frame', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, prevIndex: -1, payloads: [], primaryIndex: 0, pendingView: null },
-    { type: 'frame', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, prevIndex: 0, payloads: ['x'], primaryIndex: 1, pendingView: null },
-    { type: 'frame', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, prevIndex: 5, payloads: [new Uint8Array(1)], primaryIndex: 2, pendingView: null },
+    { type: 'frame', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: -1, payloads: [], primaryIndex: 0, pendingView: null },
+    { type: 'frame', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: 0, payloads: ['x'], primaryIndex: 1, pendingView: null },
+    { type: 'frame', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: 5, payloads: [new Uint8Array(1)], primaryIndex: 2, pendingView: null },
     { type: 'ack', epoch: 2, seq: 1, ackedIndex: 1e300, gap: false },
     { type: 'ack', epoch: 2, seq: 99999, ackedIndex: 0, gap: false },
-    { type: 'chunk', view: { epoch: 2, primary: 'n1', backup: 'n2' }, seq: 1, index: 0, chunk: 0, last: true, data: 'x' },
+    { type: 'chunk', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, index: 0, chunk: 0, last: true, data: 'x' },
     { type: 'refuse', epoch: 'x', reason: '' },
     { type: 'nope' },
     { type: '__proto__' },
@@ -348,7 +348,7 @@ test('a recruit refused because the view it expects does not exist yet keeps its
   h.advance(30, { deliver: () => true }); // recruit, hand over; the arbiter answers nothing yet
   const proposal = h.casQueue.find((r) => r.from === 'n1');
   assert.ok(proposal, 'n1 proposed its recruit as backup');
-  const recruit = proposal.next.backup!;
+  const recruit = proposal.next.backups[0]!;
   // n1 dies; its proposal is slow to reach the arbiter.
   h.casQueue = h.casQueue.filter((r) => r !== proposal);
   h.crash('n1');
@@ -384,7 +384,7 @@ test('fuzz: mutated and random peer messages never throw out of the core, whatev
       const keys = Object.keys(base);
       for (let k = rng.int(1, 3); k > 0; k--) {
         const key = rng.chance(0.8) && keys.length > 0 ? pick(keys) : pick(['type', 'view', 'extra']);
-        base[key] = rng.chance(0.3) ? { epoch: pick(numbers), primary: pick(['n1', 'n2', 'n3', null]), backup: pick(['n1', 'n2', 'n3', null]) } : pick(values);
+        base[key] = rng.chance(0.3) ? { epoch: pick(numbers), primary: pick(['n1', 'n2', 'n3', null]), backups: pick([['n1'], ['n2', 'n3'], [], null, ['n1', 'n1'], 'n2']) } : pick(values);
       }
       const to = pick(['n1', 'n2', 'n3']);
       const from = pick(['n1', 'n2', 'n3', 'x']);
@@ -424,7 +424,7 @@ function abandonedHandover(bugs: { noRecruitFence?: boolean } = {}): Harness {
 test('issue 16: a recruit abandoned in handover is fenced off, goes back to an empty spare and is recruited again', () => {
   const h = abandonedHandover();
   assert.ok(h.logs.some((l) => l.node === 'n1' && l.event === 'cas-result' && l.fields['purpose'] === 'fence' && l.fields['won'] === true));
-  assert.deepEqual(h.arbiterView, { epoch: 3, primary: 'n1', backup: 'n2' }, 'fence {2, n1, -}, then n2 recruited again');
+  assert.deepEqual(h.arbiterView, { epoch: 3, primary: 'n1', backups: ['n2'] }, 'fence {2, n1, -}, then n2 recruited again');
   assert.equal(h.role('n2'), 'backup');
   assert.equal(h.replica('n2').lastIndex, 3);
   const [w] = h.write('n1', 1);
@@ -437,7 +437,7 @@ test('issue 16: a recruit abandoned in handover is fenced off, goes back to an e
 test('issue 16, planted: without the fence the recruit asks forever and the primary never gets a backup', () => {
   const h = abandonedHandover({ noRecruitFence: true });
   assert.ok(h.events('n2', 'cas-not-yet') > 5, 'n2 keeps asking to go live from a view that does not exist');
-  assert.deepEqual(h.arbiterView, { epoch: 1, primary: 'n1', backup: null });
+  assert.deepEqual(h.arbiterView, { epoch: 1, primary: 'n1', backups: [] });
   assert.equal(h.role('n2'), 'spare');
   assert.equal(h.replica('n2').cas?.purpose, 'goLive', 'still asking to go live from {2, n1, n2}');
   assert.equal(h.replica('n1').followers.size, 0, 'and n1 recruits nobody');
@@ -471,7 +471,7 @@ test('issue 14.9: a forged refuse to the primary is checked with the arbiter, ig
   h.answerArbiter();
   assert.equal(ignoredRumours(h, 'n1'), 1, 'logged: ignoring (rumour of epoch N not confirmed by the arbiter)');
   assert.equal(h.role('n1'), 'primary');
-  assert.deepEqual(h.replica('n1').view, { epoch: 2, primary: 'n1', backup: 'n2' });
+  assert.deepEqual(h.replica('n1').view, { epoch: 2, primary: 'n1', backups: ['n2'] });
   assert.equal(h.replica('n1').knownEpoch, 2, 'the rumoured epoch is not believed either');
   assert.equal(h.discarded.get('n1'), undefined);
   // The forged ack and the forged "newer primary" frame are rumours too.
@@ -481,7 +481,7 @@ test('issue 14.9: a forged refuse to the primary is checked with the arbiter, ig
   assert.equal(h.readQueue.length, 0, 'not at once: the last read was just now');
   h.advance(60, { deliver: () => true, arbiter: true });
   assert.equal(ignoredRumours(h, 'n1'), 2);
-  forge(h, 'n1', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backup: null }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null });
+  forge(h, 'n1', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backups: [] }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null });
   h.advance(100, { deliver: () => true, arbiter: true });
   assert.equal(ignoredRumours(h, 'n1'), 3);
   assert.equal(h.role('n1'), 'primary');
@@ -502,11 +502,11 @@ test('issue 14.9: a forged refuse, and a forged "you are backup of epoch N", lea
   assert.equal(h.isReleased('n1', during[0]!), true, 'the backup keeps acking while it checks');
   h.answerArbiter();
   assert.equal(ignoredRumours(h, 'n2'), 1);
-  forge(h, 'n2', 'n1', { type: 'frame', view: { epoch: FORGED, primary: 'n1', backup: 'n2' }, seq: 1, prevIndex: 5, payloads: [], primaryIndex: 5, pendingView: null });
-  forge(h, 'n2', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backup: null }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null });
+  forge(h, 'n2', 'n1', { type: 'frame', view: { epoch: FORGED, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: 5, payloads: [], primaryIndex: 5, pendingView: null });
+  forge(h, 'n2', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backups: [] }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null });
   h.advance(60, { deliver: () => true, arbiter: true });
   assert.equal(ignoredRumours(h, 'n2'), 2, 'both frames were one rumour, checked with one read');
-  assert.deepEqual(h.replica('n2').view, { epoch: 2, primary: 'n1', backup: 'n2' }, 'not backup of the forged epoch');
+  assert.deepEqual(h.replica('n2').view, { epoch: 2, primary: 'n1', backups: ['n2'] }, 'not backup of the forged epoch');
   assert.equal(h.replica('n2').lastIndex, 5);
   // The state it kept is the state that survives the primary.
   h.crash('n1');
@@ -548,7 +548,7 @@ test('issue 14.9: arbiter unreachable while confirming: the replicas keep their 
   h.advance(100, { deliver: () => true, arbiter: true });
   assert.equal(ignoredRumours(h, 'n1'), 1);
   assert.equal(ignoredRumours(h, 'n2'), 1);
-  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backup: 'n2' });
+  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backups: ['n2'] });
   assert.equal(h.replica('n2').lastIndex, 4);
 });
 

@@ -13,7 +13,7 @@ function steady(): Harness {
   const h = new Harness();
   h.boot('n1');
   h.settle(300);
-  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backup: 'n2' });
+  assert.deepEqual(h.arbiterView, { epoch: 2, primary: 'n1', backups: ['n2'] });
   return h;
 }
 
@@ -31,7 +31,7 @@ test('switchover: new commands wait, the backup catches up, one test-and-set swa
   h.deliver(); // frames and acks: the held writes go out, the test-and-set is asked
   assert.ok(h.isReleased('n1', w!));
   h.answerArbiter();
-  assert.deepEqual(h.arbiterView, { epoch: 3, primary: 'n2', backup: 'n1' });
+  assert.deepEqual(h.arbiterView, { epoch: 3, primary: 'n2', backups: ['n1'] });
   assert.deepEqual(outcomes(h, 'n1'), ['started', 'done']);
   assert.equal(h.role('n1'), 'backup', 'the old primary is the backup at once: it holds the same log');
   h.deliver(); // n1's word reaches n2, which reads the arbiter
@@ -45,7 +45,7 @@ test('switchover: new commands wait, the backup catches up, one test-and-set swa
   // And back.
   h.input('n2', { type: 'switchover', to: 'n1' });
   h.settle(50);
-  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n1', backup: 'n2' });
+  assert.deepEqual(h.arbiterView, { epoch: 4, primary: 'n1', backups: ['n2'] });
   assert.equal(h.role('n1'), 'primary');
   assert.equal(h.role('n2'), 'backup');
 });
@@ -87,7 +87,7 @@ test('switchover: the old primary dies right after the test-and-set; the backup 
   h.deliver();
   assert.ok(h.isReleased('n1', w!));
   h.answerArbiter();
-  assert.deepEqual(h.arbiterView, { epoch: 3, primary: 'n2', backup: 'n1' });
+  assert.deepEqual(h.arbiterView, { epoch: 3, primary: 'n2', backups: ['n1'] });
   h.crash('n1'); // its word to n2 is lost with it
   h.advance(600, { deliver: () => true, arbiter: true });
   assert.equal(h.role('n2'), 'primary', 'n2 suspected n1, was refused with the view naming it primary, and went live');
@@ -105,7 +105,7 @@ test('switchover: the view moved under it (the backup went live first); the old 
   assert.ok(h.casQueue.some((c) => c.from === 'n2'));
   h.casQueue = [...h.casQueue.filter((c) => c.from !== 'n1'), ...h.casQueue.filter((c) => c.from === 'n1')];
   h.answerArbiter();
-  assert.deepEqual(h.arbiterView, { epoch: 3, primary: 'n2', backup: null });
+  assert.deepEqual(h.arbiterView, { epoch: 3, primary: 'n2', backups: [] });
   assert.equal(h.role('n2'), 'primary');
   assert.notEqual(h.role('n1'), 'primary');
   assert.deepEqual(outcomes(h, 'n1'), ['started', 'aborted E_SWITCHOVER_ABORTED']);
@@ -114,10 +114,10 @@ test('switchover: the view moved under it (the backup went live first); the old 
 test('the dashboard timeline tells a switchover from a failover', () => {
   const at = null;
   const events = toTimeline([
-    { view: { epoch: 1, primary: 'n1', backup: null }, at },
-    { view: { epoch: 2, primary: 'n1', backup: 'n2' }, at },
-    { view: { epoch: 3, primary: 'n2', backup: 'n1' }, at },
-    { view: { epoch: 4, primary: 'n1', backup: null }, at },
+    { view: { epoch: 1, primary: 'n1', backups: [] }, at },
+    { view: { epoch: 2, primary: 'n1', backups: ['n2'] }, at },
+    { view: { epoch: 3, primary: 'n2', backups: ['n1'] }, at },
+    { view: { epoch: 4, primary: 'n1', backups: [] }, at },
   ]);
   assert.deepEqual(events.map((e) => e.kind), ['start', 'view-change', 'switchover', 'failover']);
   assert.equal(events[2]!.text, 'epoch 3: switchover, n2 took over from n1, which is its backup');

@@ -80,7 +80,7 @@ test("wasm front: a recruit restores the primary's snapshot and skips the record
   const [port] = await freePorts(1);
   const pn = new FakeNode('a', 'primary');
   const primary = await front(t, pn, port!);
-  primary.role('primary', { epoch: 1, primary: 'a', backup: null }, 'test');
+  primary.role('primary', { epoch: 1, primary: 'a', backups: [] }, 'test');
   const addr = { host: '127.0.0.1', port: port! };
   const clients = await Promise.all([0, 1, 2, 3].map(() => LineClient.connectRetry(addr, 10_000)));
   t.after(() => clients.forEach((c) => c.close()));

@@ -28,7 +28,8 @@ export interface NodeStatus {
   readonly eventLoopMaxDelayMs?: number;
   /** Which arbiter this node uses, whether its last call was answered, and how fast. */
   readonly arbiter?: { readonly arbiter: string; readonly health: 'unknown' | 'ok' | 'unavailable'; readonly lastLatencyMs: number | null; readonly lastError: string | null };
-  readonly view: { epoch: number; primary: string | null; backup: string | null };
+  /** `backup`: the first of `backups` (null: none), as /status said before views listed several. */
+  readonly view: { epoch: number; primary: string | null; backup: string | null; backups?: readonly string[] };
   /** The logging-channel protocol versions this node speaks, and what each peer connection runs (absent before version 7). */
   readonly protocol?: { readonly oldest: number; readonly newest: number; readonly peers: Readonly<Record<string, PeerVersions>> };
   /** Durable mode: the dataDir, the last index on disk, the current snapshot, commit counters (null: in memory; absent: an older node). */
@@ -98,7 +99,7 @@ export function fetchStatus(addr: NodeAddress, timeoutMs = 1000): Promise<NodeSt
 
 export function formatStatusLine(id: string, client: string, s: NodeStatus | null): string {
   if (s === null) return `${id.padEnd(4)} ${'down'.padEnd(8)} ${client}`;
-  const view = `view {${s.view.epoch}, ${s.view.primary ?? '-'}, ${s.view.backup ?? '-'}}`;
+  const view = `view {${s.view.epoch}, ${s.view.primary ?? '-'}, ${(s.view.backups ?? [s.view.backup ?? '-']).join('+') || '-'}}`;
   const arb = s.arbiter ? ` arbiter ${s.arbiter.health}${s.arbiter.health === 'ok' && s.arbiter.lastLatencyMs !== null ? ` ${s.arbiter.lastLatencyMs} ms` : ''}` : '';
   // The protocol it speaks, and which peers it talks an older one with (a rolling upgrade under way).
   const older = s.protocol ? Object.entries(s.protocol.peers).filter(([, v]) => v.outbound !== null && v.outbound < s.protocol!.newest).map(([p, v]) => `${p}@${v.outbound}`) : [];

@@ -62,7 +62,7 @@ export function serveAdmin(host: AdminHost, req: http.IncomingMessage, res: http
   if (req.method !== 'GET') return send(res, 405, 'text/plain', 'only GET is served here (and POST /api/switchover)\n');
   switch (path) {
     case '/status':
-      return send(res, 200, 'application/json', JSON.stringify(host.statusJson()) + '\n');
+      return send(res, 200, 'application/json', JSON.stringify(host.statusJson(), viewJson) + '\n');
     case '/metrics':
       host.metrics.text().then(
         (text) => send(res, 200, host.metrics.contentType, text),
@@ -73,12 +73,12 @@ export function serveAdmin(host: AdminHost, req: http.IncomingMessage, res: http
     case '/index.html':
       return send(res, 200, 'text/html; charset=utf-8', DASHBOARD_HTML);
     case '/api/node':
-      return send(res, 200, 'application/json', JSON.stringify(nodeReport(host)) + '\n');
+      return send(res, 200, 'application/json', JSON.stringify(nodeReport(host), viewJson) + '\n');
     case '/api/cluster':
       clusterReport(host).then(
         // Any page may read it (as any client may read /status): a dashboard whose own node
         // died asks the others.
-        (r) => send(res, 200, 'application/json', JSON.stringify(r) + '\n', { 'access-control-allow-origin': '*' }),
+        (r) => send(res, 200, 'application/json', JSON.stringify(r, viewJson) + '\n', { 'access-control-allow-origin': '*' }),
         (e: unknown) => send(res, 500, 'text/plain', `cluster report failed: ${(e as Error).message}\n`),
       );
       return;
@@ -106,7 +106,7 @@ function switchoverRoute(host: AdminHost, req: http.IncomingMessage, res: http.S
         return send(res, 504, 'application/json', JSON.stringify({ ok: false, outcome: 'timeout', code: null, message: `no outcome in ${SWITCHOVER_ANSWER_MS} ms (the arbiter may be unreachable); the switchover goes on: see /status` }) + '\n');
       }
       const code = r.ok ? 200 : r.code === 'E_NOT_IMPLEMENTED' ? 501 : 409;
-      send(res, code, 'application/json', JSON.stringify(r) + '\n');
+      send(res, code, 'application/json', JSON.stringify(r, viewJson) + '\n');
     },
     (e: unknown) => send(res, 500, 'text/plain', `switchover failed: ${(e as Error).message}\n`),
   );
@@ -146,26 +146,40 @@ export async function clusterReport(host: AdminHost): Promise<Record<string, unk
   return { cluster: host.config.cluster, servedBy: host.id, time: new Date().toISOString(), nodes, timeline, arbiterError };
 }
 
+/**
+ * JSON.stringify's replacer for everything the admin port answers: a view (an object with an
+ * `epoch` and a `backups` list) also carries `backup`, its first backup or null, as views did
+ * before they could list several: scripts and dashboards that read `view.backup` keep working.
+ */
+export function viewJson(_key: string, value: unknown): unknown {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return value;
+  const v = value as { epoch?: unknown; backups?: unknown; backup?: unknown };
+  if (typeof v.epoch !== 'number' || !Array.isArray(v.backups) || 'backup' in v) return value;
+  const { epoch, primary, backups, ...rest } = value as View & Record<string, unknown>;
+  return { epoch, primary, backup: backups[0] ?? null, backups, ...rest };
+}
+
 /** Views in epoch order, each said as what changed from the one before. */
 export function toTimeline(history: readonly ViewRecord[]): TimelineEvent[] {
   const out: TimelineEvent[] = [];
   let prev: View | null = null;
   for (const { view, at } of history) {
-    const who = `primary ${view.primary ?? '-'}, backup ${view.backup ?? '-'}`;
+    const backups = (v: View): string => (v.backups.length > 1 ? `backups ${v.backups.join(', ')}` : `backup ${v.backups[0] ?? '-'}`);
+    const who = `primary ${view.primary ?? '-'}, ${backups(view)}`;
     let kind: TimelineEvent['kind'];
     let text: string;
     if (prev === null) {
       kind = 'start';
       text = `epoch ${view.epoch}: ${who}`;
-    } else if (prev.primary !== null && prev.primary === view.backup && prev.backup === view.primary) {
+    } else if (prev.primary !== null && view.backups.length === 1 && prev.primary === view.backups[0] && view.primary !== null && prev.backups.includes(view.primary)) {
       kind = 'switchover';
       text = `epoch ${view.epoch}: switchover, ${view.primary ?? 'no node'} took over from ${prev.primary}, which is its backup`;
     } else if (prev.primary !== view.primary) {
       kind = 'failover';
-      text = `epoch ${view.epoch}: failover, ${view.primary ?? 'no node'} took over from ${prev.primary ?? 'no node'} (backup ${view.backup ?? '-'})`;
+      text = `epoch ${view.epoch}: failover, ${view.primary ?? 'no node'} took over from ${prev.primary ?? 'no node'} (${backups(view)})`;
     } else {
       kind = 'view-change';
-      text = `epoch ${view.epoch}: backup ${prev.backup ?? '-'} -> ${view.backup ?? '-'} (primary ${view.primary ?? '-'})`;
+      text = `epoch ${view.epoch}: ${backups(prev)} -> ${backups(view).replace(/^backups? /, '')} (primary ${view.primary ?? '-'})`;
     }
     out.push({ epoch: view.epoch, at, kind, view, text });
     prev = view;

@@ -73,7 +73,7 @@ export function metaCommand(node: NodeView, name: string, args: readonly string[
       if (args.length !== 3) return { reply: arity(name) };
       if (!/^-?\d{1,18}$/.test(args[1]!) || !/^-?\d{1,18}$/.test(args[2]!)) return { reply: err('ERR value is not an integer or out of range') };
       if (args[2]!.startsWith('-')) return { reply: err('ERR timeout is negative') };
-      return { reply: int(node.replicaState.role === 'primary' && node.replicaState.view.backup !== null ? 1 : 0) };
+      return { reply: int(node.replicaState.role === 'primary' ? node.replicaState.view.backups.length : 0) };
     case 'CONFIG':
       // No runtime-settable config; redis-benchmark asks for `save` and `appendonly`.
       if ((args[1] ?? '').toUpperCase() === 'GET') return { reply: arr([]) };
@@ -108,12 +108,12 @@ function info(node: NodeView, section: string): string {
   if (want('persistence')) out.push('# Persistence', 'loading:0', '');
   if (want('replication')) {
     const primary = primaryOf(node);
-    const backup = member(config, r.view.backup);
+    const backups = r.view.backups.map((id) => member(config, id)).filter((b): b is NodeConfig => b !== undefined);
     out.push('# Replication', `role:${r.role === 'primary' ? 'master' : 'slave'}`, `lockstep_role:${r.role}`, `epoch:${r.view.epoch}`);
     out.push(`log_index:${s.lastIndex}`, `acked_index:${s.ackedIndex}`, `backup_lag:${s.lagEntries}`, `held_outputs:${s.heldOutputs}`);
     if (r.role === 'primary') {
-      out.push(`connected_slaves:${backup ? 1 : 0}`);
-      if (backup) out.push(`slave0:ip=${clientOf(backup).host},port=${clientOf(backup).port},state=online,offset=${s.ackedIndex},lag=${s.lagEntries}`);
+      out.push(`connected_slaves:${backups.length}`);
+      backups.forEach((b, i) => out.push(`slave${i}:ip=${clientOf(b).host},port=${clientOf(b).port},state=online,offset=${s.ackedIndex},lag=${s.lagEntries}`));
       out.push(`master_repl_offset:${s.lastIndex}`);
     } else {
       out.push(`master_host:${(primary ? clientOf(primary).host : '')}`, `master_port:${(primary ? clientOf(primary).port : 0)}`);
@@ -129,8 +129,8 @@ function role(node: NodeView): KvReply {
   const r = node.replicaState;
   const s = coreStatus(r);
   if (r.role === 'primary') {
-    const backup = member(node.clusterConfig, r.view.backup);
-    const replicas = backup ? [arr([bulk(clientOf(backup).host), bulk(String(clientOf(backup).port)), bulk(String(s.ackedIndex))])] : [];
+    const backups = r.view.backups.map((id) => member(node.clusterConfig, id)).filter((b): b is NodeConfig => b !== undefined);
+    const replicas = backups.map((b) => arr([bulk(clientOf(b).host), bulk(String(clientOf(b).port)), bulk(String(s.ackedIndex))]));
     return arr([bulk('master'), int(s.lastIndex), arr(replicas)]);
   }
   const primary = primaryOf(node);
@@ -152,7 +152,7 @@ function sentinel(node: NodeView, args: readonly string[]): KvReply {
     ['port', String(clientOf(p).port)],
     ['runid', p.id],
     ['flags', 'master'],
-    ['num-slaves', node.replicaState.view.backup ? '1' : '0'],
+    ['num-slaves', String(node.replicaState.view.backups.length)],
     ['num-other-sentinels', String(config.nodes.length - 1)],
     ['quorum', '1'],
     ['config-epoch', String(node.replicaState.view.epoch)],
@@ -195,8 +195,8 @@ function sentinel(node: NodeView, args: readonly string[]): KvReply {
     case 'replicas':
     case 'slaves': {
       if (name !== config.cluster) return err('ERR No such master with that name');
-      const b = member(config, node.replicaState.view.backup);
-      return arr(b ? [flat([['name', `${clientOf(b).host}:${clientOf(b).port}`], ['ip', clientOf(b).host], ['port', String(clientOf(b).port)], ['runid', b.id], ['flags', 'slave'], ['master-link-status', 'ok']])] : []);
+      const backups = node.replicaState.view.backups.map((id) => member(config, id)).filter((b): b is NodeConfig => b !== undefined);
+      return arr(backups.map((b) => flat([['name', `${clientOf(b).host}:${clientOf(b).port}`], ['ip', clientOf(b).host], ['port', String(clientOf(b).port)], ['runid', b.id], ['flags', 'slave'], ['master-link-status', 'ok']])));
     }
     default:
       return err(`ERR unknown or unsupported SENTINEL subcommand '${sub}' (lockstep answers get-master-addr-by-name, masters, master, sentinels, replicas, failover)`);

@@ -106,6 +106,8 @@ export interface ClusterConfig extends CoreTiming {
   readonly durable: boolean;
   /** Durable mode: a node snapshots its state and deletes the log behind it after this many log bytes. */
   readonly durableCompactBytes: number;
+  /** How many backups the primary keeps (issue 11 item 4): every output waits for each of them. Default 1. */
+  readonly backups: number;
   /** The directory the config file is in (relative arbiter paths resolve against it). */
   readonly baseDir: string;
 }
@@ -139,7 +141,7 @@ const INTS = [
   'heartbeatMs', 'failureTimeoutMs', 'retransmitMs', 'arbiterRetryMs', 'joinIntervalMs', 'unackedEntriesMax',
   'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections', 'arbiterTimeoutMs',
   'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax', 'maxmemory', 'dedupBytesMax', 'dedupSessionEntries',
-  'snapshotChunkBytes', 'snapshotWindowChunks', 'durableCompactBytes',
+  'snapshotChunkBytes', 'snapshotWindowChunks', 'durableCompactBytes', 'backups',
 ] as const;
 const ETCD_KEYS = ['caFile', 'certFile', 'keyFile', 'authFile'] as const;
 /** The default bound on one etcd call: well above a LAN etcd's commit time, below a human's patience. */
@@ -247,6 +249,10 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     fail('durable', 'durable mode is not yet built for the wasm service (its guest\'s record log and memory image are not kept on disk); use it with the kv or a module service, or run the wasm service in memory', 'E_NOT_IMPLEMENTED');
   }
   const durableCompactBytes = int('durableCompactBytes', DURABLE_COMPACT_BYTES_DEFAULT);
+  const backups = int('backups', 1);
+  if (top.nodes.length > 1 && backups > top.nodes.length - 1) {
+    fail('backups', `${backups} backups need at least ${backups + 1} nodes (a primary and ${backups} backups; one more as a spare to recruit when one fails), this cluster has ${top.nodes.length}`);
+  }
   if (!durable && top.durableCompactBytes !== undefined) fail('durableCompactBytes', 'is set but "durable" is not true');
   const dataDirs: { dir: string; host: string; path: string }[] = [];
   const ids = new Map<string, string>();
@@ -308,7 +314,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     snapshotWindowChunks: int('snapshotWindowChunks', DEFAULT_SNAPSHOT_WINDOW_CHUNKS),
     maxClientConnections: int('maxClientConnections', 10_000),
     protoMaxBulkLen, maxReplyBytes, clientInputBytesMax, maxmemory, dedupBytesMax, dedupSessionEntries,
-    secret, requirePass, clientTls, peerTls, nodes, durable, durableCompactBytes, baseDir,
+    secret, requirePass, clientTls, peerTls, nodes, durable, durableCompactBytes, backups, baseDir,
   };
 }
 
@@ -561,9 +567,9 @@ export function nodeOf(config: ClusterConfig, id: string): NodeConfig {
 export function coreConfigFor(config: ClusterConfig, id: string): CoreConfig {
   nodeOf(config, id);
   const { heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs } = config;
-  const { unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax, snapshotChunkBytes, snapshotWindowChunks } = config;
+  const { unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax, snapshotChunkBytes, snapshotWindowChunks, backups } = config;
   return {
-    id, nodes: config.nodes.map((n) => n.id), heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs,
+    id, nodes: config.nodes.map((n) => n.id), backups, heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs,
     unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax, snapshotChunkBytes, snapshotWindowChunks,
   };
 }

@@ -86,7 +86,7 @@ function drawNodes(data) {
     tr.appendChild(td);
     var last = n.series && n.series.length ? n.series[n.series.length - 1] : null;
     var v = s.view;
-    [num(s.epoch), v ? (v.primary || "-") + " / " + (v.backup || "-") : "-", num(s.logIndex), num(s.lag), num(s.heldOutputs),
+    [num(s.epoch), v ? (v.primary || "-") + " / " + ((v.backups && v.backups.length ? v.backups.join(", ") : v.backup) || "-") : "-", num(s.logIndex), num(s.lag), num(s.heldOutputs),
      num(s.opsPerSec), last && last.meanMs !== null ? last.meanMs + " / " + last.maxMs : "-", n.admin].forEach(function (t, i) {
       tr.appendChild(el("td", t, i === 1 ? "view" : ""));
     });

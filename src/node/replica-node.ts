@@ -21,6 +21,8 @@ import {
   ChunkAssembler,
   DEFAULT_SNAPSHOT_CHUNK_BYTES,
   NO_VIEW,
+  formatView,
+  isBackupIn,
   createReplica,
   snapshotChunksWanted,
   status as coreStatus,
@@ -314,7 +316,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
         await new Promise((r) => setTimeout(r, IDENTITY_RETRY_MS));
       }
     }
-    const named = view.epoch > 0 && (view.primary === this.id || view.backup === this.id);
+    const named = view.epoch > 0 && (view.primary === this.id || isBackupIn(view, this.id));
     const writeMeta = (v: View): void => store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view: v });
     if (named && meta !== null) {
       const started = performance.now();
@@ -331,14 +333,14 @@ export class ReplicaNode implements FrontHost, AdminHost {
       writeMeta(view);
       this.log('info', 'durable-recovered', {
         dataDir: store.dir, snapshotIndex: disk.snapshotIndex, entries: disk.entries.length, lastIndex: disk.lastIndex,
-        view: `{epoch ${view.epoch}, primary ${view.primary ?? '-'}, backup ${view.backup ?? '-'}}`, ms: Math.round(performance.now() - started),
+        view: formatView(view), ms: Math.round(performance.now() - started),
       });
       return { index: disk.lastIndex, view };
     }
     if (meta !== null && disk.lastIndex > 0) {
       this.log('warn', 'durable-discarded', {
         dataDir: store.dir, lastIndex: disk.lastIndex,
-        reason: `the arbiter's view {epoch ${view.epoch}, primary ${view.primary ?? '-'}, backup ${view.backup ?? '-'}} does not name this node, so its disk may be stale (it missed entries acked without it); it joins as an empty spare and is recruited from the primary`,
+        reason: `the arbiter's view ${formatView(view)} does not name this node, so its disk may be stale (it missed entries acked without it); it joins as an empty spare and is recruited from the primary`,
       });
     } else if (named) {
       this.log('warn', 'durable-empty', { dataDir: store.dir, reason: 'the view names this node but its dataDir holds nothing (a new or emptied directory): it joins as an empty spare' });
@@ -603,7 +605,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
         return;
       case 'arbiterCas': {
         const broken = this.front.brokenReason?.() ?? null;
-        if (broken !== null && a.expected.backup !== null && a.next.backup === null) {
+        if (broken !== null && a.next.backups.length < a.expected.backups.length && a.next.primary === a.expected.primary) {
           // Its backup went silent before it took the quarantine: stop now, leaving the view to
           // the backup (which holds the state as it was before the command), not drop it.
           return this.failStop(`${broken}; the backup went silent before it had the command's quarantine, so this node stops now rather than drop it`);

@@ -546,7 +546,7 @@ export class WasmFront implements ServiceFront {
       // The first primary of the cluster (bootstrap): the guest starts here, from nothing, once
       // a backup is in the view. Started alone, a batch guest could run to its end with no
       // replica to replay it, and a crash then would lose it. A one-node cluster cannot wait.
-      if (view.backup === null && this.node.config.nodes.length > 1) {
+      if (view.backups.length === 0 && this.node.config.nodes.length > 1) {
         if (!this.waitingForBackup) this.node.log('info', 'guest-waiting-for-backup', { view: `${view.epoch}` });
         this.waitingForBackup = true;
         return;
