@@ -97,7 +97,7 @@ test('nodeOf and coreConfigFor', () => {
   assert.throws(() => coreConfigFor(c, 'n9'), (e) => isLockstepError(e) && e.code === 'E_UNKNOWN_NODE');
   const core = coreConfigFor(c, 'n2');
   assert.deepEqual(core, {
-    id: 'n2', nodes: ['n1', 'n2', 'n3'], heartbeatMs: 50, failureTimeoutMs: 500, retransmitMs: 150, arbiterRetryMs: 250, joinIntervalMs: 200,
+    id: 'n2', nodes: ['n1', 'n2', 'n3'], backups: 1, heartbeatMs: 50, failureTimeoutMs: 500, retransmitMs: 150, arbiterRetryMs: 250, joinIntervalMs: 200,
     unackedEntriesMax: DEFAULT_TIMING.unackedEntriesMax, unackedBytesMax: DEFAULT_TIMING.unackedBytesMax,
     frameEntriesMax: DEFAULT_TIMING.frameEntriesMax, frameBytesMax: DEFAULT_TIMING.frameBytesMax, catchupEntriesMax: DEFAULT_TIMING.catchupEntriesMax,
     snapshotChunkBytes: DEFAULT_SNAPSHOT_CHUNK_BYTES, snapshotWindowChunks: DEFAULT_SNAPSHOT_WINDOW_CHUNKS,
@@ -129,6 +129,8 @@ const cases: [string, (j: Json) => void, string, string[]][] = [
   ['dataDir without durable', (j) => { node(j, 0).dataDir = 'data/n1'; }, 'E_CONFIG_INVALID', ['nodes[0].dataDir: is set but "durable" is not true']],
   ['durable not a boolean', (j) => { j.durable = 'yes'; }, 'E_CONFIG_INVALID', ['durable: must be true or false']],
   ['durableCompactBytes without durable', (j) => { j.durableCompactBytes = 1000; }, 'E_CONFIG_INVALID', ['durableCompactBytes: is set but "durable" is not true']],
+  ['more backups than nodes to hold them', (j) => { j.backups = 3; }, 'E_CONFIG_INVALID', ['backups: 3 backups need at least 4 nodes', 'this cluster has 3']],
+  ['backups zero', (j) => { j.backups = 0; }, 'E_CONFIG_INVALID', ['backups: must be a positive integer']],
   ['durable wasm service', (j) => { durable(j); j.service = { kind: 'wasm', module: 'g.wasm', listen: ['127.0.0.1:7300'] }; for (const n of j.nodes as Json[]) delete n.client; }, 'E_NOT_IMPLEMENTED', ['durable: durable mode is not yet built for the wasm service']],
   ['unknown top-level key', (j) => { j.heartbeatMS = 5; }, 'E_CONFIG_INVALID', ['unknown key heartbeatMS', 'known keys: cluster, arbiter']],
   ['unknown node key', (j) => { node(j, 0).clinet = 'x'; }, 'E_CONFIG_INVALID', ['unknown key nodes[0].clinet', 'known keys: id, peer, client, admin']],
