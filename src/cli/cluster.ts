@@ -19,13 +19,15 @@ import { parseArbiterSpec } from '../arbiter/spec.js';
 import { initClusterArbiter } from './init.js';
 import { loadServiceModule } from '../guest/sandbox.js';
 
-export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--base-port P] [--mode rsm|state-transfer] [--service FILE.js] [--name NAME] [--arbiter SPEC] [--no-respawn]
+export const CLUSTER_USAGE = `usage: lockstep cluster [--dir DIR] [--nodes N] [--backups B] [--base-port P] [--mode rsm|state-transfer] [--service FILE.js] [--name NAME] [--arbiter SPEC] [--no-respawn]
 
 Starts a local replicated kv cluster (with --service, your own service module instead of kv:
 its commands are called like Redis commands, see docs/SERVICES.md): N nodes (default 3: primary, backup, spare) as child
 processes, on the file arbiter in DIR/arbiter (DIR defaults to .lockstep/cluster). Node i
 listens for clients on P+i, for peers on P+100+i and for the dashboard, /status and /metrics
-on P+200+i (P defaults to 7000). Logs go to DIR/<id>.log.
+on P+200+i (P defaults to 7000). Logs go to DIR/<id>.log. --backups B: the primary keeps B
+backups (default 1; B is at most N-1): every reply waits for each of them, so B nodes can fail
+at once and nothing acknowledged is lost (try --nodes 4 --backups 2).
 
 Each start is a new cluster (state lives in memory only). One supervisor at a time may use
 DIR: a second is refused, naming the first one's pid. Views a previous run left in
@@ -45,13 +47,15 @@ arbiter, under /lockstep/NAME/view.old-<time>.
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
 
 export async function clusterCommand(argv: readonly string[], out: CheckOutput): Promise<number> {
-  const flags = parseFlags('cluster', argv, { values: ['--dir', '--nodes', '--base-port', '--mode', '--service', '--name', '--arbiter'], switches: ['--no-respawn'] });
+  const flags = parseFlags('cluster', argv, { values: ['--dir', '--nodes', '--backups', '--base-port', '--mode', '--service', '--name', '--arbiter'], switches: ['--no-respawn'] });
   if (flags.help) {
     out.stdout(CLUSTER_USAGE);
     return 0;
   }
   const dir = resolve(flags.values.get('--dir') ?? join('.lockstep', 'cluster'));
   const count = intValue(flags, '--nodes', 3, 1, 9);
+  const backups = intValue(flags, '--backups', 1, 1, 8);
+  if (count > 1 && backups > count - 1) throw new LockstepError('E_BAD_FLAG_VALUE', `--backups ${backups} needs at least ${backups + 1} nodes (--nodes ${backups + 1}, or ${backups + 2} to keep a spare), got --nodes ${count}`);
   const base = intValue(flags, '--base-port', 7000, 1024, 65_000);
   const mode = flags.values.get('--mode') ?? 'rsm';
   if (mode !== 'rsm' && mode !== 'state-transfer') throw new LockstepError('E_BAD_FLAG_VALUE', `--mode must be rsm or state-transfer, got ${JSON.stringify(mode)}`);
@@ -77,7 +81,7 @@ export async function clusterCommand(argv: readonly string[], out: CheckOutput):
     service = { kind: 'module', module: path, mode };
     describe = `${mode} service ${module}`;
   }
-  return superviseCluster({ dir, name, count, base, respawn, service, describe, ...(arbiter ? { arbiter } : {}) }, out);
+  return superviseCluster({ dir, name, count, base, respawn, service, describe, ...(backups > 1 ? { backups } : {}), ...(arbiter ? { arbiter } : {}) }, out);
 }
 
 export interface LocalCluster {
@@ -90,6 +94,8 @@ export interface LocalCluster {
   readonly service: Record<string, unknown>;
   /** An etcd arbiter spec; default: the file arbiter in DIR/arbiter. */
   readonly arbiter?: string;
+  /** The config's `backups` (absent: the default, 1). */
+  readonly backups?: number;
   /** Said in the banner after the cluster's name ("rsm", "wasm kvserver.wasm"). */
   readonly describe: string;
   /** How clients connect, for the banner. */
@@ -140,6 +146,7 @@ async function supervise(c: LocalCluster, out: CheckOutput): Promise<number> {
     service: c.service,
     heartbeatMs: 50,
     failureTimeoutMs: 500,
+    ...(c.backups !== undefined ? { backups: c.backups } : {}),
     nodes: Array.from({ length: count }, (_, i) => ({
       id: `n${i + 1}`,
       // A wasm guest's clients use its own listen addresses; the nodes need no client port.
