@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
 import { runWorkload, workloadProblems, type WorkloadResult } from '../src/testing/workload.js';
 import type { NodeStatus } from '../src/cli/admin-client.js';
+import { postSwitchover } from '../src/cli/switchover.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -131,5 +132,25 @@ test('backups 2: with one backup\'s link slow, replies wait for it; the primary 
   t.diagnostic(`${result.ok} operations, ${result.failed} failed; ${cluster.peerProxy(slow).dropped.toTarget} bytes to ${slow} lost on the wire`);
   assert.ok(result.ok > 20, `the workload made progress (${result.ok} ops)`);
   assert.ok(cluster.peerProxy(slow).dropped.toTarget > 0, 'something was on the wire to the slow backup when the others died');
+  assert.deepEqual(await workloadProblems(cluster.clientAddresses(), result), []);
+});
+
+test('backups 2: a switchover under load to the second backup; the old primary is its backup at once, the other is recruited again; no error, nothing lost', async (t) => {
+  const cluster = await ProcessCluster.start({ nodes: 4, extra: { backups: 2 } });
+  t.after(() => cluster.stop());
+  const p = await withBackups(cluster, 2, 'a primary with two backups');
+  const [b1, b2] = p.view.backups! as [string, string];
+  const stop = loadOn(t, cluster, 4, 35);
+  await sleep(500);
+  const sw = await postSwitchover(cluster.node(p.id).admin, b2);
+  assert.equal(sw.ok, true, sw.message);
+  assert.deepEqual(sw.view, { epoch: p.epoch + 1, primary: b2, backup: p.id, backups: [p.id] });
+  const after = await withBackups(cluster, 2, `${b2} with two backups again`);
+  assert.equal(after.id, b2);
+  assert.equal(after.view.backups![0], p.id, 'the old primary is the first backup');
+  await sleep(400);
+  const result = await stop();
+  t.diagnostic(`${result.ok} operations, ${result.failed} failed; switchover in ${sw.ms} ms; backups then ${after.view.backups!.join(', ')}`);
+  assert.equal(result.failed, 0, 'no client saw an error');
   assert.deepEqual(await workloadProblems(cluster.clientAddresses(), result), []);
 });
