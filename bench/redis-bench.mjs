@@ -39,8 +39,10 @@ const HELP = `usage: node bench/redis-bench.mjs [options]
   --n N            redis-benchmark requests per run (default 20000; unpipelined c=1 runs use N/4)
   --seconds S      ioredis load per cell, after a short warm-up (default 3)
   --conc LIST      concurrencies (default 1,16,64)
-  --setups LIST    any of single,replicated,redis (default all; redis only if redis-server exists)
-                   (single is one node in kv rsm mode; replicated runs once per --modes entry)
+  --setups LIST    any of single,replicated,two-backups,redis (default single,replicated,redis;
+                   redis only if redis-server exists) (single is one node in kv rsm mode;
+                   replicated and two-backups run once per --modes entry; two-backups is four
+                   nodes with "backups": 2)
   --no-benchmark   skip redis-benchmark      --no-ioredis   skip the ioredis load
   --dist DIR       the build to measure (default: this checkout's dist/)
   --baseline DIR   another build (a dist/ directory, e.g. before a change): its 1-node and
@@ -79,7 +81,7 @@ function parseArgs(argv) {
   if (!(Number.isInteger(o.rounds) && o.rounds >= 1) || o.modes.length === 0) throw new Error(`bad option values\n${HELP}`);
   for (const m of o.modes) if (!['rsm', 'state-transfer'].includes(m)) throw new Error(`unknown mode ${m}`);
   if (!(o.n >= 100) || !(o.seconds > 0) || o.conc.some((c) => !(c >= 1))) throw new Error(`bad option values\n${HELP}`);
-  for (const s of o.setups) if (!['single', 'replicated', 'redis'].includes(s)) throw new Error(`unknown setup ${s}`);
+  for (const s of o.setups) if (!['single', 'replicated', 'two-backups', 'redis'].includes(s)) throw new Error(`unknown setup ${s}`);
   return o;
 }
 
@@ -197,9 +199,11 @@ function quantile(sorted, q) {
 // timeout: two shared cores under full load must not look like a dead primary.
 const LOCKSTEP_TIMING = { heartbeatMs: 50, failureTimeoutMs: 1000 };
 
-async function startLockstep(nodes, mode = 'rsm', main = undefined) {
-  const c = await ProcessCluster.start({ nodes, mode, ...LOCKSTEP_TIMING, ...(main ? { main } : {}) });
+async function startLockstep(nodes, mode = 'rsm', main = undefined, backups = 1) {
+  const c = await ProcessCluster.start({ nodes, mode, ...LOCKSTEP_TIMING, ...(main ? { main } : {}), ...(backups > 1 ? { extra: { backups } } : {}) });
   clusters.add(c);
+  // With several backups, the run starts once the view names them all.
+  if (backups > 1) await c.waitFor(async () => ((await c.primary())?.view.backups?.length ?? 0) === backups, 30_000, `a view with ${backups} backups`);
   const p = await c.primary();
   if (!p) throw new Error('no primary');
   const port = c.node(p.id).client.port;
@@ -338,13 +342,16 @@ for (const s of opts.setups) {
   if (s === 'single') SETUPS.push({ key: 'single', label: 'lockstep, 1 node (no backup), kv rsm', short: '1 node', start: () => startLockstep(1, 'rsm') });
   else if (s === 'replicated') {
     for (const m of opts.modes) SETUPS.push({ key: `repl-${MODE_SHORT[m]}`, label: `lockstep, 3 nodes (primary+backup+spare), kv ${m}`, short: `replicated ${m}`, start: () => startLockstep(3, m) });
+  } else if (s === 'two-backups') {
+    for (const m of opts.modes) SETUPS.push({ key: `repl-${MODE_SHORT[m]}-2b`, label: `lockstep, 4 nodes (primary+2 backups+spare, "backups": 2), kv ${m}`, short: `2 backups ${m}`, start: () => startLockstep(4, m, undefined, 2) });
   }
 }
 if (BASE_MAIN !== null) {
   // Each lockstep setup is followed by the same setup on the baseline build.
   for (const s of SETUPS.splice(0)) {
-    const [nodes, mode] = s.key === 'single' ? [1, 'rsm'] : [3, s.key === 'repl-rsm' ? 'rsm' : 'state-transfer'];
-    SETUPS.push(s, { key: `base-${s.key}`, label: `${s.label} [baseline ${opts.baseline}]`, short: `${s.short} [base]`, start: () => startLockstep(nodes, mode, BASE_MAIN) });
+    const two = s.key.endsWith('-2b');
+    const [nodes, mode] = s.key === 'single' ? [1, 'rsm'] : [two ? 4 : 3, s.key.startsWith('repl-rsm') ? 'rsm' : 'state-transfer'];
+    SETUPS.push(s, { key: `base-${s.key}`, label: `${s.label} [baseline ${opts.baseline}]`, short: `${s.short} [base]`, start: () => startLockstep(nodes, mode, BASE_MAIN, two ? 2 : 1) });
   }
 }
 for (const s of opts.setups) {
