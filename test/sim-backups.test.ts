@@ -59,6 +59,13 @@ test('simulator, 2 backups: seeds that once failed stay fixed (core bugs found w
   // existed. Both had acked every released entry before; the new primary had, before it was one.
   const r = simulate({ seed: 29, mode: 'rsm', backups: 2, switchovers: true });
   assert.ok(r.ok, describeFailure(r));
+  // state-transfer 10408, 10791, 10984 (sim false alarms, same check): a stalled primary woke
+  // and released on the late ack of the other backup, or on giving up a recruit in handover,
+  // after a backup (or that recruit, from its pending view) had gone live having acked it all.
+  for (const seed of [10408, 10791, 10984]) {
+    const s = simulate({ seed, mode: 'state-transfer', backups: 2 });
+    assert.ok(s.ok, describeFailure(s));
+  }
 });
 
 test('simulator: the number of backups is drawn per seed, and one backup runs as before', () => {
@@ -102,4 +109,18 @@ test('lockstep sim --backups 2: runs two backups, and a failing seed says how to
   assert.equal(await simCommand(['--seed', '98', '--seeds', '1', '--mode', 'rsm', '--backups', '2', '--bug', 'releaseOnOneAck', '--tail', '0'], out), 1, stdout);
   assert.match(stdout, /reproduce: lockstep sim --seed 98 --mode rsm --backups 2 --bug releaseOnOneAck/);
   await assert.rejects(simCommand(['--backups', '3'], out), /--backups must be 1 or 2/);
+});
+
+test('simulator catches every other planted bug with 2 backups too', () => {
+  // First catching seeds (backups: 2): noOutputRule 1, liveWithoutArbiter 1, staleReads 1,
+  // earlyBackup 1, haltOnRumour 3, ackDroppedChunk 3, switchEarly 36, noQuarantine 1 (with
+  // --poison). noRecruitFence is first caught at seed 195: test/sim.test.ts covers it.
+  const bugs = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'haltOnRumour', 'ackDroppedChunk', 'switchEarly', 'noQuarantine'] as const;
+  for (const bug of bugs) {
+    let caught = 0;
+    for (let seed = 1; seed <= 60 && caught === 0; seed++) {
+      if (!simulate({ seed, backups: 2, bugs: { [bug]: true }, poison: bug === 'noQuarantine' }).ok) caught = seed;
+    }
+    assert.ok(caught > 0, `no seed among 60 caught ${bug} with 2 backups`);
+  }
 });
