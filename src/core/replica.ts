@@ -773,11 +773,13 @@ function isSwitchToMe(r: Replica, view: View): boolean {
 
 /**
  * A follower's primary is still primary of a newer view that names this replica one of its
- * backups (it added or dropped another backup meanwhile).
+ * backups (it added or dropped another backup meanwhile). The view may be the one we already
+ * follow: a confirmation with the arbiter adopted it while our test-and-set to go live, from
+ * the older view, was still being retried (that attempt could only lose).
  */
 function namesMeBackupOfMyPrimary(r: Replica, view: View): boolean {
   const f = r.following;
-  return (r.role === 'backup' || r.role === 'spare') && f !== null && view.epoch > f.epoch && view.primary === f.primary && isBackupIn(view, r.config.id);
+  return (r.role === 'backup' || r.role === 'spare') && f !== null && view.epoch >= f.epoch && view.primary === f.primary && isBackupIn(view, r.config.id);
 }
 
 function becomePrimaryBySwitch(r: Replica, out: Action[], view: View): void {
