@@ -10,6 +10,8 @@
 // (the node's event loop is busy inside a step: a GC pause, a big command, a snapshot whose
 // cost grows with the state), an arbiter that is slow or unreachable for a while, and a
 // forger that sends live nodes refuses, frames and acks of newer epochs in other nodes' names.
+// The primary keeps one or two backups (drawn per seed); with two, the primary and one backup
+// sometimes crash at once while the other lags (double-crash).
 //
 // A run has a safety phase, with faults drawn per seed ("swarm": each fault kind on or off),
 // then a liveness phase where everything heals and every client must finish. The checks run
