@@ -12,9 +12,9 @@ import { simServiceOf } from '../guest/sandbox.js';
 import type { CheckOutput } from './check.js';
 import { argTokens } from './args.js';
 
-export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--service FILE.js] [--poison] [--bug NAME] [--tail LINES] [--history FILE]
+export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--backups 1|2] [--service FILE.js] [--poison] [--bug NAME] [--tail LINES] [--history FILE]
 
-Runs the deterministic simulator: a 4-replica kv cluster, its arbiter and 5 clients, under
+Runs the deterministic simulator: a 3- or 4-replica kv cluster, its arbiter and 5 clients, under
 faults drawn per seed (crashes, kills, pauses, stalls, slow snapshots, partitions, broken
 connections, a slow or unreachable arbiter; on about half the seeds, planned switchovers asked
 of the primary now and then), then heals it and checks linearizability, lost or
@@ -24,13 +24,17 @@ and that the primary gets a backup again.
   --seeds N     run seeds S .. S+N-1 (default 100)
   --seed S      the first seed (default 1); with no --seeds, runs that one seed and prints its trace hash
   --mode M      replication mode for every seed (default: drawn per seed)
+  --backups N   backups the primary keeps, 1 or 2, for every seed (default: drawn per seed);
+                with 2 the cluster has 4 nodes, two may be killed, and sometimes the primary
+                and one backup crash at once while the other lags
   --service F   simulate this service module instead of kv (its definition's simulate() draws
                 the clients' commands; kv's linearizability and append checks do not apply)
   --poison      client c0 sometimes sends a command that breaks the machine it runs on (it
                 changes the state, then throws): each primary it reaches must quarantine it
                 and stop, and the next refuse it (E_SERVICE_QUARANTINED), not stop in turn
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
-                noRecruitFence, haltOnRumour, ackDroppedChunk, switchEarly, noQuarantine (with --poison)
+                noRecruitFence, haltOnRumour, ackDroppedChunk, switchEarly, noQuarantine (with --poison),
+                releaseOnOneAck (with --backups 2)
   --tail LINES  trace lines to print for a failing seed (default 40)
   --history F   write the client history as JSON lines (for lockstep check) to file F: the
                 single seed's, or each failing seed's to F with .seed-N before its extension
@@ -38,13 +42,15 @@ and that the primary gets a backup again.
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
 
-const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk', 'switchEarly', 'noQuarantine'];
+const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk', 'switchEarly', 'noQuarantine', 'releaseOnOneAck'];
 
 interface SimArgs {
   readonly first: number;
   readonly count: number;
   readonly single: boolean;
   readonly mode: ReplicationMode | undefined;
+  /** SimOptions.backups, or undefined: drawn per seed. */
+  readonly backups: number | undefined;
   readonly bugs: PlantedBugs | undefined;
   readonly tail: number;
   /** Where to write histories, or null. */
@@ -68,12 +74,13 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
   let count: number | undefined;
   let seedGiven = false;
   let mode: ReplicationMode | undefined;
+  let backups: number | undefined;
   let bugs: PlantedBugs | undefined;
   let tail = 40;
   let history: string | null = null;
   let service: string | null = null;
   let poison = false;
-  for (const t of argTokens(argv, ['--seeds', '--seed', '--mode', '--bug', '--tail', '--history', '--service'], ['--poison'])) {
+  for (const t of argTokens(argv, ['--seeds', '--seed', '--mode', '--backups', '--bug', '--tail', '--history', '--service'], ['--poison'])) {
     const a = t.kind === 'flag' ? t.flag : '';
     const v = t.kind === 'flag' ? t.value : undefined;
     switch (a) {
@@ -89,6 +96,11 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
       case '--mode': {
         if (v !== 'rsm' && v !== 'state-transfer') throw new LockstepError('E_BAD_FLAG_VALUE', `--mode must be rsm or state-transfer, got ${JSON.stringify(v ?? '')}`);
         mode = v;
+        break;
+      }
+      case '--backups': {
+        if (v !== '1' && v !== '2') throw new LockstepError('E_BAD_FLAG_VALUE', `--backups must be 1 or 2, got ${JSON.stringify(v ?? '')}`);
+        backups = Number(v);
         break;
       }
       case '--bug': {
@@ -118,7 +130,7 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
     }
   }
   const single = seedGiven && count === undefined;
-  return { first, count: count ?? (single ? 1 : 100), single, mode, bugs, tail, history, service, poison };
+  return { first, count: count ?? (single ? 1 : 100), single, mode, backups, bugs, tail, history, service, poison };
 }
 
 /** h.jsonl -> h.seed-17.jsonl */
@@ -139,7 +151,7 @@ function writeHistory(path: string, r: SimResult): string {
 
 function report(r: SimResult, args: SimArgs, out: CheckOutput): void {
   const { tail, history } = args;
-  const lines = [`seed ${r.seed} FAILED (mode ${r.mode}, faults ${r.faults.join(',')}, trace ${r.traceHash})`];
+  const lines = [`seed ${r.seed} FAILED (mode ${r.mode}, backups ${r.backups}, faults ${r.faults.join(',')}, trace ${r.traceHash})`];
   const seen = new Set<string>();
   for (const f of r.failures) {
     if (seen.has(f.check + f.message)) continue;
@@ -150,7 +162,7 @@ function report(r: SimResult, args: SimArgs, out: CheckOutput): void {
     lines.push(`  last ${Math.min(tail, r.traceTail.length)} trace lines:`);
     for (const t of r.traceTail.slice(-tail)) lines.push(`    ${t}`);
   }
-  const flags = `${args.service ? ` --service ${args.service}` : ''}${args.mode ? ` --mode ${args.mode}` : ''}${args.bugs ? ` --bug ${Object.keys(args.bugs)[0]}` : ''}`;
+  const flags = `${args.service ? ` --service ${args.service}` : ''}${args.mode ? ` --mode ${args.mode}` : ''}${args.backups !== undefined ? ` --backups ${args.backups}` : ''}${args.bugs ? ` --bug ${Object.keys(args.bugs)[0]}` : ''}`;
   lines.push(`  reproduce: lockstep sim --seed ${r.seed}${flags}`);
   if (history !== null) lines.push(`  history: ${writeHistory(args.single ? history : seedFile(history, r.seed), r)}`);
   out.stdout(lines.join('\n') + '\n');
@@ -170,7 +182,7 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
   let switchovers = 0;
   let unknownKeys = 0;
   for (let seed = args.first; seed < args.first + args.count; seed++) {
-    const r = simulate({ seed, mode: args.mode, bugs: args.bugs, traceTailLines: Math.max(args.tail, 1), poison: args.poison, ...(service ? { service } : {}) });
+    const r = simulate({ seed, mode: args.mode, ...(args.backups !== undefined ? { backups: args.backups } : {}), bugs: args.bugs, traceTailLines: Math.max(args.tail, 1), poison: args.poison, ...(service ? { service } : {}) });
     ops += r.stats.opsCompleted;
     goLives += r.stats.goLives;
     switchovers += r.stats.switchoversDone;
@@ -178,7 +190,7 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
       failed++;
       report(r, args, out);
     } else if (args.single) {
-      out.stdout(`seed ${seed} ok (mode ${r.mode}, faults ${r.faults.join(',')}, trace ${r.traceHash}, ${r.stats.opsCompleted} ops, ${r.stats.goLives} go-lives, ${r.stats.switchoversDone} switchovers, ${r.stats.views} views)\n`);
+      out.stdout(`seed ${seed} ok (mode ${r.mode}, backups ${r.backups}, faults ${r.faults.join(',')}, trace ${r.traceHash}, ${r.stats.opsCompleted} ops, ${r.stats.goLives} go-lives, ${r.stats.switchoversDone} switchovers, ${r.stats.views} views)\n`);
       if (args.history !== null) out.stdout(`history: ${writeHistory(args.history, r)}\n`);
     }
     unknownKeys += r.stats.linearizabilityUnknownKeys;

@@ -452,6 +452,7 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
       const gone = r.view.backups.filter((id) => !isBackupIn(view, id));
       r.view = view;
       for (const id of gone) r.followers.delete(id);
+      backupsToAckView(r);
       const left = view.backups.length === 0 ? '' : ` (backups left: ${view.backups.join(', ')})`;
       setRole(r, out, 'primary', `carrying on without backup ${gone.join(', ') || '-'}${left}`);
       trimLog(r);
@@ -461,6 +462,7 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
     case 'fence':
       if (!won) return halt(r, out, `lost the test-and-set that fences off an abandoned handover; the view is ${formatView(view)}`);
       r.view = view;
+      backupsToAckView(r);
       setRole(r, out, 'primary', `fenced off the handover view of epoch ${view.epoch}: no recruit can go live from it`);
       return;
     case 'switchover': {
@@ -480,7 +482,7 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
       const f = added === undefined ? undefined : r.followers.get(added);
       assert(f !== undefined && f.kind === 'recruit', 'the recruit left while its test-and-set was pending');
       f.kind = 'backup';
-      f.viewAcked = false;
+      backupsToAckView(r);
       setRole(r, out, 'primary', `recruit ${f.id} is now the backup`);
       log(out, 'info', 'recruit-done', { recruit: f.id, epoch: view.epoch, ackedIndex: f.ackedIndex });
       return;
@@ -488,6 +490,15 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
     default:
       assertNever(cas.purpose, 'cas purpose');
   }
+}
+
+/**
+ * Our view changed and kept backups (another backup was added or dropped, or a fence): none
+ * of them has acked a frame of it yet, so none knows it is a backup of this epoch. A
+ * switchover to one of them waits until it does (it goes from exactly this epoch).
+ */
+function backupsToAckView(r: Replica): void {
+  for (const f of r.followers.values()) if (f.kind === 'backup') f.viewAcked = false;
 }
 
 function becomePrimary(r: Replica, out: Action[], view: View, reason: string): void {
@@ -762,11 +773,13 @@ function isSwitchToMe(r: Replica, view: View): boolean {
 
 /**
  * A follower's primary is still primary of a newer view that names this replica one of its
- * backups (it added or dropped another backup meanwhile).
+ * backups (it added or dropped another backup meanwhile). The view may be the one we already
+ * follow: a confirmation with the arbiter adopted it while our test-and-set to go live, from
+ * the older view, was still being retried (that attempt could only lose).
  */
 function namesMeBackupOfMyPrimary(r: Replica, view: View): boolean {
   const f = r.following;
-  return (r.role === 'backup' || r.role === 'spare') && f !== null && view.epoch > f.epoch && view.primary === f.primary && isBackupIn(view, r.config.id);
+  return (r.role === 'backup' || r.role === 'spare') && f !== null && view.epoch >= f.epoch && view.primary === f.primary && isBackupIn(view, r.config.id);
 }
 
 function becomePrimaryBySwitch(r: Replica, out: Action[], view: View): void {
@@ -858,8 +871,9 @@ function onTick(r: Replica, out: Action[]): void {
         const resendFrom = Math.max(f.ackedIndex, f.snapshotIndex) + 1;
         if (f.nextIndex > resendFrom && now - f.lastProgressMs >= c.retransmitMs) rewind(r, f, resendFrom);
       }
-      // Every silent backup leaves the view in one test-and-set; the others stay.
-      if (silentBackups.length > 0) dropBackups(r, out, silentBackups);
+      // Every silent backup leaves the view in one test-and-set; the others stay. (Unless a
+      // recruit abandoned in the loop above started its fence: then at a later tick.)
+      if (silentBackups.length > 0 && r.cas === null) dropBackups(r, out, silentBackups);
       trySwitch(r, out);
       sendFrames(r, out);
       return;
@@ -1311,9 +1325,10 @@ function advanceRecruit(r: Replica, out: Action[], f: Follower): void {
  * arbiter to go live from it, and keeps asking while the arbiter holds epoch e (its "no" is
  * not final: the view might still land, and an attempt of its own in flight with it). We
  * never proposed that view (a recruit is never abandoned while our proposal is pending), so
- * we fence it off: `{e, self, -} -> {e+1, self, -}`. Then epoch e+1 exists without the
+ * we fence it off: `{e, self, Bs} -> {e+1, self, Bs}`. Then epoch e+1 exists without the
  * recruit, its next refusal is final, it goes back to an empty spare that joins again, and
- * no attempt of its own still in flight can ever land.
+ * no attempt of its own still in flight can ever land. (With several backups another view
+ * change of ours may be pending; it is the fence.)
  */
 function abandonRecruit(r: Replica, out: Action[], f: Follower, reason: string): void {
   r.followers.delete(f.id);
@@ -1322,8 +1337,11 @@ function abandonRecruit(r: Replica, out: Action[], f: Follower, reason: string):
   trimLog(r);
   tryRelease(r, out);
   if (f.handoverSeq > 0 && !r.config.bugs?.noRecruitFence) {
-    assert(r.cas === null, `abandoning a recruit in handover while a test-and-set is pending (${r.cas?.purpose})`);
-    startCas(r, out, 'fence', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backups: r.view.backups });
+    // With several backups, a view change other than this recruit's may be pending (dropping
+    // a silent backup, a switchover, another fence). It takes epoch e+1 without the recruit
+    // whether it lands or loses (then the view had already moved on): that fences it too.
+    assert(r.cas === null || r.cas.purpose !== 'addBackup', 'abandoning a recruit in handover while its own test-and-set is pending');
+    if (r.cas === null) startCas(r, out, 'fence', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backups: r.view.backups });
   }
 }
 
