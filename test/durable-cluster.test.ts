@@ -60,7 +60,7 @@ for (const { mode, first } of variants) {
     // Compaction every 64 KiB, so the restart reads a snapshot and the log after it.
     const cluster = await ProcessCluster.start({ mode, durable: true, failureTimeoutMs: 1000, heartbeatMs: 50, extra: { durableCompactBytes: 64 * 1024 } });
     t.after(() => cluster.stop());
-    const finish = startLoad(cluster.clientAddresses(), 6, 11);
+    const finish = startLoad(cluster.clientAddresses(), 6, 11, t);
     await sleep(2500);
     const view = (await cluster.primary())!.view;
     await cluster.killAll();
@@ -105,7 +105,7 @@ test('durable: a backup killed and restarted while its primary lives resumes fro
   t.after(() => cluster.stop());
   const p = (await cluster.primary())!;
   const b = p.view.backup!;
-  const finish = startLoad(cluster.clientAddresses(), 4, 5);
+  const finish = startLoad(cluster.clientAddresses(), 4, 5, t);
   await sleep(1000);
   const atKill = (await cluster.status(b))!.logIndex;
   await cluster.kill9(b);
@@ -278,7 +278,7 @@ test('durable: a switchover under load, then kill -9 of every node: the swapped 
   t.after(() => cluster.stop());
   const p = (await cluster.primary())!;
   const b = p.view.backup!;
-  const finish = startLoad(cluster.clientAddresses(), 4, 3);
+  const finish = startLoad(cluster.clientAddresses(), 4, 3, t);
   await sleep(800);
   const r = await postSwitchover(cluster.node(p.id).admin, b);
   assert.equal(r.ok, true, r.message);
@@ -316,7 +316,7 @@ test('durable: a second process on a running node\'s dataDir is refused (E_DIR_L
 test('durable: turned on for a running in-memory cluster by restarting the nodes one at a time under load, then kill -9 of all', async (t) => {
   const cluster = await ProcessCluster.start({ failureTimeoutMs: 1000, heartbeatMs: 50 });
   t.after(() => cluster.stop());
-  const finish = startLoad(cluster.clientAddresses(), 4, 21);
+  const finish = startLoad(cluster.clientAddresses(), 4, 21, t);
   await sleep(500);
   const config = JSON.parse(readFileSync(cluster.configPath, 'utf8')) as { durable?: boolean; nodes: { id: string; dataDir?: string }[] };
   config.durable = true;

@@ -31,7 +31,7 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     const p = (await cluster.primary())!;
     const b = p.view.backup!;
     assert.ok(b, 'a backup');
-    const finish = startLoad(cluster.clientAddresses(), 4, 7);
+    const finish = startLoad(cluster.clientAddresses(), 4, 7, t);
     await sleep(600);
     // There, with the CLI (it finds the primary itself).
     const there = await cli(['switchover', '--config', cluster.configPath]);
@@ -47,7 +47,7 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     // And back, through the admin port, naming the target.
     const back = await postSwitchover(cluster.node(b).admin, p.id);
     assert.equal(back.ok, true, back.message);
-    assert.deepEqual(back.view, { epoch: p.epoch + 2, primary: p.id, backup: b });
+    assert.deepEqual(back.view, { epoch: p.epoch + 2, primary: p.id, backup: b, backups: [b] });
     t.diagnostic(`switchover back: roles swapped ${back.ms} ms after the request, new primary live after ${back.liveMs} ms`);
     await sleep(600);
     const result = await finish();
@@ -69,7 +69,7 @@ test('the backup dies during the catch-up: the switchover is aborted, the primar
   t.after(() => cluster.stop());
   const p = (await cluster.primary())!;
   const b = p.view.backup!;
-  const finish = startLoad(cluster.clientAddresses(), 3, 11);
+  const finish = startLoad(cluster.clientAddresses(), 3, 11, t);
   await sleep(500);
   await cluster.kill9(b);
   // Asked before the primary noticed: it begins, waits for acks that never come, and gives up

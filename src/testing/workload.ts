@@ -63,10 +63,15 @@ export async function runWorkload(addresses: string[], clients: number, seed: nu
   return { history, ok, failed, ackedAppends };
 }
 
-/** Start a workload of `clients` clients on these addresses; `finish()` stops it and gives its result. */
-export function startLoad(addresses: string[], clients: number, seed: number): () => Promise<WorkloadResult> {
+/**
+ * Start a workload of `clients` clients on these addresses; `finish()` stops it and gives its
+ * result. With a test context `t`, it is also stopped when the test ends, whatever happened:
+ * a test that fails before `finish()` must not leave writers running (its file would never end).
+ */
+export function startLoad(addresses: string[], clients: number, seed: number, t?: { after: (fn: () => void) => void }): () => Promise<WorkloadResult> {
   let stop!: () => void;
   const load = runWorkload(addresses, clients, seed, new Promise<void>((r) => (stop = r)));
+  t?.after(() => stop());
   return () => {
     stop();
     return load;
