@@ -187,6 +187,18 @@ export class ByteWriter {
     return this.raw(b);
   }
 
+  /** The latin1 string whose bytes are b[at, at + n), as latin1() writes it (no string made). */
+  latin1Bytes(b: Uint8Array, at: number, n: number): this {
+    this.varuint(n);
+    this.reserve(n);
+    const buf = this.buf;
+    const pos = this.pos;
+    if (n > 64) buf.set(b.subarray(at, at + n), pos);
+    else for (let i = 0; i < n; i++) buf[pos + i] = b[at + i]!;
+    this.pos += n;
+    return this;
+  }
+
   /** Bytes with no length prefix. */
   raw(b: Uint8Array): this {
     this.reserve(b.length);
@@ -303,6 +315,15 @@ export class ByteReader {
     return (z & 1n) === 0n ? z >> 1n : -((z + 1n) >> 1n);
   }
 
+  /** A byte string (as latin1() reads) left as bytes: its start in the buffer; it ends at `offset`. */
+  latin1Span(): number {
+    const n = this.varuint();
+    this.need(n);
+    const start = this.pos;
+    this.pos += n;
+    return start;
+  }
+
   latin1(): string {
     const n = this.varuint();
     this.need(n);
@@ -407,6 +428,13 @@ export class Hash64 {
   str(s: string): this {
     this.unit(s.length);
     for (let i = 0; i < s.length; i++) this.unit(s.charCodeAt(i));
+    return this;
+  }
+
+  /** The same as str(s) for the latin1 string s whose bytes are b[at, at + n). */
+  latin1Bytes(b: Uint8Array, at: number, n: number): this {
+    this.unit(n);
+    for (let i = at; i < at + n; i++) this.unit(b[i]!);
     return this;
   }
 
