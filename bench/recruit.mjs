@@ -52,6 +52,47 @@ function window() {
   return { writeMaxMs: 0, writes: 0, statusMaxMs: 0, statuses: 0, rssPeak: 0 };
 }
 
+/** The named log events of node `id`, without the common fields. */
+function events(cluster, id, names) {
+  const out = [];
+  for (const line of cluster.log(id).split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const e = JSON.parse(line);
+      if (names.includes(e.event)) {
+        const { level, node, role, epoch, ...rest } = e;
+        out.push(rest);
+      }
+    } catch { /* a partial line */ }
+  }
+  return out;
+}
+
+/**
+ * Where the recruit's time went: on the primary, the snapshot stream's wall time and the time
+ * spent making pieces (kv-snapshot-sent), the chunks' round trip (recruit-catchup); on the
+ * recruit, the time spent restoring pieces against the wall time from the first piece to the
+ * last (kv-restore: the rest is waiting for pieces and the node's other work, e.g. decoding
+ * frames), and the longest event-loop stall each logged during the recruit.
+ */
+function breakdown(cluster, primaryId, recruitId) {
+  const p = events(cluster, primaryId, ['recruit-start', 'kv-snapshot-sent', 'recruit-snapshot-taken', 'recruit-catchup', 'event-loop-stall']);
+  const r = events(cluster, recruitId, ['kv-restore', 'event-loop-stall']);
+  const last = (list, name) => list.filter((e) => e.event === name).at(-1);
+  const start = last(p, 'recruit-start');
+  const since = (list) => list.filter((e) => start !== undefined && e.time >= start.time && e.event === 'event-loop-stall');
+  const stall = (list) => Math.max(0, ...since(list).map((e) => e.maxMs ?? e.ms ?? e.delayMs ?? 0));
+  const sent = last(p, 'kv-snapshot-sent');
+  const taken = last(p, 'recruit-snapshot-taken');
+  const catchup = last(p, 'recruit-catchup');
+  const restore = last(r, 'kv-restore');
+  return {
+    recruitStarts: p.filter((e) => e.event === 'recruit-start').length,
+    primary: { produceMs: sent?.produceMs, maxNextMs: sent?.maxNextMs, streamMs: sent?.ms, pieces: sent?.pieces, bytes: taken?.bytes, snapshotRoundTripMs: catchup?.snapshotRoundTripMs, longestStallMs: stall(p) },
+    recruit: { addMs: restore?.addMs, maxAddMs: restore?.maxAddMs, finishMs: restore?.finishMs, restoreWallMs: restore?.ms, longestStallMs: stall(r) },
+  };
+}
+
 async function once(mode) {
   const extra = MAXMEMORY_MB === null ? {} : { maxmemory: Number(MAXMEMORY_MB) * 2 ** 20 };
   const cluster = await ProcessCluster.start({ nodes: 3, mode, heartbeatMs: 50, failureTimeoutMs: FAILURE_MS, extra });
@@ -127,6 +168,8 @@ async function once(mode) {
       primaryRssMB: { before: Math.round(before.rssBytes / 2 ** 20), baselinePeak: Math.round(baseline.rssPeak / 2 ** 20), recruitPeak: Math.round(w.rssPeak / 2 ** 20) },
       extraRssOverState: +((w.rssPeak - baseline.rssPeak) / before.usedMemoryBytes).toFixed(2),
       sameDigest: after.logIndex === spare?.logIndex ? after.digest === spare?.digest : 'not caught up yet',
+      // Where the recruit's time went, from the nodes' own log lines (see breakdown()).
+      breakdown: breakdown(cluster, primary.id, spareId),
     };
   } finally {
     if (LOGS !== null) {

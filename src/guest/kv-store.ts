@@ -206,6 +206,18 @@ class Shard {
     return true;
   }
 
+  /**
+   * A restore's guess: make an empty shard's table and arena big enough for about `keys` keys
+   * in `bytes` of records, with room to grow (by this shard's own factor, as it would have
+   * grown), so that it does not grow step by step from nothing. A wrong guess costs memory or
+   * growth steps, never correctness.
+   */
+  presize(keys: number, bytes: number): void {
+    if (this.count !== 0 || this.top !== 0) return;
+    this.rebuild(Math.max(MIN_SLOTS, Math.ceil((keys * (1.2 + this.spread)) / MAX_LOAD)));
+    this.arena = Buffer.allocUnsafeSlow(Math.min(MAX_ARENA, Math.max(MIN_ARENA, Math.ceil(bytes * (1.2 + this.spread / 2)))));
+  }
+
   delete(key: string, kb: Buffer, n: number, h: number): boolean {
     const slot = this.find(kb, n, h);
     if (slot < 0) return false;
@@ -306,6 +318,9 @@ function copyBytes(src: Uint8Array, from: number, n: number, dst: Uint8Array, to
 export class KvStore {
   private readonly shards: Shard[] = Array.from({ length: SHARDS }, (_, i) => new Shard(i));
   private count = 0;
+  /** addNewBytes (a restore): the shard being filled, and the size of the last one filled. */
+  private filling = -1;
+  private fillHint = { keys: 0, bytes: 0 };
 
   get size(): number {
     return this.count;
@@ -344,7 +359,17 @@ export class KvStore {
   addNewBytes(src: Uint8Array, ks: number, kn: number, vs: number, vn: number): boolean {
     if (vn >= SIDE_CHARS) throw new RangeError('kv store: addNewBytes of a value kept beside the table');
     const h = hashOf(src, kn, ks);
-    if (!this.shards[h & SHARD_MASK]!.addNew(src, ks, kn, h, vs, vn)) return false;
+    const i = h & SHARD_MASK;
+    const s = this.shards[i]!;
+    if (i !== this.filling) {
+      // A snapshot stream sends a shard at a time, in this store's shard order, and shards hold
+      // about the same number of keys: an empty shard starts the size the last one filled ended.
+      const last = this.shards[this.filling];
+      if (last !== undefined) this.fillHint = { keys: last.count, bytes: last.top };
+      this.filling = i;
+      if (this.fillHint.keys > 0) s.presize(this.fillHint.keys, this.fillHint.bytes);
+    }
+    if (!s.addNew(src, ks, kn, h, vs, vn)) return false;
     this.count++;
     return true;
   }
