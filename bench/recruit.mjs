@@ -11,13 +11,15 @@
 // before and the state's size (usedMemoryBytes). Prints JSON lines on stdout, progress on
 // stderr. Needs a build. Usage: node bench/recruit.mjs [--keys N] [--modes rsm,state-transfer]
 // [--maxmemory MB (the kv's maxmemory; default the config's 256)] [--failure-ms MS (500)]
-// [--logs DIR (keep each node's log there)]. A maxmemory past 2/3 of the nodes' V8 heap is
+// [--logs DIR (keep each node's log there)] [--chunk-kb KB --window N (snapshot chunks and how many
+// in flight; default the config's 64 KiB and 32)]. A maxmemory past 2/3 of the nodes' V8 heap is
 // refused: give them more, e.g. NODE_OPTIONS=--max-old-space-size=3100 for --maxmemory 2048.
 
 import { Redis } from 'ioredis';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ProcessCluster } from '../dist/src/testing/process-cluster.js';
+import { events } from './log-events.mjs';
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(name);
@@ -28,6 +30,9 @@ const MODES = arg('--modes', 'rsm,state-transfer').split(',');
 const MAXMEMORY_MB = arg('--maxmemory', null);
 const FAILURE_MS = Number(arg('--failure-ms', '500'));
 const LOGS = arg('--logs', null);
+/** Snapshot chunk size and window (the config's snapshotChunkBytes / snapshotWindowChunks; default: the defaults). */
+const CHUNK_KB = arg('--chunk-kb', null);
+const WINDOW = arg('--window', null);
 const BASELINE_MS = 3000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (s) => process.stderr.write(`${new Date().toISOString()} ${s}\n`);
@@ -50,22 +55,6 @@ async function load(host, port) {
 /** A window of measurements: longest write, longest /status, peak RSS. */
 function window() {
   return { writeMaxMs: 0, writes: 0, statusMaxMs: 0, statuses: 0, rssPeak: 0 };
-}
-
-/** The named log events of node `id`, without the common fields. */
-function events(cluster, id, names) {
-  const out = [];
-  for (const line of cluster.log(id).split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      const e = JSON.parse(line);
-      if (names.includes(e.event)) {
-        const { level, node, role, epoch, ...rest } = e;
-        out.push(rest);
-      }
-    } catch { /* a partial line */ }
-  }
-  return out;
 }
 
 /**
@@ -94,7 +83,11 @@ function breakdown(cluster, primaryId, recruitId) {
 }
 
 async function once(mode) {
-  const extra = MAXMEMORY_MB === null ? {} : { maxmemory: Number(MAXMEMORY_MB) * 2 ** 20 };
+  const extra = {
+    ...(MAXMEMORY_MB === null ? {} : { maxmemory: Number(MAXMEMORY_MB) * 2 ** 20 }),
+    ...(CHUNK_KB === null ? {} : { snapshotChunkBytes: Number(CHUNK_KB) * 1024 }),
+    ...(WINDOW === null ? {} : { snapshotWindowChunks: Number(WINDOW) }),
+  };
   const cluster = await ProcessCluster.start({ nodes: 3, mode, heartbeatMs: 50, failureTimeoutMs: FAILURE_MS, extra });
   try {
     const primary = await cluster.primary();
