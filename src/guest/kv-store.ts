@@ -393,8 +393,9 @@ export class KvStore {
 
   /**
    * Write shard i's pairs to `w` as latin1 key then latin1 value, copied from the arena as
-   * bytes (no JS strings made), except the keys whose hash is in `apart`: those are handed to
-   * `each` as strings, and it writes what it wants for them. A snapshot stream's path.
+   * bytes (no JS strings made), except the keys whose hash is in `apart` and those whose value
+   * is kept beside the table (SIDE_CHARS or more): those are handed to `each` as strings. A
+   * snapshot stream's path.
    */
   writeShard(i: number, w: ByteWriter, apart: ReadonlySet<number> | undefined, each: (key: string) => void): void {
     const s = this.shards[i]!;
@@ -402,15 +403,14 @@ export class KvStore {
     for (let slot = 0; slot < offsets.length; slot++) {
       const off = offsets[slot]!;
       if (off < 0) continue;
-      if (apart !== undefined && apart.has(hashes[slot]!)) {
+      const vlen = arena.readUInt32LE(off);
+      if (vlen === IN_SIDE || (apart !== undefined && apart.has(hashes[slot]!))) {
         each(s.keyAt(slot));
         continue;
       }
       const kn = keyLengths[slot]!;
-      const vlen = arena.readUInt32LE(off);
       w.latin1Bytes(arena, off + 4, kn);
-      if (vlen === IN_SIDE) w.latin1(s.side.get(s.keyAt(slot))!);
-      else w.latin1Bytes(arena, off + 4 + kn, vlen);
+      w.latin1Bytes(arena, off + 4 + kn, vlen);
     }
   }
 

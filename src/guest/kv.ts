@@ -628,6 +628,9 @@ export class KvSnapshotStream implements SnapshotStream {
   private shardAt = 0;
   private staged: Uint8Array = new Uint8Array(0);
   private at = 0;
+  /** Keys of that shard written after `staged`, one by one: those changed since, and big values. */
+  private later: string[] = [];
+  private laterAt = 0;
   private readonly stage = new ByteWriter(64 * 1024);
   private done = false;
 
@@ -651,38 +654,48 @@ export class KvSnapshotStream implements SnapshotStream {
     const w = new ByteWriter(Math.min(maxBytes, 1 << 20) + 64);
     w.u8(KV_PIECE);
     while (w.length < maxBytes) {
-      if (this.at >= this.staged.length && !this.stageNextShard()) break;
-      // Whole pairs from the staged shard, as many as fit (at least one), in one copy.
-      const staged = this.staged;
-      let end = this.at;
-      while (end < staged.length && w.length + (end - this.at) < maxBytes) end = pairEnd(staged, end);
-      w.raw(staged.subarray(this.at, end));
-      this.at = end;
+      if (this.at < this.staged.length) {
+        // Whole pairs from the staged shard, as many as fit (at least one), in one copy.
+        const staged = this.staged;
+        let end = this.at;
+        while (end < staged.length && w.length + (end - this.at) < maxBytes) end = pairEnd(staged, end);
+        w.raw(staged.subarray(this.at, end));
+        this.at = end;
+      } else if (this.laterAt < this.later.length) {
+        const k = this.later[this.laterAt++]!;
+        const v = this.kv.valueFor(this, k);
+        if (v !== undefined) w.latin1(k).latin1(v);
+      } else if (!this.stageNextShard()) {
+        break;
+      }
     }
-    if (this.at >= this.staged.length && this.shardAt >= SHARDS) this.close();
+    if (this.at >= this.staged.length && this.laterAt >= this.later.length && this.shardAt >= SHARDS) this.close();
     return w.finish();
   }
 
   /**
-   * Write the next non-empty shard's pairs as of when the stream began into `staged`: its keys
-   * now, as bytes, but a key changed since (its hash is in keptHashes) with its kept value (none
-   * if it was created since), and the keys deleted since. False when no shard is left.
+   * Take the next non-empty shard: its pairs copied as bytes into `staged`, except the keys
+   * changed since the stream began (their hash is in keptHashes) and the values kept beside
+   * the table (big), which go to `later` with the keys deleted since; those are written a pair
+   * at a time, with their value as of the stream's start (valueFor: kept since its first
+   * change, whenever that is), so a big value makes a piece of its own as before, not a staging
+   * copy. False when no shard is left.
    */
   private stageNextShard(): boolean {
     while (this.shardAt < SHARDS) {
       const i = this.shardAt++;
       const store = this.store();
       const w = this.stage.reset();
-      store.writeShard(i, w, this.keptHashes[i], (k) => {
-        const v = this.kv.valueFor(this, k);
-        if (v !== undefined) w.latin1(k).latin1(v);
-      });
-      for (const k of this.changedBefore[i] ?? []) if (!store.has(k)) w.latin1(k).latin1(this.kept.get(k)!);
+      const later: string[] = [];
+      store.writeShard(i, w, this.keptHashes[i], (k) => later.push(k));
+      for (const k of this.changedBefore[i] ?? []) if (!store.has(k)) later.push(k);
       this.changedBefore[i] = undefined;
       this.keptHashes[i] = undefined;
-      if (w.length > 0) {
+      if (w.length > 0 || later.length > 0) {
         this.staged = w.finish();
         this.at = 0;
+        this.later = later;
+        this.laterAt = 0;
         return true;
       }
     }
@@ -693,6 +706,7 @@ export class KvSnapshotStream implements SnapshotStream {
     this.done = true;
     this.kept.clear();
     this.staged = new Uint8Array(0);
+    this.later = [];
     this.changedBefore.length = 0;
     this.keptHashes.length = 0;
     this.kv.endStream(this);
