@@ -65,7 +65,7 @@ function window() {
  * frames), and the longest event-loop stall each logged during the recruit.
  */
 function breakdown(cluster, primaryId, recruitId) {
-  const p = events(cluster, primaryId, ['recruit-start', 'kv-snapshot-sent', 'recruit-snapshot-taken', 'recruit-catchup', 'event-loop-stall']);
+  const p = events(cluster, primaryId, ['recruit-start', 'kv-snapshot-sent', 'recruit-snapshot-taken', 'recruit-catchup', 'recruit-done', 'event-loop-stall']);
   const r = events(cluster, recruitId, ['kv-restore', 'event-loop-stall']);
   const last = (list, name) => list.filter((e) => e.event === name).at(-1);
   const start = last(p, 'recruit-start');
@@ -75,8 +75,11 @@ function breakdown(cluster, primaryId, recruitId) {
   const taken = last(p, 'recruit-snapshot-taken');
   const catchup = last(p, 'recruit-catchup');
   const restore = last(r, 'kv-restore');
+  const done = last(p, 'recruit-done');
   return {
     recruitStarts: p.filter((e) => e.event === 'recruit-start').length,
+    // When the phases began on the primary (the longest write's recruitAt set beside them).
+    at: { start: start?.time, snapshotTaken: taken?.time, catchup: catchup?.time, done: done?.time },
     primary: { produceMs: sent?.produceMs, maxNextMs: sent?.maxNextMs, streamMs: sent?.ms, pieces: sent?.pieces, bytes: taken?.bytes, snapshotRoundTripMs: catchup?.snapshotRoundTripMs, longestStallMs: stall(p) },
     recruit: { addMs: restore?.addMs, maxAddMs: restore?.maxAddMs, finishMs: restore?.finishMs, restoreWallMs: restore?.ms, longestStallMs: stall(r) },
   };
@@ -102,6 +105,7 @@ async function once(mode) {
     let stopping = false;
     let droppedAt = null;
     let recruitWriteMaxMs = 0;
+    let recruitWriteMaxAt = null;
     const writer = (async () => {
       const redis = new Redis({ host: n.client.host, port: n.client.port, maxRetriesPerRequest: 0 });
       for (let i = 0; !stopping; i++) {
@@ -111,7 +115,10 @@ async function once(mode) {
         w.writeMaxMs = Math.max(w.writeMaxMs, ms);
         // The recruit proper: writes issued once the dead backup was dropped from the view
         // (before that, writes wait out the failure timeout, as in any primary/backup).
-        if (droppedAt !== null && s >= droppedAt) recruitWriteMaxMs = Math.max(recruitWriteMaxMs, ms);
+        if (droppedAt !== null && s >= droppedAt && ms > recruitWriteMaxMs) {
+          recruitWriteMaxMs = ms;
+          recruitWriteMaxAt = new Date(Date.now() - ms).toISOString(); // when it was sent (to set beside the logs)
+        }
         w.writes++;
         await sleep(5);
       }
@@ -155,7 +162,7 @@ async function once(mode) {
       backupAgainMs: backupMs === null ? null : Math.round(backupMs),
       droppedBackupMs: droppedAt === null ? null : Math.round(droppedAt - killedAt),
       backupAgainAfterDropMs: backupMs === null || droppedAt === null ? null : Math.round(killedAt + backupMs - droppedAt),
-      writeMaxMs: { baseline: Math.round(baseline.writeMaxMs), killToBackup: Math.round(w.writeMaxMs), recruit: Math.round(recruitWriteMaxMs) },
+      writeMaxMs: { baseline: Math.round(baseline.writeMaxMs), killToBackup: Math.round(w.writeMaxMs), recruit: Math.round(recruitWriteMaxMs), recruitAt: recruitWriteMaxAt },
       statusMaxMs: { baseline: Math.round(baseline.statusMaxMs), recruit: Math.round(w.statusMaxMs) },
       writes: { baseline: baseline.writes, recruit: w.writes },
       primaryRssMB: { before: Math.round(before.rssBytes / 2 ** 20), baselinePeak: Math.round(baseline.rssPeak / 2 ** 20), recruitPeak: Math.round(w.rssPeak / 2 ** 20) },

@@ -212,6 +212,11 @@ export class ByteWriter {
     return this.buf.slice(0, this.pos);
   }
 
+  /** The bytes written so far, not copied: valid until the writer is written to or reset. */
+  unCopied(): Uint8Array {
+    return this.buf.subarray(0, this.pos);
+  }
+
   /**
    * The bytes written, and the writer starts over empty. A large buffer is handed over as it is
    * (no copy: a 64 MiB entry is not copied twice), a small one is copied and kept for reuse.

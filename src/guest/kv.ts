@@ -670,7 +670,7 @@ export class KvSnapshotStream implements SnapshotStream {
       }
     }
     if (this.at >= this.staged.length && this.laterAt >= this.later.length && this.shardAt >= SHARDS) this.close();
-    return w.finish();
+    return w.unCopied(); // the writer is this piece's alone: no copy (a piece made is garbage soon, and a copy doubled it)
   }
 
   /**
@@ -692,7 +692,7 @@ export class KvSnapshotStream implements SnapshotStream {
       this.changedBefore[i] = undefined;
       this.keptHashes[i] = undefined;
       if (w.length > 0 || later.length > 0) {
-        this.staged = w.finish();
+        this.staged = w.unCopied(); // read before the stage is used again (for the next shard)
         this.at = 0;
         this.later = later;
         this.laterAt = 0;
