@@ -11,13 +11,15 @@
 // before and the state's size (usedMemoryBytes). Prints JSON lines on stdout, progress on
 // stderr. Needs a build. Usage: node bench/recruit.mjs [--keys N] [--modes rsm,state-transfer]
 // [--maxmemory MB (the kv's maxmemory; default the config's 256)] [--failure-ms MS (500)]
-// [--logs DIR (keep each node's log there)]. A maxmemory past 2/3 of the nodes' V8 heap is
+// [--logs DIR (keep each node's log there)] [--chunk-kb KB --window N (snapshot chunks and how many
+// in flight; default the config's 64 KiB and 32)]. A maxmemory past 2/3 of the nodes' V8 heap is
 // refused: give them more, e.g. NODE_OPTIONS=--max-old-space-size=3100 for --maxmemory 2048.
 
 import { Redis } from 'ioredis';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ProcessCluster } from '../dist/src/testing/process-cluster.js';
+import { events } from './log-events.mjs';
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(name);
@@ -28,6 +30,9 @@ const MODES = arg('--modes', 'rsm,state-transfer').split(',');
 const MAXMEMORY_MB = arg('--maxmemory', null);
 const FAILURE_MS = Number(arg('--failure-ms', '500'));
 const LOGS = arg('--logs', null);
+/** Snapshot chunk size and window (the config's snapshotChunkBytes / snapshotWindowChunks; default: the defaults). */
+const CHUNK_KB = arg('--chunk-kb', null);
+const WINDOW = arg('--window', null);
 const BASELINE_MS = 3000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (s) => process.stderr.write(`${new Date().toISOString()} ${s}\n`);
@@ -52,8 +57,40 @@ function window() {
   return { writeMaxMs: 0, writes: 0, statusMaxMs: 0, statuses: 0, rssPeak: 0 };
 }
 
+/**
+ * Where the recruit's time went: on the primary, the snapshot stream's wall time and the time
+ * spent making pieces (kv-snapshot-sent), the chunks' round trip (recruit-catchup); on the
+ * recruit, the time spent restoring pieces against the wall time from the first piece to the
+ * last (kv-restore: the rest is waiting for pieces and the node's other work, e.g. decoding
+ * frames), and the longest event-loop stall each logged during the recruit.
+ */
+function breakdown(cluster, primaryId, recruitId) {
+  const p = events(cluster, primaryId, ['recruit-start', 'kv-snapshot-sent', 'recruit-snapshot-taken', 'recruit-catchup', 'recruit-done', 'event-loop-stall']);
+  const r = events(cluster, recruitId, ['kv-restore', 'event-loop-stall']);
+  const last = (list, name) => list.filter((e) => e.event === name).at(-1);
+  const start = last(p, 'recruit-start');
+  const since = (list) => list.filter((e) => start !== undefined && e.time >= start.time && e.event === 'event-loop-stall');
+  const stall = (list) => Math.max(0, ...since(list).map((e) => e.maxMs ?? e.ms ?? e.delayMs ?? 0));
+  const sent = last(p, 'kv-snapshot-sent');
+  const taken = last(p, 'recruit-snapshot-taken');
+  const catchup = last(p, 'recruit-catchup');
+  const restore = last(r, 'kv-restore');
+  const done = last(p, 'recruit-done');
+  return {
+    recruitStarts: p.filter((e) => e.event === 'recruit-start').length,
+    // When the phases began on the primary (the longest write's recruitAt set beside them).
+    at: { start: start?.time, snapshotTaken: taken?.time, catchup: catchup?.time, done: done?.time },
+    primary: { produceMs: sent?.produceMs, maxNextMs: sent?.maxNextMs, streamMs: sent?.ms, pieces: sent?.pieces, bytes: taken?.bytes, snapshotRoundTripMs: catchup?.snapshotRoundTripMs, longestStallMs: stall(p) },
+    recruit: { addMs: restore?.addMs, maxAddMs: restore?.maxAddMs, finishMs: restore?.finishMs, restoreWallMs: restore?.ms, longestStallMs: stall(r) },
+  };
+}
+
 async function once(mode) {
-  const extra = MAXMEMORY_MB === null ? {} : { maxmemory: Number(MAXMEMORY_MB) * 2 ** 20 };
+  const extra = {
+    ...(MAXMEMORY_MB === null ? {} : { maxmemory: Number(MAXMEMORY_MB) * 2 ** 20 }),
+    ...(CHUNK_KB === null ? {} : { snapshotChunkBytes: Number(CHUNK_KB) * 1024 }),
+    ...(WINDOW === null ? {} : { snapshotWindowChunks: Number(WINDOW) }),
+  };
   const cluster = await ProcessCluster.start({ nodes: 3, mode, heartbeatMs: 50, failureTimeoutMs: FAILURE_MS, extra });
   try {
     const primary = await cluster.primary();
@@ -68,6 +105,7 @@ async function once(mode) {
     let stopping = false;
     let droppedAt = null;
     let recruitWriteMaxMs = 0;
+    let recruitWriteMaxAt = null;
     const writer = (async () => {
       const redis = new Redis({ host: n.client.host, port: n.client.port, maxRetriesPerRequest: 0 });
       for (let i = 0; !stopping; i++) {
@@ -77,7 +115,10 @@ async function once(mode) {
         w.writeMaxMs = Math.max(w.writeMaxMs, ms);
         // The recruit proper: writes issued once the dead backup was dropped from the view
         // (before that, writes wait out the failure timeout, as in any primary/backup).
-        if (droppedAt !== null && s >= droppedAt) recruitWriteMaxMs = Math.max(recruitWriteMaxMs, ms);
+        if (droppedAt !== null && s >= droppedAt && ms > recruitWriteMaxMs) {
+          recruitWriteMaxMs = ms;
+          recruitWriteMaxAt = new Date(Date.now() - ms).toISOString(); // when it was sent (to set beside the logs)
+        }
         w.writes++;
         await sleep(5);
       }
@@ -121,12 +162,14 @@ async function once(mode) {
       backupAgainMs: backupMs === null ? null : Math.round(backupMs),
       droppedBackupMs: droppedAt === null ? null : Math.round(droppedAt - killedAt),
       backupAgainAfterDropMs: backupMs === null || droppedAt === null ? null : Math.round(killedAt + backupMs - droppedAt),
-      writeMaxMs: { baseline: Math.round(baseline.writeMaxMs), killToBackup: Math.round(w.writeMaxMs), recruit: Math.round(recruitWriteMaxMs) },
+      writeMaxMs: { baseline: Math.round(baseline.writeMaxMs), killToBackup: Math.round(w.writeMaxMs), recruit: Math.round(recruitWriteMaxMs), recruitAt: recruitWriteMaxAt },
       statusMaxMs: { baseline: Math.round(baseline.statusMaxMs), recruit: Math.round(w.statusMaxMs) },
       writes: { baseline: baseline.writes, recruit: w.writes },
       primaryRssMB: { before: Math.round(before.rssBytes / 2 ** 20), baselinePeak: Math.round(baseline.rssPeak / 2 ** 20), recruitPeak: Math.round(w.rssPeak / 2 ** 20) },
       extraRssOverState: +((w.rssPeak - baseline.rssPeak) / before.usedMemoryBytes).toFixed(2),
       sameDigest: after.logIndex === spare?.logIndex ? after.digest === spare?.digest : 'not caught up yet',
+      // Where the recruit's time went, from the nodes' own log lines (see breakdown()).
+      breakdown: breakdown(cluster, primary.id, spareId),
     };
   } finally {
     if (LOGS !== null) {

@@ -26,6 +26,7 @@ import { join } from 'node:path';
 import { ProcessCluster, freePorts } from '../dist/src/testing/process-cluster.js';
 import { examplePath } from '../dist/src/testing/wasm-cluster.js';
 import { LineClient } from '../dist/src/testing/line-client.js';
+import { events } from './log-events.mjs';
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(name);
@@ -38,21 +39,6 @@ const FAILURE_MS = Number(arg('--failure-ms', '3000'));
 const LOGS = arg('--logs', null);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const say = (s) => process.stderr.write(`${new Date().toISOString()} ${s}\n`);
-
-/** The JSON log lines of node `id` (events in `names`, all when omitted). */
-function events(c, id, names) {
-  const out = [];
-  for (const line of c.log(id).split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      const e = JSON.parse(line);
-      if (names === undefined || names.includes(e.event)) out.push(e);
-    } catch {
-      // a line cut by a kill
-    }
-  }
-  return out;
-}
 
 async function waitLog(c, id, event, sinceMs, timeoutMs) {
   const end = Date.now() + timeoutMs;

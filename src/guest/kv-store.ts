@@ -20,7 +20,7 @@
 // observable: iteration order is unspecified, and kv sorts or sums over keys where it matters.
 
 import { createHash } from 'node:crypto';
-import { writeLatin1 } from './bytes.js';
+import { writeLatin1, type ByteWriter } from './bytes.js';
 
 /** How many shards (a power of two). */
 export const SHARDS = 1024;
@@ -51,11 +51,11 @@ function keyBytes(key: string): Buffer {
   return scratch;
 }
 
-/** The full 32-bit hash of a key whose bytes are in `kb[0, n)`. */
-function hashOf(kb: Buffer, n: number): number {
-  if (n >= NATIVE_HASH_CHARS) return createHash('md5').update(kb.subarray(0, n)).digest().readInt32LE(0);
+/** The full 32-bit hash of a key whose bytes are in `kb[at, at + n)`. */
+function hashOf(kb: Uint8Array, n: number, at = 0): number {
+  if (n >= NATIVE_HASH_CHARS) return createHash('md5').update(kb.subarray(at, at + n)).digest().readInt32LE(0);
   let h = 0x811c9dc5;
-  for (let i = 0; i < n; i++) h = Math.imul(h ^ kb[i]!, 0x01000193);
+  for (let i = at; i < at + n; i++) h = Math.imul(h ^ kb[i]!, 0x01000193);
   h ^= h >>> 16;
   h = Math.imul(h, 0x45d9f3b);
   return h ^ (h >>> 16);
@@ -64,6 +64,11 @@ function hashOf(kb: Buffer, n: number): number {
 /** The shard a key goes to. */
 export function shardOf(key: string): number {
   return hashOf(keyBytes(key), key.length) & SHARD_MASK;
+}
+
+/** A key's full 32-bit hash (its shard is `keyHash(key) & (SHARDS - 1)`). */
+export function keyHash(key: string): number {
+  return hashOf(keyBytes(key), key.length);
 }
 
 /**
@@ -106,13 +111,13 @@ class Shard {
     this.spread = (index * 0.6180339887498949) % 1;
   }
 
-  /** The slot holding the key (bytes kb[0, n), hash h), or -1. */
-  find(kb: Buffer, n: number, h: number): number {
+  /** The slot holding the key (bytes kb[at, at + n), hash h), or -1. */
+  find(kb: Uint8Array, n: number, h: number, at = 0): number {
     const size = this.offsets.length;
     for (let i = home(h, size); ; i = i + 1 === size ? 0 : i + 1) {
       const off = this.offsets[i]!;
       if (off === EMPTY) return -1;
-      if (off !== TOMBSTONE && this.hashes[i] === h && this.keyLengths[i] === n && this.arena.compare(kb, 0, n, off + 4, off + 4 + n) === 0) return i;
+      if (off !== TOMBSTONE && this.hashes[i] === h && this.keyLengths[i] === n && this.arena.compare(kb, at, at + n, off + 4, off + 4 + n) === 0) return i;
     }
   }
 
@@ -174,6 +179,43 @@ class Shard {
     this.count++;
     if (inSide) this.side.set(key, value);
     return true;
+  }
+
+  /**
+   * Add a key that is not in the shard, from bytes: key src[ks, ks + kn) (hash h), value
+   * src[vs, vs + vn) (shorter than SIDE_CHARS). False, and nothing changed, if the key is there.
+   * A restore's path: no JS string is made for either, and the key is looked up once.
+   */
+  addNew(src: Uint8Array, ks: number, kn: number, h: number, vs: number, vn: number): boolean {
+    if (this.find(src, kn, h, ks) >= 0) return false;
+    this.reserveSlot();
+    const need = 4 + kn + vn;
+    if (this.top + need > this.arena.length) this.makeRoom(need);
+    const at = this.top;
+    const arena = this.arena;
+    arena.writeUInt32LE(vn, at);
+    copyBytes(src, ks, kn, arena, at + 4);
+    copyBytes(src, vs, vn, arena, at + 4 + kn);
+    this.top += need;
+    const slot = this.freeSlot(h);
+    if (this.offsets[slot] === TOMBSTONE) this.tombstones--;
+    this.offsets[slot] = at;
+    this.hashes[slot] = h;
+    this.keyLengths[slot] = kn;
+    this.count++;
+    return true;
+  }
+
+  /**
+   * A restore's guess: make an empty shard's table and arena big enough for about `keys` keys
+   * in `bytes` of records, with room to grow (by this shard's own factor, as it would have
+   * grown), so that it does not grow step by step from nothing. A wrong guess costs memory or
+   * growth steps, never correctness.
+   */
+  presize(keys: number, bytes: number): void {
+    if (this.count !== 0 || this.top !== 0) return;
+    this.rebuild(Math.max(MIN_SLOTS, Math.ceil((keys * (1.2 + this.spread)) / MAX_LOAD)));
+    this.arena = Buffer.allocUnsafeSlow(Math.min(MAX_ARENA, Math.max(MIN_ARENA, Math.ceil(bytes * (1.2 + this.spread / 2)))));
   }
 
   delete(key: string, kb: Buffer, n: number, h: number): boolean {
@@ -263,10 +305,22 @@ class Shard {
   }
 }
 
+/** Copy src[from, from + n) to dst at `to`: a loop for short runs (a native copy's call costs more). */
+function copyBytes(src: Uint8Array, from: number, n: number, dst: Uint8Array, to: number): void {
+  if (n > 64) {
+    dst.set(src.subarray(from, from + n), to);
+    return;
+  }
+  for (let i = 0; i < n; i++) dst[to + i] = src[from + i]!;
+}
+
 /** A string-to-string map of latin1 byte strings, off the JS heap (see the header). */
 export class KvStore {
   private readonly shards: Shard[] = Array.from({ length: SHARDS }, (_, i) => new Shard(i));
   private count = 0;
+  /** addNewBytes (a restore): the shard being filled, and the size of the last one filled. */
+  private filling = -1;
+  private fillHint = { keys: 0, bytes: 0 };
 
   get size(): number {
     return this.count;
@@ -298,6 +352,28 @@ export class KvStore {
     return this;
   }
 
+  /**
+   * Add key src[ks, ks + kn) with value src[vs, vs + vn), both as bytes (latin1), the key not
+   * in the store (false, nothing changed, if it is). The value must be shorter than SIDE_CHARS.
+   */
+  addNewBytes(src: Uint8Array, ks: number, kn: number, vs: number, vn: number): boolean {
+    if (vn >= SIDE_CHARS) throw new RangeError('kv store: addNewBytes of a value kept beside the table');
+    const h = hashOf(src, kn, ks);
+    const i = h & SHARD_MASK;
+    const s = this.shards[i]!;
+    if (i !== this.filling) {
+      // A snapshot stream sends a shard at a time, in this store's shard order, and shards hold
+      // about the same number of keys: an empty shard starts the size the last one filled ended.
+      const last = this.shards[this.filling];
+      if (last !== undefined) this.fillHint = { keys: last.count, bytes: last.top };
+      this.filling = i;
+      if (this.fillHint.keys > 0) s.presize(this.fillHint.keys, this.fillHint.bytes);
+    }
+    if (!s.addNew(src, ks, kn, h, vs, vn)) return false;
+    this.count++;
+    return true;
+  }
+
   delete(key: string): boolean {
     const n = key.length;
     const kb = keyBytes(key);
@@ -313,6 +389,29 @@ export class KvStore {
     const out: string[] = [];
     for (let slot = 0; slot < s.offsets.length; slot++) if (s.offsets[slot]! >= 0) out.push(s.keyAt(slot));
     return out;
+  }
+
+  /**
+   * Write shard i's pairs to `w` as latin1 key then latin1 value, copied from the arena as
+   * bytes (no JS strings made), except the keys whose hash is in `apart` and those whose value
+   * is kept beside the table (SIDE_CHARS or more): those are handed to `each` as strings. A
+   * snapshot stream's path.
+   */
+  writeShard(i: number, w: ByteWriter, apart: ReadonlySet<number> | undefined, each: (key: string) => void): void {
+    const s = this.shards[i]!;
+    const { offsets, hashes, keyLengths, arena } = s;
+    for (let slot = 0; slot < offsets.length; slot++) {
+      const off = offsets[slot]!;
+      if (off < 0) continue;
+      const vlen = arena.readUInt32LE(off);
+      if (vlen === IN_SIDE || (apart !== undefined && apart.has(hashes[slot]!))) {
+        each(s.keyAt(slot));
+        continue;
+      }
+      const kn = keyLengths[slot]!;
+      w.latin1Bytes(arena, off + 4, kn);
+      w.latin1Bytes(arena, off + 4 + kn, vlen);
+    }
   }
 
   *keys(): IterableIterator<string> {

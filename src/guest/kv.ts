@@ -22,9 +22,9 @@
 
 import type { GuestCodec, Execution, StateMachine } from './types.js';
 import type { RestoreStream, SnapshotStream } from './snapshot-stream.js';
-import { ByteReader, ByteWriter, Hash64, SumDigest, varuintSize } from './bytes.js';
+import { ByteReader, ByteWriter, Hash64, SumDigest, readLatin1, varuintSize } from './bytes.js';
 import { BIG_VALUE_CHARS, appendBig, hashBig, type BigPair } from './value-hash.js';
-import { KvStore, SHARDS, shardOf } from './kv-store.js';
+import { KvStore, SHARDS, keyHash } from './kv-store.js';
 
 export type KvCommand = readonly string[];
 
@@ -257,13 +257,24 @@ export class KvMachine implements StateMachine<KvCommand, KvReply, KvChange> {
       add: (piece: Uint8Array): void => {
         const r = new ByteReader(piece, 'kv snapshot piece');
         if (r.u8() !== KV_PIECE) r.corrupt('not a kv snapshot piece');
+        const h = this.h;
         while (r.remaining > 0) {
-          const k = r.latin1();
-          const v = r.latin1();
+          const ks = r.latin1Span();
+          const kn = r.offset - ks;
+          const vs = r.latin1Span();
+          const vn = r.offset - vs;
+          used += kn + vn + KEY_OVERHEAD_BYTES;
+          if (vn < BIG_VALUE_CHARS) {
+            // Most pairs: from the piece's bytes into the store and the digest, no strings made.
+            if (!data.addNewBytes(piece, ks, kn, vs, vn)) r.corrupt(`key ${JSON.stringify(readLatin1(piece, ks, ks + Math.min(kn, 40)))} twice`);
+            sum.add(h.reset().latin1Bytes(piece, ks, kn).latin1Bytes(piece, vs, vn));
+            continue;
+          }
+          const k = readLatin1(piece, ks, ks + kn);
+          const v = readLatin1(piece, vs, vs + vn);
           if (data.has(k)) r.corrupt(`key ${JSON.stringify(k.slice(0, 40))} twice`);
           data.set(k, v);
           this.addPair(sum, bigs, k, v);
-          used += k.length + v.length + KEY_OVERHEAD_BYTES;
         }
       },
       finish: (): void => {
@@ -609,12 +620,18 @@ const KV_PIECE = 0x4b;
 export class KvSnapshotStream implements SnapshotStream {
   /** Old values of keys changed since the stream began (null: the key did not exist then). */
   readonly kept = new Map<string, string | null>();
-  /** Per shard not listed yet: keys that existed when the stream began and have changed since. */
+  /** Per shard not written yet: keys that existed when the stream began and have changed since. */
   private readonly changedBefore: (string[] | undefined)[] = [];
-  /** The next shard to list, the keys of the one being written, and where in them. */
+  /** Per shard: the hashes of the keys in `kept` (the shard's other keys are copied as bytes). */
+  private readonly keptHashes: (Set<number> | undefined)[] = [];
+  /** The next shard to write, and the pairs of the last one written (whole pairs go in a piece) and where in them. */
   private shardAt = 0;
-  private keys: string[] = [];
+  private staged: Uint8Array = new Uint8Array(0);
   private at = 0;
+  /** Keys of that shard written after `staged`, one by one: those changed since, and big values. */
+  private later: string[] = [];
+  private laterAt = 0;
+  private readonly stage = new ByteWriter(64 * 1024);
   private done = false;
 
   constructor(
@@ -625,9 +642,11 @@ export class KvSnapshotStream implements SnapshotStream {
   /** Keep `key`'s value of when the stream began, before its first change (KvMachine.put). */
   keep(key: string, old: string | null): void {
     this.kept.set(key, old);
-    if (old === null) return;
-    const i = shardOf(key);
-    if (i >= this.shardAt) (this.changedBefore[i] ??= []).push(key);
+    const h = keyHash(key);
+    const i = h & (SHARDS - 1);
+    if (i < this.shardAt) return; // written out already
+    (this.keptHashes[i] ??= new Set()).add(h);
+    if (old !== null) (this.changedBefore[i] ??= []).push(key);
   }
 
   next(maxBytes: number): Uint8Array | null {
@@ -635,29 +654,48 @@ export class KvSnapshotStream implements SnapshotStream {
     const w = new ByteWriter(Math.min(maxBytes, 1 << 20) + 64);
     w.u8(KV_PIECE);
     while (w.length < maxBytes) {
-      if (this.at >= this.keys.length && !this.listNextShard()) break;
-      const k = this.keys[this.at++]!;
-      const v = this.kv.valueFor(this, k);
-      if (v !== undefined) w.latin1(k).latin1(v);
+      if (this.at < this.staged.length) {
+        // Whole pairs from the staged shard, as many as fit (at least one), in one copy.
+        const staged = this.staged;
+        let end = this.at;
+        while (end < staged.length && w.length + (end - this.at) < maxBytes) end = pairEnd(staged, end);
+        w.raw(staged.subarray(this.at, end));
+        this.at = end;
+      } else if (this.laterAt < this.later.length) {
+        const k = this.later[this.laterAt++]!;
+        const v = this.kv.valueFor(this, k);
+        if (v !== undefined) w.latin1(k).latin1(v);
+      } else if (!this.stageNextShard()) {
+        break;
+      }
     }
-    if (this.at >= this.keys.length && this.shardAt >= SHARDS) this.close();
-    return w.finish();
+    if (this.at >= this.staged.length && this.laterAt >= this.later.length && this.shardAt >= SHARDS) this.close();
+    return w.unCopied(); // the writer is this piece's alone: no copy (a piece made is garbage soon, and a copy doubled it)
   }
 
   /**
-   * List the next shard's keys: those in it now, and those that were in it when the stream
-   * began and have been deleted since (their values are kept). False when no shard is left.
+   * Take the next non-empty shard: its pairs copied as bytes into `staged`, except the keys
+   * changed since the stream began (their hash is in keptHashes) and the values kept beside
+   * the table (big), which go to `later` with the keys deleted since; those are written a pair
+   * at a time, with their value as of the stream's start (valueFor: kept since its first
+   * change, whenever that is), so a big value makes a piece of its own as before, not a staging
+   * copy. False when no shard is left.
    */
-  private listNextShard(): boolean {
+  private stageNextShard(): boolean {
     while (this.shardAt < SHARDS) {
       const i = this.shardAt++;
       const store = this.store();
-      const keys = store.shardKeys(i);
-      for (const k of this.changedBefore[i] ?? []) if (!store.has(k)) keys.push(k);
+      const w = this.stage.reset();
+      const later: string[] = [];
+      store.writeShard(i, w, this.keptHashes[i], (k) => later.push(k));
+      for (const k of this.changedBefore[i] ?? []) if (!store.has(k)) later.push(k);
       this.changedBefore[i] = undefined;
-      if (keys.length > 0) {
-        this.keys = keys;
+      this.keptHashes[i] = undefined;
+      if (w.length > 0 || later.length > 0) {
+        this.staged = w.unCopied(); // read before the stage is used again (for the next shard)
         this.at = 0;
+        this.later = later;
+        this.laterAt = 0;
         return true;
       }
     }
@@ -667,8 +705,26 @@ export class KvSnapshotStream implements SnapshotStream {
   close(): void {
     this.done = true;
     this.kept.clear();
-    this.keys = [];
+    this.staged = new Uint8Array(0);
+    this.later = [];
     this.changedBefore.length = 0;
+    this.keptHashes.length = 0;
     this.kv.endStream(this);
   }
+}
+
+/** Where the (latin1 key, latin1 value) pair at `at` of b ends (b is a stream's own staging: well formed). */
+function pairEnd(b: Uint8Array, at: number): number {
+  for (let field = 0; field < 2; field++) {
+    let n = 0;
+    let mul = 1;
+    for (;;) {
+      const x = b[at++]!;
+      n += (x & 0x7f) * mul;
+      if (x < 0x80) break;
+      mul *= 0x80;
+    }
+    at += n;
+  }
+  return at;
 }

@@ -143,18 +143,61 @@ export class KvFront implements ServiceFront, NodeView {
     return this.service.snapshot();
   }
 
+  /**
+   * The service's stream, timed: at its end `kv-snapshot-sent` logs the time spent making
+   * pieces (`produceMs`, the longest `maxNextMs`) against the stream's wall time (`ms`: the
+   * rest is the window shut, waiting for the recruit's acks, and the node's other work).
+   */
   snapshotStream(): SnapshotStream {
-    return this.service.snapshotStream();
+    const s = this.service.snapshotStream();
+    const t0 = performance.now();
+    const st = { pieces: 0, bytes: 0, produceMs: 0, maxNextMs: 0 };
+    return {
+      next: (maxBytes) => {
+        const a = performance.now();
+        const piece = s.next(maxBytes);
+        const ms = performance.now() - a;
+        st.produceMs += ms;
+        st.maxNextMs = Math.max(st.maxNextMs, ms);
+        if (piece !== null) {
+          st.pieces++;
+          st.bytes += piece.length;
+        } else {
+          this.node.log('info', 'kv-snapshot-sent', { ...st, produceMs: Math.round(st.produceMs), maxNextMs: round1(st.maxNextMs), ms: Math.round(performance.now() - t0) });
+        }
+        return piece;
+      },
+      close: () => s.close(),
+    };
   }
 
+  /**
+   * A restore into a fresh service, swapped in at finish; `kv-restore` logs the time spent
+   * restoring pieces (`addMs`, the longest `maxAddMs`) against the wall time from the first
+   * piece to the end (`ms`: the rest is waiting for pieces, and the node's other work).
+   */
   restoreStream(): RestoreStream {
     const service = this.freshService();
     const s = service.restoreStream();
+    let t0 = 0;
+    const st = { pieces: 0, bytes: 0, addMs: 0, maxAddMs: 0 };
     return {
-      add: (piece) => s.add(piece),
+      add: (piece) => {
+        const a = performance.now();
+        if (st.pieces === 0) t0 = a;
+        s.add(piece);
+        const ms = performance.now() - a;
+        st.pieces++;
+        st.bytes += piece.length;
+        st.addMs += ms;
+        st.maxAddMs = Math.max(st.maxAddMs, ms);
+      },
       finish: () => {
+        const a = performance.now();
         s.finish();
         this.service = service;
+        const finishMs = performance.now() - a;
+        this.node.log('info', 'kv-restore', { ...st, addMs: Math.round(st.addMs), maxAddMs: round1(st.maxAddMs), finishMs: round1(finishMs), ms: Math.round(performance.now() - t0) });
       },
     };
   }
@@ -587,4 +630,8 @@ export class KvFront implements ServiceFront, NodeView {
     }
     this.drainBlocked();
   }
+}
+
+function round1(ms: number): number {
+  return Math.round(ms * 10) / 10;
 }

@@ -439,7 +439,10 @@ export class GuestRuntime {
     // Suspended: the guest is held (not resumed) until its memory is copied, a slice per
     // event-loop turn, so neither the copy (page faults on fresh memory cost ~1 s at 256 MiB
     // on this machine) nor the stream holds the event loop. Pieces read the live memory while
-    // the guest is held and the copy after; chunks the stream has passed are not copied.
+    // the guest is held and the copy after. The copy goes from the top of memory down while the
+    // stream goes up from the bottom: the guest is let go where they meet, so what the stream
+    // sends in the meantime is never copied (copying upwards behind the stream's cursor, the
+    // copy ran ahead of it and the stream saved nothing).
     const release = this.hold();
     const copy = new Uint8Array(live.byteLength);
     let source = live;
@@ -447,25 +450,28 @@ export class GuestRuntime {
     const chunks = live.byteLength / CHUNK_BYTES;
     const liveBuf = Buffer.from(live.buffer, live.byteOffset, live.byteLength);
     const startedMs = performance.now();
-    const copyStats = { turns: 0, copiedChunks: 0, heldMs: 0 };
-    let pos = 0;
+    const copyStats = { turns: 0, copiedChunks: 0, copyMs: 0, heldMs: 0 };
+    /** Chunks [low, chunks) are copied. */
+    let low = chunks;
     const step = (): void => {
       if (writer.closed) return release();
-      const until = performance.now() + COPY_SLICE_MS;
+      const began = performance.now();
+      const until = began + COPY_SLICE_MS;
       copyStats.turns++;
-      pos = Math.max(pos, writer.memoryCursor);
-      while (pos < chunks && performance.now() < until) {
-        const end = Math.min(chunks, pos + 256);
-        for (; pos < end; pos++) {
-          const at = pos * CHUNK_BYTES;
+      while (low > writer.memoryCursor && performance.now() < until) {
+        const end = Math.max(writer.memoryCursor, low - 256);
+        while (low > end) {
+          low--;
+          const at = low * CHUNK_BYTES;
           if (liveBuf.compare(ZERO_CHUNK, 0, CHUNK_BYTES, at, at + CHUNK_BYTES) === 0) continue; // the copy is zero already
           copy.set(live.subarray(at, at + CHUNK_BYTES), at);
           copyStats.copiedChunks++;
         }
-        pos = Math.max(pos, writer.memoryCursor);
       }
-      if (pos < chunks && !writer.memoryDone) return void setImmediate(step);
+      copyStats.copyMs += Math.round((performance.now() - began) * 10) / 10;
+      if (low > writer.memoryCursor && !writer.memoryDone) return void setImmediate(step);
       source = copy;
+      copyStats.copyMs = Math.round(copyStats.copyMs);
       copyStats.heldMs = Math.round(performance.now() - startedMs);
       writer.copyStats = copyStats;
       release();
