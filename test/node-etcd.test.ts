@@ -31,6 +31,7 @@ test('etcd (3 members): kill -9 the primary under load; the backup goes live thr
 
   let stop!: () => void;
   const load = runWorkload(cluster.clientAddresses(), 4, 11, new Promise<void>((r) => (stop = r)));
+  t.after(() => stop()); // a failed assertion must not leave the writers running
   await sleep(800);
   await cluster.kill9(primary.id);
   await cluster.waitFor(async () => (await cluster.status(backupId))?.role === 'primary', 30_000, `${backupId} to go live`);
@@ -51,6 +52,7 @@ test('etcd loses its leader, then quorum, while lockstep serves: no failover wit
 
   let stop!: () => void;
   const load = runWorkload(cluster.clientAddresses(), 4, 12, new Promise<void>((r) => (stop = r)));
+  t.after(() => stop()); // a failed assertion must not leave the writers running
   await sleep(500);
   const leader = (await etcd.leader())!;
   await etcd.kill9(leader);

@@ -23,6 +23,7 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     let stop!: () => void;
     const until = new Promise<void>((r) => (stop = r));
     const load = runWorkload(cluster.clientAddresses(), 4, 1, until);
+    t.after(() => stop()); // a failed assertion must not leave the writers running
     await sleep(800);
     await cluster.kill9(primary.id);
     await cluster.waitFor(async () => (await cluster.status(backupId))?.role === 'primary', 30_000, `${backupId} to go live`);
@@ -45,6 +46,7 @@ test('kill -9 the backup: the primary carries on alone, recruits the spare while
   let stop!: () => void;
   const until = new Promise<void>((r) => (stop = r));
   const load = runWorkload(cluster.clientAddresses(), 3, 2, until);
+  t.after(() => stop()); // a failed assertion must not leave the writers running
   await sleep(500);
   await cluster.kill9(backupId);
   await cluster.waitFor(async () => (await cluster.status(spareId))?.role === 'backup', 30_000, `${spareId} to be recruited as backup`);
@@ -73,6 +75,7 @@ test('SIGSTOP the primary past the failure timeout, then SIGCONT: it releases no
   let stop!: () => void;
   const until = new Promise<void>((r) => (stop = r));
   const load = runWorkload(cluster.clientAddresses(), 4, 3, until);
+  t.after(() => stop()); // a failed assertion must not leave the writers running
   await sleep(400);
   cluster.signal(primary.id, 'SIGSTOP');
   await cluster.waitFor(async () => (await cluster.status(backupId))?.role === 'primary', 30_000, `${backupId} to go live`);

@@ -70,9 +70,10 @@ async function world(t: TestContext): Promise<World> {
 }
 
 /** Start a 4-client workload from the root namespace; `finish()` stops it and returns its result. */
-function load(w: World, seed: number): { finish: () => Promise<WorkloadResult> } {
+function load(t: TestContext, w: World, seed: number): { finish: () => Promise<WorkloadResult> } {
   let stop!: () => void;
   const result = runWorkload(w.cluster.clientAddresses(), 4, seed, new Promise<void>((r) => (stop = r)));
+  t.after(() => stop()); // a failed assertion must not leave the writers running
   return {
     finish: () => {
       stop();
@@ -181,7 +182,7 @@ test('netns helper: hosts reach each other and the root namespace; a one-way cut
 
 test('1. the primary\'s host is cut from the backup\'s (etcd reachable from both): exactly one goes on, safely', opts, async (t) => {
   const w = await world(t);
-  const l = load(w, 21);
+  const l = load(t, w, 21);
   await sleep(800);
   w.net.partition([hostOf(w.primary)], [hostOf(w.backup)]);
   // Both suspect each other after failureTimeoutMs and race for etcd: one test-and-set wins.
@@ -199,7 +200,7 @@ test('1. the primary\'s host is cut from the backup\'s (etcd reachable from both
 
 test('2. the primary\'s host is cut from etcd (not from the backup): no view change; the backup killed -9 then, writes wait for etcd, none lost', opts, async (t) => {
   const w = await world(t);
-  const l = load(w, 22);
+  const l = load(t, w, 22);
   await sleep(500);
   w.net.partition([hostOf(w.primary)], ETCD_HOSTS);
   await sleep(2000);
@@ -221,7 +222,7 @@ test('2. the primary\'s host is cut from etcd (not from the backup): no view cha
 
 test('3. the primary\'s host is cut from the backup and from etcd: the backup goes live, the old primary answers nothing, then is killed -9', opts, async (t) => {
   const w = await world(t);
-  const l = load(w, 23);
+  const l = load(t, w, 23);
   await sleep(800);
   w.net.partition([hostOf(w.primary)], [hostOf(w.backup), hostOf(w.spare), ...ETCD_HOSTS]);
   await untilPrimary(w, w.backup, w.epoch0, 15_000);
@@ -234,7 +235,7 @@ test('3. the primary\'s host is cut from the backup and from etcd: the backup go
 
 test('4. one way only: primary -> backup dropped, backup -> primary fine: one goes on, safely', opts, async (t) => {
   const w = await world(t);
-  const l = load(w, 24);
+  const l = load(t, w, 24);
   await sleep(800);
   w.net.cut([hostOf(w.primary)], [hostOf(w.backup)]);
   await w.cluster.waitFor(async () => (await newest(w)).epoch > w.epoch0, 15_000, 'a view change');
@@ -251,7 +252,7 @@ test('5. 20 ms delay on every host, default timing: no false failover over a sus
   for (const i of [...NODE_HOSTS, ...ETCD_HOSTS]) await w.net.delay(i, 20);
   const connect = await connectMs(w.cluster.node(w.primary).client.host, w.cluster.node(w.primary).client.port);
   assert.ok(connect >= 19, `the delay is there (${connect.toFixed(1)} ms to connect)`);
-  const l = load(w, 25);
+  const l = load(t, w, 25);
   const sustainMs = 10_000;
   await sleep(sustainMs);
   const n = await newest(w);
@@ -269,7 +270,7 @@ test('5. 20 ms delay on every host, default timing: no false failover over a sus
 
 test('6. 40 % loss on the primary\'s link: any failover that happens is safe', opts, async (t) => {
   const w = await world(t);
-  const l = load(w, 26);
+  const l = load(t, w, 26);
   await sleep(500);
   w.net.loss(hostOf(w.primary), 40);
   await sleep(6000);
