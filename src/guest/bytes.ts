@@ -76,6 +76,15 @@ export function readLatin1(buf: Uint8Array, start: number, end: number): string 
   return s;
 }
 
+/** Copy src[from, from + n) to dst at `to`: a loop for short runs (a native copy's call costs more). */
+export function copyBytes(src: Uint8Array, from: number, n: number, dst: Uint8Array, to: number): void {
+  if (n > 64) {
+    dst.set(src.subarray(from, from + n), to);
+    return;
+  }
+  for (let i = 0; i < n; i++) dst[to + i] = src[from + i]!;
+}
+
 export class ByteWriter {
   private buf: Uint8Array;
   private dv: DataView | null = null; // made on first u32/f64: DataViews are costly to create
@@ -191,10 +200,7 @@ export class ByteWriter {
   latin1Bytes(b: Uint8Array, at: number, n: number): this {
     this.varuint(n);
     this.reserve(n);
-    const buf = this.buf;
-    const pos = this.pos;
-    if (n > 64) buf.set(b.subarray(at, at + n), pos);
-    else for (let i = 0; i < n; i++) buf[pos + i] = b[at + i]!;
+    copyBytes(b, at, n, this.buf, this.pos);
     this.pos += n;
     return this;
   }

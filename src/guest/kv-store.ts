@@ -20,7 +20,7 @@
 // observable: iteration order is unspecified, and kv sorts or sums over keys where it matters.
 
 import { createHash } from 'node:crypto';
-import { writeLatin1, type ByteWriter } from './bytes.js';
+import { copyBytes, writeLatin1, type ByteWriter } from './bytes.js';
 
 /** How many shards (a power of two). */
 export const SHARDS = 1024;
@@ -61,14 +61,14 @@ function hashOf(kb: Uint8Array, n: number, at = 0): number {
   return h ^ (h >>> 16);
 }
 
-/** The shard a key goes to. */
-export function shardOf(key: string): number {
-  return hashOf(keyBytes(key), key.length) & SHARD_MASK;
-}
-
 /** A key's full 32-bit hash (its shard is `keyHash(key) & (SHARDS - 1)`). */
 export function keyHash(key: string): number {
   return hashOf(keyBytes(key), key.length);
+}
+
+/** The shard a key goes to. */
+export function shardOf(key: string): number {
+  return keyHash(key) & SHARD_MASK;
 }
 
 /**
@@ -303,15 +303,6 @@ class Shard {
     this.top = top;
     this.garbage = 0;
   }
-}
-
-/** Copy src[from, from + n) to dst at `to`: a loop for short runs (a native copy's call costs more). */
-function copyBytes(src: Uint8Array, from: number, n: number, dst: Uint8Array, to: number): void {
-  if (n > 64) {
-    dst.set(src.subarray(from, from + n), to);
-    return;
-  }
-  for (let i = 0; i < n; i++) dst[to + i] = src[from + i]!;
 }
 
 /** A string-to-string map of latin1 byte strings, off the JS heap (see the header). */
