@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ProcessCluster } from '../src/testing/process-cluster.js';
-import { runWorkload, workloadProblems, type WorkloadResult } from '../src/testing/workload.js';
+import { startLoad, workloadProblems } from '../src/testing/workload.js';
 import type { NodeStatus } from '../src/cli/admin-client.js';
 import { postSwitchover } from '../src/cli/switchover.js';
 
@@ -30,15 +30,10 @@ async function withBackups(cluster: ProcessCluster, n: number, what: string): Pr
   return found!;
 }
 
-/** lockstep/client writers on every node's client port until the returned function is called (or the test ends). */
-function loadOn(t: { after: (fn: () => void) => void }, cluster: ProcessCluster, clients: number, seed: number): () => Promise<WorkloadResult> {
-  let stop!: () => void;
-  const load = runWorkload(cluster.clientAddresses(), clients, seed, new Promise<void>((r) => (stop = r)));
-  t.after(() => stop());
-  return () => {
-    stop();
-    return load;
-  };
+/** kill -9 of `ids` at once; then `survivor`, the backup left, must go live. */
+async function dieAtOnce(cluster: ProcessCluster, ids: readonly string[], survivor: string): Promise<void> {
+  await Promise.all(ids.map((id) => cluster.kill9(id)));
+  await cluster.waitFor(async () => (await cluster.status(survivor))?.role === 'primary', 30_000, `${survivor} to go live`);
 }
 
 for (const mode of ['rsm', 'state-transfer'] as const) {
@@ -48,10 +43,9 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     const p = await withBackups(cluster, 2, 'a primary with two backups');
     assert.equal(p.view.backup, p.view.backups![0], '/status keeps `backup`: the first of `backups`');
     const [b1, b2] = p.view.backups! as [string, string];
-    const stop = loadOn(t, cluster, 4, 31);
+    const stop = startLoad(cluster.clientAddresses(), 4, 31, t);
     await sleep(800);
-    await Promise.all([cluster.kill9(p.id), cluster.kill9(b1)]);
-    await cluster.waitFor(async () => (await cluster.status(b2))?.role === 'primary', 30_000, `${b2} to go live`);
+    await dieAtOnce(cluster, [p.id, b1], b2);
     await sleep(800);
     const result = await stop();
     t.diagnostic(`${result.ok} operations, ${result.failed} failed`);
@@ -64,7 +58,7 @@ test('backups 2, four nodes: the primary dies, the survivor recruits back to two
   const cluster = await ProcessCluster.start({ nodes: 4, extra: { backups: 2 } });
   t.after(() => cluster.stop());
   const first = await withBackups(cluster, 2, 'a primary with two backups');
-  const stop = loadOn(t, cluster, 4, 32);
+  const stop = startLoad(cluster.clientAddresses(), 4, 32, t);
   await sleep(600);
   // One after the other: the primary first.
   await cluster.kill9(first.id);
@@ -74,8 +68,7 @@ test('backups 2, four nodes: the primary dies, the survivor recruits back to two
   await sleep(600);
   // Then the new primary and one of its backups at once.
   const [c1, c2] = second.view.backups! as [string, string];
-  await Promise.all([cluster.kill9(second.id), cluster.kill9(c1)]);
-  await cluster.waitFor(async () => (await cluster.status(c2))?.role === 'primary', 30_000, `${c2} to go live`);
+  await dieAtOnce(cluster, [second.id, c1], c2);
   await sleep(600);
   const result = await stop();
   t.diagnostic(`${result.ok} operations, ${result.failed} failed; primaries ${first.id} -> ${second.id} -> ${c2}`);
@@ -89,7 +82,7 @@ test('backups 2: a killed backup leaves the view alone, the spare takes its plac
   const p = await withBackups(cluster, 2, 'a primary with two backups');
   const [b1, b2] = p.view.backups! as [string, string];
   const spare = cluster.nodes.map((n) => n.id).find((id) => id !== p.id && id !== b1 && id !== b2)!;
-  const stop = loadOn(t, cluster, 3, 33);
+  const stop = startLoad(cluster.clientAddresses(), 3, 33, t);
   await sleep(500);
   await cluster.kill9(b1);
   const after = await withBackups(cluster, 2, `${spare} recruited in ${b1}'s place`);
@@ -114,7 +107,7 @@ test('backups 2: with one backup\'s link slow, replies wait for it; the primary 
   // in the view): its acks come last, so every reply waits for them. (A longer delay from 0
   // reorders nothing: what went before is already through.)
   cluster.peerProxy(slow).delayToTargetMs = 150;
-  const stop = loadOn(t, cluster, 4, 34);
+  const stop = startLoad(cluster.clientAddresses(), 4, 34, t);
   await sleep(1000);
   assert.equal((await cluster.status(p.id))?.epoch, p.epoch, 'the slow backup is still in the view');
   // The primary's machine and the fast backup fail together, and what was still on its way to
@@ -140,7 +133,7 @@ test('backups 2: a switchover under load to the second backup; the old primary i
   t.after(() => cluster.stop());
   const p = await withBackups(cluster, 2, 'a primary with two backups');
   const [b1, b2] = p.view.backups! as [string, string];
-  const stop = loadOn(t, cluster, 4, 35);
+  const stop = startLoad(cluster.clientAddresses(), 4, 35, t);
   await sleep(500);
   const sw = await postSwitchover(cluster.node(p.id).admin, b2);
   assert.equal(sw.ok, true, sw.message);

@@ -6,17 +6,10 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { simulate, type SimResult } from '../src/sim/index.js';
+import { simulate } from '../src/sim/index.js';
+import { describeFailure } from '../src/testing/sim-report.js';
 import type { PlantedBugs } from '../src/core/index.js';
 import type { ReplicationMode } from '../src/guest/index.js';
-
-function describeFailure(r: SimResult): string {
-  return [
-    `seed ${r.seed} (${r.mode}, faults ${r.faults.join(',')}):`,
-    ...r.failures.map((f) => `  ${f.check}: ${f.message}`),
-    ...r.traceTail.slice(-30).map((l) => `    ${l}`),
-  ].join('\n');
-}
 
 for (const mode of ['rsm', 'state-transfer'] as ReplicationMode[]) {
   for (let block = 0; block < 5; block++) {
