@@ -242,7 +242,7 @@ test('a second process on the same dataDir is refused (E_DIR_LOCKED); a stale lo
 // The core's side: a node recovered from its disk, named in the arbiter's view, waits as a
 // backup of that view's primary and asks to go live from that view after the failure timeout,
 // as a backup does; it takes frames if that primary is alive.
-test('core: a recovered start waits as a backup of the view\'s primary, then asks {e, P, B} -> {e+1, self, -}', () => {
+test('core: a recovered start waits as a backup of the view\'s primary, then asks {e, P, B} -> {e+1, self, B without self}', () => {
   const view = { epoch: 4, primary: 'n1', backups: ['n2'] };
   for (const self of ['n1', 'n2']) {
     const r = createReplica({ ...DEFAULT_TIMING, id: self, nodes: ['n1', 'n2', 'n3'] }, 0);
@@ -258,17 +258,28 @@ test('core: a recovered start waits as a backup of the view\'s primary, then ask
     const cas = asks.find((a) => a.type === 'arbiterCas');
     assert.ok(cas !== undefined && cas.type === 'arbiterCas', `${self} asks to go live`);
     assert.deepEqual(cas.expected, view);
-    assert.deepEqual(cas.next, { epoch: 5, primary: self, backups: [] });
+    assert.deepEqual(cas.next, { epoch: 5, primary: self, backups: self === 'n1' ? ['n2'] : [] }, 'the other named node stays its backup');
     step(r, { type: 'arbiterResult', requestId: cas.requestId, ok: true, view: cas.next }, DEFAULT_TIMING.failureTimeoutMs + 2);
     assert.equal(r.role, 'primary');
     assert.equal(r.lastIndex, 17, 'live with its disk');
   }
-  // The primary of that view alive: the recovered backup takes its frames from the index it holds.
-  const b = createReplica({ ...DEFAULT_TIMING, id: 'n2', nodes: ['n1', 'n2', 'n3'] }, 0);
-  step(b, { type: 'start', recovered: { index: 17, view } }, 0);
-  const acks = step(b, { type: 'message', from: 'n1', msg: { type: 'frame', view, seq: 9, prevIndex: 16, payloads: [bytes('17'), bytes('18')], primaryIndex: 18, pendingView: null } }, 10);
-  assert.ok(acks.some((a) => a.type === 'apply' && a.entries.length === 1 && a.entries[0]!.index === 18), 'only entry 18 is new');
+  // The primary of that view alive: the recovered backup (its disk says it holds the log of
+  // term 3, the primary's) takes its frames from the index it holds.
+  const b = createReplica({ ...DEFAULT_TIMING, id: 'n2', nodes: ['n1', 'n2', 'n3'], durable: true }, 0);
+  step(b, { type: 'start', recovered: { index: 17, view, logTerm: 3 } }, 0);
+  const frame = { type: 'frame', view, seq: 9, prevIndex: 16, payloads: [bytes('17'), bytes('18')], primaryIndex: 18, pendingView: null, commitIndex: 17, term: 3, baseIndex: 0, baseTerm: 0 };
+  const acks = step(b, { type: 'message', from: 'n1', msg: frame }, 10);
+  assert.ok(acks.some((a) => a.type === 'receive' && a.entries.length === 1 && a.entries[0]!.index === 18), 'only entry 18 is new');
   assert.ok(acks.some((a) => a.type === 'send' && a.msg.type === 'ack' && a.msg.ackedIndex === 18));
+  assert.ok(!acks.some((a) => a.type === 'apply'), 'not applied before the commit index reaches it');
+  const next = step(b, { type: 'message', from: 'n1', msg: { ...frame, seq: 10, prevIndex: 18, payloads: [], commitIndex: 18 } }, 20);
+  assert.ok(next.some((a) => a.type === 'apply' && a.entries.length === 1 && a.entries[0]!.index === 18), 'applied once committed');
+  // A disk of unknown log (a release before log terms, or never told) is not trusted with
+  // another primary's frames: it halts and is recruited again.
+  const u = createReplica({ ...DEFAULT_TIMING, id: 'n2', nodes: ['n1', 'n2', 'n3'], durable: true }, 0);
+  step(u, { type: 'start', recovered: { index: 17, view } }, 0);
+  step(u, { type: 'message', from: 'n1', msg: { ...frame, term: 4, baseIndex: 16, baseTerm: 3 } }, 10);
+  assert.equal(u.role, 'halted');
   // Never from a view that does not name it.
   const c = createReplica({ ...DEFAULT_TIMING, id: 'n3', nodes: ['n1', 'n2', 'n3'] }, 0);
   assert.throws(() => step(c, { type: 'start', recovered: { index: 17, view } }, 0), /does not name this replica/);

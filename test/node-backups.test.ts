@@ -54,6 +54,32 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
   });
 }
 
+for (const mode of ['rsm', 'state-transfer'] as const) {
+  test(`backups 2, three nodes: the primary dies, then the new primary right after (no recruit between): the other backup followed it and takes over with every acked write (${mode})`, async (t) => {
+    const cluster = await ProcessCluster.start({ nodes: 3, mode, extra: { backups: 2 } });
+    t.after(() => cluster.stop());
+    const p = await withBackups(cluster, 2, 'a primary with two backups');
+    const stop = startLoad(cluster.clientAddresses(), 4, 35, t);
+    await sleep(600);
+    await cluster.kill9(p.id); // and it stays down: no spare, nothing to recruit
+    // The winner keeps the other backup, which follows it with what it holds (no snapshot).
+    const second = await withBackups(cluster, 1, 'a new primary that kept the other backup');
+    const [other] = second.view.backups! as [string];
+    assert.ok(p.view.backups!.includes(second.id) && p.view.backups!.includes(other));
+    assert.match(cluster.log(other), /"event":"(follow-new-primary|new-log)"/, `${other} followed ${second.id}`);
+    assert.doesNotMatch(cluster.log(other), new RegExp(`recruit-snapshot-start[^\\n]*"primary":"${second.id}"`), `${other} was not recruited again`);
+    await sleep(300);
+    // The second failure, back to back.
+    await cluster.kill9(second.id);
+    await cluster.waitFor(async () => (await cluster.status(other))?.role === 'primary', 30_000, `${other} to go live`);
+    await sleep(600);
+    const result = await stop();
+    t.diagnostic(`${result.ok} operations, ${result.failed} failed; primaries ${p.id} -> ${second.id} -> ${other}`);
+    assert.ok(result.ok > 50, `the workload made progress (${result.ok} ops)`);
+    assert.deepEqual(await workloadProblems(cluster.clientAddresses(), result), []);
+  });
+}
+
 test('backups 2, four nodes: the primary dies, the survivor recruits back to two backups; then it and a backup die at once; nothing acked is lost', async (t) => {
   const cluster = await ProcessCluster.start({ nodes: 4, extra: { backups: 2 } });
   t.after(() => cluster.stop());
@@ -128,7 +154,7 @@ test('backups 2: with one backup\'s link slow, replies wait for it; the primary 
   assert.deepEqual(await workloadProblems(cluster.clientAddresses(), result), []);
 });
 
-test('backups 2: a switchover under load to the second backup; the old primary is its backup at once, the other is recruited again; no error, nothing lost', async (t) => {
+test('backups 2: a switchover under load to the second backup; the old primary is its backup at once, the other follows it (no snapshot); no error, nothing lost', async (t) => {
   const cluster = await ProcessCluster.start({ nodes: 4, extra: { backups: 2 } });
   t.after(() => cluster.stop());
   const p = await withBackups(cluster, 2, 'a primary with two backups');
@@ -137,10 +163,11 @@ test('backups 2: a switchover under load to the second backup; the old primary i
   await sleep(500);
   const sw = await postSwitchover(cluster.node(p.id).admin, b2);
   assert.equal(sw.ok, true, sw.message);
-  assert.deepEqual(sw.view, { epoch: p.epoch + 1, primary: b2, backup: p.id, backups: [p.id] });
-  const after = await withBackups(cluster, 2, `${b2} with two backups again`);
+  assert.deepEqual(sw.view, { epoch: p.epoch + 1, primary: b2, backup: p.id, backups: [p.id, b1] });
+  const after = await withBackups(cluster, 2, `${b2} with both backups acting`);
   assert.equal(after.id, b2);
-  assert.equal(after.view.backups![0], p.id, 'the old primary is the first backup');
+  assert.deepEqual(after.view.backups, [p.id, b1], 'the old primary is the first backup, the other stayed');
+  assert.doesNotMatch(cluster.log(b1), new RegExp(`recruit-snapshot-start[^\\n]*"primary":"${b2}"`), `${b1} was not recruited by ${b2}`);
   await sleep(400);
   const result = await stop();
   t.diagnostic(`${result.ok} operations, ${result.failed} failed; switchover in ${sw.ms} ms; backups then ${after.view.backups!.join(', ')}`);

@@ -117,6 +117,10 @@ test('issue 14.9: a member forging refuse {epoch: 1000000} to the primary and th
     payloads: [],
     primaryIndex: at,
     pendingView: null,
+    commitIndex: 0,
+    term: 0,
+    baseIndex: 0,
+    baseTerm: 0,
   };
   toBackup.write(frame(encodePeerMessage(frameMsg)));
   await cluster.waitFor(() => logged(cluster, backup, (r) => r.event === 'ignoring' && r.reason === IGNORED).length >= 2, 30_000, 'the backup to ignore the forged view too');

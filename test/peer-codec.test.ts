@@ -34,13 +34,13 @@ const V3: View = { epoch: 2 ** 40, primary: 'ünïcødé ☃', backups: ['z'] };
 const V4: View = { epoch: 9, primary: 'n1', backups: ['n2', 'n3', 'n4'] };
 
 const MESSAGES: PeerMessage[] = [
-  { type: 'frame', view: V1, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null },
-  { type: 'frame', view: V2, seq: 99, prevIndex: 10, payloads: [new Uint8Array(0), bytes(1), bytes(300)], primaryIndex: 13, pendingView: V1 },
-  { type: 'frame', view: V3, seq: 2 ** 53 - 1, prevIndex: 0, payloads: Array.from({ length: 5000 }, () => bytes(rng.int(0, 40))), primaryIndex: 5000, pendingView: V2 },
-  { type: 'frame', view: V2, seq: 3, prevIndex: 5, payloads: [bytes(200_000), bytes(3)], primaryIndex: 7, pendingView: null },
+  { type: 'frame', view: V1, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
+  { type: 'frame', view: V2, seq: 99, prevIndex: 10, payloads: [new Uint8Array(0), bytes(1), bytes(300)], primaryIndex: 13, pendingView: V1, commitIndex: 12, term: 7, baseIndex: 10, baseTerm: 3 },
+  { type: 'frame', view: V3, seq: 2 ** 53 - 1, prevIndex: 0, payloads: Array.from({ length: 5000 }, () => bytes(rng.int(0, 40))), primaryIndex: 5000, pendingView: V2, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
+  { type: 'frame', view: V2, seq: 3, prevIndex: 5, payloads: [bytes(200_000), bytes(3)], primaryIndex: 7, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
   { type: 'chunk', view: V2, seq: 5, index: 1234, chunk: 0, last: false, data: bytes(1 << 20) },
   { type: 'chunk', view: V1, seq: 1, index: 0, chunk: 0, last: true, data: new Uint8Array(0) },
-  { type: 'frame', view: V4, seq: 4, prevIndex: 1, payloads: [bytes(10)], primaryIndex: 2, pendingView: { ...V4, epoch: 10, backups: ['n2', 'n3', 'n4', 'n5'] } },
+  { type: 'frame', view: V4, seq: 4, prevIndex: 1, payloads: [bytes(10)], primaryIndex: 2, pendingView: { ...V4, epoch: 10, backups: ['n2', 'n3', 'n4', 'n5'] }, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
   { type: 'chunk', view: V3, seq: 2 ** 40, index: 2 ** 50, chunk: 123_456, last: true, data: bytes(70) },
   { type: 'chunkAck', epoch: 7, seq: 6, index: 1234, chunks: 1, gap: false },
   { type: 'chunkAck', epoch: 2 ** 40, seq: 2 ** 53 - 1, index: 0, chunks: 0, gap: true },
@@ -67,17 +67,31 @@ test('every message kind round-trips exactly, from a Uint8Array and from a Buffe
     assert.equal(validateMessage(dec), dec, `${msg.type} validates`);
   }
   // Structure only: values the core would refuse still round-trip.
-  const odd = { type: 'frame', view: { epoch: 0, primary: null, backups: [''] }, seq: 0, prevIndex: 9, payloads: [], primaryIndex: 0, pendingView: null } as const;
+  const odd = { type: 'frame', view: { epoch: 0, primary: null, backups: [''] }, seq: 0, prevIndex: 9, payloads: [], primaryIndex: 0, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 } as const;
   assert.deepEqual(decodePeerMessage(encodePeerMessage(odd as unknown as PeerMessage)), odd);
   assert.equal(encodePeerMessage({ type: 'join' }).length, 1);
   assert.equal(encodePeerMessage({ type: 'ack', epoch: 3, seq: 4, ackedIndex: 100, gap: false }).length, 5);
+});
+
+test('protocol 7 frames: encoded without the commit index and log fields, decoded as "apply at once, log unknown"', () => {
+  const msg: PeerMessage = { type: 'frame', view: V2, seq: 99, prevIndex: 10, payloads: [bytes(1), bytes(300)], primaryIndex: 13, pendingView: null, commitIndex: 12, term: 7, baseIndex: 10, baseTerm: 3 };
+  const v8 = encodePeerMessage(msg, 8);
+  const v7 = encodePeerMessage(msg, 7);
+  assert.equal(v8.length - v7.length, 4, 'four one-byte varints fewer');
+  assert.deepEqual(decodePeerMessage(v8, 8), msg);
+  // What a version 7 node sends: its entries are applied as they come (commit = the last one).
+  assert.deepEqual(decodePeerMessage(v7, 7), { ...msg, commitIndex: 12, term: 0, baseIndex: 0, baseTerm: 0 });
+  assert.throws(() => decodePeerMessage(v7, 8), PeerCodecError, 'a version 7 frame is not read as version 8');
+  assert.deepEqual(Buffer.concat(encodePeerFrame(msg, 7)), frame(v7));
+  // Messages other than frames are the same in both.
+  for (const m of MESSAGES.filter((x) => x.type !== 'frame')) assert.deepEqual(encodePeerMessage(m, 7), encodePeerMessage(m, 8), m.type);
 });
 
 test('encodePeerFrame is frame(encodePeerMessage) in parts, big payloads uncopied (issue 14 item 4)', () => {
   const big = bytes(200_000);
   const msgs: PeerMessage[] = [
     ...MESSAGES,
-    { type: 'frame', view: V2, seq: 2, prevIndex: 0, payloads: [bytes(10), big, bytes(70_000), bytes(3)], primaryIndex: 4, pendingView: null },
+    { type: 'frame', view: V2, seq: 2, prevIndex: 0, payloads: [bytes(10), big, bytes(70_000), bytes(3)], primaryIndex: 4, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
     { type: 'chunk', view: V2, seq: 3, index: 9, chunk: 4, last: false, data: big },
   ];
   for (const msg of msgs) {
@@ -88,7 +102,7 @@ test('encodePeerFrame is frame(encodePeerMessage) in parts, big payloads uncopie
 });
 
 test('decoded payloads are views into the frame buffer (no copy)', () => {
-  const msg: PeerMessage = { type: 'frame', view: V2, seq: 2, prevIndex: 0, payloads: [bytes(10), bytes(10)], primaryIndex: 2, pendingView: null };
+  const msg: PeerMessage = { type: 'frame', view: V2, seq: 2, prevIndex: 0, payloads: [bytes(10), bytes(10)], primaryIndex: 2, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 };
   const enc = encodePeerMessage(msg);
   const dec = decodePeerMessage(enc) as { payloads: Uint8Array[] };
   assert.equal(dec.payloads[0]!.buffer, enc.buffer);
@@ -114,7 +128,9 @@ test('truncated input, trailing bytes, unknown tags and bad flag bytes throw Pee
   assert.throws(() => decodePeerMessage(Uint8Array.of(7, 1, 1, 1, 1, 3)), /bad boolean/); // chunkAck, gap = 3
   // A payload count larger than the bytes left is refused before allocating for it.
   const w = Uint8Array.of(1, 1, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f);
-  assert.throws(() => decodePeerMessage(w), /payloads in/);
+  assert.throws(() => decodePeerMessage(w, 7), /payloads in/);
+  const w8 = Uint8Array.of(1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f); // + commit, term, base, base term
+  assert.throws(() => decodePeerMessage(w8), /payloads in/);
 });
 
 test('fuzz: garbage and mutated messages throw PeerCodecError or decode to something validateMessage handles', () => {

@@ -1,9 +1,9 @@
 // A rolling upgrade on real processes (issue 11 item 2): a 3-node cluster runs the previous
-// release (the last one that speaks only peer protocol 6, built from git into a temp
+// release (the last one that speaks peer protocols 6 and 7, built from git into a temp
 // directory), and every node is restarted on this build one after the other, as DEPLOY.md tells
 // an operator to: the spare, then the backup, then a switchover to the upgraded backup, then
 // the old primary. lockstep/client writers run throughout: no error, nothing acknowledged lost
-// or doubled, a linearizable history, and at the end every connection runs protocol 7.
+// or doubled, a linearizable history, and at the end every connection runs protocol 8.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,8 +18,11 @@ import { postSwitchover } from '../src/cli/switchover.js';
 import { PROTOCOL_VERSION, PROTOCOL_VERSION_MIN } from '../src/net/peer-codec.js';
 import type { NodeStatus } from '../src/cli/admin-client.js';
 
-/** The last release that speaks only protocol 6 (the commit before the version range). */
-const PREVIOUS_RELEASE = '2131aaa916b852f8692ef6f4cfab867772a1e892';
+/**
+ * The previous release: the last that speaks protocol 6 and 7 (before frames carried the commit
+ * index and log terms, protocol 8). This build speaks 7 and 8, so the two talk 7.
+ */
+const PREVIOUS_RELEASE = 'c4c1cc412540d6e898a4b41c4a30c0fba8dedb4c';
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -62,7 +65,7 @@ test('rolling upgrade from the previous release under lockstep/client load: spar
   const B = first.view.backup!;
   assert.ok(B, 'a backup');
   const S = cluster.nodes.map((n) => n.id).find((id) => id !== P && id !== B)!;
-  for (const s of await cluster.statuses()) assert.equal(s?.protocol, undefined, 'every node runs the previous release');
+  for (const s of await cluster.statuses()) assert.equal(s?.protocol?.newest, PROTOCOL_VERSION_MIN, 'every node runs the previous release');
 
   let stop!: () => void;
   const load: Promise<WorkloadResult> = runWorkload(cluster.clientAddresses(), 4, 23, new Promise<void>((r) => (stop = r)));

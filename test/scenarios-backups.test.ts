@@ -89,6 +89,7 @@ test('several backups: the primary dies; both backups ask, the arbiter picks one
   h.deliver();
   for (const o of outs) assert.equal(h.isReleased('n1', o), true);
   const epoch = h.arbiterView.epoch;
+  const snapshotsBefore = new Map([b1, b2].map((id) => [id, (h.snapshots.get(id) ?? []).length]));
   h.crash('n1');
   // Let both suspect n1 and send their test-and-sets before the arbiter answers either.
   h.advance(150, { deliver: () => true });
@@ -98,10 +99,19 @@ test('several backups: the primary dies; both backups ask, the arbiter picks one
   const winner = h.arbiterView.primary!;
   assert.ok(winner === b1 || winner === b2);
   const loser = winner === b1 ? b2 : b1;
-  assert.deepEqual(h.arbiterView, { epoch: epoch + 1, primary: winner, backups: [] });
+  assert.deepEqual(h.arbiterView, { epoch: epoch + 1, primary: winner, backups: [loser] }, 'the other backup stays in the view');
   assert.equal(h.role(winner), 'primary');
-  assert.equal(h.role(loser), 'halted', 'exactly one goes live');
+  assert.notEqual(h.role(loser), 'primary', 'exactly one goes live');
   assert.ok(h.replica(winner).lastIndex >= 5, 'the new primary holds every released entry');
+  // The other follows it with what it holds: no snapshot, and the next write waits for it.
+  h.settle(100);
+  assert.equal(h.role(loser), 'backup');
+  assert.equal(h.replica(loser).following?.primary, winner);
+  const [next] = h.write(winner, 1);
+  h.deliver();
+  assert.equal(h.isReleased(winner, next!), true);
+  assert.equal(h.replica(loser).lastIndex, h.replica(winner).lastIndex);
+  assert.equal((h.snapshots.get(loser) ?? []).length, snapshotsBefore.get(loser), 'not recruited again');
 });
 
 test('several backups: the primary and one backup die at once; the other backup goes live with everything released', () => {

@@ -39,6 +39,8 @@ test('output rule: a write is released only once the backup acked its entry', ()
   assert.equal(h.isReleased('n1', out!), false, 'not while the ack is in flight');
   h.deliver();
   assert.equal(h.isReleased('n1', out!), true);
+  assert.deepEqual(h.received.get('n2'), [1]);
+  // The only backup applies what it holds at once (its commit index is what every OTHER backup holds).
   assert.deepEqual(h.applied.get('n2'), [1]);
 });
 
@@ -319,9 +321,9 @@ test('garbage from a peer is dropped with a logged reason; the replica carries o
     42,
     'frame',
     { type: 'frame' },
-    { type: 'frame', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: -1, payloads: [], primaryIndex: 0, pendingView: null },
-    { type: 'frame', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: 0, payloads: ['x'], primaryIndex: 1, pendingView: null },
-    { type: 'frame', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: 5, payloads: [new Uint8Array(1)], primaryIndex: 2, pendingView: null },
+    { type: 'frame', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: -1, payloads: [], primaryIndex: 0, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
+    { type: 'frame', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: 0, payloads: ['x'], primaryIndex: 1, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
+    { type: 'frame', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: 5, payloads: [new Uint8Array(1)], primaryIndex: 2, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
     { type: 'ack', epoch: 2, seq: 1, ackedIndex: 1e300, gap: false },
     { type: 'ack', epoch: 2, seq: 99999, ackedIndex: 0, gap: false },
     { type: 'chunk', view: { epoch: 2, primary: 'n1', backups: ['n2'] }, seq: 1, index: 0, chunk: 0, last: true, data: 'x' },
@@ -481,7 +483,7 @@ test('issue 14.9: a forged refuse to the primary is checked with the arbiter, ig
   assert.equal(h.readQueue.length, 0, 'not at once: the last read was just now');
   h.advance(60, { deliver: () => true, arbiter: true });
   assert.equal(ignoredRumours(h, 'n1'), 2);
-  forge(h, 'n1', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backups: [] }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null });
+  forge(h, 'n1', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backups: [] }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 });
   h.advance(100, { deliver: () => true, arbiter: true });
   assert.equal(ignoredRumours(h, 'n1'), 3);
   assert.equal(h.role('n1'), 'primary');
@@ -502,8 +504,8 @@ test('issue 14.9: a forged refuse, and a forged "you are backup of epoch N", lea
   assert.equal(h.isReleased('n1', during[0]!), true, 'the backup keeps acking while it checks');
   h.answerArbiter();
   assert.equal(ignoredRumours(h, 'n2'), 1);
-  forge(h, 'n2', 'n1', { type: 'frame', view: { epoch: FORGED, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: 5, payloads: [], primaryIndex: 5, pendingView: null });
-  forge(h, 'n2', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backups: [] }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null });
+  forge(h, 'n2', 'n1', { type: 'frame', view: { epoch: FORGED, primary: 'n1', backups: ['n2'] }, seq: 1, prevIndex: 5, payloads: [], primaryIndex: 5, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 });
+  forge(h, 'n2', 'n3', { type: 'frame', view: { epoch: FORGED, primary: 'n3', backups: [] }, seq: 1, prevIndex: 0, payloads: [], primaryIndex: 0, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 });
   h.advance(60, { deliver: () => true, arbiter: true });
   assert.equal(ignoredRumours(h, 'n2'), 2, 'both frames were one rumour, checked with one read');
   assert.deepEqual(h.replica('n2').view, { epoch: 2, primary: 'n1', backups: ['n2'] }, 'not backup of the forged epoch');

@@ -110,9 +110,12 @@ test('lockstep sim --backups 2: runs two backups, and a failing seed says how to
 
 test('simulator catches every other planted bug with 2 backups too', () => {
   // First catching seeds (backups: 2): noOutputRule 1, liveWithoutArbiter 1, staleReads 1,
-  // earlyBackup 1, haltOnRumour 3, ackDroppedChunk 3, switchEarly 36, noQuarantine 1 (with
-  // --poison). noRecruitFence is first caught at seed 195: test/sim.test.ts covers it.
-  const bugs = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'haltOnRumour', 'ackDroppedChunk', 'switchEarly', 'noQuarantine'] as const;
+  // earlyBackup 1, haltOnRumour 3, ackDroppedChunk 3, noQuarantine 1 (with --poison).
+  // noRecruitFence is first caught at seed 195: test/sim.test.ts covers it. switchEarly was
+  // caught at seed 36 until backups checked which log a new primary holds (protocol 8): the
+  // old primary, now a backup holding entries the new one lacks, halts instead of diverging,
+  // and the bug shows only as a stuck cluster, first at seed 168 (test/sim.test.ts covers it).
+  const bugs = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'haltOnRumour', 'ackDroppedChunk', 'noQuarantine'] as const;
   for (const bug of bugs) {
     let caught = 0;
     for (let seed = 1; seed <= 60 && caught === 0; seed++) {
@@ -122,14 +125,8 @@ test('simulator catches every other planted bug with 2 backups too', () => {
   }
 });
 
-test(
-  'two backups: after the primary dies, the backup that lost the race to go live keeps the state until the new primary has a backup again',
-  {
-    todo:
-      'design gap (issue 11 item 4, "two nodes can die one after the other"): the losing backup halts and its node restarts it as an empty spare, ' +
-      'so until the new primary has recruited again (a whole snapshot), the new primary holds the only copy; the nemesis never crashes a last holder, so the random runs do not show it',
-  },
-  () => {
+test('two backups, one failure after the other: the backup that lost the race to go live follows the new primary, and takes over when it dies too', () => {
+  for (let trial = 0; trial < 2; trial++) {
     const h = new Harness(['n1', 'n2', 'n3', 'n4'], { backups: 2 });
     h.boot('n1');
     h.settle(400);
@@ -137,14 +134,47 @@ test(
     const ids = h.write('n1', 3);
     h.settle(50);
     assert.ok(ids.every((id) => h.isReleased('n1', id)));
+    // Trial 1: the primary's last frame (two more entries, never released) reaches only the
+    // first backup, so the two backups hold different logs when it dies.
+    if (trial === 1) {
+      const [b1] = h.arbiterView.backups as [string, string];
+      h.write('n1', 2);
+      h.deliver((e) => e.from === 'n1' && e.to === b1);
+    }
     h.crash('n1');
     h.crash('n4'); // no spare to recruit for now
     h.settle(400);
     const primary = h.arbiterView.primary!;
     const other = ['n2', 'n3'].find((id) => id !== primary)!;
-    // The second failure: the new primary dies before it has a backup again. The other node
-    // held every released entry; it must still be able to take over.
+    assert.deepEqual(h.arbiterView.backups, [other], 'the new primary kept the other backup');
+    assert.equal(h.role(other), 'backup');
+    assert.equal(h.replica(other).following?.primary, primary);
+    assert.equal(h.replica(other).lastIndex, h.replica(primary).lastIndex, 'it holds exactly the new primary\'s log');
+    const more = h.write(primary, 2);
+    h.settle(50);
+    assert.ok(more.every((id) => h.isReleased(primary, id)));
+    // The second failure: the new primary dies before any recruit. The other holds every
+    // released entry (3 from n1, 2 from the new primary) and takes over.
+    const released = h.replica(primary).lastIndex;
     h.crash(primary);
-    assert.notEqual(h.role(other), 'halted', `${other} discarded the last copy of 3 released entries`);
-  },
-);
+    h.settle(400);
+    assert.equal(h.role(other), 'primary', `${other} took over after the second failure`);
+    assert.ok(h.replica(other).lastIndex >= released, 'with every released entry');
+  }
+});
+
+test('simulator catches a planted bug with 2 backups: a backup follows a new primary without checking which log it holds (noBaseCheck)', () => {
+  // It keeps entries its old primary sent only to it in place of the new primary's, and its
+  // state diverges. Seeds 150..209 (rsm) include 166, 178 and 180, which catch it; the same
+  // seeds pass without the bug (the 2-backup runs above and the sweeps in bench/README).
+  const caught: number[] = [];
+  for (let seed = 150; seed < 210; seed++) {
+    const r = simulate({ seed, mode: 'rsm', backups: 2, bugs: { noBaseCheck: true } });
+    if (!r.ok) {
+      caught.push(seed);
+      assert.ok(r.failures.some((f) => f.check === 'divergence'), describeFailure(r));
+    }
+  }
+  assert.ok(caught.length >= 1, 'no seed of 150..209 caught noBaseCheck');
+  for (const seed of caught) assert.ok(simulate({ seed, mode: 'rsm', backups: 2 }).ok, `seed ${seed} passes without the bug`);
+});

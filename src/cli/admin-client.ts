@@ -12,6 +12,8 @@ export interface NodeStatus {
   readonly logIndex: number;
   readonly ackedIndex: number;
   readonly appliedIndex: number;
+  /** Primary: what every backup holds; follower: the highest commit index heard (it applies up to it). */
+  readonly commitIndex?: number;
   readonly lag: number;
   readonly heldOutputs: number;
   /** kv: ops/s, client count and the state's digest (equal on replicas at the same log index). */

@@ -34,7 +34,7 @@ and that the primary gets a backup again.
                 and stop, and the next refuse it (E_SERVICE_QUARANTINED), not stop in turn
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
                 noRecruitFence, haltOnRumour, ackDroppedChunk, switchEarly, noQuarantine (with --poison),
-                releaseOnOneAck (with --backups 2)
+                releaseOnOneAck, noBaseCheck (with --backups 2)
   --tail LINES  trace lines to print for a failing seed (default 40)
   --history F   write the client history as JSON lines (for lockstep check) to file F: the
                 single seed's, or each failing seed's to F with .seed-N before its extension
@@ -42,7 +42,7 @@ and that the primary gets a backup again.
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
 
-const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk', 'switchEarly', 'noQuarantine', 'releaseOnOneAck'];
+const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk', 'switchEarly', 'noQuarantine', 'releaseOnOneAck', 'noBaseCheck'];
 
 interface SimArgs {
   readonly first: number;

@@ -71,6 +71,11 @@ interface Follower {
   rewindSeq: number;
   /** Recruits: the index of the snapshot they started from (entries before it are not needed). */
   readonly snapshotIndex: number;
+  /**
+   * A backup kept from the view we went live from: ackedIndex is what it must hold (what we had
+   * applied), until its first ack says what it does hold.
+   */
+  inherited: boolean;
   /** Recruits in handover: the seq of the first frame that told them of the pending view. */
   handoverSeq: number;
   /** Recruits: when the snapshot was handed to us (for the round trip logged at catch-up). */
@@ -182,6 +187,28 @@ export interface Replica {
   /** The highest log index this replica holds (appended as primary, received as follower). */
   lastIndex: number;
   haltReason: string | null;
+  /**
+   * Which log this replica holds ("Several backups and the commit index" below): the term (the
+   * epoch it went live in) of the primary whose log its entries are a prefix of; 0: unknown (a
+   * node recovered from disk, or whose primary spoke protocol 7).
+   */
+  logTerm: number;
+  /**
+   * Primary: the highest commit index sent to any follower (to each, what every OTHER guard
+   * acked). Follower: the highest one heard: it applies up to it.
+   */
+  commitIndex: number;
+  /** Follower: the highest index applied to the guest (entries after it are in `pending`). */
+  appliedIndex: number;
+  /** Follower: entries held and not yet applied, appliedIndex+1 .. lastIndex, from pendingHead. */
+  pending: Entry[];
+  pendingHead: number;
+  /** Started from disk (durable mode): the log term its disk said (0: unknown); null: not recovered. */
+  recoveredFrom: number | null;
+  /** Primary: the epoch it went live in (its term), what it held then, and from which log. */
+  term: number;
+  baseIndex: number;
+  baseTerm: number;
 
   // Primary.
   readonly followers: Map<NodeId, Follower>;
@@ -249,6 +276,15 @@ export function createReplica(config: CoreConfig, nowMs: number): Replica {
     nowMs,
     lastIndex: 0,
     haltReason: null,
+    logTerm: 0,
+    commitIndex: 0,
+    appliedIndex: 0,
+    pending: [],
+    pendingHead: 0,
+    term: 0,
+    baseIndex: 0,
+    baseTerm: 0,
+    recoveredFrom: null,
     followers: new Map(),
     log: [],
     logHead: 0,
@@ -288,6 +324,10 @@ export interface ReplicaStatus {
   readonly view: View;
   readonly knownEpoch: number;
   readonly lastIndex: number;
+  /** Primary: what every backup holds (sent to them in frames). Follower: the highest heard. */
+  readonly commitIndex: number;
+  /** The highest index applied to the guest (a follower applies up to the commit index). */
+  readonly appliedIndex: number;
   /** Primary: what every backup acked (the least of them; = lastIndex when it has none). Follower: lastIndex. */
   readonly ackedIndex: number;
   /** Entries appended but not yet acked by the backup. */
@@ -321,6 +361,8 @@ export function status(r: Replica): ReplicaStatus {
     view: r.view,
     knownEpoch: r.knownEpoch,
     lastIndex: r.lastIndex,
+    commitIndex: r.commitIndex,
+    appliedIndex: r.role === 'primary' ? r.lastIndex : r.appliedIndex,
     ackedIndex,
     lagEntries: r.lastIndex - ackedIndex,
     heldOutputs: r.held.length - r.heldHead,
@@ -341,7 +383,7 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
   switch (input.type) {
     case 'start':
       assert(r.role === 'booting' && r.cas === null, 'start given twice');
-      if (input.recovered !== undefined) startRecovered(r, out, input.recovered.index, input.recovered.view);
+      if (input.recovered !== undefined) startRecovered(r, out, input.recovered.index, input.recovered.view, input.recovered.logTerm ?? 0);
       else startCas(r, out, 'bootstrap', NO_VIEW, { epoch: 1, primary: r.config.id, backups: [] });
       break;
     case 'tick':
@@ -444,6 +486,7 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
         r.following!.epoch = view.epoch;
         becomeBackup(r, out, view);
       }
+      else if (mayFollowNewPrimary(r, view)) followNewPrimary(r, out, view, 'another backup won the test-and-set to go live');
       else if (r.role === 'spare') stopFollowing(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
       else halt(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
       return;
@@ -515,7 +558,32 @@ function becomePrimary(r: Replica, out: Action[], view: View, reason: string): v
   r.heldHead = 0;
   r.freshSeqWanted = 0;
   r.releasedIndexMax = r.lastIndex;
+  // A follower going live applies what it holds and keeps it for the other backups, which hold
+  // at least what it had applied (every backup holds the entries up to any commit index sent).
+  const from = r.appliedIndex;
+  const unapplied = r.pending.slice(r.pendingHead);
+  if (unapplied.length > 0) out.push({ type: 'apply', entries: unapplied });
+  r.pending = [];
+  r.pendingHead = 0;
+  r.appliedIndex = r.lastIndex;
+  r.commitIndex = from;
+  r.recoveredFrom = null;
+  r.term = view.epoch;
+  r.baseIndex = r.lastIndex;
+  r.baseTerm = r.logTerm;
+  r.logTerm = view.epoch;
   setRole(r, out, 'primary', reason);
+  if (view.backups.length === 0) return;
+  for (const e of unapplied) {
+    r.log.push(e);
+    r.retainedBytes += e.payload.length;
+  }
+  for (const id of view.backups) {
+    const f = newFollower(r, id, 'backup', from, true);
+    f.nextIndex = from + 1;
+    r.followers.set(id, f);
+  }
+  log(out, 'info', 'kept-backups', { backups: view.backups.join(','), from: from + 1, lastIndex: r.lastIndex, baseTerm: r.baseTerm });
 }
 
 function becomeBackup(r: Replica, out: Action[], view: View): void {
@@ -528,17 +596,40 @@ function becomeBackup(r: Replica, out: Action[], view: View): void {
 }
 
 /**
+ * The arbiter's view names this follower a backup of another primary: one of the other
+ * backups went live (keeping us), or a switchover handed the role to one. We hold at least
+ * what it had applied; which of the rest is in its log its first frame says (`sameLog`).
+ */
+function mayFollowNewPrimary(r: Replica, view: View): boolean {
+  const f = r.following;
+  if (f === null || view.primary === null || view.primary === f.primary || view.primary === r.config.id || !isBackupIn(view, r.config.id)) return false;
+  return r.role === 'backup' || (r.role === 'spare' && f.pendingView !== null && f.restore !== null && f.restore.done);
+}
+
+function followNewPrimary(r: Replica, out: Action[], view: View, why: string): void {
+  const old = r.following!.primary;
+  r.following = { primary: view.primary!, epoch: view.epoch, lastHeardMs: r.nowMs, pendingView: null, restore: null };
+  r.view = view;
+  r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
+  log(out, 'info', 'follow-new-primary', { from: old, to: view.primary, view: formatView(view), why, lastIndex: r.lastIndex, appliedIndex: r.appliedIndex, logTerm: r.logTerm });
+  setRole(r, out, 'backup', `${why}: following ${view.primary} in ${formatView(view)}, keeping what this node holds`);
+}
+
+/**
  * Durable mode, at start: the guest holds this node's disk up to `index` and the arbiter's view
  * names this node. Every entry whose output was released is on the disk of each node that view
  * names (a backup acked only what it had fsync'd, a primary released only what it had fsync'd),
  * so the replica waits as a backup of the view's primary (itself, if it was the primary: no frame
  * comes, and it asks to go live after the failure timeout), exactly as a backup does.
  */
-function startRecovered(r: Replica, out: Action[], index: number, view: View): void {
+function startRecovered(r: Replica, out: Action[], index: number, view: View, logTerm: number): void {
   const self = r.config.id;
   assert(view.epoch > 0 && view.primary !== null && (view.primary === self || isBackupIn(view, self)), 'recovered with a view that does not name this replica');
   assert(Number.isSafeInteger(index) && index >= 0, 'recovered index');
   r.lastIndex = index;
+  r.appliedIndex = index; // the driver replayed the whole disk, held entries too
+  r.logTerm = logTerm;
+  r.recoveredFrom = logTerm;
   r.view = view;
   r.knownEpoch = view.epoch;
   r.following = { primary: view.primary, epoch: view.epoch, lastHeardMs: r.nowMs, pendingView: null, restore: null };
@@ -655,6 +746,8 @@ function onArbiterView(r: Replica, out: Action[], requestId: number, view: View)
   } else if (r.role !== 'primary' && f !== null && view.primary === f.primary && isBackupIn(view, r.config.id)) {
     f.epoch = view.epoch;
     becomeBackup(r, out, view);
+  } else if (mayFollowNewPrimary(r, view)) {
+    followNewPrimary(r, out, view, c.reason);
   } else if (r.role === 'spare') {
     stopFollowing(r, out, `${c.reason}; the arbiter holds ${formatView(view)}`);
   } else {
@@ -662,11 +755,21 @@ function onArbiterView(r: Replica, out: Action[], requestId: number, view: View)
   }
 }
 
+/** This follower holds nothing any more (an empty spare, or a recruit starting a snapshot). */
+function forgetLog(r: Replica): void {
+  r.lastIndex = 0;
+  r.appliedIndex = 0;
+  r.commitIndex = 0;
+  r.pending = [];
+  r.pendingHead = 0;
+  r.logTerm = 0;
+}
+
 /** A recruit whose primary went away: back to an empty spare that asks to be recruited. */
 function stopFollowing(r: Replica, out: Action[], reason: string): void {
   r.following = null;
   r.confirm = null;
-  r.lastIndex = 0;
+  forgetLog(r);
   r.lastJoinMs = -Infinity;
   setRole(r, out, 'spare', reason);
 }
@@ -728,9 +831,10 @@ function trySwitch(r: Replica, out: Action[]): void {
   if (!r.config.bugs?.switchEarly && (!f.viewAcked || f.ackedIndex < r.lastIndex || r.heldHead < r.held.length)) return;
   sw.phase = 'cas';
   log(out, 'info', 'switchover-caught-up', { to: sw.to, ackedIndex: f.ackedIndex, lastIndex: r.lastIndex, drainMs: r.nowMs - sw.startedMs });
-  // With several backups the others are left out of the new view (they follow the old
-  // primary; they halt, rejoin as spares and are recruited by the new one).
-  startCas(r, out, 'switchover', r.view, { epoch: r.view.epoch + 1, primary: sw.to, backups: [r.config.id] });
+  // With several backups the others stay: they learn of the view from the new primary's
+  // frames (confirming it with the arbiter) and follow it with what they hold.
+  const others = r.view.backups.filter((id) => id !== sw.to);
+  startCas(r, out, 'switchover', r.view, { epoch: r.view.epoch + 1, primary: sw.to, backups: [r.config.id, ...others] });
 }
 
 function endSwitch(r: Replica, out: Action[], outcome: 'done' | 'aborted', code: SwitchoverCode | null, reason: string): void {
@@ -748,6 +852,8 @@ function becomeBackupBySwitch(r: Replica, out: Action[], view: View, startedMs: 
   r.view = view;
   r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
   r.following = { primary, epoch: view.epoch, lastHeardMs: r.nowMs, pendingView: null, restore: null };
+  r.appliedIndex = r.lastIndex;
+  r.commitIndex = r.lastIndex; // the new primary acked it all before the switch
   setRole(r, out, 'backup', `switchover: ${primary} is primary of epoch ${view.epoch}, this replica its backup`);
   endSwitch(r, out, 'done', null, `${primary} is the primary of ${formatView(view)} (${Math.round(r.nowMs - startedMs)} ms after the request)`);
   r.notifyPrimary = primary;
@@ -768,7 +874,7 @@ function notifySwitch(r: Replica, out: Action[]): void {
  */
 function isSwitchToMe(r: Replica, view: View): boolean {
   const f = r.following;
-  return r.role === 'backup' && f !== null && r.view.primary === f.primary && view.epoch === r.view.epoch + 1 && view.primary === r.config.id && view.backups.length === 1 && view.backups[0] === f.primary;
+  return r.role === 'backup' && f !== null && r.view.primary === f.primary && view.epoch === r.view.epoch + 1 && view.primary === r.config.id && view.backups[0] === f.primary;
 }
 
 /**
@@ -883,9 +989,9 @@ function onTick(r: Replica, out: Action[]): void {
       if (r.notifyPrimary !== null && now - r.lastNotifyMs >= c.heartbeatMs) notifySwitch(r, out);
       if (r.cas === null && now - f.lastHeardMs >= c.failureTimeoutMs) {
         log(out, 'warn', 'suspect', { peer: f.primary, role: 'primary', silentMs: now - f.lastHeardMs });
-        // The other backups (if any) are left out: one of them may hold entries we lack, or lack
-        // some we hold. They halt, rejoin as spares and are recruited from our state.
-        const next: View = { epoch: r.view.epoch + 1, primary: c.id, backups: [] };
+        // The other backups (if any) stay: each holds at least what we applied, and follows us
+        // from there (what it holds beyond our log it drops: see sameLog).
+        const next: View = { epoch: r.view.epoch + 1, primary: c.id, backups: r.view.backups.filter((id) => id !== c.id) };
         if (c.bugs?.liveWithoutArbiter) becomePrimary(r, out, next, 'PLANTED BUG: went live without the arbiter');
         else startCas(r, out, 'goLive', r.view, next);
       }
@@ -903,7 +1009,7 @@ function onTick(r: Replica, out: Action[]): void {
           // Our primary was handing over to us and went silent: its test-and-set may have
           // landed, making us the backup of a dead primary. Only the arbiter knows.
           log(out, 'warn', 'suspect', { peer: f.primary, role: 'primary (handing over)', silentMs: now - f.lastHeardMs });
-          startCas(r, out, 'goLive', f.pendingView, { epoch: f.pendingView.epoch + 1, primary: c.id, backups: [] });
+          startCas(r, out, 'goLive', f.pendingView, { epoch: f.pendingView.epoch + 1, primary: c.id, backups: f.pendingView.backups.filter((id) => id !== c.id) });
         } else {
           stopFollowing(r, out, `recruiting primary ${f.primary} silent for ${now - f.lastHeardMs} ms`);
         }
@@ -1021,12 +1127,14 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
     rumour(r, out, epoch + 1, `${from} says view ${formatView(m.view)}, which names this recruit backup of the epoch it was recruited in`);
     return;
   }
+  if (!sameLog(r, out, from, m)) return;
   r.knownEpoch = Math.max(r.knownEpoch, epoch);
   f.lastHeardMs = r.nowMs;
   if (r.notifyPrimary === from) r.notifyPrimary = null; // the new primary of our switchover is live
   f.pendingView = r.role === 'spare' ? m.pendingView : null;
   // While a snapshot is being restored nothing can be applied: entries wait for it.
-  const gap = (f.restore !== null && !f.restore.done) || m.prevIndex > r.lastIndex;
+  const restoring = f.restore !== null && !f.restore.done;
+  const gap = restoring || m.prevIndex > r.lastIndex;
   if (!gap) {
     const entries: Entry[] = [];
     for (let i = r.lastIndex - m.prevIndex; i < m.payloads.length; i++) {
@@ -1036,10 +1144,86 @@ function onFromPrimary(r: Replica, out: Action[], from: NodeId, m: FromPrimary):
     }
     if (entries.length > 0) {
       r.lastIndex += entries.length;
-      out.push({ type: 'apply', entries });
+      for (const e of entries) r.pending.push(e);
+      out.push({ type: 'receive', entries });
     }
   }
+  // The ack first: it says we hold the entries; applying them is ours alone.
   out.push({ type: 'send', to: from, msg: { type: 'ack', epoch, seq: m.seq, ackedIndex: r.lastIndex, gap } });
+  if (!restoring) {
+    r.commitIndex = Math.max(r.commitIndex, m.commitIndex);
+    applyCommitted(r, out);
+  }
+}
+
+/** Follower: apply the entries held up to the commit index. */
+function applyCommitted(r: Replica, out: Action[]): void {
+  const upTo = Math.min(r.commitIndex, r.lastIndex);
+  if (upTo <= r.appliedIndex) return;
+  const n = upTo - r.appliedIndex;
+  const entries = r.pending.slice(r.pendingHead, r.pendingHead + n);
+  assert(entries.length === n && entries[0]!.index === r.appliedIndex + 1, 'held entries to apply in range');
+  r.pendingHead += n;
+  r.appliedIndex = upTo;
+  if (r.pendingHead === r.pending.length) {
+    r.pending = [];
+    r.pendingHead = 0;
+  } else if (r.pendingHead > 1024 && r.pendingHead * 2 > r.pending.length) {
+    r.pending = r.pending.slice(r.pendingHead);
+    r.pendingHead = 0;
+  }
+  out.push({ type: 'apply', entries });
+}
+
+/**
+ * Several backups and the commit index (issue 11 item 4). A primary's frames carry the commit
+ * index, what every backup holds; a follower applies entries only up to it and keeps the rest
+ * as held (acked, not applied). So every backup's applied state is in every other backup's
+ * log, and when the primary dies, any of them can go live keeping the others: it applies what
+ * it holds and sends each from what it had applied, which each holds. Entries a backup holds
+ * beyond the new primary's log were never released (each output waited for every backup), and
+ * it drops them: the new primary's frames say which log it has (`term`: the epoch it went live
+ * in; `baseIndex`, `baseTerm`: what it held then, from which primary's log). A backup whose log
+ * is that of baseTerm keeps its entries up to baseIndex and drops the rest; one that cannot
+ * tell (it holds another log, or applied beyond baseIndex, or recovered from disk) halts and is
+ * recruited again, as before.
+ *
+ * Returns false when the frame was not taken (this replica halted).
+ */
+function sameLog(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'frame' }>): boolean {
+  if (m.term === r.logTerm) return true; // the log we hold (or both unknown: protocol 7, as it did)
+  if (r.role === 'spare') {
+    // A recruit: its snapshot and entries came from this primary.
+    r.logTerm = m.term;
+    return true;
+  }
+  const bug = r.config.bugs?.noBaseCheck === true;
+  // A node recovered from disk applied all of it, held entries too, and holds what its disk held
+  // when it stopped, which a new primary's base need not cover: it follows only the log it
+  // recovered (its own primary's, coming back), as before several backups. Not built: comparing
+  // what it applied with the new primary's base, as for a backup that never stopped.
+  const recovered = r.recoveredFrom !== null;
+  if (!recovered && (bug || (m.baseTerm !== 0 && m.baseTerm === r.logTerm && r.appliedIndex <= m.baseIndex))) {
+    // PLANTED BUG (noBaseCheck): keep everything held, whatever log it is from.
+    const dropped = bug ? 0 : Math.max(0, r.lastIndex - m.baseIndex);
+    if (dropped > 0 && r.config.durable) {
+      halt(r, out, `${from}'s log lacks entries ${m.baseIndex + 1}..${r.lastIndex} that this node holds on disk (never released; a durable log is not cut back): it rejoins as a spare to be recruited`);
+      return false;
+    }
+    if (dropped > 0) {
+      r.pending.length -= dropped;
+      r.lastIndex = m.baseIndex;
+    }
+    log(out, 'info', 'new-log', { primary: from, term: m.term, baseIndex: m.baseIndex, baseTerm: m.baseTerm, kept: r.lastIndex, dropped, appliedIndex: r.appliedIndex });
+    r.logTerm = m.term;
+    return true;
+  }
+  halt(
+    r,
+    out,
+    `cannot tell how much of what this node holds is in ${from}'s log (its term ${m.term}, base ${m.baseIndex} of term ${m.baseTerm}; this node holds ${r.lastIndex} of term ${r.logTerm || 'unknown'}, applied ${r.appliedIndex}): it rejoins as a spare to be recruited`,
+  );
+  return false;
 }
 
 /**
@@ -1053,7 +1237,7 @@ function onChunk(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage
   if (f === null || f.primary !== from || f.epoch !== epoch || f.restore === null || f.restore.index !== m.index) {
     f = { primary: from, epoch, lastHeardMs: r.nowMs, pendingView: null, restore: { index: m.index, chunks: 0, done: false } };
     r.following = f;
-    r.lastIndex = 0;
+    forgetLog(r);
     log(out, 'info', 'recruit-snapshot-start', { primary: from, epoch, index: m.index });
   }
   const rs = f.restore;
@@ -1072,6 +1256,7 @@ function onChunk(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage
   if (m.last && !gap && !rs.done && rs.chunks === m.chunk + 1) {
     rs.done = true;
     r.lastIndex = m.index;
+    r.appliedIndex = m.index;
     log(out, 'info', 'recruit-snapshot-restored', { primary: from, epoch, index: m.index, chunks: rs.chunks });
   }
   out.push({ type: 'send', to: from, msg: { type: 'chunkAck', epoch, seq: m.seq, index: m.index, chunks: rs.chunks, gap } });
@@ -1092,6 +1277,23 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
   if (f.kind === 'recruit' && m.seq < f.startSeq) {
     log(out, 'info', 'ignoring', { reason: 'ack from an earlier attempt to recruit this node', from, seq: m.seq });
     return;
+  }
+  if (f.inherited) {
+    f.inherited = false;
+    if (m.ackedIndex < f.ackedIndex) {
+      // It holds less than every backup should (only a forged commit index makes a backup apply
+      // more than the others hold). Send it the rest if we still have it; else it must be
+      // recruited again: drop it.
+      const first = r.log[r.logHead]?.index ?? r.lastIndex + 1;
+      log(out, 'warn', 'backup-behind', { backup: from, ackedIndex: m.ackedIndex, expected: f.ackedIndex, retainedFrom: first });
+      if (m.ackedIndex + 1 < first) {
+        if (r.cas === null) dropBackups(r, out, [from]);
+        else f.inherited = true; // decide at its next ack
+        return;
+      }
+      f.ackedIndex = m.ackedIndex;
+      rewind(r, f, m.ackedIndex + 1);
+    }
   }
   f.lastAckMs = r.nowMs;
   f.ackedSeq = Math.max(f.ackedSeq, m.seq);
@@ -1149,8 +1351,9 @@ function dropBackups(r: Replica, out: Action[], ids: readonly NodeId[]): void {
 // ---------------------------------------------------------------------------------------
 // Recruiting a new backup (FT VMotion, §3.1)
 
-function newFollower(r: Replica, id: NodeId, kind: Follower['kind'], ackedIndex: number): Follower {
+function newFollower(r: Replica, id: NodeId, kind: Follower['kind'], ackedIndex: number, inherited = false): Follower {
   return {
+    inherited,
     id,
     kind,
     phase: kind === 'recruit' ? 'snapshot' : 'catchup',
@@ -1162,7 +1365,7 @@ function newFollower(r: Replica, id: NodeId, kind: Follower['kind'], ackedIndex:
     lastAckMs: r.nowMs,
     lastProgressMs: r.nowMs,
     rewindSeq: 0,
-    snapshotIndex: r.lastIndex,
+    snapshotIndex: inherited ? ackedIndex : r.lastIndex,
     handoverSeq: 0,
     snapshotSentMs: r.nowMs,
     startSeq: r.frameSeq + 1,
@@ -1313,9 +1516,11 @@ function advanceRecruit(r: Replica, out: Action[], f: Follower): void {
     f.phase = 'handover';
     log(out, 'info', 'recruit-handover', { recruit: f.id, ackedIndex: f.ackedIndex, releasedIndexMax: r.releasedIndexMax });
   }
-  if (f.phase === 'handover' && r.cas === null && f.ackedIndex >= r.releasedIndexMax && f.handoverSeq > 0 && f.ackedSeq >= f.handoverSeq) {
-    // The recruit holds every entry any released output depends on, and knows the view we
-    // are about to propose (so it can go live if we die right after the test-and-set lands).
+  if (f.phase === 'handover' && r.cas === null && f.ackedIndex >= Math.max(r.releasedIndexMax, r.commitIndex) && backupsHold(r) >= f.snapshotIndex && f.handoverSeq > 0 && f.ackedSeq >= f.handoverSeq) {
+    // The recruit holds every entry any released output depends on and every entry a backup
+    // may have applied, the other backups hold what its snapshot holds (so whichever of them
+    // goes live can send the others what they lack), and it knows the view we are about to
+    // propose (so it can go live if we die right after the test-and-set lands).
     startCas(r, out, 'addBackup', r.view, { epoch: r.view.epoch + 1, primary: r.config.id, backups: [...r.view.backups, f.id] });
   }
 }
@@ -1400,6 +1605,26 @@ function tryRelease(r: Replica, out: Action[]): void {
   if (ids.length > 0) out.push({ type: 'release', outputIds: ids });
 }
 
+/**
+ * The commit index for follower `f`: what every OTHER guard (each backup, a recruit being handed
+ * over) acked, so that what `f` applies is held by every other backup (with one backup: all it
+ * holds, at once). A recruit is made backup only once it holds the highest commit index ever
+ * sent (advanceRecruit), so that holds for it too.
+ */
+function commitFor(r: Replica, f: Follower): number {
+  let c = r.lastIndex;
+  for (const g of r.followers.values()) if (g !== f && isGuard(r, g)) c = Math.min(c, g.ackedIndex);
+  if (c > r.commitIndex) r.commitIndex = c;
+  return c;
+}
+
+/** The least index every backup in the view acked (lastIndex with none). */
+function backupsHold(r: Replica): number {
+  let c = r.lastIndex;
+  for (const g of r.followers.values()) if (g.kind === 'backup') c = Math.min(c, g.ackedIndex);
+  return c;
+}
+
 /** Drop retained entries that every follower has acked (or never needs). */
 function trimLog(r: Replica): void {
   let keepFrom = r.lastIndex + 1;
@@ -1472,7 +1697,19 @@ function sendFrame(r: Replica, out: Action[], f: Follower, payloads: Uint8Array[
   out.push({
     type: 'send',
     to: f.id,
-    msg: { type: 'frame', view: r.view, seq, prevIndex: f.nextIndex - 1, payloads, primaryIndex: r.lastIndex, pendingView },
+    msg: {
+      type: 'frame',
+      view: r.view,
+      seq,
+      prevIndex: f.nextIndex - 1,
+      payloads,
+      primaryIndex: r.lastIndex,
+      pendingView,
+      commitIndex: commitFor(r, f),
+      term: r.term,
+      baseIndex: r.baseIndex,
+      baseTerm: r.baseTerm,
+    },
   });
   if (pendingView !== null && f.handoverSeq === 0) f.handoverSeq = seq;
   // The retransmission clock starts when entries go out to a follower that had none pending.

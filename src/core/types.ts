@@ -57,6 +57,11 @@ export interface Entry {
  *           pendingView: the view the primary is about to propose that makes the receiver
  *           the backup (handover of a recruit), so the receiver can go live if the primary
  *           dies after the test-and-set but before it could say so.
+ *           commitIndex: every backup of the view holds the entries up to it, so a follower
+ *           applies an entry only once it is at most this (protocol 8; see replica.ts "Several
+ *           backups and the commit index"). term, baseIndex, baseTerm: which log the sender's
+ *           is (the epoch it went live in, and what it held then, from which log), so a backup
+ *           of the previous primary can tell how much of what it holds is in the new one's log.
  * chunk     primary -> recruit: piece number `chunk` (from 0) of the guest state at `index`;
  *           `last` on the final piece. A bounded window of chunks is in flight (§3.1 below).
  * chunkAck  recruit -> primary: cumulative, `chunks` = how many leading chunks of the
@@ -76,6 +81,14 @@ export type PeerMessage =
       readonly payloads: readonly Uint8Array[];
       readonly primaryIndex: number;
       readonly pendingView: View | null;
+      /** Every backup of the view holds the entries up to here: a follower applies up to it. */
+      readonly commitIndex: number;
+      /** The epoch in which the sender went live with this log (its term); 0: not said (protocol 7). */
+      readonly term: number;
+      /** The sender's last index when it went live: its entries up to here came from the log of `baseTerm`. */
+      readonly baseIndex: number;
+      /** The term of the log the sender's entries up to baseIndex came from; 0: unknown. */
+      readonly baseTerm: number;
     }
   | {
       readonly type: 'chunk';
@@ -141,6 +154,13 @@ export interface PlantedBugs {
    * live lacks what a client was told.
    */
   readonly releaseOnOneAck?: boolean;
+  /**
+   * A backup that follows a new primary (the one of the other backups that went live) keeps
+   * what it holds without checking it against the new primary's log (its term and base index):
+   * entries the old primary sent it and never sent the new one stay in its log in place of the
+   * new primary's, and its state diverges.
+   */
+  readonly noBaseCheck?: boolean;
 }
 
 /** The protocol's timing and bounds: what a cluster config sets for every replica. */
@@ -180,6 +200,12 @@ export interface CoreConfig extends CoreTiming {
   readonly nodes: readonly NodeId[];
   /** How many backups a primary keeps in its view, recruiting spares up to it (default 1). */
   readonly backups?: number;
+  /**
+   * The driver writes received entries to disk as they come and cannot take them back: a
+   * backup that would have to drop held entries (following a new primary whose log lacks them)
+   * halts instead, to be recruited again.
+   */
+  readonly durable?: boolean;
   readonly bugs?: PlantedBugs;
 }
 
@@ -206,7 +232,7 @@ export type Input =
    * from it as any backup would (`{e, P, B} -> {e+1, self, -}`): whichever named node comes back
    * first takes over with its disk. A node not named in the view must not be given `recovered`.
    */
-  | { readonly type: 'start'; readonly recovered?: { readonly index: number; readonly view: View } }
+  | { readonly type: 'start'; readonly recovered?: { readonly index: number; readonly view: View; readonly logTerm?: number } }
   /** Time passed: run the failure detector, heartbeats, retransmission, retries. */
   | { readonly type: 'tick' }
   /** A message from a peer, not yet trusted: the core validates it. */
@@ -272,7 +298,12 @@ export type Action =
   | { readonly type: 'release'; readonly outputIds: readonly number[] }
   /** These held outputs will never be released (this node stopped being primary). */
   | { readonly type: 'discard'; readonly outputIds: readonly number[]; readonly reason: string }
-  /** Follower: apply these entries to the guest, in order. */
+  /**
+   * Follower: these entries arrived and are held, not yet applied (they are once the commit
+   * index reaches them). A durable driver writes them to its log before any ack that follows.
+   */
+  | { readonly type: 'receive'; readonly entries: readonly Entry[] }
+  /** Follower (or a backup going live): apply these entries, received before, to the guest, in order. */
   | { readonly type: 'apply'; readonly entries: readonly Entry[] }
   /**
    * Recruit: piece `chunk` of the snapshot taken at `index`, in order. Chunk 0 starts a new

@@ -39,6 +39,9 @@ export function validateMessage(msg: unknown): PeerMessage | string {
         return 'frame: payloads is not an array of byte arrays';
       }
       if (m.prevIndex + m.payloads.length > m.primaryIndex) return 'frame: entries beyond primaryIndex';
+      if (!isIndex(m.commitIndex) || m.commitIndex > m.primaryIndex) return 'frame: commitIndex is not an index up to primaryIndex';
+      if (!isIndex(m.term) || !isIndex(m.baseIndex) || !isIndex(m.baseTerm)) return 'frame: term, baseIndex or baseTerm is not an index';
+      if (m.term > (m.view as View).epoch || m.baseIndex > m.primaryIndex || (m.term > 0 && m.baseTerm >= m.term)) return 'frame: term, baseIndex or baseTerm out of range';
       if (m.pendingView !== null) {
         const pp = viewProblem(m.pendingView);
         if (pp) return `frame: pendingView: ${pp}`;

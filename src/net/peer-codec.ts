@@ -32,6 +32,13 @@
 // answers a dialler in the dialler's version when that is older than its own, in that
 // version's handshake format, so a version 6 node (which knew no ranges) is answered as a
 // version 6 node would answer. Messages are the same in 6 and 7.
+// Version 8: a frame carries, after primaryIndex, the commit index (every backup holds the
+// entries up to it: a follower applies no further) and which log the sender's is (term, base
+// index, base term: varuints), so that when a primary dies its other backups follow the one
+// that went live instead of being recruited again (issue 11 item 4). Messages are encoded and
+// decoded in a connection's version: a frame in version 7 has none of these fields, and one
+// decoded from a version 7 peer gets commit index = its last entry (apply at once, as version 7
+// did) and term 0 (unknown: a backup never follows another primary on its word).
 // A handshake of a NEWER version than this node knows is decoded leniently: flag bits it does
 // not know and bytes after the fields it knows are ignored. So later versions may only append
 // to the handshake (a field per new flag bit, in bit order), and a node of version N can
@@ -43,13 +50,15 @@ import { ByteReader, ByteWriter } from '../guest/bytes.js';
 import type { PeerMessage, View } from '../core/types.js';
 
 /** The newest logging-channel protocol this node speaks (what its handshake announces). */
-export const PROTOCOL_VERSION = 7;
+export const PROTOCOL_VERSION = 8;
 /**
  * The oldest one it still speaks: the previous version, so that a rolling upgrade can run
  * version N and N+1 side by side. Versions before 6 changed what entries and snapshots carry
  * without a range to fall back on, so they are refused.
  */
-export const PROTOCOL_VERSION_MIN = 6;
+export const PROTOCOL_VERSION_MIN = 7;
+/** The first version whose frames carry the commit index and the sender's log (term, base). */
+const COMMIT_VERSION = 8;
 /** The first version whose handshake carries the oldest version the node speaks. */
 const RANGE_VERSION = 7;
 
@@ -222,8 +231,8 @@ function readView(r: ByteReader): View {
   return { epoch, primary, backups };
 }
 
-export function encodePeerMessage(msg: PeerMessage): Uint8Array {
-  return encodeWith((w) => writeMessage(w, msg, (b) => w.bytes(b)));
+export function encodePeerMessage(msg: PeerMessage, version = PROTOCOL_VERSION): Uint8Array {
+  return encodeWith((w) => writeMessage(w, msg, (b) => w.bytes(b), version));
 }
 
 /** Payloads and snapshots from this size on are not copied into a frame but written beside it. */
@@ -235,7 +244,7 @@ const BESIDE_BYTES = 64 * 1024;
  * caller's bytes, so a 64 MiB entry is never copied on its way out (issue 14 item 4). The
  * caller must leave them unmodified until written (log entries and snapshots are immutable).
  */
-export function encodePeerFrame(msg: PeerMessage): Uint8Array[] {
+export function encodePeerFrame(msg: PeerMessage, version = PROTOCOL_VERSION): Uint8Array[] {
   const parts: Uint8Array[] = [];
   const w = shared.reset().u32(0);
   writeMessage(w, msg, (b) => {
@@ -245,7 +254,7 @@ export function encodePeerFrame(msg: PeerMessage): Uint8Array[] {
     }
     w.varuint(b.length);
     parts.push(w.take(), b);
-  });
+  }, version);
   parts.push(w.take());
   let n = -4;
   for (const p of parts) n += p.length;
@@ -254,12 +263,13 @@ export function encodePeerFrame(msg: PeerMessage): Uint8Array[] {
   return parts;
 }
 
-function writeMessage(w: ByteWriter, msg: PeerMessage, bytes: (b: Uint8Array) => void): void {
+function writeMessage(w: ByteWriter, msg: PeerMessage, bytes: (b: Uint8Array) => void, version: number): void {
     switch (msg.type) {
       case 'frame':
         w.u8(Tag.Frame);
         writeView(w, msg.view);
         w.varuint(msg.seq).varuint(msg.prevIndex).varuint(msg.primaryIndex);
+        if (version >= COMMIT_VERSION) w.varuint(msg.commitIndex).varuint(msg.term).varuint(msg.baseIndex).varuint(msg.baseTerm);
         if (msg.pendingView === null) w.u8(0);
         else writeView(w.u8(1), msg.pendingView);
         w.varuint(msg.payloads.length);
@@ -290,7 +300,7 @@ function writeMessage(w: ByteWriter, msg: PeerMessage, bytes: (b: Uint8Array) =>
  * Decode a message's structure into the shape the core expects; the core's validateMessage
  * checks the rest. Payloads and chunk data alias `bytes`.
  */
-export function decodePeerMessage(bytes: Uint8Array): unknown {
+export function decodePeerMessage(bytes: Uint8Array, version = PROTOCOL_VERSION): unknown {
   return decodeWith(bytes, 'peer message', (r) => {
     const tag = r.u8();
     switch (tag) {
@@ -299,12 +309,15 @@ export function decodePeerMessage(bytes: Uint8Array): unknown {
         const seq = r.varuint();
         const prevIndex = r.varuint();
         const primaryIndex = r.varuint();
+        const log = version >= COMMIT_VERSION ? { commitIndex: r.varuint(), term: r.varuint(), baseIndex: r.varuint(), baseTerm: r.varuint() } : null;
         const pendingView = bool(r) ? readView(r) : null;
         const count = r.varuint();
         if (count > r.remaining) r.corrupt(`${count} payloads in ${r.remaining} bytes`); // each takes >= 1
         const payloads: Uint8Array[] = new Array<Uint8Array>(count);
         for (let i = 0; i < count; i++) payloads[i] = r.bytes();
-        return { type: 'frame', view, seq, prevIndex, payloads, primaryIndex, pendingView };
+        // A version 7 frame: its entries are applied as they come, as version 7 did.
+        const { commitIndex, term, baseIndex, baseTerm } = log ?? { commitIndex: prevIndex + count, term: 0, baseIndex: 0, baseTerm: 0 };
+        return { type: 'frame', view, seq, prevIndex, payloads, primaryIndex, pendingView, commitIndex, term, baseIndex, baseTerm };
       }
       case Tag.Chunk: {
         const view = readView(r);

@@ -111,6 +111,8 @@ interface Outbound {
   lastOutcome: 'pending' | 'unreachable' | 'connected';
   /** The protocol version the ready connection runs (null: not ready). */
   version: number | null;
+  /** The version the dial under way announced: messages queued before it is ready are encoded in it. */
+  announced: number;
 }
 
 /** The protocol versions of the connections with one peer, for /status. */
@@ -206,7 +208,8 @@ export class PeerTransport {
       this.o.log('warn', 'peer-backlog-full', { peer: to, queuedBytes: o.socket.writableLength + o.pendingBytes });
       return;
     }
-    for (const part of encodePeerFrame(msg)) {
+    // Messages are encoded in the connection's version (a frame of version 7 has fewer fields).
+    for (const part of encodePeerFrame(msg, o.version ?? o.announced)) {
       o.pending.push(part);
       o.pendingBytes += part.length;
     }
@@ -393,6 +396,8 @@ export class PeerTransport {
     let peer: string | null = null;
     /** The peer's handshake, once it passed refusal(). */
     let theirs: Handshake | null = null;
+    /** The version this connection runs: its messages are decoded in it. */
+    let inVersion = PROTOCOL_VERSION;
     /** With a secret: the challenge sent, until the peer's proof answers it. */
     let challenge: Uint8Array | null = null;
     /** Refused and ending: nothing more it sends is read. */
@@ -423,6 +428,7 @@ export class PeerTransport {
             if (why !== null) return fail(why);
             peer = h.nodeId;
             theirs = h;
+            inVersion = agreedVersion(h) ?? PROTOCOL_VERSION;
             const other = this.arbiterMismatch(h, remote, this.o.secret === null);
             if (other !== null) {
               refused = true;
@@ -448,7 +454,7 @@ export class PeerTransport {
             continue;
           }
           this.stats.framesReceived++;
-          const msg = decodePeerMessage(f);
+          const msg = decodePeerMessage(f, inVersion);
           if (TIMING_ON) timing.peerMessage((msg as { type?: unknown }).type);
           this.o.onMessage(peer, msg);
         }
@@ -518,7 +524,7 @@ export class PeerTransport {
     if (this.closed) return;
     const addr = this.o.peers.get(id)!;
     let o = this.out.get(id);
-    if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, pendingFrames: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS, lastOutcome: 'pending', version: null }));
+    if (!o) this.out.set(id, (o = { socket: null, ready: false, pending: [], pendingBytes: 0, pendingFrames: 0, retryTimer: null, backoffMs: RECONNECT_MIN_MS, lastOutcome: 'pending', version: null, announced: PROTOCOL_VERSION }));
     const state = o;
     const t = this.o.tls;
     // With TLS, the peer's certificate must chain to our CA and name the host we dial (node:tls's default identity check).
@@ -527,6 +533,7 @@ export class PeerTransport {
     state.ready = false;
     state.version = null;
     const announced = this.dialVersion(id);
+    state.announced = announced;
     socket.setNoDelay(true);
     const decoder = new FrameDecoder(HANDSHAKE_MAX_BYTES);
     let connected = false;
@@ -551,6 +558,14 @@ export class PeerTransport {
           state.ready = true;
           state.version = agreedVersion(h);
           state.backoffMs = RECONNECT_MIN_MS;
+          if (state.version !== announced && state.pending.length > 0) {
+            // Queued in the version we announced, and the peer answered in an older one: drop
+            // them (the core resends from the last ack, as for any message lost with a link).
+            this.stats.dropped += state.pendingFrames;
+            state.pending = [];
+            state.pendingBytes = 0;
+            state.pendingFrames = 0;
+          }
           this.o.log('info', 'peer-connected', { peer: id, peerEpoch: h.epoch, protocolVersion: state.version });
           this.versionUp(id);
           this.flush();

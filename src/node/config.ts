@@ -571,6 +571,7 @@ export function coreConfigFor(config: ClusterConfig, id: string): CoreConfig {
   return {
     id, nodes: config.nodes.map((n) => n.id), backups, heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs,
     unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax, snapshotChunkBytes, snapshotWindowChunks,
+    durable: config.durable,
   };
 }
 

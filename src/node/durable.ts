@@ -58,6 +58,11 @@ export interface DurableMeta {
   readonly node: string;
   readonly arbiterId: string | null;
   readonly view: View;
+  /**
+   * The term of the log this disk's entries are a prefix of (replica.ts "Several backups and the
+   * commit index"); absent (a release before it) or 0: unknown.
+   */
+  readonly logTerm?: number;
 }
 
 export interface Recovered {
@@ -252,6 +257,7 @@ export class DurableStore {
     // `backups` (a list); a release before several backups wrote `backup` (an id or null).
     const backups = Array.isArray(v.backups) ? v.backups : v.backup === null ? [] : [v.backup];
     if (!backups.every((b) => typeof b === 'string' && b !== '')) corrupt(path, 0, 'not a lockstep meta.json of format 1 (its view\'s backups are not node ids)');
+    if (o.logTerm !== undefined && !(typeof o.logTerm === 'number' && Number.isSafeInteger(o.logTerm) && o.logTerm >= 0)) corrupt(path, 0, 'not a lockstep meta.json of format 1 (its logTerm is not an epoch)');
     return { ...(m as DurableMeta), view: { epoch: v.epoch, primary: v.primary as string | null, backups: backups as string[] } };
   }
 

@@ -150,6 +150,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
   private readonly store: DurableStore | null;
   /** Durable mode: acks waiting for the commit (fsync) of what they ack, at the end of this turn. */
   private deferredSends: { readonly to: string; readonly msg: PeerMessage }[] = [];
+  /** Durable mode: the logTerm meta.json last said (written again when the core's changes). */
+  private metaLogTerm = 0;
   /** Durable mode: releases waiting for the commit of the entries the outputs depend on. */
   private deferredReleases: (readonly number[])[] = [];
   /** Durable mode: the compaction under way (a snapshot of the service at `index` being written). */
@@ -294,7 +296,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
    * disk may be stale (it was dropped from the view, or never in it): it is discarded, logged,
    * and the node joins as an empty spare to be recruited.
    */
-  private async recoverDurable(disk: Recovered): Promise<{ index: number; view: View } | undefined> {
+  private async recoverDurable(disk: Recovered): Promise<{ index: number; view: View; logTerm: number } | undefined> {
     const store = this.store!;
     const identity = this.arbiterIdentity!;
     const meta = disk.meta;
@@ -317,7 +319,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
       }
     }
     const named = view.epoch > 0 && (view.primary === this.id || isBackupIn(view, this.id));
-    const writeMeta = (v: View): void => store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view: v });
+    const logTerm = meta?.logTerm ?? 0;
+    const writeMeta = (v: View): void => store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view: v, logTerm: named ? logTerm : 0 });
     if (named && meta !== null) {
       const started = performance.now();
       if (disk.snapshotPieces.length > 0) {
@@ -335,7 +338,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
         dataDir: store.dir, snapshotIndex: disk.snapshotIndex, entries: disk.entries.length, lastIndex: disk.lastIndex,
         view: formatView(view), ms: Math.round(performance.now() - started),
       });
-      return { index: disk.lastIndex, view };
+      this.metaLogTerm = logTerm;
+      return { index: disk.lastIndex, view, logTerm };
     }
     if (meta !== null && disk.lastIndex > 0) {
       this.log('warn', 'durable-discarded', {
@@ -396,6 +400,13 @@ export class ReplicaNode implements FrontHost, AdminHost {
     for (const ids of releases) this.front.release(ids);
   }
 
+  /** Durable mode: meta.json with this view and the log term the disk's entries belong to. */
+  private writeDurableMeta(view: View): void {
+    const logTerm = this.replicaState.logTerm;
+    this.store!.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: this.arbiterIdentity?.id ?? null, view, logTerm });
+    this.metaLogTerm = logTerm;
+  }
+
   /** A disk error: fail-stop. Nothing waiting for the disk goes out. */
   private durableFailed(e: unknown): void {
     this.deferredSends = [];
@@ -425,6 +436,9 @@ export class ReplicaNode implements FrontHost, AdminHost {
     const r = this.replicaState;
     if (store === null || this.compacting !== null || store.committing || store.logBytesSinceSnapshot < this.config.durableCompactBytes) return;
     if ((r.role !== 'primary' && r.role !== 'backup') || this.restoring !== null || store.index !== r.lastIndex) return;
+    // A backup's guest is behind its log (it applies up to the commit index): its state is the
+    // snapshot of store.index only once it applied every entry it holds.
+    if (r.role === 'backup' && r.appliedIndex !== r.lastIndex) return;
     if (this.front.brokenReason?.() != null) return;
     const logBytes = store.logBytesSinceSnapshot;
     let index = -1;
@@ -600,7 +614,11 @@ export class ReplicaNode implements FrontHost, AdminHost {
       case 'send':
         this.metrics.sent(a.to, a.msg);
         // Durable mode: an ack says "I hold it", so it waits for the fsync at the end of this turn.
-        if (this.store !== null && (a.msg.type === 'ack' || a.msg.type === 'chunkAck')) this.deferredSends.push({ to: a.to, msg: a.msg });
+        if (this.store !== null && (a.msg.type === 'ack' || a.msg.type === 'chunkAck')) {
+          // The disk's entries became a prefix of another log (a new primary's): say so before the ack.
+          if (this.replicaState.logTerm !== this.metaLogTerm) this.durably(() => this.writeDurableMeta(this.replicaState.view));
+          this.deferredSends.push({ to: a.to, msg: a.msg });
+        }
         else this.transport.send(a.to, a.msg);
         return;
       case 'arbiterCas': {
@@ -645,9 +663,12 @@ export class ReplicaNode implements FrontHost, AdminHost {
       case 'discard':
         this.front.discard(a.outputIds, a.reason);
         return;
+      case 'receive':
+        // Durable mode: held entries go to the log now; the acks after them wait for its fsync.
+        this.durably((s) => s.append(a.entries, this.replicaState.view.epoch));
+        return;
       case 'apply':
         this.front.apply(a.entries);
-        this.durably((s) => s.append(a.entries, this.replicaState.view.epoch));
         return;
       case 'restoreChunk': {
         // Durable mode: the snapshot goes to disk as it comes; at the last chunk it is fsync'd and
@@ -683,8 +704,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
         this.counters.viewChanges++;
         this.metrics.role(a.role);
         if (a.role === 'primary' || a.role === 'backup') {
-          const arbiterId = this.arbiterIdentity?.id ?? null;
-          this.durably((s) => s.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId, view: a.view }));
+          this.durably(() => this.writeDurableMeta(a.view));
         }
         if (a.role === 'halted') this.startOver(a.reason);
         else this.front.role(a.role, a.view, a.reason);
@@ -882,7 +902,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
       knownEpoch: s.knownEpoch,
       logIndex: s.lastIndex,
       ackedIndex: s.ackedIndex,
-      appliedIndex: s.lastIndex, // followers apply entries as they arrive; the primary executes before appending
+      appliedIndex: s.appliedIndex, // a follower applies up to the commit index; the primary executes before appending
+      commitIndex: s.commitIndex,
       lag: s.lagEntries,
       heldOutputs: s.heldOutputs,
       retainedEntries: s.retainedEntries,

@@ -310,6 +310,8 @@ interface SimNode {
   nextOutputId: number;
   /** State digest at each log index this incarnation holds. */
   digests: Map<number, string>;
+  /** Entries held and not yet applied: the incarnation each came from (its digests are the reference). */
+  receivedFrom: Map<number, { readonly node: string; readonly inc: number }>;
   /** A recruit's snapshot being restored chunk by chunk, into a fresh service. */
   restoring: { readonly service: Service; readonly stream: RestoreStream } | null;
   /** Its machine broke (poison): it takes no command and crashes once this output is released. */
@@ -768,6 +770,7 @@ class Simulation {
       brokenOutput: null,
       nextOutputId: 1,
       digests,
+      receivedFrom: new Map(),
       restoring: null,
       producing: null,
     };
@@ -973,9 +976,17 @@ class Simulation {
           node.held.delete(id);
         }
         return;
+      case 'receive':
+        if (source !== null) for (const e of a.entries) node.receivedFrom.set(e.index, source);
+        return;
       case 'apply': {
-        const ref = source ? this.digestsOf.get(`${source.node}#${source.inc}`) : undefined;
         for (const e of a.entries) {
+          // Each entry is checked against the state of the node it came from (a backup going
+          // live applies entries its old primary sent; one that follows a new primary, entries
+          // from both).
+          const from = node.receivedFrom.get(e.index) ?? source;
+          node.receivedFrom.delete(e.index);
+          const ref = from ? this.digestsOf.get(`${from.node}#${from.inc}`) : undefined;
           try {
             node.service.applyEntry(e.payload);
           } catch (err) {
@@ -986,8 +997,8 @@ class Simulation {
           const d = node.service.digest();
           node.digests.set(e.index, d);
           const want = ref?.get(e.index);
-          if (want === undefined) this.fail('divergence', `${node.id} applied ${e.index} from ${source?.node ?? '?'}, which has no state at that index`);
-          else if (want !== d) this.fail('divergence', `${node.id}#${node.inc} state at index ${e.index} differs from ${source?.node}'s`);
+          if (want === undefined) this.fail('divergence', `${node.id} applied ${e.index} from ${from?.node ?? '?'}, which has no state at that index`);
+          else if (want !== d) this.fail('divergence', `${node.id}#${node.inc} state at index ${e.index} differs from ${from?.node}'s`);
         }
         return;
       }
@@ -1328,7 +1339,11 @@ class Simulation {
         if (second !== from && !backups.includes(second)) backups.push(second);
       }
       const last = target.replica.lastIndex;
-      msg = { type: 'frame', view: { epoch, primary: from, backups }, seq: r.int(1, 1000), prevIndex: last, payloads: [], primaryIndex: last, pendingView: null };
+      // Which log it claims: none, the target's own, or one of this epoch; a commit index up to its end.
+      const term = r.pick([0, Math.min(epoch, target.replica.logTerm), epoch]);
+      const baseTerm = term === 0 ? 0 : r.pick([0, target.replica.logTerm, term - 1].filter((t) => t < term));
+      const log = { commitIndex: r.int(0, last), term, baseIndex: r.int(0, last), baseTerm };
+      msg = { type: 'frame', view: { epoch, primary: from, backups }, seq: r.int(1, 1000), prevIndex: last, payloads: [], primaryIndex: last, pendingView: null, ...log };
     } else {
       msg = { type: 'ack', epoch, seq: 1, ackedIndex: 0, gap: false };
     }

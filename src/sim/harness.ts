@@ -68,6 +68,8 @@ export class Harness {
   readonly discarded = new Map<string, number[]>();
   /** Entries each follower applied, by index. */
   readonly applied = new Map<string, number[]>();
+  /** Entries each follower received (held, acked; applied once the commit index reaches them), by index. */
+  readonly received = new Map<string, number[]>();
   readonly snapshots = new Map<string, number[]>();
   readonly logs: { node: string; event: string; fields: Record<string, unknown> }[] = [];
   /** Every `switchover` action (issue 11 item 1): its outcome and code. */
@@ -115,6 +117,9 @@ export class Harness {
         return;
       case 'discard':
         this.discarded.set(id, [...(this.discarded.get(id) ?? []), ...a.outputIds]);
+        return;
+      case 'receive':
+        this.received.set(id, [...(this.received.get(id) ?? []), ...a.entries.map((e) => e.index)]);
         return;
       case 'apply':
         this.applied.set(id, [...(this.applied.get(id) ?? []), ...a.entries.map((e) => e.index)]);
