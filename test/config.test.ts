@@ -100,7 +100,7 @@ test('nodeOf and coreConfigFor', () => {
     id: 'n2', nodes: ['n1', 'n2', 'n3'], backups: 1, heartbeatMs: 50, failureTimeoutMs: 500, retransmitMs: 150, arbiterRetryMs: 250, joinIntervalMs: 200,
     unackedEntriesMax: DEFAULT_TIMING.unackedEntriesMax, unackedBytesMax: DEFAULT_TIMING.unackedBytesMax,
     frameEntriesMax: DEFAULT_TIMING.frameEntriesMax, frameBytesMax: DEFAULT_TIMING.frameBytesMax, catchupEntriesMax: DEFAULT_TIMING.catchupEntriesMax,
-    snapshotChunkBytes: DEFAULT_SNAPSHOT_CHUNK_BYTES, snapshotWindowChunks: DEFAULT_SNAPSHOT_WINDOW_CHUNKS,
+    snapshotChunkBytes: DEFAULT_SNAPSHOT_CHUNK_BYTES, snapshotWindowChunks: DEFAULT_SNAPSHOT_WINDOW_CHUNKS, durable: false,
   });
   assert.ok(!('bugs' in core));
 });

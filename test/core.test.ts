@@ -15,13 +15,17 @@ import {
 } from '../src/core/index.js';
 
 const view = { epoch: 3, primary: 'n1', backups: ['n2'] };
-const frame = { type: 'frame', view, seq: 1, prevIndex: 0, payloads: [new Uint8Array(2)], primaryIndex: 1, pendingView: null };
+const frame = { type: 'frame', view, seq: 1, prevIndex: 0, payloads: [new Uint8Array(2)], primaryIndex: 1, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 };
 
 test('validateMessage accepts well-formed messages and names what is wrong with the rest', () => {
   const cases: [unknown, string | null][] = [
     [frame, null],
     [{ ...frame, payloads: [] }, null],
     [{ ...frame, pendingView: { epoch: 4, primary: 'n1', backups: ['n3'] } }, null],
+    [{ ...frame, commitIndex: 2 }, 'frame: commitIndex is not an index up to primaryIndex'],
+    [{ ...frame, term: view.epoch + 1 }, 'frame: term, baseIndex or baseTerm out of range'],
+    [{ ...frame, term: 2, baseTerm: 2 }, 'frame: term, baseIndex or baseTerm out of range'],
+    [{ ...frame, baseIndex: -1 }, 'frame: term, baseIndex or baseTerm is not an index'],
     [{ type: 'chunk', view, seq: 2, index: 7, chunk: 0, last: true, data: new Uint8Array(0) }, null],
     [{ type: 'chunkAck', epoch: 3, seq: 2, index: 7, chunks: 1, gap: false }, null],
     [{ type: 'ack', epoch: 3, seq: 1, ackedIndex: 0, gap: false }, null],

@@ -327,13 +327,15 @@ describe('bad input on a running cluster', () => {
       { h: { cluster: cluster.cluster, nodeId: 'n99' }, reason: /unknown node id "n99"/ },
       { h: { cluster: cluster.cluster, nodeId: n.id }, reason: /own/ },
       { h: { cluster: cluster.cluster, nodeId: primaryId, epoch: 1_000_000, protocolVersion: 0 }, reason: /protocol version 0/ },
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 2 }, reason: /protocol version 2, this node speaks 6 to 7/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 2 }, reason: new RegExp(`protocol version 2, this node speaks ${PROTOCOL_VERSION_MIN} to ${PROTOCOL_VERSION}`) },
       // Version 3 sent a snapshot as one message; version 4 sends chunks (issue 9).
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 3 }, reason: /protocol version 3, this node speaks 6 to 7/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 3 }, reason: new RegExp(`protocol version 3, this node speaks ${PROTOCOL_VERSION_MIN} to ${PROTOCOL_VERSION}`) },
       // Version 4 knew no client sessions in entries and snapshots (issue 9 item 5).
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 4 }, reason: /protocol version 4, this node speaks 6 to 7/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 4 }, reason: new RegExp(`protocol version 4, this node speaks ${PROTOCOL_VERSION_MIN} to ${PROTOCOL_VERSION}`) },
       // Version 5 knew no quarantine entries, nor the quarantine in snapshots.
-      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 5 }, reason: /protocol version 5, this node speaks 6 to 7/ },
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 5 }, reason: new RegExp(`protocol version 5, this node speaks ${PROTOCOL_VERSION_MIN} to ${PROTOCOL_VERSION}`) },
+      // Version 6 knew no version ranges; 8 speaks 7 and 8.
+      { h: { cluster: cluster.cluster, nodeId: primaryId, protocolVersion: 6 }, reason: new RegExp(`protocol version 6, this node speaks ${PROTOCOL_VERSION_MIN} to ${PROTOCOL_VERSION}`) },
     ];
     for (const { h, reason } of cases) {
       const p = await connect(n.peer.port);

@@ -217,3 +217,12 @@ test('the model checker used for the bank finds a stale read and accepts a concu
   // An add applied twice (a retry that ran again) explains no reply of 10 with one add.
   assert.equal(check([add, { call: 20, ret: 30, input: ['GET'], output: '10' }]).ok, false);
 });
+
+test('the model checker takes long histories (its search keeps its own stack, not the call stack)', () => {
+  type Op = ModelOp<string[], string>;
+  const step = (s: number, [op, n]: string[]): { state: number; output: string } =>
+    op === 'ADD' ? { state: s + Number(n), output: String(s + Number(n)) } : { state: s, output: String(s) };
+  // 12,000 adds one after the other: a recursion per op placed overflowed the call stack.
+  const ops: Op[] = Array.from({ length: 12_000 }, (_, i) => ({ call: i * 10, ret: i * 10 + 5, input: ['ADD', '1'], output: String(i + 1) }));
+  assert.equal(checkLinearizable(ops, 0, step, (a, b) => a === b, String).ok, true);
+});

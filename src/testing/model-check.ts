@@ -38,30 +38,64 @@ export function checkLinearizable<S, I, O>(
   const path: number[] = [];
   let best: number[] = [];
   let explored = 0;
-  const search = (state: S, left: number): boolean => {
-    if (left === 0) return true;
+  // Depth-first, with an explicit stack (one frame per op placed) rather than recursion: a
+  // history of thousands of operations would overflow the call stack.
+  interface Frame {
+    readonly state: S;
+    /** The next position in `order` to try from this configuration. */
+    at: number;
+    readonly horizon: number;
+  }
+  const enter = (state: S): Frame | null => {
     const memo = `${Buffer.from(placed).toString('base64')}|${key(state)}`;
-    if (seen.has(memo)) return false;
+    if (seen.has(memo)) return null;
     seen.add(memo);
     explored++;
     // The earliest return among ops not yet placed: only ops called before it may go next.
     let horizon = Infinity;
     for (const i of order) if (placed[i] === 0 && ops[i]!.ret < horizon) horizon = ops[i]!.ret;
-    for (const i of order) {
-      const op = ops[i]!;
-      if (op.call > horizon) break;
-      if (placed[i] === 1) continue;
-      const next = step(state, op.input);
-      if (!same(next.output, op.output)) continue;
-      placed[i] = 1;
-      path.push(i);
-      if (path.length > best.length) best = [...path];
-      if (search(next.state, left - 1)) return true;
-      path.pop();
-      placed[i] = 0;
+    return { state, at: 0, horizon };
+  };
+  const search = (): boolean => {
+    if (ops.length === 0) return true;
+    const first = enter(init);
+    const stack: Frame[] = first === null ? [] : [first];
+    while (stack.length > 0) {
+      const f = stack[stack.length - 1]!;
+      let pushed = false;
+      while (f.at < order.length) {
+        const i = order[f.at++]!;
+        const op = ops[i]!;
+        if (op.call > f.horizon) {
+          f.at = order.length;
+          break;
+        }
+        if (placed[i] === 1) continue;
+        const next = step(f.state, op.input);
+        if (!same(next.output, op.output)) continue;
+        placed[i] = 1;
+        path.push(i);
+        if (path.length > best.length) best = [...path];
+        if (path.length === ops.length) return true;
+        const child = enter(next.state);
+        if (child !== null) {
+          stack.push(child);
+          pushed = true;
+          break;
+        }
+        path.pop();
+        placed[i] = 0;
+      }
+      if (pushed) continue;
+      stack.pop();
+      // Undo the op that led to this configuration.
+      if (stack.length > 0) {
+        const i = path.pop()!;
+        placed[i] = 0;
+      }
     }
     return false;
   };
-  const ok = search(init, ops.length);
+  const ok = search();
   return ok ? { ok, explored } : { ok, explored, longestPrefix: best };
 }
