@@ -1723,6 +1723,7 @@ function abandonRecruit(r: Replica, out: Action[], f: Follower, reason: string):
 function onAppend(r: Replica, payload: Uint8Array): void {
   assert(canAppend(r), 'append while not primary or while flow control is closed');
   r.lastIndex++;
+  r.appliedIndex = r.lastIndex; // the primary executed it before appending it
   if (r.followers.size > 0) {
     r.log.push({ index: r.lastIndex, payload });
     r.retainedBytes += payload.length;
