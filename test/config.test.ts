@@ -100,12 +100,12 @@ test('nodeOf and coreConfigFor', () => {
     id: 'n2', nodes: ['n1', 'n2', 'n3'], backups: 1, heartbeatMs: 50, failureTimeoutMs: 500, retransmitMs: 150, arbiterRetryMs: 250, joinIntervalMs: 200,
     unackedEntriesMax: DEFAULT_TIMING.unackedEntriesMax, unackedBytesMax: DEFAULT_TIMING.unackedBytesMax,
     frameEntriesMax: DEFAULT_TIMING.frameEntriesMax, frameBytesMax: DEFAULT_TIMING.frameBytesMax, catchupEntriesMax: DEFAULT_TIMING.catchupEntriesMax,
-    snapshotChunkBytes: DEFAULT_SNAPSHOT_CHUNK_BYTES, snapshotWindowChunks: DEFAULT_SNAPSHOT_WINDOW_CHUNKS, durable: false,
+    snapshotChunkBytes: DEFAULT_SNAPSHOT_CHUNK_BYTES, snapshotWindowChunks: DEFAULT_SNAPSHOT_WINDOW_CHUNKS, durable: false, backlogBytes: 0,
   });
   assert.ok(!('bugs' in core));
 });
 
-test('durable mode: each node\'s dataDir resolves against the config\'s directory; durableCompactBytes defaults to 64 MiB', () => {
+test('durable mode: each node\'s dataDir resolves against the config\'s directory; durableCompactBytes and durableBacklogBytes default to 64 MiB (the core keeps that backlog)', () => {
   const j = base();
   j.durable = true;
   (j.nodes as Json[]).forEach((n, i) => (n.dataDir = i === 0 ? '/var/lib/lockstep/n1' : `data/n${i + 1}`));
@@ -115,6 +115,9 @@ test('durable mode: each node\'s dataDir resolves against the config\'s director
   assert.deepEqual(c.nodes.map((n) => n.dataDir), ['/var/lib/lockstep/n1', '/etc/lockstep/data/n2', '/etc/lockstep/data/n3']);
   j.durableCompactBytes = 1 << 20;
   assert.equal(parse(j).durableCompactBytes, 1 << 20);
+  assert.equal(coreConfigFor(c, 'n1').backlogBytes, 64 * 1024 * 1024);
+  j.durableBacklogBytes = 4096;
+  assert.equal(coreConfigFor(parse(j), 'n1').backlogBytes, 4096);
 });
 
 const durable = (j: Json): void => {
@@ -129,6 +132,7 @@ const cases: [string, (j: Json) => void, string, string[]][] = [
   ['dataDir without durable', (j) => { node(j, 0).dataDir = 'data/n1'; }, 'E_CONFIG_INVALID', ['nodes[0].dataDir: is set but "durable" is not true']],
   ['durable not a boolean', (j) => { j.durable = 'yes'; }, 'E_CONFIG_INVALID', ['durable: must be true or false']],
   ['durableCompactBytes without durable', (j) => { j.durableCompactBytes = 1000; }, 'E_CONFIG_INVALID', ['durableCompactBytes: is set but "durable" is not true']],
+  ['durableBacklogBytes without durable', (j) => { j.durableBacklogBytes = 1000; }, 'E_CONFIG_INVALID', ['durableBacklogBytes: is set but "durable" is not true']],
   ['more backups than nodes to hold them', (j) => { j.backups = 3; }, 'E_CONFIG_INVALID', ['backups: 3 backups need at least 4 nodes', 'this cluster has 3']],
   ['backups zero', (j) => { j.backups = 0; }, 'E_CONFIG_INVALID', ['backups: must be a positive integer']],
   ['durable wasm service', (j) => { durable(j); j.service = { kind: 'wasm', module: 'g.wasm', listen: ['127.0.0.1:7300'] }; for (const n of j.nodes as Json[]) delete n.client; }, 'E_NOT_IMPLEMENTED', ['durable: durable mode is not yet built for the wasm service']],

@@ -82,10 +82,11 @@ for (const { mode, first } of variants) {
     const logs = (): string => cluster.nodes.map((n) => cluster.log(n.id)).join('');
     assert.match(logs(), /"durable-recovered"/, 'a node named in the view recovered from its disk');
     // The named node that did not go live either follows the one that did with its disk (its log
-    // is a prefix of the winner's: `new-log`), or discards it: it halts when its disk holds entries
-    // the winner lacks or the winner's log is not its own, or finds itself out of the view at
-    // start (it may come after the new pair is in step).
-    await cluster.waitFor(() => /"durable-discarded"|"new-log"/.test(logs()), 30_000, 'the other named node to follow the winner with its disk, or discard it');
+    // is a prefix of the winner's: `new-log`), or halts when its disk holds entries the winner
+    // lacks, or finds itself out of the view at start (it may come after the new pair is in
+    // step): then it rejoins as a spare holding its disk (`durable-kept`), resumed or sent a
+    // snapshot by the primary.
+    await cluster.waitFor(() => /"durable-discarded"|"durable-kept"|"new-log"/.test(logs()), 30_000, 'the other named node to follow the winner with its disk, or rejoin holding it, or discard it');
     // Every acknowledged append is there, once; the history (its unknown outcomes included) is
     // linearizable. (failed: operations cut by the kill have unknown outcomes, which the check allows.)
     assert.deepEqual(await workloadProblems(cluster.clientAddresses(), { ...result, failed: 0 }), []);
@@ -130,6 +131,44 @@ test('durable: a backup killed and restarted while its primary lives resumes fro
   assert.equal(s.epoch, p.epoch);
   await inStep(cluster, 'the backup in step with equal digests');
 });
+
+for (const mode of ['rsm', 'state-transfer'] as const) {
+  test(`durable (${mode}): a backup killed, dropped from the view after the failure timeout and restarted after more writes is sent only what it lacks (no snapshot), under load`, async (t) => {
+    // backups 2 on 3 nodes: no spare takes the dropped backup's place, so it is recruited back.
+    const cluster = await ProcessCluster.start({ mode, durable: true, failureTimeoutMs: 800, heartbeatMs: 50, extra: { backups: 2 } });
+    t.after(() => cluster.stop());
+    await cluster.waitFor(async () => ((await cluster.primary())?.view.backups?.length ?? 0) === 2, 30_000, 'two backups');
+    const p = (await cluster.primary())!;
+    const b = p.view.backups![1]!;
+    const finish = startLoad(cluster.clientAddresses(), 4, 5, t);
+    await sleep(1000);
+    await cluster.kill9(b);
+    await cluster.waitFor(async () => !((await cluster.primary())?.view.backups ?? [b]).includes(b), 30_000, `${b} to be dropped from the view`);
+    const atDrop = (await cluster.primary())!.logIndex;
+    await cluster.waitFor(async () => (await cluster.primary())!.logIndex > atDrop + 200, 30_000, 'writes after the drop');
+    cluster.spawn(b);
+    await cluster.waitFor(async () => (await cluster.primary())?.view.backups?.includes(b) === true, 30_000, `${b} to be a backup again`);
+    await sleep(500);
+    const result = await finish();
+    assert.ok(result.ok > 100, `the workload made progress (${result.ok} ops)`);
+    assert.deepEqual(await workloadProblems(cluster.clientAddresses(), result), []);
+    const log = cluster.log(b);
+    const restart = log.slice(log.lastIndexOf('"node-start"') - 2000);
+    assert.match(restart, /"durable-kept"/, 'it kept its disk, out of the view');
+    assert.match(restart, /"recruit-resumed"/, 'it was resumed from it');
+    assert.doesNotMatch(restart.slice(restart.indexOf('"durable-kept"')), /recruit-snapshot-start/, 'no snapshot was sent to it');
+    const primaryLog = cluster.log(p.id);
+    const resume = /"event":"recruit-resume".*?"index":(\d+).*?"lastIndex":(\d+)/.exec(primaryLog);
+    assert.ok(resume !== null, 'the primary logged the resume');
+    t.diagnostic(`resumed from ${resume[1]} at the primary's ${resume[2]}: ${Number(resume[2]) - Number(resume[1])} entries sent instead of a snapshot; ${result.ok} operations acknowledged`);
+    assert.ok(Number(resume[2]) - Number(resume[1]) >= 200, 'it lacked the entries written while it was out');
+    // Every replica in step, with equal digests.
+    await cluster.waitFor(async () => {
+      const all = (await cluster.statuses()).filter((s) => s !== null);
+      return all.length === 3 && all.every((s) => s!.logIndex === all[0]!.logIndex && s!.digest === all[0]!.digest);
+    }, 30_000, 'the three replicas in step with equal digests');
+  });
+}
 
 test('durable: a node whose log is damaged refuses to start with E_DURABLE_CORRUPT naming the file; moved away, it starts empty and is recruited', async (t) => {
   // Two nodes: the backup killed is the only spare there is, so it is the one recruited again.

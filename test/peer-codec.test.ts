@@ -38,17 +38,19 @@ const MESSAGES: PeerMessage[] = [
   { type: 'frame', view: V2, seq: 99, prevIndex: 10, payloads: [new Uint8Array(0), bytes(1), bytes(300)], primaryIndex: 13, pendingView: V1, commitIndex: 12, term: 7, baseIndex: 10, baseTerm: 3 },
   { type: 'frame', view: V3, seq: 2 ** 53 - 1, prevIndex: 0, payloads: Array.from({ length: 5000 }, () => bytes(rng.int(0, 40))), primaryIndex: 5000, pendingView: V2, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
   { type: 'frame', view: V2, seq: 3, prevIndex: 5, payloads: [bytes(200_000), bytes(3)], primaryIndex: 7, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
-  { type: 'chunk', view: V2, seq: 5, index: 1234, chunk: 0, last: false, data: bytes(1 << 20) },
-  { type: 'chunk', view: V1, seq: 1, index: 0, chunk: 0, last: true, data: new Uint8Array(0) },
+  { type: 'chunk', view: V2, seq: 5, index: 1234, chunk: 0, last: false, data: bytes(1 << 20), keep: false },
+  { type: 'chunk', view: V1, seq: 1, index: 0, chunk: 0, last: true, data: new Uint8Array(0), keep: false },
   { type: 'frame', view: V4, seq: 4, prevIndex: 1, payloads: [bytes(10)], primaryIndex: 2, pendingView: { ...V4, epoch: 10, backups: ['n2', 'n3', 'n4', 'n5'] }, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
-  { type: 'chunk', view: V3, seq: 2 ** 40, index: 2 ** 50, chunk: 123_456, last: true, data: bytes(70) },
+  { type: 'chunk', view: V3, seq: 2 ** 40, index: 2 ** 50, chunk: 123_456, last: true, data: bytes(70), keep: false },
   { type: 'chunkAck', epoch: 7, seq: 6, index: 1234, chunks: 1, gap: false },
   { type: 'chunkAck', epoch: 2 ** 40, seq: 2 ** 53 - 1, index: 0, chunks: 0, gap: true },
   { type: 'ack', epoch: 7, seq: 99, ackedIndex: 13, gap: false },
   { type: 'ack', epoch: 1, seq: 1, ackedIndex: 0, gap: true },
   { type: 'refuse', epoch: 12, reason: 'stale epoch: I know epoch 12 ☃' },
   { type: 'refuse', epoch: 0, reason: '' },
-  { type: 'join' },
+  { type: 'join', index: 0, logTerm: 0 },
+  { type: 'join', index: 2 ** 40, logTerm: 17 },
+  { type: 'chunk', view: V2, seq: 8, index: 4321, chunk: 0, last: true, data: new Uint8Array(0), keep: true },
 ];
 
 test('every message kind round-trips exactly, from a Uint8Array and from a Buffer', () => {
@@ -69,7 +71,7 @@ test('every message kind round-trips exactly, from a Uint8Array and from a Buffe
   // Structure only: values the core would refuse still round-trip.
   const odd = { type: 'frame', view: { epoch: 0, primary: null, backups: [''] }, seq: 0, prevIndex: 9, payloads: [], primaryIndex: 0, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 } as const;
   assert.deepEqual(decodePeerMessage(encodePeerMessage(odd as unknown as PeerMessage)), odd);
-  assert.equal(encodePeerMessage({ type: 'join' }).length, 1);
+  assert.equal(encodePeerMessage({ type: 'join', index: 0, logTerm: 0 }).length, 3);
   assert.equal(encodePeerMessage({ type: 'ack', epoch: 3, seq: 4, ackedIndex: 100, gap: false }).length, 5);
 });
 
@@ -83,8 +85,26 @@ test('protocol 7 frames: encoded without the commit index and log fields, decode
   assert.deepEqual(decodePeerMessage(v7, 7), { ...msg, commitIndex: 12, term: 0, baseIndex: 0, baseTerm: 0 });
   assert.throws(() => decodePeerMessage(v7, 8), PeerCodecError, 'a version 7 frame is not read as version 8');
   assert.deepEqual(Buffer.concat(encodePeerFrame(msg, 7)), frame(v7));
-  // Messages other than frames are the same in both.
-  for (const m of MESSAGES.filter((x) => x.type !== 'frame')) assert.deepEqual(encodePeerMessage(m, 7), encodePeerMessage(m, 8), m.type);
+  // Messages other than frames, joins and keep chunks are the same in both.
+  for (const m of MESSAGES.filter((x) => x.type !== 'frame' && x.type !== 'join' && !(x.type === 'chunk' && x.keep))) assert.deepEqual(encodePeerMessage(m, 7), encodePeerMessage(m, 8), m.type);
+});
+
+test('protocol 7 joins say no state and keep chunks cannot be said (a spare resumed from its disk needs 8)', () => {
+  const join: PeerMessage = { type: 'join', index: 500, logTerm: 4 };
+  assert.deepEqual(decodePeerMessage(encodePeerMessage(join, 8), 8), join);
+  const v7 = encodePeerMessage(join, 7);
+  assert.equal(v7.length, 1, 'a version 7 join is the tag alone');
+  assert.deepEqual(decodePeerMessage(v7, 7), { type: 'join', index: 0, logTerm: 0 });
+  assert.throws(() => decodePeerMessage(v7, 8), PeerCodecError, 'a version 7 join is not read as version 8');
+  const keep: PeerMessage = { type: 'chunk', view: V2, seq: 8, index: 4321, chunk: 0, last: true, data: new Uint8Array(0), keep: true };
+  assert.throws(() => encodePeerMessage(keep, 7), PeerCodecError, 'an empty snapshot is not what a keep means');
+  // A version 7 decoder refuses the keep bit rather than read an empty snapshot.
+  assert.throws(() => decodePeerMessage(encodePeerMessage(keep, 8), 7), PeerCodecError);
+  // The core refuses a keep that is not the single empty last chunk, and a join half said.
+  assert.match(String(validateMessage({ ...keep, chunk: 1 })), /keep chunk/);
+  assert.match(String(validateMessage({ ...keep, data: bytes(3) })), /keep chunk/);
+  assert.match(String(validateMessage({ type: 'join', index: 5, logTerm: 0 })), /both 0/);
+  assert.match(String(validateMessage({ type: 'join', index: -1, logTerm: 2 })), /not an index/);
 });
 
 test('encodePeerFrame is frame(encodePeerMessage) in parts, big payloads uncopied (issue 14 item 4)', () => {
@@ -92,7 +112,7 @@ test('encodePeerFrame is frame(encodePeerMessage) in parts, big payloads uncopie
   const msgs: PeerMessage[] = [
     ...MESSAGES,
     { type: 'frame', view: V2, seq: 2, prevIndex: 0, payloads: [bytes(10), big, bytes(70_000), bytes(3)], primaryIndex: 4, pendingView: null, commitIndex: 0, term: 0, baseIndex: 0, baseTerm: 0 },
-    { type: 'chunk', view: V2, seq: 3, index: 9, chunk: 4, last: false, data: big },
+    { type: 'chunk', view: V2, seq: 3, index: 9, chunk: 4, last: false, data: big, keep: false },
   ];
   for (const msg of msgs) {
     const parts = encodePeerFrame(msg);
@@ -124,7 +144,8 @@ test('truncated input, trailing bytes, unknown tags and bad flag bytes throw Pee
   assert.throws(() => decodePeerMessage(Uint8Array.of(6, 1, 4)), /bad view flags/); // chunk, view flags 4
   // Version 4: a whole snapshot in one message (tag 2) is gone; a chunk's `last` is a boolean.
   assert.throws(() => decodePeerMessage(Uint8Array.of(2, 1, 1, 1, 1, 0, 0)), /unknown message tag 2/);
-  assert.throws(() => decodePeerMessage(Uint8Array.of(6, 1, 1, 1, 0x61, 1, 1, 0, 2, 0)), /bad boolean/);
+  assert.throws(() => decodePeerMessage(Uint8Array.of(6, 1, 1, 1, 0x61, 1, 1, 0, 4, 0)), /bad chunk flags 4/);
+  assert.throws(() => decodePeerMessage(Uint8Array.of(6, 1, 1, 1, 0x61, 1, 1, 0, 2, 0), 7), /bad chunk flags 2/); // keep, in 7
   assert.throws(() => decodePeerMessage(Uint8Array.of(7, 1, 1, 1, 1, 3)), /bad boolean/); // chunkAck, gap = 3
   // A payload count larger than the bytes left is refused before allocating for it.
   const w = Uint8Array.of(1, 1, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f);
@@ -198,7 +219,7 @@ test('handshake: round trip, a foreign version still decodes, garbage and stray 
   assert.throws(() => decodeHandshake(known), /bad handshake flags 6/);
   assert.throws(() => decodeHandshake(Buffer.from('*1\r\n$4\r\nPING\r\n')), /bad magic/);
   assert.throws(() => decodeHandshake(Buffer.from('GET / HTTP/1.1\r\n')), /bad magic/);
-  assert.throws(() => decodeHandshake(encodePeerMessage({ type: 'join' })), /bad magic/);
+  assert.throws(() => decodeHandshake(encodePeerMessage({ type: 'join', index: 0, logTerm: 0 })), /bad magic/);
   for (let i = 0; i < 2000; i++) {
     const g = Uint8Array.from([0x4c, 0x53, 0x54, 0x50, ...Array.from({ length: rng.int(0, 20) }, () => rng.u32() & 0xff)]);
     try {
@@ -283,7 +304,7 @@ test('auth proof: round trip; anything else is not a proof', () => {
   assert.equal(Buffer.from(enc.subarray(0, 4)).toString('latin1'), 'LSTA');
   assert.deepEqual(decodeAuthProof(enc), mac);
   assert.throws(() => encodeAuthProof(mac.subarray(1)), /32 bytes/);
-  for (const bad of [enc.subarray(0, 35), Uint8Array.from([...enc, 0]), encodeHandshake({ cluster: 'c', nodeId: 'n', protocolVersion: PROTOCOL_VERSION, minVersion: PROTOCOL_VERSION_MIN, epoch: 0, arbiterId: 'ab' }), encodePeerMessage({ type: 'join' })]) {
+  for (const bad of [enc.subarray(0, 35), Uint8Array.from([...enc, 0]), encodeHandshake({ cluster: 'c', nodeId: 'n', protocolVersion: PROTOCOL_VERSION, minVersion: PROTOCOL_VERSION_MIN, epoch: 0, arbiterId: 'ab' }), encodePeerMessage({ type: 'join', index: 0, logTerm: 0 })]) {
     assert.throws(() => decodeAuthProof(bad), PeerCodecError);
   }
 });

@@ -42,13 +42,13 @@ test('a peer that reaches us is dialled back at once, not after our reconnect ba
   const t0 = performance.now();
   await b.start();
   // b's dial reaches a; a answers the join it carries right away, which needs a's own link to b.
-  b.send('a', { type: 'join' });
+  b.send('a', { type: 'join', index: 0, logTerm: 0 });
   b.flush();
   while (!a.isConnected('b') && performance.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 5));
   const ms = performance.now() - t0;
   assert.ok(a.isConnected('b'), 'a connected to b');
   assert.ok(ms < 400, `a dialled b back after ${ms.toFixed(0)} ms; its backoff alone is up to 1000 ms`);
-  a.send('b', { type: 'join' });
+  a.send('b', { type: 'join', index: 0, logTerm: 0 });
   a.flush();
   while (atB.length === 0 && performance.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 5));
   assert.deepEqual(atB, ['a:join']);
@@ -87,8 +87,8 @@ for (const secret of [true, false]) {
       assert.equal(warn.fields.peerArbiterId, theirs);
       assert.match(String(warn.fields.meaning), /two arbiters: split brain risk, check the arbiter path in every node's config/);
     }
-    a.send('b', { type: 'join' });
-    b.send('a', { type: 'join' });
+    a.send('b', { type: 'join', index: 0, logTerm: 0 });
+    b.send('a', { type: 'join', index: 0, logTerm: 0 });
     a.flush();
     b.flush();
     await new Promise((r) => setTimeout(r, 300));

@@ -301,7 +301,7 @@ test('lost frames are found by the next heartbeat, lost acks repaired by the nex
 
 test('a backup restarted empty is suspected at once when it asks to join', () => {
   const h = steady();
-  h.input('n1', { type: 'message', from: 'n2', msg: { type: 'join' } });
+  h.input('n1', { type: 'message', from: 'n2', msg: { type: 'join', index: 0, logTerm: 0 } });
   assert.equal(h.casQueue.length, 1);
   assert.equal(h.casQueue[0]!.next.backups[0] ?? null, null);
 });
@@ -334,7 +334,7 @@ test('garbage from a peer is dropped with a logged reason; the replica carries o
   for (const g of garbage) {
     for (const to of ['n1', 'n2', 'n3']) h.input(to, { type: 'message', from: 'n1' === to ? 'n2' : 'n1', msg: g });
   }
-  h.input('n1', { type: 'message', from: 'stranger', msg: { type: 'join' } });
+  h.input('n1', { type: 'message', from: 'stranger', msg: { type: 'join', index: 0, logTerm: 0 } });
   assert.ok(h.logs.filter((l) => l.event === 'ignoring').length >= garbage.length);
   assert.equal(h.role('n1'), 'primary');
   assert.equal(h.role('n2'), 'backup');
@@ -380,7 +380,7 @@ test('fuzz: mutated and random peer messages never throw out of the core, whatev
     const h = steady();
     h.write('n1', rng.int(0, 5));
     const samples = h.net.map((e) => e.msg as unknown as Record<string, unknown>);
-    samples.push({ type: 'ack', epoch: 2, seq: 1, ackedIndex: 0, gap: false }, { type: 'join' }, { type: 'refuse', epoch: 3, reason: 'x' });
+    samples.push({ type: 'ack', epoch: 2, seq: 1, ackedIndex: 0, gap: false }, { type: 'join', index: 0, logTerm: 0 }, { type: 'refuse', epoch: 3, reason: 'x' });
     for (let i = 0; i < 200; i++) {
       const base = { ...pick(samples) };
       const keys = Object.keys(base);

@@ -60,9 +60,11 @@ test('wasm cluster: a guest with 96 MiB of memory is recruited by the streamed s
   assert.equal(restored?.streamed, true, `the recruit says ${JSON.stringify(restored)}`);
   assert.ok(restored.bytes > BALLAST_MB * 2 ** 20, `a snapshot of ${restored.bytes} bytes`);
   assert.ok(restored.pieces! > 100, `${restored.pieces} pieces`);
-  assert.ok(restored.maxAddMs! < PIECE_MS_MAX, `the recruit held its event loop ${restored.maxAddMs} ms for one piece`);
+  // CPU time, not wall time: on a shared machine a process waiting for a CPU mid-piece is not
+  // work the node did (a run with other suites beside it saw 259 ms of wall time for one piece).
+  assert.ok(restored.maxAddCpuMs! < PIECE_MS_MAX, `the recruit held its event loop ${restored.maxAddCpuMs} ms of CPU for one piece (${restored.maxAddMs} ms of wall time)`);
   const sent = events(c.log(p0.id), 'guest-snapshot-sent').at(-1)!;
-  assert.ok((sent.maxNextMs as number) < PIECE_MS_MAX, `the primary held its event loop ${String(sent.maxNextMs)} ms for one piece`);
+  assert.ok((sent.maxNextCpuMs as number) < PIECE_MS_MAX, `the primary held its event loop ${String(sent.maxNextCpuMs)} ms of CPU for one piece (${String(sent.maxNextMs)} ms of wall time)`);
   assert.ok((sent.beginMs as number) < PIECE_MS_MAX, `the primary took ${String(sent.beginMs)} ms to begin the stream`);
   assert.equal(b1.guest!.memoryHash, p1.guest!.memoryHash, 'memory hashes differ');
   assert.equal(b1.guest!.outputDigest, p1.guest!.outputDigest, 'output digests differ');

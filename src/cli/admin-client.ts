@@ -72,7 +72,7 @@ export interface GuestStatus {
   readonly restoredFrom: {
     readonly kind: 'snapshot' | 'log'; readonly bytes: number; readonly calls?: number; readonly entries?: number; readonly ms: number;
     /** A streamed snapshot (issue 9 item 4): its pieces, the longest single piece's restore, and the restore's last step. */
-    readonly streamed?: boolean; readonly pieces?: number; readonly maxAddMs?: number; readonly finishMs?: number;
+    readonly streamed?: boolean; readonly pieces?: number; readonly maxAddMs?: number; readonly maxAddCpuMs?: number; readonly finishMs?: number;
   } | null;
   /** The last snapshot this replica gave a recruit. */
   readonly lastSnapshot: { readonly kind: string; readonly bytes: number; readonly ms: number; readonly calls: number; readonly logBytesTotal: number } | null;

@@ -72,6 +72,11 @@ interface Follower {
   /** Recruits: the index of the snapshot they started from (entries before it are not needed). */
   readonly snapshotIndex: number;
   /**
+   * Recruits resumed from the state they kept (a durable node's disk): the log term they said
+   * it is of (their snapshot is that state, kept: one empty chunk with `keep`); 0: a snapshot.
+   */
+  readonly resumeTerm: number;
+  /**
    * A backup kept from the view we went live from: ackedIndex is what it must hold (what we had
    * applied), until its first ack says what it does hold.
    */
@@ -216,6 +221,15 @@ export interface Replica {
   log: Entry[];
   logHead: number;
   retainedBytes: number;
+  /**
+   * The backlog (config backlogBytes): entries before log[logHead] that no follower needs any
+   * more (a primary's, every follower acked them; a follower's, applied), up to backlogBytes,
+   * for resuming a spare that kept its state. backlog[backlogHead] is the oldest; the last is
+   * the entry just before log[logHead] (a follower's: its appliedIndex).
+   */
+  backlog: Entry[];
+  backlogHead: number;
+  backlogCost: number;
   /** The seq of the last frame (or snapshot) sent, to any follower. */
   frameSeq: number;
   held: Held[];
@@ -289,6 +303,9 @@ export function createReplica(config: CoreConfig, nowMs: number): Replica {
     log: [],
     logHead: 0,
     retainedBytes: 0,
+    backlog: [],
+    backlogHead: 0,
+    backlogCost: 0,
     frameSeq: 0,
     held: [],
     heldHead: 0,
@@ -384,6 +401,7 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
     case 'start':
       assert(r.role === 'booting' && r.cas === null, 'start given twice');
       if (input.recovered !== undefined) startRecovered(r, out, input.recovered.index, input.recovered.view, input.recovered.logTerm ?? 0);
+      else if (input.kept !== undefined) startKept(r, out, input.kept.index, input.kept.logTerm);
       else startCas(r, out, 'bootstrap', NO_VIEW, { epoch: 1, primary: r.config.id, backups: [] });
       break;
     case 'tick':
@@ -573,7 +591,12 @@ function becomePrimary(r: Replica, out: Action[], view: View, reason: string): v
   r.baseTerm = r.logTerm;
   r.logTerm = view.epoch;
   setRole(r, out, 'primary', reason);
-  if (view.backups.length === 0) return;
+  if (view.backups.length === 0) {
+    // The backlog (applied entries) goes on with what it held unapplied.
+    for (const e of unapplied) toBacklog(r, e);
+    trimBacklog(r, r.lastIndex + 1);
+    return;
+  }
   for (const e of unapplied) {
     r.log.push(e);
     r.retainedBytes += e.payload.length;
@@ -635,6 +658,22 @@ function startRecovered(r: Replica, out: Action[], index: number, view: View, lo
   r.following = { primary: view.primary, epoch: view.epoch, lastHeardMs: r.nowMs, pendingView: null, restore: null };
   log(out, 'info', 'recovered', { index, view: formatView(view) });
   setRole(r, out, 'backup', `recovered from disk at index ${index}; named in ${formatView(view)}: waiting for ${view.primary === self ? 'the failure timeout to go live' : `frames from ${view.primary}, or the failure timeout to go live`}`);
+}
+
+/**
+ * Durable mode, at start, a node the view does not name that kept its disk (or one that halted
+ * and kept its state): the guest holds entries 1..index of the log of term logTerm. It is a
+ * spare like any other, but its joins say what it holds (see "Resuming a spare that kept its
+ * state"). It never bootstraps: a cluster whose arbiter holds no view has no log to resume.
+ */
+function startKept(r: Replica, out: Action[], index: number, logTerm: number): void {
+  assert(Number.isSafeInteger(index) && index > 0 && Number.isSafeInteger(logTerm) && logTerm > 0, 'kept state at an index and log term above 0');
+  r.lastIndex = index;
+  r.appliedIndex = index;
+  r.commitIndex = index;
+  r.logTerm = logTerm;
+  log(out, 'info', 'kept', { index, logTerm });
+  setRole(r, out, 'spare', `kept its state (entries 1..${index} of the log of term ${logTerm}): asking to be recruited from it`);
 }
 
 /** Stop: this replica's state can no longer be trusted to be current. Held outputs never go. */
@@ -757,6 +796,7 @@ function onArbiterView(r: Replica, out: Action[], requestId: number, view: View)
 
 /** This follower holds nothing any more (an empty spare, or a recruit starting a snapshot). */
 function forgetLog(r: Replica): void {
+  clearBacklog(r);
   r.lastIndex = 0;
   r.appliedIndex = 0;
   r.commitIndex = 0;
@@ -1002,7 +1042,10 @@ function onTick(r: Replica, out: Action[]): void {
       if (f === null) {
         if (now - r.lastJoinMs >= c.joinIntervalMs) {
           r.lastJoinMs = now;
-          for (const id of c.nodes) if (id !== c.id) out.push({ type: 'send', to: id, msg: { type: 'join' } });
+          // What it holds: nothing, or the state it kept (a durable node's disk).
+          const kept = r.lastIndex > 0 && r.logTerm > 0;
+          const msg: PeerMessage = { type: 'join', index: kept ? r.lastIndex : 0, logTerm: kept ? r.logTerm : 0 };
+          for (const id of c.nodes) if (id !== c.id) out.push({ type: 'send', to: id, msg });
         }
       } else if (r.cas === null && now - f.lastHeardMs >= c.failureTimeoutMs) {
         if (f.pendingView !== null) {
@@ -1055,7 +1098,7 @@ function onMessage(r: Replica, out: Action[], from: NodeId, raw: unknown): void 
       return;
     }
     case 'join':
-      onJoin(r, out, from);
+      onJoin(r, out, from, msg);
       return;
     default:
       assertNever(msg, 'message');
@@ -1165,6 +1208,10 @@ function applyCommitted(r: Replica, out: Action[]): void {
   assert(entries.length === n && entries[0]!.index === r.appliedIndex + 1, 'held entries to apply in range');
   r.pendingHead += n;
   r.appliedIndex = upTo;
+  if (backlogOn(r)) {
+    for (const e of entries) toBacklog(r, e);
+    trimBacklog(r, upTo + 1);
+  }
   if (r.pendingHead === r.pending.length) {
     r.pending = [];
     r.pendingHead = 0;
@@ -1198,12 +1245,9 @@ function sameLog(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage
     return true;
   }
   const bug = r.config.bugs?.noBaseCheck === true;
-  // A node recovered from disk applied all of it, held entries too, and holds what its disk held
-  // when it stopped, which a new primary's base need not cover: it follows only the log it
-  // recovered (its own primary's, coming back), as before several backups. Not built: comparing
-  // what it applied with the new primary's base, as for a backup that never stopped.
-  const recovered = r.recoveredFrom !== null;
-  if (!recovered && (bug || (m.baseTerm !== 0 && m.baseTerm === r.logTerm && r.appliedIndex <= m.baseIndex))) {
+  // A node recovered from disk applied all of it, held entries too (appliedIndex = lastIndex),
+  // so it follows a new primary only if its base covers everything the disk held.
+  if (bug || (m.baseTerm !== 0 && m.baseTerm === r.logTerm && r.appliedIndex <= m.baseIndex)) {
     // PLANTED BUG (noBaseCheck): keep everything held, whatever log it is from.
     const dropped = bug ? 0 : Math.max(0, r.lastIndex - m.baseIndex);
     if (dropped > 0 && r.config.durable) {
@@ -1233,6 +1277,7 @@ function sameLog(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage
  */
 function onChunk(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'chunk' }>): void {
   const epoch = m.view.epoch;
+  if (m.keep) return onKeep(r, out, from, m);
   let f = r.following;
   if (f === null || f.primary !== from || f.epoch !== epoch || f.restore === null || f.restore.index !== m.index) {
     f = { primary: from, epoch, lastHeardMs: r.nowMs, pendingView: null, restore: { index: m.index, chunks: 0, done: false } };
@@ -1260,6 +1305,28 @@ function onChunk(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage
     log(out, 'info', 'recruit-snapshot-restored', { primary: from, epoch, index: m.index, chunks: rs.chunks });
   }
   out.push({ type: 'send', to: from, msg: { type: 'chunkAck', epoch, seq: m.seq, index: m.index, chunks: rs.chunks, gap } });
+}
+
+/**
+ * A resumed recruit: keep the state held (entries 1..index of the log it said in its joins).
+ * Taken only by a spare holding exactly that; anything else joins again, with what it holds.
+ */
+function onKeep(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'chunk' }>): void {
+  const epoch = m.view.epoch;
+  const f = r.following;
+  const again = f !== null && f.primary === from && f.epoch === epoch && f.restore !== null && f.restore.index === m.index && f.restore.done;
+  if (!again) {
+    if (f !== null || r.lastIndex !== m.index || r.logTerm === 0) {
+      log(out, 'warn', 'ignoring', { reason: `a keep of entries 1..${m.index}, this spare holds ${r.lastIndex}${f !== null ? ` and follows ${f.primary}` : ''}`, from, epoch });
+      if (f === null) r.lastJoinMs = -Infinity; // say what it holds at the next tick
+      return;
+    }
+    r.following = { primary: from, epoch, lastHeardMs: r.nowMs, pendingView: null, restore: { index: m.index, chunks: 1, done: true } };
+    log(out, 'info', 'recruit-resumed', { primary: from, epoch, index: m.index, logTerm: r.logTerm });
+  }
+  r.knownEpoch = Math.max(r.knownEpoch, epoch);
+  r.following!.lastHeardMs = r.nowMs;
+  out.push({ type: 'send', to: from, msg: { type: 'chunkAck', epoch, seq: m.seq, index: m.index, chunks: 1, gap: false } });
 }
 
 function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'ack' }>): void {
@@ -1315,7 +1382,7 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
   trySwitch(r, out);
 }
 
-function onJoin(r: Replica, out: Action[], from: NodeId): void {
+function onJoin(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, { type: 'join' }>): void {
   if (r.role !== 'primary') return;
   if (isBackupIn(r.view, from)) {
     // Our backup restarted empty: it holds nothing. Suspect it now rather than after the timeout.
@@ -1329,13 +1396,23 @@ function onJoin(r: Replica, out: Action[], from: NodeId): void {
   const f = r.followers.get(from);
   if (f !== undefined) {
     // Joins sent before the snapshot arrived come before its ack (one ordered channel); a
-    // join after the ack means the recruit restarted empty.
-    if ((f.phase !== 'snapshot' || f.chunksAcked > 0) && r.cas?.purpose !== 'addBackup') abandonRecruit(r, out, f, 'it rejoined as an empty spare');
+    // join after the ack means the recruit restarted (empty, or with other state). A resumed
+    // one that says it holds other state than it was resumed from will never take its keep.
+    const restarted = f.phase !== 'snapshot' || f.chunksAcked > 0;
+    const otherState = f.resumeTerm > 0 && (m.index !== f.snapshotIndex || m.logTerm !== f.resumeTerm);
+    if ((restarted || otherState) && r.cas?.purpose !== 'addBackup') abandonRecruit(r, out, f, restarted ? 'it rejoined as a spare' : `it holds other state than it was resumed from (${m.index} of term ${m.logTerm})`);
     return;
   }
   // One recruit at a time, while the view has fewer backups than the cluster keeps.
   const recruiting = [...r.followers.values()].some((x) => x.kind === 'recruit');
-  if (r.view.backups.length < backupsWanted(r) && !recruiting && r.cas === null) startRecruit(r, out, from);
+  if (r.view.backups.length < backupsWanted(r) && !recruiting && r.cas === null) {
+    const why = m.index > 0 ? whyNotResume(r, m.index, m.logTerm) : null;
+    if (m.index > 0 && why === null) startResume(r, out, from, m.index, m.logTerm);
+    else {
+      if (why !== null) log(out, 'info', 'resume-refused', { recruit: from, index: m.index, logTerm: m.logTerm, reason: why });
+      startRecruit(r, out, from);
+    }
+  }
 }
 
 /** How many backups this cluster keeps (`"backups"`, default 1). */
@@ -1351,8 +1428,9 @@ function dropBackups(r: Replica, out: Action[], ids: readonly NodeId[]): void {
 // ---------------------------------------------------------------------------------------
 // Recruiting a new backup (FT VMotion, §3.1)
 
-function newFollower(r: Replica, id: NodeId, kind: Follower['kind'], ackedIndex: number, inherited = false): Follower {
+function newFollower(r: Replica, id: NodeId, kind: Follower['kind'], ackedIndex: number, inherited = false, resume: { index: number; logTerm: number } | null = null): Follower {
   return {
+    resumeTerm: resume?.logTerm ?? 0,
     inherited,
     id,
     kind,
@@ -1365,7 +1443,7 @@ function newFollower(r: Replica, id: NodeId, kind: Follower['kind'], ackedIndex:
     lastAckMs: r.nowMs,
     lastProgressMs: r.nowMs,
     rewindSeq: 0,
-    snapshotIndex: inherited ? ackedIndex : r.lastIndex,
+    snapshotIndex: inherited ? ackedIndex : resume !== null ? resume.index : r.lastIndex,
     handoverSeq: 0,
     snapshotSentMs: r.nowMs,
     startSeq: r.frameSeq + 1,
@@ -1388,6 +1466,95 @@ function startRecruit(r: Replica, out: Action[], id: NodeId): void {
   log(out, 'info', 'recruit-start', { recruit: id, snapshotIndex: r.lastIndex, epoch: r.view.epoch });
   out.push({ type: 'takeSnapshot' });
 }
+
+// ---------------------------------------------------------------------------------------
+// Resuming a spare that kept its state (issue 11 item 3)
+//
+// A durable node back from a restart that the view no longer names (it was dropped after the
+// failure timeout), or one that halted, keeps its disk: entries 1..i of the log of term t (the
+// epoch in which the primary whose log it followed went live). Its joins say (i, t). The
+// primary recruits it without a snapshot when
+//   - entries 1..i of its own log are that node's: t is its own term (its log only grows) and
+//     i <= lastIndex, or t is its base term (the log it went live from, whose entries up to
+//     baseIndex are its own) and i <= baseIndex. Any other log (older terms, or a node that
+//     holds entries past the base: a deposed primary's never-released ones) gets a snapshot;
+//   - it still keeps entries i+1.. (its retained log and its backlog, config backlogBytes).
+// Then the recruit's "snapshot" is one empty chunk with `keep`: the spare takes it only if it
+// still holds exactly (i, t), and acks it; entries i+1.. follow as for any recruit (catch-up,
+// handover, the same test-and-set). A spare holding anything else ignores it and joins again;
+// the primary, seeing a join with other state, abandons the resume.
+
+/** Null when a spare holding entries 1..index of the log of term logTerm can be resumed; else why not. */
+function whyNotResume(r: Replica, index: number, logTerm: number): string | null {
+  const bug = r.config.bugs?.resumeAnyLog === true;
+  const ours = (logTerm === r.term && index <= r.lastIndex) || (logTerm === r.baseTerm && r.baseTerm > 0 && index <= r.baseIndex);
+  // PLANTED BUG (resumeAnyLog): take any state whose index is not beyond our log.
+  if (!ours && !(bug && index <= r.lastIndex)) {
+    return `its entries are not known to be a prefix of this log (term ${r.term}, base ${r.baseIndex} of term ${r.baseTerm}, last ${r.lastIndex})`;
+  }
+  const first = firstRetained(r);
+  if (index + 1 < first) return `entries ${index + 1}..${first - 1} are no longer kept (backlogBytes ${r.config.backlogBytes ?? 0})`;
+  return null;
+}
+
+function startResume(r: Replica, out: Action[], id: NodeId, index: number, logTerm: number): void {
+  const f = newFollower(r, id, 'recruit', 0, false, { index, logTerm });
+  f.nextIndex = index + 1;
+  f.chunks.push(KEEP_CHUNK);
+  f.sealed = true;
+  r.followers.set(id, f);
+  log(out, 'info', 'recruit-resume', { recruit: id, index, logTerm, lastIndex: r.lastIndex, epoch: r.view.epoch });
+  trimLog(r);
+  sendChunks(r, out, f);
+}
+
+/** The keep chunk's (empty) data. */
+const KEEP_CHUNK = new Uint8Array(0);
+
+/** The first index still kept (backlog or retained log); lastIndex + 1 when none. */
+function firstRetained(r: Replica): number {
+  return r.backlog[r.backlogHead]?.index ?? r.log[r.logHead]?.index ?? r.lastIndex + 1;
+}
+
+function backlogOn(r: Replica): boolean {
+  return (r.config.backlogBytes ?? 0) > 0;
+}
+
+/** An entry no follower needs any more (or a follower applied) goes to the backlog, if kept. */
+function toBacklog(r: Replica, e: Entry): void {
+  if (!backlogOn(r)) return;
+  const last = r.backlog[r.backlog.length - 1];
+  if (last !== undefined && last.index + 1 !== e.index) clearBacklog(r); // never a gap
+  r.backlog.push(e);
+  r.backlogCost += e.payload.length + BACKLOG_ENTRY_COST;
+}
+
+/** Drop the backlog's oldest entries past its budget (never one a follower still needs: `keepFrom`). */
+function trimBacklog(r: Replica, keepFrom: number): void {
+  const max = r.config.backlogBytes ?? 0;
+  while (r.backlogHead < r.backlog.length && r.backlogCost > max) {
+    const e = r.backlog[r.backlogHead]!;
+    if (e.index >= keepFrom) break;
+    r.backlogCost -= e.payload.length + BACKLOG_ENTRY_COST;
+    r.backlogHead++;
+  }
+  if (r.backlogHead === r.backlog.length) {
+    r.backlog = [];
+    r.backlogHead = 0;
+  } else if (r.backlogHead > 1024 && r.backlogHead * 2 > r.backlog.length) {
+    r.backlog = r.backlog.slice(r.backlogHead);
+    r.backlogHead = 0;
+  }
+}
+
+function clearBacklog(r: Replica): void {
+  r.backlog = [];
+  r.backlogHead = 0;
+  r.backlogCost = 0;
+}
+
+/** What an entry in the backlog costs beside its payload (the entry object, the array slot). */
+const BACKLOG_ENTRY_COST = 64;
 
 /**
  * The driver streams the snapshot of the recruit `snapshotFor`: how many more chunks it may
@@ -1450,7 +1617,7 @@ function sendChunks(r: Replica, out: Action[], f: Follower): void {
     assert(data !== undefined, 'snapshot chunk in range');
     const seq = ++r.frameSeq;
     const last = f.sealed && f.nextChunk === f.chunks.length - 1;
-    out.push({ type: 'send', to: f.id, msg: { type: 'chunk', view: r.view, seq, index: f.snapshotIndex, chunk: f.nextChunk, last, data } });
+    out.push({ type: 'send', to: f.id, msg: { type: 'chunk', view: r.view, seq, index: f.snapshotIndex, chunk: f.nextChunk, last, data, keep: f.resumeTerm > 0 } });
     f.nextChunk++;
     f.sentSeq = seq;
     f.lastSendMs = r.nowMs;
@@ -1556,9 +1723,13 @@ function abandonRecruit(r: Replica, out: Action[], f: Follower, reason: string):
 function onAppend(r: Replica, payload: Uint8Array): void {
   assert(canAppend(r), 'append while not primary or while flow control is closed');
   r.lastIndex++;
+  r.appliedIndex = r.lastIndex; // the primary executed it before appending it
   if (r.followers.size > 0) {
     r.log.push({ index: r.lastIndex, payload });
     r.retainedBytes += payload.length;
+  } else if (backlogOn(r)) {
+    toBacklog(r, { index: r.lastIndex, payload });
+    trimBacklog(r, r.lastIndex + 1);
   }
 }
 
@@ -1635,7 +1806,9 @@ function trimLog(r: Replica): void {
     if (e.index >= keepFrom) break;
     r.retainedBytes -= e.payload.length;
     r.logHead++;
+    toBacklog(r, e);
   }
+  trimBacklog(r, keepFrom);
   if (r.logHead === r.log.length) {
     r.log = [];
     r.logHead = 0;
@@ -1652,6 +1825,12 @@ function rewind(r: Replica, f: Follower, from: number): void {
 }
 
 function retained(r: Replica, index: number): Entry {
+  const b = r.backlog[r.backlogHead];
+  if (b !== undefined && index >= b.index && index < b.index + r.backlog.length - r.backlogHead) {
+    const e = r.backlog[r.backlogHead + (index - b.index)]!;
+    assert(e.index === index, `backlog entry ${index} in place`);
+    return e;
+  }
   const first = r.log[r.logHead];
   assert(first !== undefined, `entry ${index} needed but nothing is retained`);
   const e = r.log[r.logHead + (index - first.index)];

@@ -64,13 +64,19 @@ export interface Entry {
  *           of the previous primary can tell how much of what it holds is in the new one's log.
  * chunk     primary -> recruit: piece number `chunk` (from 0) of the guest state at `index`;
  *           `last` on the final piece. A bounded window of chunks is in flight (§3.1 below).
+ *           `keep` (protocol 8): no state comes; the recruit keeps the state it said it holds
+ *           in its join (index and log term), which is a prefix of the primary's log, and
+ *           takes the entries after it (a durable node back from a restart: replica.ts
+ *           "Resuming a spare that kept its state").
  * chunkAck  recruit -> primary: cumulative, `chunks` = how many leading chunks of the
  *           snapshot at `index` the recruit holds; `gap` when the chunk acked came out of
  *           order (one before it was lost) and was dropped.
  * ack       backup/recruit -> primary: cumulative, the highest index held; `gap` when the
  *           frame acked could not be taken because entries before it are missing.
  * refuse    the answer to a frame or ack from an older epoch: "you are stale, I know epoch N".
- * join      a spare with no state, asking to be recruited.
+ * join      a spare asking to be recruited: `index` and `logTerm` say what state it holds
+ *           (0 and 0: none; protocol 8, a durable node's disk: entries 1..index of the log of
+ *           term `logTerm`), so that the primary may send only the entries after it.
  */
 export type PeerMessage =
   | {
@@ -98,11 +104,13 @@ export type PeerMessage =
       readonly chunk: number;
       readonly last: boolean;
       readonly data: Uint8Array;
+      /** Protocol 8: keep the state held at `index` (no data comes; a single chunk, last). */
+      readonly keep: boolean;
     }
   | { readonly type: 'chunkAck'; readonly epoch: number; readonly seq: number; readonly index: number; readonly chunks: number; readonly gap: boolean }
   | { readonly type: 'ack'; readonly epoch: number; readonly seq: number; readonly ackedIndex: number; readonly gap: boolean }
   | { readonly type: 'refuse'; readonly epoch: number; readonly reason: string }
-  | { readonly type: 'join' };
+  | { readonly type: 'join'; readonly index: number; readonly logTerm: number };
 
 export type Role = 'booting' | 'spare' | 'backup' | 'primary' | 'halted';
 
@@ -161,6 +169,12 @@ export interface PlantedBugs {
    * new primary's, and its state diverges.
    */
   readonly noBaseCheck?: boolean;
+  /**
+   * A primary resumes a spare that kept its state (a durable node back from a restart) whatever
+   * log that state is from: entries the spare's disk holds that the primary's log lacks (a
+   * deposed primary's never-released ones) stay in its state, and it diverges.
+   */
+  readonly resumeAnyLog?: boolean;
 }
 
 /** The protocol's timing and bounds: what a cluster config sets for every replica. */
@@ -206,6 +220,13 @@ export interface CoreConfig extends CoreTiming {
    * halts instead, to be recruited again.
    */
   readonly durable?: boolean;
+  /**
+   * Keep about this many bytes (payloads plus 64 per entry) of entries every follower already
+   * acked, or a backup already applied, so that a durable node coming back with its disk is sent
+   * only the entries after it instead of a snapshot (like Redis's replication backlog).
+   * 0 or absent: none kept.
+   */
+  readonly backlogBytes?: number;
   readonly bugs?: PlantedBugs;
 }
 
@@ -232,7 +253,17 @@ export type Input =
    * from it as any backup would (`{e, P, B} -> {e+1, self, -}`): whichever named node comes back
    * first takes over with its disk. A node not named in the view must not be given `recovered`.
    */
-  | { readonly type: 'start'; readonly recovered?: { readonly index: number; readonly view: View; readonly logTerm?: number } }
+  | {
+      readonly type: 'start';
+      readonly recovered?: { readonly index: number; readonly view: View; readonly logTerm?: number };
+      /**
+       * Durable mode, a node the view does not name (or one that halted) that kept its disk:
+       * the guest holds entries 1..index of the log of term logTerm. It starts as a spare that
+       * says so in its joins; the primary sends it only the entries after index when its own
+       * log has that prefix and it still keeps them, and a snapshot otherwise.
+       */
+      readonly kept?: { readonly index: number; readonly logTerm: number };
+    }
   /** Time passed: run the failure detector, heartbeats, retransmission, retries. */
   | { readonly type: 'tick' }
   /** A message from a peer, not yet trusted: the core validates it. */

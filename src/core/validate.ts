@@ -56,6 +56,8 @@ export function validateMessage(msg: unknown): PeerMessage | string {
       if (!isIndex(m.chunk)) return 'chunk: chunk is not a chunk number';
       if (typeof m.last !== 'boolean') return 'chunk: last is not a boolean';
       if (!(m.data instanceof Uint8Array)) return 'chunk: data is not a byte array';
+      if (typeof m.keep !== 'boolean') return 'chunk: keep is not a boolean';
+      if (m.keep && (m.chunk !== 0 || !m.last || m.data.length !== 0 || m.index === 0)) return 'chunk: a keep chunk is the single, empty, last chunk at an index above 0';
       return msg as PeerMessage;
     }
     case 'chunkAck':
@@ -76,6 +78,8 @@ export function validateMessage(msg: unknown): PeerMessage | string {
       if (typeof m.reason !== 'string') return 'refuse: reason is not a string';
       return msg as PeerMessage;
     case 'join':
+      if (!isIndex(m.index) || !isIndex(m.logTerm)) return 'join: index or logTerm is not an index';
+      if ((m.index === 0) !== (m.logTerm === 0)) return 'join: index and logTerm are both 0 (no state) or both above 0';
       return msg as PeerMessage;
     default:
       return `unknown message type ${JSON.stringify(String(m.type)).slice(0, 40)}`;

@@ -39,6 +39,11 @@
 // decoded in a connection's version: a frame in version 7 has none of these fields, and one
 // decoded from a version 7 peer gets commit index = its last entry (apply at once, as version 7
 // did) and term 0 (unknown: a backup never follows another primary on its word).
+// Also in version 8: a join carries the state the spare holds (varuint index, varuint log term;
+// 0 0: none), and a chunk's flags byte may set bit 1, keep: the recruit keeps that state and no
+// snapshot comes (replica.ts "Resuming a spare that kept its state"). A version 7 join is
+// decoded as holding nothing; a keep chunk is never encoded for version 7 (its peers could not
+// tell it from an empty snapshot), and is refused in a version 7 decode.
 // A handshake of a NEWER version than this node knows is decoded leniently: flag bits it does
 // not know and bytes after the fields it knows are ignored. So later versions may only append
 // to the handshake (a field per new flag bit, in bit order), and a node of version N can
@@ -278,7 +283,8 @@ function writeMessage(w: ByteWriter, msg: PeerMessage, bytes: (b: Uint8Array) =>
       case 'chunk':
         w.u8(Tag.Chunk);
         writeView(w, msg.view);
-        w.varuint(msg.seq).varuint(msg.index).varuint(msg.chunk).u8(msg.last ? 1 : 0);
+        if (msg.keep && version < COMMIT_VERSION) throw new PeerCodecError(`a keep chunk cannot be said in protocol ${version}`);
+        w.varuint(msg.seq).varuint(msg.index).varuint(msg.chunk).u8((msg.last ? 1 : 0) | (msg.keep ? 2 : 0));
         bytes(msg.data);
         return;
       case 'chunkAck':
@@ -292,6 +298,7 @@ function writeMessage(w: ByteWriter, msg: PeerMessage, bytes: (b: Uint8Array) =>
         return;
       case 'join':
         w.u8(Tag.Join);
+        if (version >= COMMIT_VERSION) w.varuint(msg.index).varuint(msg.logTerm);
         return;
     }
 }
@@ -324,8 +331,9 @@ export function decodePeerMessage(bytes: Uint8Array, version = PROTOCOL_VERSION)
         const seq = r.varuint();
         const index = r.varuint();
         const chunk = r.varuint();
-        const last = bool(r);
-        return { type: 'chunk', view, seq, index, chunk, last, data: r.bytes() };
+        const flags = r.u8();
+        if (flags > (version >= COMMIT_VERSION ? 3 : 1)) return r.corrupt(`bad chunk flags ${flags}`);
+        return { type: 'chunk', view, seq, index, chunk, last: (flags & 1) !== 0, data: r.bytes(), keep: (flags & 2) !== 0 };
       }
       case Tag.ChunkAck: {
         const epoch = r.varuint();
@@ -345,7 +353,8 @@ export function decodePeerMessage(bytes: Uint8Array, version = PROTOCOL_VERSION)
         return { type: 'refuse', epoch, reason: r.text() };
       }
       case Tag.Join:
-        return { type: 'join' };
+        if (version < COMMIT_VERSION) return { type: 'join', index: 0, logTerm: 0 };
+        return { type: 'join', index: r.varuint(), logTerm: r.varuint() };
       default:
         return r.corrupt(`unknown message tag ${tag}`);
     }

@@ -61,6 +61,7 @@ import {
   agreedVersion,
   decodeAuthProof,
   decodeHandshake,
+  PeerCodecError,
   decodePeerMessage,
   encodeAuthProof,
   encodeHandshake,
@@ -209,7 +210,17 @@ export class PeerTransport {
       return;
     }
     // Messages are encoded in the connection's version (a frame of version 7 has fewer fields).
-    for (const part of encodePeerFrame(msg, o.version ?? o.announced)) {
+    // One that version cannot say (a keep chunk to a version 7 peer) is dropped, as on a lost link.
+    let parts: Uint8Array[];
+    try {
+      parts = encodePeerFrame(msg, o.version ?? o.announced);
+    } catch (e) {
+      if (!(e instanceof PeerCodecError)) throw e;
+      this.stats.dropped++;
+      this.o.log('warn', 'peer-cannot-say', { peer: to, type: msg.type, reason: e.message });
+      return;
+    }
+    for (const part of parts) {
       o.pending.push(part);
       o.pendingBytes += part.length;
     }

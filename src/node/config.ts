@@ -13,7 +13,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { LockstepError, isLockstepError } from '../errors.js';
 import { DEFAULT_SNAPSHOT_CHUNK_BYTES, DEFAULT_SNAPSHOT_WINDOW_CHUNKS, DEFAULT_TIMING, type CoreConfig, type CoreTiming } from '../core/types.js';
 import { parseArbiterSpec } from '../arbiter/spec.js';
-import { DURABLE_COMPACT_BYTES_DEFAULT } from './durable.js';
+import { DURABLE_BACKLOG_BYTES_DEFAULT, DURABLE_COMPACT_BYTES_DEFAULT } from './durable.js';
 import type { ArbiterOptions, EtcdClientOptions } from '../arbiter/types.js';
 
 export interface NodeAddress { readonly host: string; readonly port: number }
@@ -106,6 +106,12 @@ export interface ClusterConfig extends CoreTiming {
   readonly durable: boolean;
   /** Durable mode: a node snapshots its state and deletes the log behind it after this many log bytes. */
   readonly durableCompactBytes: number;
+  /**
+   * Durable mode: about this many bytes of recent entries every node keeps in memory, so that a
+   * node back with its disk after the failure timeout is sent only what it lacks instead of a
+   * snapshot (replica.ts "Resuming a spare that kept its state"). 0: always a snapshot.
+   */
+  readonly durableBacklogBytes: number;
   /** How many backups the primary keeps (issue 11 item 4): every output waits for each of them. Default 1. */
   readonly backups: number;
   /** The directory the config file is in (relative arbiter paths resolve against it). */
@@ -141,7 +147,7 @@ const INTS = [
   'heartbeatMs', 'failureTimeoutMs', 'retransmitMs', 'arbiterRetryMs', 'joinIntervalMs', 'unackedEntriesMax',
   'unackedBytesMax', 'frameEntriesMax', 'frameBytesMax', 'catchupEntriesMax', 'maxClientConnections', 'arbiterTimeoutMs',
   'protoMaxBulkLen', 'maxReplyBytes', 'clientInputBytesMax', 'maxmemory', 'dedupBytesMax', 'dedupSessionEntries',
-  'snapshotChunkBytes', 'snapshotWindowChunks', 'durableCompactBytes', 'backups',
+  'snapshotChunkBytes', 'snapshotWindowChunks', 'durableCompactBytes', 'durableBacklogBytes', 'backups',
 ] as const;
 const ETCD_KEYS = ['caFile', 'certFile', 'keyFile', 'authFile'] as const;
 /** The default bound on one etcd call: well above a LAN etcd's commit time, below a human's patience. */
@@ -249,11 +255,13 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     fail('durable', 'durable mode is not yet built for the wasm service (its guest\'s record log and memory image are not kept on disk); use it with the kv or a module service, or run the wasm service in memory', 'E_NOT_IMPLEMENTED');
   }
   const durableCompactBytes = int('durableCompactBytes', DURABLE_COMPACT_BYTES_DEFAULT);
+  const durableBacklogBytes = int('durableBacklogBytes', DURABLE_BACKLOG_BYTES_DEFAULT);
   const backups = int('backups', 1);
   if (top.nodes.length > 1 && backups > top.nodes.length - 1) {
     fail('backups', `${backups} backups need at least ${backups + 1} nodes (a primary and ${backups} backups; one more as a spare to recruit when one fails), this cluster has ${top.nodes.length}`);
   }
   if (!durable && top.durableCompactBytes !== undefined) fail('durableCompactBytes', 'is set but "durable" is not true');
+  if (!durable && top.durableBacklogBytes !== undefined) fail('durableBacklogBytes', 'is set but "durable" is not true');
   const dataDirs: { dir: string; host: string; path: string }[] = [];
   const ids = new Map<string, string>();
   const used: { host: string; port: number; path: string }[] = [];
@@ -314,7 +322,7 @@ export function parseConfig(text: string, source: string, baseDir: string): Clus
     snapshotWindowChunks: int('snapshotWindowChunks', DEFAULT_SNAPSHOT_WINDOW_CHUNKS),
     maxClientConnections: int('maxClientConnections', 10_000),
     protoMaxBulkLen, maxReplyBytes, clientInputBytesMax, maxmemory, dedupBytesMax, dedupSessionEntries,
-    secret, requirePass, clientTls, peerTls, nodes, durable, durableCompactBytes, backups, baseDir,
+    secret, requirePass, clientTls, peerTls, nodes, durable, durableCompactBytes, durableBacklogBytes, backups, baseDir,
   };
 }
 
@@ -572,6 +580,7 @@ export function coreConfigFor(config: ClusterConfig, id: string): CoreConfig {
     id, nodes: config.nodes.map((n) => n.id), backups, heartbeatMs, failureTimeoutMs, retransmitMs, arbiterRetryMs, joinIntervalMs,
     unackedEntriesMax, unackedBytesMax, frameEntriesMax, frameBytesMax, catchupEntriesMax, snapshotChunkBytes, snapshotWindowChunks,
     durable: config.durable,
+    backlogBytes: config.durable ? config.durableBacklogBytes : 0,
   };
 }
 

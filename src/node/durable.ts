@@ -51,6 +51,8 @@ const BODY_HEADER = 12;
 /** No record or snapshot piece is larger (a peer frame is at most 512 MiB). */
 const MAX_RECORD = 1024 * 1024 * 1024;
 export const DURABLE_COMPACT_BYTES_DEFAULT = 64 * 1024 * 1024;
+/** The entries kept in memory for a node back with its disk (config durableBacklogBytes). */
+export const DURABLE_BACKLOG_BYTES_DEFAULT = 64 * 1024 * 1024;
 
 export interface DurableMeta {
   readonly format: 1;

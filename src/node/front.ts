@@ -67,8 +67,11 @@ export interface ServiceFront {
   discard(outputIds: readonly number[], reason: string): void;
   /** The role or view changed. */
   role(role: Role, view: View, reason: string): void;
-  /** Halted: drop the service; this replica starts over as an empty spare. */
-  reset(): void;
+  /**
+   * Halted: this replica starts over as a spare. The waiting clients are failed; the service is
+   * dropped (an empty spare), or kept when `keepState` (a durable node keeps what its disk holds).
+   */
+  reset(keepState?: boolean): void;
   /** After an input that may have opened flow control (acks, ticks, arbiter answers). */
   flowMayHaveOpened(): void;
   /** End of an event-loop turn, after frames were sent: write what was released. */

@@ -226,9 +226,9 @@ export class KvFront implements ServiceFront, NodeView {
     if (role !== 'primary') this.failWaiting();
   }
 
-  reset(): void {
+  reset(keepState = false): void {
     this.failWaiting();
-    this.service = this.freshService();
+    if (!keepState) this.service = this.freshService();
   }
 
   flowMayHaveOpened(): void {

@@ -110,10 +110,10 @@ export class ModuleFront extends KvFront {
     this.node.failStop(reason);
   }
 
-  override reset(): void {
+  override reset(keepState = false): void {
     this.failed = false;
     this.brokenWhy = null;
-    super.reset();
+    super.reset(keepState);
   }
 
   protected override serviceStatus(): Record<string, unknown> {

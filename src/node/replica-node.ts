@@ -285,7 +285,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
         reason: `the peer port ${formatAddress(self.peerListen)} is beyond loopback without peerTls: anyone who can read that network reads the replicated state`,
       });
     }
-    this.input(recovered === undefined ? { type: 'start' } : { type: 'start', recovered });
+    this.input({ type: 'start', ...recovered });
   }
 
   /**
@@ -293,10 +293,13 @@ export class ReplicaNode implements FrontHost, AdminHost {
    * view names (primary or backup) holds every entry whose output was ever released (a backup
    * acked only what it had fsync'd; a primary released only what it had fsync'd): it restores its
    * service from the disk and waits as a backup (the core's `recovered` start). Any other node's
-   * disk may be stale (it was dropped from the view, or never in it): it is discarded, logged,
-   * and the node joins as an empty spare to be recruited.
+   * disk may be stale (it was dropped from the view, or never in it): it restores it too and
+   * joins as a spare that says what it holds (the core's `kept` start), so the primary sends only
+   * what it lacks when its log has that prefix, and a snapshot (which replaces the disk)
+   * otherwise. A disk whose log term is unknown (written by a release before it) is discarded,
+   * logged, and the node joins as an empty spare.
    */
-  private async recoverDurable(disk: Recovered): Promise<{ index: number; view: View; logTerm: number } | undefined> {
+  private async recoverDurable(disk: Recovered): Promise<Pick<Extract<Input, { type: 'start' }>, 'recovered' | 'kept'>> {
     const store = this.store!;
     const identity = this.arbiterIdentity!;
     const meta = disk.meta;
@@ -321,7 +324,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
     const named = view.epoch > 0 && (view.primary === this.id || isBackupIn(view, this.id));
     const logTerm = meta?.logTerm ?? 0;
     const writeMeta = (v: View): void => store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view: v, logTerm: named ? logTerm : 0 });
-    if (named && meta !== null) {
+    const kept = !named && meta !== null && disk.lastIndex > 0 && logTerm > 0 && view.epoch > 0;
+    if ((named || kept) && meta !== null) {
       const started = performance.now();
       if (disk.snapshotPieces.length > 0) {
         if (this.front.restoreStream) {
@@ -333,25 +337,26 @@ export class ReplicaNode implements FrontHost, AdminHost {
         }
       }
       for (let i = 0; i < disk.entries.length; i += 1024) this.front.apply(disk.entries.slice(i, i + 1024));
-      writeMeta(view);
-      this.log('info', 'durable-recovered', {
-        dataDir: store.dir, snapshotIndex: disk.snapshotIndex, entries: disk.entries.length, lastIndex: disk.lastIndex,
-        view: formatView(view), ms: Math.round(performance.now() - started),
-      });
+      store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view, logTerm });
       this.metaLogTerm = logTerm;
-      return { index: disk.lastIndex, view, logTerm };
+      this.log('info', named ? 'durable-recovered' : 'durable-kept', {
+        dataDir: store.dir, snapshotIndex: disk.snapshotIndex, entries: disk.entries.length, lastIndex: disk.lastIndex, logTerm,
+        view: formatView(view), ms: Math.round(performance.now() - started),
+        ...(kept ? { reason: `the arbiter's view does not name this node, so its disk may be behind: it joins as a spare holding entries 1..${disk.lastIndex} of the log of term ${logTerm}, and the primary sends it what it lacks, or a snapshot` } : {}),
+      });
+      return named ? { recovered: { index: disk.lastIndex, view, logTerm } } : { kept: { index: disk.lastIndex, logTerm } };
     }
     if (meta !== null && disk.lastIndex > 0) {
       this.log('warn', 'durable-discarded', {
         dataDir: store.dir, lastIndex: disk.lastIndex,
-        reason: `the arbiter's view ${formatView(view)} does not name this node, so its disk may be stale (it missed entries acked without it); it joins as an empty spare and is recruited from the primary`,
+        reason: `the arbiter's view ${formatView(view)} does not name this node and its disk does not say which log its entries are of (written by an older release), so it may be stale; it joins as an empty spare and is recruited from the primary`,
       });
     } else if (named) {
       this.log('warn', 'durable-empty', { dataDir: store.dir, reason: 'the view names this node but its dataDir holds nothing (a new or emptied directory): it joins as an empty spare' });
     }
     store.reset(0, []);
     writeMeta(view);
-    return undefined;
+    return {};
   }
 
   /**
@@ -859,6 +864,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
   }
 
   private startOver(reason: string): void {
+    let kept: { index: number; logTerm: number } | undefined;
     if (this.store !== null) {
       // With no commit under way, what was appended is written and what waited for it goes out;
       // with one under way, what waits is dropped (an ack or a reply not sent is always safe).
@@ -874,11 +880,16 @@ export class ReplicaNode implements FrontHost, AdminHost {
       this.deferredSends = [];
       this.deferredReleases = [];
       this.abortCompaction('halted');
+      kept = this.keepOnHalt();
       const lastIndex = this.store.index;
-      this.durably((s) => s.reset(0, []));
-      this.log('warn', 'durable-discarded', { dataDir: this.store.dir, lastIndex, reason: `halted (${reason}): this node is in no view, so its disk is stale; it rejoins as an empty spare` });
+      if (kept !== undefined) {
+        this.log('warn', 'durable-kept', { dataDir: this.store.dir, lastIndex, logTerm: kept.logTerm, reason: `halted (${reason}): this node is in no view; it rejoins as a spare holding entries 1..${lastIndex} of the log of term ${kept.logTerm}, and the primary sends it what it lacks, or a snapshot` });
+      } else {
+        this.durably((s) => s.reset(0, []));
+        this.log('warn', 'durable-discarded', { dataDir: this.store.dir, lastIndex, reason: `halted (${reason}): this node is in no view, so its disk is stale; it rejoins as an empty spare` });
+      }
     }
-    this.front.reset();
+    this.front.reset(kept !== undefined);
     this.chunks.clear();
     this.restoring = null;
     this.producing?.stream.close();
@@ -886,7 +897,26 @@ export class ReplicaNode implements FrontHost, AdminHost {
     this.incarnation++;
     this.replicaState = createReplica(this.core, this.nowMs());
     this.log('warn', 'rejoin-as-spare', { reason, incarnation: this.incarnation });
-    setImmediate(() => this.input({ type: 'start' }));
+    setImmediate(() => this.input({ type: 'start', ...(kept !== undefined ? { kept } : {}) }));
+  }
+
+  /**
+   * Durable mode, halting: can this node rejoin holding what its disk holds? Only when the disk
+   * holds exactly the replica's log (no commit under way: startOver just wrote what was
+   * appended), it knows which log that is, and the service is not broken (a module that failed
+   * on a command is not kept). The held entries the replica had not applied are applied now, so
+   * that the service holds the disk's entries 1..lastIndex, as a restart from the disk would.
+   */
+  private keepOnHalt(): { index: number; logTerm: number } | undefined {
+    const st = this.replicaState;
+    const store = this.store!;
+    const held = st.pending.slice(st.pendingHead);
+    const whole = st.appliedIndex + held.length === st.lastIndex;
+    if (store.committing || store.index !== st.lastIndex || st.lastIndex === 0 || st.logTerm === 0 || !whole || this.front.brokenReason?.() != null) return undefined;
+    if (this.restoring !== null) return undefined;
+    if (held.length > 0) this.front.apply(held);
+    this.durably(() => this.store!.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: this.arbiterIdentity?.id ?? null, view: st.view, logTerm: st.logTerm }));
+    return { index: st.lastIndex, logTerm: st.logTerm };
   }
 
   // ---- admin: /status, /metrics, the dashboard (admin.ts) ---------------------------------------------------------

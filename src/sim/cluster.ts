@@ -1671,7 +1671,7 @@ function describe(m: PeerMessage): string {
     case 'frame':
       return `frame e${m.view.epoch} s${m.seq} prev=${m.prevIndex} n=${m.payloads.length}${m.pendingView ? ' handover' : ''}`;
     case 'chunk':
-      return `chunk e${m.view.epoch} s${m.seq} at=${m.index} #${m.chunk}${m.last ? ' last' : ''} ${m.data.length}B`;
+      return `chunk e${m.view.epoch} s${m.seq} at=${m.index} #${m.chunk}${m.last ? ' last' : ''}${m.keep ? ' keep' : ''} ${m.data.length}B`;
     case 'chunkAck':
       return `chunkAck e${m.epoch} s${m.seq} at=${m.index} held=${m.chunks}${m.gap ? ' gap' : ''}`;
     case 'ack':
@@ -1679,6 +1679,6 @@ function describe(m: PeerMessage): string {
     case 'refuse':
       return `refuse e${m.epoch}`;
     case 'join':
-      return 'join';
+      return m.index > 0 ? `join holding ${m.index} of term ${m.logTerm}` : 'join';
   }
 }

@@ -242,6 +242,18 @@ export class Harness {
     this.drop((e) => e.from === id || e.to === id);
   }
 
+  /**
+   * A crashed replica starts again: a fresh core (same config), given `start` with what the
+   * driver would give it (`kept`: the state a durable node's disk held; `recovered`: named in
+   * the arbiter's view). Its messages in flight were dropped at the crash.
+   */
+  restart(id: string, start: Omit<Extract<Input, { type: 'start' }>, 'type'> = {}): void {
+    const old = this.replica(id);
+    this.replicas.set(id, createReplica(old.config, this.now));
+    this.stopped.delete(id);
+    this.input(id, { type: 'start', ...start });
+  }
+
   /** A pause (SIGSTOP, a long GC): no steps; messages to it wait until resume. */
   pause(id: string): void {
     this.stopped.add(id);

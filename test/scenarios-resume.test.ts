@@ -1,0 +1,154 @@
+// Scenario tests for resuming a spare that kept its state (issue 11 item 3, replica.ts
+// "Resuming a spare that kept its state"), message by message on the real core: a durable node
+// back after the failure timeout, with entries 1..i of its primary's log on disk, is sent only
+// the entries after i; one whose state is not a prefix of the primary's log (a deposed
+// primary's never-released entries), or whose entries the primary no longer keeps, gets a
+// snapshot.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Harness } from '../src/sim/harness.js';
+import { status } from '../src/core/index.js';
+
+const DURABLE = { durable: true, backlogBytes: 1 << 20 };
+
+/** n1 primary, n2 its backup (recruited by snapshot), `n` writes acknowledged. */
+function pair(overrides = {}, n = 5): Harness {
+  const h = new Harness(['n1', 'n2'], { ...DURABLE, ...overrides });
+  h.boot('n1');
+  h.settle(300);
+  assert.deepEqual(h.arbiterView.backups, ['n2']);
+  const outs = h.write('n1', n);
+  h.settle(50);
+  for (const o of outs) assert.ok(h.isReleased('n1', o));
+  return h;
+}
+
+/** What n2 holds as a durable node's disk would say it: entries 1..lastIndex of the log of logTerm. */
+function disk(h: Harness, id: string): { index: number; logTerm: number } {
+  const r = h.replica(id);
+  return { index: r.lastIndex, logTerm: r.logTerm };
+}
+
+test('resume: a backup back after the failure timeout with its state is sent only the entries after it, and is backup again', () => {
+  const h = pair();
+  const kept = disk(h, 'n2');
+  assert.equal(kept.index, 5);
+  assert.ok(kept.logTerm > 0);
+  h.crash('n2');
+  h.write('n1', 3);
+  h.settle(300); // the failure timeout: n1 drops n2 and serves alone
+  assert.deepEqual(h.arbiterView.backups, []);
+  h.write('n1', 4);
+  const snapshotsBefore = h.snapshots.get('n2')?.length ?? 0;
+  h.applied.set('n2', []);
+  h.restart('n2', { kept });
+  h.settle(300);
+  assert.deepEqual(h.arbiterView.backups, ['n2'], 'n2 is the backup again');
+  assert.equal(h.role('n2'), 'backup');
+  assert.equal(h.events('n1', 'recruit-resume'), 1);
+  assert.equal(h.events('n1', 'recruit-start'), 1, 'no second snapshot recruit (the first made n2 backup at boot)');
+  assert.equal(h.snapshots.get('n2')?.length ?? 0, snapshotsBefore, 'no snapshot restored');
+  assert.deepEqual(h.applied.get('n2'), [6, 7, 8, 9, 10, 11, 12], 'exactly the entries after its state, in order');
+  // And it guards outputs again: a write waits for its ack.
+  const [out] = h.write('n1', 1);
+  assert.equal(h.isReleased('n1', out!), false);
+  h.settle(50);
+  assert.equal(h.isReleased('n1', out!), true);
+  assert.equal(status(h.replica('n2')).lastIndex, 13);
+});
+
+test('resume: a state that is not a prefix of the primary\'s log (a deposed primary\'s unreleased entries) gets a snapshot; the planted bug resumeAnyLog takes it', () => {
+  for (const bug of [false, true]) {
+    const h = pair(bug ? { bugs: { resumeAnyLog: true } } : {});
+    // n1 appends 3 more that never reach n2, then dies: its disk holds 8, n2 only 5.
+    h.write('n1', 3);
+    const kept = disk(h, 'n1');
+    assert.equal(kept.index, 8);
+    h.crash('n1');
+    h.settle(400);
+    assert.equal(h.role('n2'), 'primary');
+    h.write('n2', 4); // n2's log: 1..5 of n1's, then 6..9 of its own
+    h.restart('n1', { kept });
+    h.settle(400);
+    assert.deepEqual(h.arbiterView.backups, ['n1'], `${bug}: n1 is recruited either way`);
+    if (!bug) {
+      assert.equal(h.events('n2', 'resume-refused'), 1);
+      assert.equal(h.events('n2', 'recruit-resume'), 0);
+      assert.deepEqual(h.snapshots.get('n1')?.at(-1), 9, 'a snapshot of n2\'s state');
+    } else {
+      // Its entries 6..8 are n1's own, never released, not n2's: its state diverged.
+      assert.equal(h.events('n2', 'recruit-resume'), 1, 'the bug resumes it');
+    }
+  }
+});
+
+test('resume: entries the primary no longer keeps (past backlogBytes) mean a snapshot', () => {
+  const h = pair({ backlogBytes: 200 }); // a few 8-byte entries (64 bytes each counted beside)
+  const kept = disk(h, 'n2');
+  h.crash('n2');
+  h.settle(300);
+  h.write('n1', 20);
+  h.restart('n2', { kept });
+  h.settle(300);
+  assert.equal(h.role('n2'), 'backup');
+  assert.equal(h.events('n1', 'recruit-resume'), 0);
+  assert.ok(h.logs.some((l) => l.node === 'n1' && l.event === 'resume-refused' && /no longer kept/.test(String(l.fields.reason))));
+});
+
+test('resume: without backlogBytes nothing is kept after every follower acked, so a durable node back after the timeout gets a snapshot', () => {
+  const h = pair({ backlogBytes: 0 });
+  const kept = disk(h, 'n2');
+  h.crash('n2');
+  h.settle(300);
+  h.write('n1', 2);
+  h.restart('n2', { kept });
+  h.settle(300);
+  assert.equal(h.role('n2'), 'backup');
+  assert.equal(h.events('n1', 'recruit-resume'), 0);
+  assert.equal(h.events('n1', 'resume-refused'), 1);
+});
+
+test('resume: the new primary after a failover resumes the old backup\'s peer from the backlog it kept as a backup', () => {
+  // n1 primary, n2 and n3 backups; n3 dies, is dropped; then n1 dies and n2 goes live. n3
+  // comes back holding entries of n1's log that n2 applied as a backup and kept.
+  const h = new Harness(['n1', 'n2', 'n3'], { ...DURABLE, backups: 2 });
+  h.boot('n1');
+  h.settle(600);
+  assert.equal(h.arbiterView.backups.length, 2);
+  h.write('n1', 5);
+  h.settle(50);
+  const kept = disk(h, 'n3');
+  h.crash('n3');
+  h.write('n1', 3);
+  h.settle(300);
+  h.crash('n1');
+  h.settle(400);
+  const live = h.arbiterView.primary!;
+  assert.equal(live, 'n2');
+  h.write(live, 2);
+  h.applied.set('n3', []);
+  h.restart('n3', { kept });
+  h.settle(400);
+  assert.equal(h.role('n3'), 'backup');
+  assert.equal(h.events('n2', 'recruit-resume'), 1, `resumed from ${kept.index} (term ${kept.logTerm})`);
+  assert.deepEqual(h.applied.get('n3'), Array.from({ length: h.replica('n2').lastIndex - kept.index }, (_, i) => kept.index + 1 + i));
+});
+
+test('resume: a spare told to keep a state it no longer holds ignores it and joins again; the primary abandons the resume and recruits it by snapshot', () => {
+  const h = pair();
+  const kept = disk(h, 'n2');
+  h.crash('n2');
+  h.settle(300);
+  h.write('n1', 2);
+  h.restart('n2', { kept });
+  h.advance(30, { deliver: (e) => e.from === 'n2' }); // n1 hears the join, n2 hears nothing yet
+  assert.equal(h.events('n1', 'recruit-resume'), 1);
+  // n2 restarts again, empty this time (its disk moved away), before the keep arrives.
+  h.drop((e) => e.to === 'n2');
+  h.restart('n2');
+  h.settle(400);
+  assert.equal(h.role('n2'), 'backup');
+  assert.ok(h.logs.some((l) => l.node === 'n1' && l.event === 'recruit-abandoned'), 'the resume was abandoned');
+  assert.ok((h.snapshots.get('n2')?.length ?? 0) >= 2, 'recruited by snapshot');
+});
