@@ -5,11 +5,12 @@
 // machine), the arbiter's test-and-set, concurrent clients that retry with (client id, seq),
 // and a network of FIFO connections with random delay (so messages on different connections
 // reorder), broken connections, partitions (full, one-way, node-to-arbiter), crashes (state
-// lost; restart as an empty spare, or with durable restarts often with its disk), kills (a crash with no restart, as a node nobody brings
-// back), pauses (the node takes no steps, then resumes believing what it believed), stalls
-// (the node's event loop is busy inside a step: a GC pause, a big command, a snapshot whose
-// cost grows with the state), an arbiter that is slow or unreachable for a while, and a
-// forger that sends live nodes refuses, frames and acks of newer epochs in other nodes' names.
+// lost; restart as an empty spare, or, with durable restarts, often with its disk), kills (a
+// crash with no restart, as a node nobody brings back), pauses (the node takes no steps, then
+// resumes believing what it believed), stalls (the node's event loop is busy inside a step: a
+// GC pause, a big command, a snapshot whose cost grows with the state), an arbiter that is
+// slow or unreachable for a while, and a forger that sends live nodes refuses, frames and acks
+// of newer epochs in other nodes' names.
 // The primary keeps one or two backups (drawn per seed); with two, the primary and one backup
 // sometimes crash at once while the other lags (double-crash).
 //
@@ -846,7 +847,8 @@ class Simulation {
   private diskOf(node: SimNode): Disk | null {
     const r = node.replica;
     if (this.durable === null || r.lastIndex <= 0 || r.logTerm <= 0 || node.restoring !== null) return null;
-    const at = Math.max(...node.digests.keys());
+    let at = 0;
+    for (const index of node.digests.keys()) at = Math.max(at, index);
     const held = r.pending.slice(r.pendingHead).filter((e) => e.index > at);
     if (at + held.length !== r.lastIndex || held.some((e, i) => e.index !== at + 1 + i)) {
       this.trace(`${node.id} disk not kept: guest at ${at}, core holds ${r.lastIndex} (${held.length} held after it)`);
@@ -855,7 +857,10 @@ class Simulation {
     return { index: r.lastIndex, logTerm: r.logTerm, service: node.service, digests: node.digests, held, receivedFrom: node.receivedFrom };
   }
 
-  /** Crash `node`; it restarts as an empty spare after `restartInMs` (never, when null). */
+  /**
+   * Crash `node`; it restarts after `restartInMs` (never, when null) as an empty spare, or with
+   * durable restarts maybe with what its disk holds now.
+   */
   private crash(node: SimNode, restartInMs: number | null): void {
     node.disk = restartInMs === null ? null : this.diskOf(node);
     if (node.disk !== null) {
