@@ -12,7 +12,7 @@ import { simServiceOf } from '../guest/sandbox.js';
 import type { CheckOutput } from './check.js';
 import { argTokens } from './args.js';
 
-export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--backups 1|2] [--service FILE.js] [--poison] [--bug NAME] [--tail LINES] [--history FILE]
+export const SIM_USAGE = `usage: lockstep sim [--seeds N] [--seed S] [--mode rsm|state-transfer] [--backups 1|2] [--service FILE.js] [--poison] [--durable-restarts] [--bug NAME] [--tail LINES] [--history FILE]
 
 Runs the deterministic simulator: a 3- or 4-replica kv cluster, its arbiter and 5 clients, under
 faults drawn per seed (crashes, kills, pauses, stalls, slow snapshots, partitions, broken
@@ -32,9 +32,13 @@ and that the primary gets a backup again.
   --poison      client c0 sometimes sends a command that breaks the machine it runs on (it
                 changes the state, then throws): each primary it reaches must quarantine it
                 and stop, and the next refuse it (E_SERVICE_QUARANTINED), not stop in turn
+  --durable-restarts
+                the nodes are durable and keep a backlog (2 or 64 KiB, drawn per seed): a
+                crashed or halted node often comes back with its disk, every entry it had
+                received, and the primary must resume it only from a prefix of its own log
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
                 noRecruitFence, haltOnRumour, ackDroppedChunk, switchEarly, noQuarantine (with --poison),
-                releaseOnOneAck, noBaseCheck (with --backups 2)
+                releaseOnOneAck, noBaseCheck (with --backups 2), resumeAnyLog (with --durable-restarts)
   --tail LINES  trace lines to print for a failing seed (default 40)
   --history F   write the client history as JSON lines (for lockstep check) to file F: the
                 single seed's, or each failing seed's to F with .seed-N before its extension
@@ -42,7 +46,7 @@ and that the primary gets a backup again.
 exit status: 0 every seed passed, 1 some seed failed, 2 bad usage
 `;
 
-const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk', 'switchEarly', 'noQuarantine', 'releaseOnOneAck', 'noBaseCheck'];
+const BUGS: readonly (keyof PlantedBugs)[] = ['noOutputRule', 'liveWithoutArbiter', 'staleReads', 'earlyBackup', 'noRecruitFence', 'haltOnRumour', 'ackDroppedChunk', 'switchEarly', 'noQuarantine', 'releaseOnOneAck', 'noBaseCheck', 'resumeAnyLog'];
 
 interface SimArgs {
   readonly first: number;
@@ -59,6 +63,8 @@ interface SimArgs {
   readonly service: string | null;
   /** SimOptions.poison. */
   readonly poison: boolean;
+  /** SimOptions.durableRestarts. */
+  readonly durableRestarts: boolean;
 }
 
 function intFlag(name: string, v: string | undefined, min: number): number {
@@ -80,7 +86,8 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
   let history: string | null = null;
   let service: string | null = null;
   let poison = false;
-  for (const t of argTokens(argv, ['--seeds', '--seed', '--mode', '--backups', '--bug', '--tail', '--history', '--service'], ['--poison'])) {
+  let durableRestarts = false;
+  for (const t of argTokens(argv, ['--seeds', '--seed', '--mode', '--backups', '--bug', '--tail', '--history', '--service'], ['--poison', '--durable-restarts'])) {
     const a = t.kind === 'flag' ? t.flag : '';
     const v = t.kind === 'flag' ? t.value : undefined;
     switch (a) {
@@ -120,6 +127,10 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
         if (v !== undefined) throw new LockstepError('E_BAD_FLAG_VALUE', '--poison takes no value');
         poison = true;
         break;
+      case '--durable-restarts':
+        if (v !== undefined) throw new LockstepError('E_BAD_FLAG_VALUE', '--durable-restarts takes no value');
+        durableRestarts = true;
+        break;
       case '--service': {
         if (v === undefined || !/\.m?js$/.test(v)) throw new LockstepError('E_BAD_FLAG_VALUE', `--service takes a service module, a .js or .mjs file, got ${JSON.stringify(v ?? '')}`);
         service = v;
@@ -130,7 +141,7 @@ function parseSimArgs(argv: readonly string[]): SimArgs | 'help' {
     }
   }
   const single = seedGiven && count === undefined;
-  return { first, count: count ?? (single ? 1 : 100), single, mode, backups, bugs, tail, history, service, poison };
+  return { first, count: count ?? (single ? 1 : 100), single, mode, backups, bugs, tail, history, service, poison, durableRestarts };
 }
 
 /** h.jsonl -> h.seed-17.jsonl */
@@ -162,7 +173,7 @@ function report(r: SimResult, args: SimArgs, out: CheckOutput): void {
     lines.push(`  last ${Math.min(tail, r.traceTail.length)} trace lines:`);
     for (const t of r.traceTail.slice(-tail)) lines.push(`    ${t}`);
   }
-  const flags = `${args.service ? ` --service ${args.service}` : ''}${args.mode ? ` --mode ${args.mode}` : ''}${args.backups !== undefined ? ` --backups ${args.backups}` : ''}${args.bugs ? ` --bug ${Object.keys(args.bugs)[0]}` : ''}`;
+  const flags = `${args.service ? ` --service ${args.service}` : ''}${args.mode ? ` --mode ${args.mode}` : ''}${args.backups !== undefined ? ` --backups ${args.backups}` : ''}${args.durableRestarts ? ' --durable-restarts' : ''}${args.bugs ? ` --bug ${Object.keys(args.bugs)[0]}` : ''}`;
   lines.push(`  reproduce: lockstep sim --seed ${r.seed}${flags}`);
   if (history !== null) lines.push(`  history: ${writeHistory(args.single ? history : seedFile(history, r.seed), r)}`);
   out.stdout(lines.join('\n') + '\n');
@@ -182,7 +193,7 @@ export async function simCommand(argv: readonly string[], out: CheckOutput): Pro
   let switchovers = 0;
   let unknownKeys = 0;
   for (let seed = args.first; seed < args.first + args.count; seed++) {
-    const r = simulate({ seed, mode: args.mode, ...(args.backups !== undefined ? { backups: args.backups } : {}), bugs: args.bugs, traceTailLines: Math.max(args.tail, 1), poison: args.poison, ...(service ? { service } : {}) });
+    const r = simulate({ seed, mode: args.mode, ...(args.backups !== undefined ? { backups: args.backups } : {}), bugs: args.bugs, traceTailLines: Math.max(args.tail, 1), poison: args.poison, durableRestarts: args.durableRestarts, ...(service ? { service } : {}) });
     ops += r.stats.opsCompleted;
     goLives += r.stats.goLives;
     switchovers += r.stats.switchoversDone;

@@ -5,11 +5,12 @@
 // machine), the arbiter's test-and-set, concurrent clients that retry with (client id, seq),
 // and a network of FIFO connections with random delay (so messages on different connections
 // reorder), broken connections, partitions (full, one-way, node-to-arbiter), crashes (state
-// lost; restart as an empty spare), kills (a crash with no restart, as a node nobody brings
-// back), pauses (the node takes no steps, then resumes believing what it believed), stalls
-// (the node's event loop is busy inside a step: a GC pause, a big command, a snapshot whose
-// cost grows with the state), an arbiter that is slow or unreachable for a while, and a
-// forger that sends live nodes refuses, frames and acks of newer epochs in other nodes' names.
+// lost; restart as an empty spare, or, with durable restarts, often with its disk), kills (a
+// crash with no restart, as a node nobody brings back), pauses (the node takes no steps, then
+// resumes believing what it believed), stalls (the node's event loop is busy inside a step: a
+// GC pause, a big command, a snapshot whose cost grows with the state), an arbiter that is
+// slow or unreachable for a while, and a forger that sends live nodes refuses, frames and acks
+// of newer epochs in other nodes' names.
 // The primary keeps one or two backups (drawn per seed); with two, the primary and one backup
 // sometimes crash at once while the other lags (double-crash).
 //
@@ -33,6 +34,7 @@ import {
   step,
   type Action,
   type CoreTiming,
+  type Entry,
   type Input,
   type PeerMessage,
   type PlantedBugs,
@@ -92,6 +94,14 @@ export interface SimOptions {
   readonly backups?: number;
   /** With 2 backups, the double-crash fault on (true) or off (false); drawn from the seed when absent. */
   readonly doubleCrash?: boolean;
+  /**
+   * Durable restarts (issue 11 item 3): the core runs durable with a backlog (CoreConfig
+   * durable, backlogBytes: 2 or 64 KiB, drawn), and a crashed or halted node often restarts
+   * with its disk: the state it had at the crash with every entry it had received applied,
+   * started `kept` (entries 1..lastIndex of its log term), so a primary resumes it or refuses
+   * to. Off unless asked (its draws come from a generator of its own), so seeds run as before.
+   */
+  readonly durableRestarts?: boolean;
 }
 
 /** The poison command (SimOptions.poison): the sim's kv machine breaks on it. */
@@ -158,6 +168,10 @@ export interface SimStats {
   readonly maxBackups: number;
   /** double-crash faults that struck (the primary and a backup crashed at once). */
   readonly doubleCrashes: number;
+  /** Durable restarts: restarts with the disk (kept), and primaries' resumes of them and refusals. */
+  readonly keptRestarts: number;
+  readonly resumes: number;
+  readonly resumesRefused: number;
 }
 
 export interface SimResult {
@@ -318,6 +332,22 @@ interface SimNode {
   brokenOutput: number | null;
   /** A primary's snapshot stream being fed to its core (copy-on-write while it serves). */
   producing: { readonly index: number; readonly stream: SnapshotStream; ahead: Uint8Array | null } | null;
+  /** Durable restarts: what its disk held when it crashed (null: nothing to keep). */
+  disk: Disk | null;
+}
+
+/**
+ * A durable node's disk at its crash: entries 1..index of the log of term logTerm. Its guest
+ * (dead with it, never touched again) is at the last index it applied; the entries it held
+ * and had not applied are replayed on it at the restart, each checked against its source.
+ */
+interface Disk {
+  readonly index: number;
+  readonly logTerm: number;
+  readonly service: Service;
+  readonly digests: ReadonlyMap<number, string>;
+  readonly held: readonly Entry[];
+  readonly receivedFrom: ReadonlyMap<number, { readonly node: string; readonly inc: number }>;
 }
 
 interface PendingOp {
@@ -470,6 +500,12 @@ class Simulation {
    */
   private readonly doubleRng: Rng;
   private readonly doubleMeanMs: number | null;
+  /**
+   * Durable restarts (SimOptions.durableRestarts): the chance that a restart keeps the disk,
+   * and the core's backlogBytes; null when off. A generator of its own.
+   */
+  private readonly durableRng: Rng;
+  private readonly durable: { readonly keepChance: number; readonly backlogBytes: number } | null;
   private faultMeanMs = 300;
   /** slow-snapshot: the stall per KiB of snapshot, when taken and when installed. */
   private readonly snapshotMsPerKiB: number;
@@ -482,7 +518,7 @@ class Simulation {
   private readonly releases: Release[] = [];
   /** Acks replicas sent, by `primary#incarnation|sender` (the forger's are not here). */
   private readonly acksSent = new Map<string, AckSent[]>();
-  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, stalls: 0, partitions: 0, linearizabilityUnknownKeys: 0, switchoversAsked: 0, switchoversDone: 0, maxBackups: 0, doubleCrashes: 0 };
+  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, stalls: 0, partitions: 0, linearizabilityUnknownKeys: 0, switchoversAsked: 0, switchoversDone: 0, maxBackups: 0, doubleCrashes: 0, keptRestarts: 0, resumes: 0, resumesRefused: 0 };
 
   constructor(opts: SimOptions) {
     this.seed = opts.seed;
@@ -533,6 +569,11 @@ class Simulation {
     const double = this.doubleRng.chance(0.6);
     const doubleMeanMs = this.doubleRng.pick([200, 500, 1000]);
     this.doubleMeanMs = this.backups > 1 && (opts.doubleCrash ?? double) ? doubleMeanMs : null;
+    this.durableRng = new Rng((opts.seed ^ 0x4a7c159e) >>> 0);
+    const keepChance = this.durableRng.pick([0.5, 0.8, 1]);
+    // Sometimes a backlog of a few entries only, so that both resumes and refusals happen.
+    const backlogBytes = this.durableRng.pick([2 * 1024, 64 * 1024]);
+    this.durable = opts.durableRestarts === true ? { keepChance, backlogBytes } : null;
     for (let i = 0; i < (opts.clients ?? 5); i++) {
       this.clients.push({ id: `c${i}`, process: i, seq: 0, pending: null, target: i % n, token: 0, opsAfterHeal: 0, done: false, counter: 0 });
     }
@@ -546,7 +587,8 @@ class Simulation {
     const sw = this.switchMeanMs !== null ? ` switchover=${this.switchMeanMs}ms` : '';
     const backups = this.backups !== 1 ? ` backups=${this.backups}` : '';
     const double = this.doubleMeanMs !== null ? ` double-crash=${this.doubleMeanMs}ms` : '';
-    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}${loss}${sw}${backups}${double}`);
+    const durable = this.durable !== null ? ` durable-restart=${this.durable.keepChance} backlog=${this.durable.backlogBytes}` : '';
+    this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}${loss}${sw}${backups}${double}${durable}`);
     if (this.forgeMeanMs !== null) this.q.push(100 + this.forgeRng.exp(this.forgeMeanMs), { k: 'forge' });
     if (this.switchMeanMs !== null) this.q.push(150 + this.switchRng.exp(this.switchMeanMs), { k: 'switchover' });
     if (this.doubleMeanMs !== null) this.q.push(300 + this.doubleRng.exp(this.doubleMeanMs), { k: 'double' });
@@ -574,7 +616,7 @@ class Simulation {
       failures: this.failures,
       traceHash: this.hash.hex(),
       traceTail: this.tail.slice(),
-      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : []), ...(this.switchMeanMs !== null ? ['switchover'] : []), ...(this.doubleMeanMs !== null ? ['double-crash'] : [])],
+      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : []), ...(this.switchMeanMs !== null ? ['switchover'] : []), ...(this.doubleMeanMs !== null ? ['double-crash'] : []), ...(this.durable !== null ? ['durable-restart'] : [])],
       backups: this.backups,
       history: this.history,
       stats: { ...this.stats, events: this.events, views: this.views.length, simMs: Math.round(this.now) },
@@ -750,9 +792,13 @@ class Simulation {
   // Replicas
 
   private startNode(id: string, inc: number, delayMs: number): void {
-    const service: Service = new ReplicatedService(this.machine(), this.mode);
-    const replica = createReplica({ ...SIM_CORE, id, nodes: this.nodeIds, backups: this.backups, bugs: this.bugs }, this.now);
-    const digests = new Map<number, string>([[0, service.digest()]]);
+    // Durable restarts: often back with what the disk held at the crash.
+    const old = this.nodes.get(id);
+    const disk = this.durable !== null && old?.disk && this.durableRng.chance(this.durable.keepChance) ? old.disk : null;
+    const service: Service = disk?.service ?? new ReplicatedService(this.machine(), this.mode);
+    const durable = this.durable === null ? {} : { durable: true, backlogBytes: this.durable.backlogBytes };
+    const replica = createReplica({ ...SIM_CORE, id, nodes: this.nodeIds, backups: this.backups, bugs: this.bugs, ...durable }, this.now);
+    const digests = new Map<number, string>(disk?.digests ?? [[0, service.digest()]]);
     this.digestsOf.set(`${id}#${inc}`, digests);
     const node: SimNode = {
       id,
@@ -773,16 +819,55 @@ class Simulation {
       receivedFrom: new Map(),
       restoring: null,
       producing: null,
+      disk: null,
     };
     this.nodes.set(id, node);
-    this.trace(`start ${id}#${inc}`);
     const at = this.now + delayMs;
+    if (disk === null) {
+      this.trace(`start ${id}#${inc}`);
+      this.q.push(at, { k: 'tick', node: id, inc });
+      this.stepNode(node, { type: 'start' }, this.now, null);
+      return;
+    }
+    // The node replays its disk: the entries it held and had not applied go to its guest too.
+    this.trace(`start ${id}#${inc} kept 1..${disk.index} of term ${disk.logTerm} (replays ${disk.held.length} held)`);
+    this.stats.keptRestarts++;
+    for (const [index, from] of disk.receivedFrom) node.receivedFrom.set(index, from);
+    this.applyEntries(node, disk.held, null);
+    node.receivedFrom.clear();
     this.q.push(at, { k: 'tick', node: id, inc });
-    this.stepNode(node, { type: 'start' }, this.now, null);
+    this.stepNode(node, { type: 'start', kept: { index: disk.index, logTerm: disk.logTerm } }, this.now, null);
   }
 
-  /** Crash `node`; it restarts as an empty spare after `restartInMs` (never, when null). */
+  /**
+   * Durable restarts: what `node`'s disk holds as it crashes, entries 1..lastIndex of its log
+   * term, if any: its guest is at the last index it applied (its digests' last), and the
+   * entries it held after that are in its core's pending list.
+   */
+  private diskOf(node: SimNode): Disk | null {
+    const r = node.replica;
+    if (this.durable === null || r.lastIndex <= 0 || r.logTerm <= 0 || node.restoring !== null) return null;
+    let at = 0;
+    for (const index of node.digests.keys()) at = Math.max(at, index);
+    const held = r.pending.slice(r.pendingHead).filter((e) => e.index > at);
+    if (at + held.length !== r.lastIndex || held.some((e, i) => e.index !== at + 1 + i)) {
+      this.trace(`${node.id} disk not kept: guest at ${at}, core holds ${r.lastIndex} (${held.length} held after it)`);
+      return null;
+    }
+    return { index: r.lastIndex, logTerm: r.logTerm, service: node.service, digests: node.digests, held, receivedFrom: node.receivedFrom };
+  }
+
+  /**
+   * Crash `node`; it restarts after `restartInMs` (never, when null) as an empty spare, or with
+   * durable restarts maybe with what its disk holds now.
+   */
   private crash(node: SimNode, restartInMs: number | null): void {
+    node.disk = restartInMs === null ? null : this.diskOf(node);
+    if (node.disk !== null) {
+      // Its guest may come back: a snapshot stream it was taking dies with the process.
+      node.producing?.stream.close();
+      node.producing = null;
+    }
     node.alive = false;
     node.killed = restartInMs === null;
     node.paused = false;
@@ -979,29 +1064,8 @@ class Simulation {
       case 'receive':
         if (source !== null) for (const e of a.entries) node.receivedFrom.set(e.index, source);
         return;
-      case 'apply': {
-        for (const e of a.entries) {
-          // Each entry is checked against the state of the node it came from (a backup going
-          // live applies entries its old primary sent; one that follows a new primary, entries
-          // from both).
-          const from = node.receivedFrom.get(e.index) ?? source;
-          node.receivedFrom.delete(e.index);
-          const ref = from ? this.digestsOf.get(`${from.node}#${from.inc}`) : undefined;
-          try {
-            node.service.applyEntry(e.payload);
-          } catch (err) {
-            // Only a state that already diverged refuses an entry its primary applied.
-            this.fail('divergence', `${node.id} could not apply ${e.index}: ${err instanceof Error ? err.message : String(err)}`);
-            return;
-          }
-          const d = node.service.digest();
-          node.digests.set(e.index, d);
-          const want = ref?.get(e.index);
-          if (want === undefined) this.fail('divergence', `${node.id} applied ${e.index} from ${from?.node ?? '?'}, which has no state at that index`);
-          else if (want !== d) this.fail('divergence', `${node.id}#${node.inc} state at index ${e.index} differs from ${from?.node}'s`);
-        }
-        return;
-      }
+      case 'apply':
+        return this.applyEntries(node, a.entries, source);
       case 'restoreChunk': {
         // The recruit restores chunk by chunk (as the node's kv front does): each costs time
         // in proportion to its size.
@@ -1051,11 +1115,38 @@ class Simulation {
       case 'log':
         if (a.event !== 'ignoring' && a.event !== 'role') this.trace(`${node.id} ${a.event} ${JSON.stringify(a.fields)}`);
         if (a.event === 'recruit-handover') this.strikeHandover(node, String(a.fields['recruit']));
+        if (a.event === 'recruit-resume') this.stats.resumes++;
+        if (a.event === 'resume-refused') this.stats.resumesRefused++;
         return;
       case 'switchover':
         // The trace has the core's log record of it; count the ones that landed.
         if (a.outcome === 'done') this.stats.switchoversDone++;
         return;
+    }
+  }
+
+  /**
+   * Apply entries to the node's guest. Each entry is checked against the state of the node it
+   * came from (a backup going live applies entries its old primary sent; one that follows a new
+   * primary, entries from both; a durable node's restart, what its disk held).
+   */
+  private applyEntries(node: SimNode, entries: readonly Entry[], source: { node: string; inc: number } | null): void {
+    for (const e of entries) {
+      const from = node.receivedFrom.get(e.index) ?? source;
+      node.receivedFrom.delete(e.index);
+      const ref = from ? this.digestsOf.get(`${from.node}#${from.inc}`) : undefined;
+      try {
+        node.service.applyEntry(e.payload);
+      } catch (err) {
+        // Only a state that already diverged refuses an entry its primary applied.
+        this.fail('divergence', `${node.id} could not apply ${e.index}: ${err instanceof Error ? err.message : String(err)}`);
+        return;
+      }
+      const d = node.service.digest();
+      node.digests.set(e.index, d);
+      const want = ref?.get(e.index);
+      if (want === undefined) this.fail('divergence', `${node.id} applied ${e.index} from ${from?.node ?? '?'}, which has no state at that index`);
+      else if (want !== d) this.fail('divergence', `${node.id}#${node.inc} state at index ${e.index} differs from ${from?.node}'s`);
     }
   }
 
