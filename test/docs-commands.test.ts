@@ -60,6 +60,7 @@ const RUN = new Set([
   './lockstep sim --seed 42',
   './lockstep sim --seeds 300 --bug staleReads',
   './lockstep sim --seeds 200 --poison',
+  './lockstep sim --seeds 100 --durable-restarts',
   './lockstep sim --seed 42 --history h.jsonl',
   './lockstep check h.jsonl',
   './lockstep check examples/histories/stale-read.jsonl',
@@ -245,6 +246,9 @@ test('the documented commands, pasted in order, do what the docs say', { timeout
   const poison = await run(t, dir, './lockstep sim --seeds 200 --poison');
   assert.equal(poison.code, 0, poison.out);
   assert.match(poison.out, /^200 passed, 0 failed/m);
+  const durable = await run(t, dir, './lockstep sim --seeds 100 --durable-restarts');
+  assert.equal(durable.code, 0, durable.out);
+  assert.match(durable.out, /^100 passed, 0 failed/m);
   const hist = await run(t, dir, './lockstep sim --seed 42 --history h.jsonl');
   assert.equal(hist.code, 0);
   assert.ok(existsSync(join(dir, 'h.jsonl')));

@@ -1538,6 +1538,7 @@ function trimBacklog(r: Replica, keepFrom: number): void {
     r.backlogCost -= e.payload.length + BACKLOG_ENTRY_COST;
     r.backlogHead++;
   }
+  if (r.backlog.length === 0) return; // off (no backlogBytes): nothing to do, nothing to allocate
   if (r.backlogHead === r.backlog.length) {
     r.backlog = [];
     r.backlogHead = 0;
