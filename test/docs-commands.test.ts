@@ -56,9 +56,9 @@ const RUN = new Set([
   "exec 3<>/dev/tcp/127.0.0.1/7301; printf 'SET a 1\\nGET a\\n' >&3; timeout 1 cat <&3; exec 3>&-",
   './lockstep init --config cluster.json',
   './lockstep node --config cluster.json --id n1',
-  './lockstep sim --seeds 500',
+  './lockstep sim --seeds 200',
   './lockstep sim --seed 42',
-  './lockstep sim --seeds 300 --bug staleReads',
+  './lockstep sim --seeds 100 --bug staleReads',
   './lockstep sim --seeds 200 --poison',
   './lockstep sim --seeds 100 --durable-restarts',
   './lockstep sim --seed 42 --history h.jsonl',
@@ -232,15 +232,15 @@ test('the documented commands, pasted in order, do what the docs say', { timeout
   assert.equal(await node.done, 0, node.out());
 
   // The simulator and the checker.
-  const many = await run(t, dir, './lockstep sim --seeds 500');
+  const many = await run(t, dir, './lockstep sim --seeds 200');
   assert.equal(many.code, 0, many.out.slice(-2000));
-  assert.match(many.out, /^500 passed, 0 failed/m);
+  assert.match(many.out, /^200 passed, 0 failed/m);
   const one = await run(t, dir, './lockstep sim --seed 42');
   assert.equal(one.code, 0);
   assert.match(one.out, /^seed 42 ok .*trace [0-9a-f]+/m);
   const again = await run(t, dir, './lockstep sim --seed 42');
   assert.equal(/trace ([0-9a-f]+)/.exec(again.out)![1], /trace ([0-9a-f]+)/.exec(one.out)![1], 'same seed, same hash');
-  const bug = await run(t, dir, './lockstep sim --seeds 300 --bug staleReads');
+  const bug = await run(t, dir, './lockstep sim --seeds 100 --bug staleReads');
   assert.equal(bug.code, 1, 'the planted bug is caught');
   assert.match(bug.out, /seed \d+ FAILED/);
   const poison = await run(t, dir, './lockstep sim --seeds 200 --poison');
