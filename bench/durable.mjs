@@ -7,7 +7,11 @@
 // one. Prints every run, then per setup the median ops/s and the median of the runs' p50
 // latencies, and the ratio durable / in memory. Not a test: see bench/README.md.
 //
-//   npx tsc -p . && node bench/durable.mjs [--rounds 3] [--seconds 5] [--clients 1,16]
+//   npx tsc -p . && node bench/durable.mjs [--rounds 3] [--seconds 5] [--clients 1,16] [--setups memory,durable]
+//
+// --setups may also name `durable-nobacklog`: durable with durableBacklogBytes 1, so that the
+// in-memory backlog kept for resuming a node back from a restart is (almost) always empty; its
+// ratio to `durable` is what keeping 64 MiB of recent entries costs.
 
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,6 +32,13 @@ const argOf = (name, dflt) => {
 const ROUNDS = Number(argOf('--rounds', '3'));
 const SECONDS = Number(argOf('--seconds', '5'));
 const CLIENTS = argOf('--clients', '1,16').split(',').map(Number);
+const SETUPS = argOf('--setups', 'memory,durable').split(',');
+const SETUP_OPTS = {
+  memory: {},
+  durable: { durable: true },
+  'durable-nobacklog': { durable: true, extra: { durableBacklogBytes: 1 } },
+};
+for (const s of SETUPS) if (!(s in SETUP_OPTS)) throw new Error(`--setups: unknown setup ${s}; one of ${Object.keys(SETUP_OPTS).join(', ')}`);
 const VALUE = 'v'.repeat(100);
 
 async function measure(cluster, clients) {
@@ -58,14 +69,16 @@ async function measure(cluster, clients) {
 const results = new Map(); // `${setup} ${clients}` -> runs
 console.log(`durable mode cost: 3 nodes (rsm), SET of ${VALUE.length}-byte values, ${SECONDS} s per run, ${ROUNDS} interleaved rounds, node ${process.version}, data under ${tmpdir()}`);
 for (let r = 1; r <= ROUNDS; r++) {
-  for (const setup of ['memory', 'durable']) {
-    const cluster = await ProcessCluster.start({ durable: setup === 'durable', failureTimeoutMs: 1500, heartbeatMs: 50 });
+  // The order rotates each round, so that no setup always runs first (the disk's state drifts).
+  for (const setup of [...SETUPS.slice((r - 1) % SETUPS.length), ...SETUPS.slice(0, (r - 1) % SETUPS.length)]) {
+    const cluster = await ProcessCluster.start({ ...SETUP_OPTS[setup], failureTimeoutMs: 1500, heartbeatMs: 50 });
     try {
       for (const c of CLIENTS) {
         const m = await measure(cluster, c);
         const key = `${setup} ${c}`;
         results.set(key, [...(results.get(key) ?? []), m]);
-        console.log(`round ${r}  ${setup.padEnd(8)} ${String(c).padStart(2)} clients  ${m.opsPerSec.toFixed(0).padStart(6)} ops/s  p50 ${m.p50.toFixed(2)} ms  p99 ${m.p99.toFixed(2)} ms`);
+        const rss = (await cluster.primary())?.rssBytes;
+        console.log(`round ${r}  ${setup.padEnd(8)} ${String(c).padStart(2)} clients  ${m.opsPerSec.toFixed(0).padStart(6)} ops/s  p50 ${m.p50.toFixed(2)} ms  p99 ${m.p99.toFixed(2)} ms  primary RSS ${rss === undefined ? '?' : (rss / 2 ** 20).toFixed(0)} MiB`);
       }
     } finally {
       await cluster.stop();
@@ -73,14 +86,14 @@ for (let r = 1; r <= ROUNDS; r++) {
   }
 }
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-console.log('\nmedians                 ops/s     p50 ms');
+console.log('\nmedians                           ops/s     p50 ms');
+const [base, ...others] = SETUPS;
 for (const c of CLIENTS) {
-  const mem = results.get(`memory ${c}`);
-  const dur = results.get(`durable ${c}`);
-  const row = (name, runs) => console.log(`${name.padEnd(8)} ${String(c).padStart(2)} clients  ${median(runs.map((x) => x.opsPerSec)).toFixed(0).padStart(8)}  ${median(runs.map((x) => x.p50)).toFixed(2).padStart(8)}`);
-  row('memory', mem);
-  row('durable', dur);
-  const ops = median(dur.map((x) => x.opsPerSec)) / median(mem.map((x) => x.opsPerSec));
-  const p50 = median(dur.map((x) => x.p50)) / median(mem.map((x) => x.p50));
-  console.log(`durable / memory, ${c} clients: ops/s x${ops.toFixed(2)}, p50 x${p50.toFixed(2)}`);
+  const med = (setup, f) => median(results.get(`${setup} ${c}`).map(f));
+  for (const setup of SETUPS) console.log(`${setup.padEnd(18)} ${String(c).padStart(2)} clients  ${med(setup, (x) => x.opsPerSec).toFixed(0).padStart(8)}  ${med(setup, (x) => x.p50).toFixed(2).padStart(8)}`);
+  for (const setup of others) {
+    const ops = med(setup, (x) => x.opsPerSec) / med(base, (x) => x.opsPerSec);
+    const p50 = med(setup, (x) => x.p50) / med(base, (x) => x.p50);
+    console.log(`${setup} / ${base}, ${c} clients: ops/s x${ops.toFixed(2)}, p50 x${p50.toFixed(2)}`);
+  }
 }
