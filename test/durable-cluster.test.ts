@@ -132,10 +132,19 @@ test('durable: a backup killed and restarted while its primary lives resumes fro
   await inStep(cluster, 'the backup in step with equal digests');
 });
 
-for (const mode of ['rsm', 'state-transfer'] as const) {
-  test(`durable (${mode}): a backup killed, dropped from the view after the failure timeout and restarted after more writes is sent only what it lacks (no snapshot), under load`, async (t) => {
+// With the default backlog the node is resumed; with `durableBacklogBytes: 1` the primary no
+// longer has the entries it lacks, so it gets a snapshot, which replaces the disk it kept.
+const resumes = [
+  { mode: 'rsm', backlog: null },
+  { mode: 'state-transfer', backlog: null },
+  { mode: 'rsm', backlog: 1 },
+] as const;
+for (const { mode, backlog } of resumes) {
+  const what = backlog === null ? 'is sent only what it lacks (no snapshot)' : 'with no backlog to resume from gets a snapshot that replaces its disk';
+  test(`durable (${mode}): a backup killed, dropped from the view after the failure timeout and restarted after more writes ${what}, under load`, async (t) => {
     // backups 2 on 3 nodes: no spare takes the dropped backup's place, so it is recruited back.
-    const cluster = await ProcessCluster.start({ mode, durable: true, failureTimeoutMs: 800, heartbeatMs: 50, extra: { backups: 2 } });
+    const extra = backlog === null ? { backups: 2 } : { backups: 2, durableBacklogBytes: backlog };
+    const cluster = await ProcessCluster.start({ mode, durable: true, failureTimeoutMs: 800, heartbeatMs: 50, extra });
     t.after(() => cluster.stop());
     await cluster.waitFor(async () => ((await cluster.primary())?.view.backups?.length ?? 0) === 2, 30_000, 'two backups');
     const p = (await cluster.primary())!;
@@ -155,13 +164,19 @@ for (const mode of ['rsm', 'state-transfer'] as const) {
     const log = cluster.log(b);
     const restart = log.slice(log.lastIndexOf('"node-start"') - 2000);
     assert.match(restart, /"durable-kept"/, 'it kept its disk, out of the view');
-    assert.match(restart, /"recruit-resumed"/, 'it was resumed from it');
-    assert.doesNotMatch(restart.slice(restart.indexOf('"durable-kept"')), /recruit-snapshot-start/, 'no snapshot was sent to it');
     const primaryLog = cluster.log(p.id);
-    const resume = /"event":"recruit-resume".*?"index":(\d+).*?"lastIndex":(\d+)/.exec(primaryLog);
-    assert.ok(resume !== null, 'the primary logged the resume');
-    t.diagnostic(`resumed from ${resume[1]} at the primary's ${resume[2]}: ${Number(resume[2]) - Number(resume[1])} entries sent instead of a snapshot; ${result.ok} operations acknowledged`);
-    assert.ok(Number(resume[2]) - Number(resume[1]) >= 200, 'it lacked the entries written while it was out');
+    if (backlog === null) {
+      assert.match(restart, /"recruit-resumed"/, 'it was resumed from it');
+      assert.doesNotMatch(restart.slice(restart.indexOf('"durable-kept"')), /recruit-snapshot-start/, 'no snapshot was sent to it');
+      const resume = /"event":"recruit-resume".*?"index":(\d+).*?"lastIndex":(\d+)/.exec(primaryLog);
+      assert.ok(resume !== null, 'the primary logged the resume');
+      t.diagnostic(`resumed from ${resume[1]} at the primary's ${resume[2]}: ${Number(resume[2]) - Number(resume[1])} entries sent instead of a snapshot; ${result.ok} operations acknowledged`);
+      assert.ok(Number(resume[2]) - Number(resume[1]) >= 200, 'it lacked the entries written while it was out');
+    } else {
+      assert.match(primaryLog, /"event":"resume-refused".*no longer kept/, 'the primary said why not');
+      assert.match(restart, /recruit-snapshot-start/, 'a snapshot was sent instead');
+      assert.doesNotMatch(restart, /"recruit-resumed"/);
+    }
     // Every replica in step, with equal digests.
     await cluster.waitFor(async () => {
       const all = (await cluster.statuses()).filter((s) => s !== null);
