@@ -152,3 +152,43 @@ test('resume: a spare told to keep a state it no longer holds ignores it and joi
   assert.ok(h.logs.some((l) => l.node === 'n1' && l.event === 'recruit-abandoned'), 'the resume was abandoned');
   assert.ok((h.snapshots.get('n2')?.length ?? 0) >= 2, 'recruited by snapshot');
 });
+
+test('recovered: after every node died, the named backup that comes back second follows the first with its disk and is sent what it lacks from the first\'s disk; a deposed primary\'s disk holding more gets a snapshot', () => {
+  for (const first of ['n1', 'n2'] as const) {
+    const h = pair();
+    h.write('n1', 3); // n1 holds 8, n2 holds 5: the 3 never reached n2, never released
+    h.drop(() => true);
+    // The driver hands a recovered node its disk's entries (the harness's payloads are zeros).
+    const tail = (n: number) => Array.from({ length: n }, (_, i) => ({ index: i + 1, payload: new Uint8Array(8) }));
+    const disks = { n1: { ...disk(h, 'n1'), tail: tail(8) }, n2: { ...disk(h, 'n2'), tail: tail(5) } };
+    const view = h.arbiterView; // what both disks were acked under
+    h.crash('n1');
+    h.crash('n2');
+    const other = first === 'n1' ? 'n2' : 'n1';
+    h.restart(first, { recovered: { ...disks[first], view } });
+    for (let i = 0; i < 40 && h.role(first) !== 'primary'; i++) h.settle(5); // alone, it goes live from its disk after the failure timeout
+    assert.equal(h.role(first), 'primary', `${first} went live from its disk`);
+    h.write(first, 2);
+    h.applied.set(other, []);
+    // As the driver does: named in the arbiter's view now, it starts recovered; else it keeps its disk as a spare.
+    const named = h.arbiterView.backups.includes(other);
+    h.restart(other, named ? { recovered: { ...disks[other], view: h.arbiterView } } : { kept: { index: disks[other].index, logTerm: disks[other].logTerm } });
+    h.settle(400);
+    if (first === 'n1') {
+      // n1 went live keeping n2 in its view; n2's 5 entries are n1's first 5: it follows n1
+      // keeping them and is sent 6..8 from the disk's tail n1 keeps, then 9..10.
+      assert.ok(named, 'n1 kept its backup n2 in the view it went live with');
+      assert.equal(h.events('n2', 'new-log'), 1, 'n2 followed n1 with its disk');
+      assert.equal(h.role('n2'), 'backup');
+      assert.deepEqual(h.arbiterView.backups, ['n2']);
+      assert.deepEqual(h.applied.get('n2'), [6, 7, 8, 9, 10]);
+    } else {
+      // n2 went live alone (the old primary is not kept in a go-live view). n1's disk holds 6..8,
+      // which n2 never had (never released): resuming it would keep them, so it gets a snapshot.
+      assert.ok(!named);
+      assert.ok(h.logs.some((l) => l.node === 'n2' && l.event === 'resume-refused'), 'not resumed');
+      assert.equal(h.role('n1'), 'backup');
+      assert.deepEqual(h.snapshots.get('n1')?.at(-1), 7, 'a snapshot of n2\'s state (5 + 2)');
+    }
+  }
+});

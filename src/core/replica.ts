@@ -400,7 +400,7 @@ export function step(r: Replica, input: Input, nowMs: number): Action[] {
   switch (input.type) {
     case 'start':
       assert(r.role === 'booting' && r.cas === null, 'start given twice');
-      if (input.recovered !== undefined) startRecovered(r, out, input.recovered.index, input.recovered.view, input.recovered.logTerm ?? 0);
+      if (input.recovered !== undefined) startRecovered(r, out, input.recovered.index, input.recovered.view, input.recovered.logTerm ?? 0, input.recovered.tail ?? []);
       else if (input.kept !== undefined) startKept(r, out, input.kept.index, input.kept.logTerm);
       else startCas(r, out, 'bootstrap', NO_VIEW, { epoch: 1, primary: r.config.id, backups: [] });
       break;
@@ -645,7 +645,7 @@ function followNewPrimary(r: Replica, out: Action[], view: View, why: string): v
  * so the replica waits as a backup of the view's primary (itself, if it was the primary: no frame
  * comes, and it asks to go live after the failure timeout), exactly as a backup does.
  */
-function startRecovered(r: Replica, out: Action[], index: number, view: View, logTerm: number): void {
+function startRecovered(r: Replica, out: Action[], index: number, view: View, logTerm: number, tail: readonly Entry[]): void {
   const self = r.config.id;
   assert(view.epoch > 0 && view.primary !== null && (view.primary === self || isBackupIn(view, self)), 'recovered with a view that does not name this replica');
   assert(Number.isSafeInteger(index) && index >= 0, 'recovered index');
@@ -653,6 +653,12 @@ function startRecovered(r: Replica, out: Action[], index: number, view: View, lo
   r.appliedIndex = index; // the driver replayed the whole disk, held entries too
   r.logTerm = logTerm;
   r.recoveredFrom = logTerm;
+  // The disk's last entries go to the backlog: if this node goes live keeping a named backup
+  // whose disk holds less (it came back too, from further behind), it sends it what it lacks.
+  if (tail.length > 0 && tail[tail.length - 1]!.index === index) {
+    for (const e of tail) toBacklog(r, e);
+    trimBacklog(r, index + 1);
+  }
   r.view = view;
   r.knownEpoch = view.epoch;
   r.following = { primary: view.primary, epoch: view.epoch, lastHeardMs: r.nowMs, pendingView: null, restore: null };
@@ -1351,7 +1357,7 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
       // It holds less than every backup should (only a forged commit index makes a backup apply
       // more than the others hold). Send it the rest if we still have it; else it must be
       // recruited again: drop it.
-      const first = r.log[r.logHead]?.index ?? r.lastIndex + 1;
+      const first = firstRetained(r);
       log(out, 'warn', 'backup-behind', { backup: from, ackedIndex: m.ackedIndex, expected: f.ackedIndex, retainedFrom: first });
       if (m.ackedIndex + 1 < first) {
         if (r.cas === null) dropBackups(r, out, [from]);

@@ -255,7 +255,13 @@ export type Input =
    */
   | {
       readonly type: 'start';
-      readonly recovered?: { readonly index: number; readonly view: View; readonly logTerm?: number };
+      readonly recovered?: {
+        readonly index: number;
+        readonly view: View;
+        readonly logTerm?: number;
+        /** The disk's last entries, ending at `index` (kept in the backlog when backlogBytes is set). */
+        readonly tail?: readonly Entry[];
+      };
       /**
        * Durable mode, a node the view does not name (or one that halted) that kept its disk:
        * the guest holds entries 1..index of the log of term logTerm. It starts as a spare that

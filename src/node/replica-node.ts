@@ -344,7 +344,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
         view: formatView(view), ms: Math.round(performance.now() - started),
         ...(kept ? { reason: `the arbiter's view does not name this node, so its disk may be behind: it joins as a spare holding entries 1..${disk.lastIndex} of the log of term ${logTerm}, and the primary sends it what it lacks, or a snapshot` } : {}),
       });
-      return named ? { recovered: { index: disk.lastIndex, view, logTerm } } : { kept: { index: disk.lastIndex, logTerm } };
+      return named ? { recovered: { index: disk.lastIndex, view, logTerm, tail: disk.entries } } : { kept: { index: disk.lastIndex, logTerm } };
     }
     if (meta !== null && disk.lastIndex > 0) {
       this.log('warn', 'durable-discarded', {
