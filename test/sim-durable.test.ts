@@ -4,7 +4,10 @@
 // Primaries must resume such a node only from a prefix of their own log (replica.ts "Resuming
 // a spare that kept its state"), and send a snapshot otherwise; the planted bug resumeAnyLog
 // resumes any state not past the log, and a deposed primary's never-released entries stay in
-// the resumed node's state.
+// the resumed node's state. A node that crashes while the arbiter's view names it comes back
+// `recovered` in that view, as the node does, and may go live from its disk: so a crash may
+// take every live holder of the state when one keeps its disk, and now and then every node
+// crashes at once (power-loss): nothing acknowledged may be lost.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,12 +18,15 @@ import type { ReplicationMode } from '../src/guest/index.js';
 
 const MODES: readonly ReplicationMode[] = ['rsm', 'state-transfer'];
 
-test('simulator, durable restarts: seeds pass every check in both modes with 1 and 2 backups, and kept nodes are both resumed and refused', () => {
+test('simulator, durable restarts: seeds pass every check in both modes with 1 and 2 backups; kept nodes are both resumed and refused, named ones recovered', () => {
   // Sweeps passed: seeds 1..2000 in each mode with 1 and with 2 backups, 2001..5000 (mode
   // drawn) with 1 and with 2, and 1..300 each with the poison, the forger, switchovers (1 and
   // 2 backups) and double crashes forced on. For kv the two modes run the same schedule (the
   // entries differ, not their sizes), so each seed here is one schedule checked both ways.
   let kept = 0;
+  let recovered = 0;
+  let diskOnly = 0;
+  let powerLosses = 0;
   let resumes = 0;
   let refused = 0;
   for (const mode of MODES) {
@@ -30,12 +36,18 @@ test('simulator, durable restarts: seeds pass every check in both modes with 1 a
         assert.ok(r.ok, `${describeFailure(r)}\n  reproduce: lockstep sim --seed ${seed} --mode ${mode} --backups ${backups} --durable-restarts`);
         assert.ok(r.faults.includes('durable-restart'));
         kept += r.stats.keptRestarts;
+        recovered += r.stats.recoveredRestarts;
+        diskOnly += r.stats.diskOnlyCrashes;
+        powerLosses += r.stats.powerLosses;
         resumes += r.stats.resumes;
         refused += r.stats.resumesRefused;
       }
     }
   }
   assert.ok(kept > 100, `nodes restarted with their disk (${kept})`);
+  assert.ok(recovered > 100, `nodes the view named restarted recovered (${recovered})`);
+  assert.ok(diskOnly > 50, `crashes left the state on disks only (${diskOnly})`);
+  assert.ok(powerLosses > 30, `every node crashed at once (${powerLosses})`);
   assert.ok(resumes > 20, `primaries resumed kept nodes (${resumes})`);
   assert.ok(refused > 20, `primaries refused to resume some, and sent a snapshot (${refused})`);
 });
