@@ -52,6 +52,21 @@ test('simulator, durable restarts: seeds pass every check in both modes with 1 a
   assert.ok(refused > 20, `primaries refused to resume some, and sent a snapshot (${refused})`);
 });
 
+test('simulator, durable restarts: a recovered node whose earlier process\'s test-and-set lands after its restart waits in that view and goes live from it', () => {
+  // These seeds failed (liveness, lost-write) before the core's namesMeRecovered: the primary's
+  // test-and-set (to go live, or drop a backup) was in flight as every node crashed, the node
+  // came back recovered in the view before it, then lost its own test-and-set to the late one
+  // (or a forged rumour made it read the view) and halted, leaving a view whose only primary
+  // was a spare: every copy of the state was gone from the view.
+  for (const [seed, backups] of [[727, 1], [759, 1], [814, 2], [898, 2]] as const) {
+    for (const mode of MODES) {
+      const r = simulate({ seed, mode, backups, durableRestarts: true });
+      assert.ok(r.ok, `${describeFailure(r)}\n  reproduce: lockstep sim --seed ${seed} --mode ${mode} --backups ${backups} --durable-restarts`);
+      assert.ok(r.stats.recoveredViews > 0, `seed ${seed}: a recovered node took up the view its earlier process wrote`);
+    }
+  }
+});
+
 test('simulator, durable restarts off (the default): a seed runs as it did before they existed', () => {
   const a = simulate({ seed: 77, backups: 1 });
   assert.equal(simulate({ seed: 77, backups: 1, durableRestarts: false }).traceHash, a.traceHash);
