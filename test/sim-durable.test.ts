@@ -19,10 +19,12 @@ import type { ReplicationMode } from '../src/guest/index.js';
 const MODES: readonly ReplicationMode[] = ['rsm', 'state-transfer'];
 
 test('simulator, durable restarts: seeds pass every check in both modes with 1 and 2 backups; kept nodes are both resumed and refused, named ones recovered', () => {
-  // Sweeps passed: seeds 1..2000 in each mode with 1 and with 2 backups, 2001..5000 (mode
-  // drawn) with 1 and with 2, and 1..300 each with the poison, the forger, switchovers (1 and
-  // 2 backups) and double crashes forced on. For kv the two modes run the same schedule (the
-  // entries differ, not their sizes), so each seed here is one schedule checked both ways.
+  // Sweeps passed (with recovered starts and power-loss): seeds 1..1000 in each mode with 1 and
+  // with 2 backups, 1..2000 with mode and backups drawn, and 1..250 each with the poison, the
+  // forger, switchovers (1 and 2 backups) and double crashes forced on. (Before recovered
+  // starts: 1..2000 in each mode with 1 and 2 backups, 2001..5000 drawn, 1..300 forced.) For kv
+  // the two modes run the same schedule (the entries differ, not their sizes), so each seed here
+  // is one schedule checked both ways.
   let kept = 0;
   let recovered = 0;
   let diskOnly = 0;
@@ -75,10 +77,11 @@ test('simulator, durable restarts off (the default): a seed runs as it did befor
 });
 
 test('simulator catches a planted bug: a primary resumes a kept state from another log (resumeAnyLog), both modes, 1 and 2 backups', () => {
-  // Seeds 1..1400 catch it: 105 with 1 backup (first 1, 30, 34, 43), 300 with 2 (first 4, 25,
-  // 34, 41); the same seeds in both modes (1..400 swept in each). Mostly divergence (a resumed
-  // node applies the primary's entries to a state with the deposed primary's, or a lagging
-  // backup's, never-released ones), sometimes lost writes once it goes live.
+  // Seeds 1..400 catch it: 24 with 1 backup (first 1, 2, 14, 43), 60 with 2 (first 4, 5, 13,
+  // 46); the same seeds in both modes. Divergence: a resumed node applies the primary's entries
+  // to a state with the deposed primary's, or a lagging backup's, never-released ones. (Before
+  // recovered starts, 34 and 87 of 1..400: a node the view names now comes back recovered,
+  // not kept, so fewer restarts are resumes.)
   for (const mode of MODES) {
     for (const backups of [1, 2]) {
       let caught = 0;
@@ -87,6 +90,21 @@ test('simulator catches a planted bug: a primary resumes a kept state from anoth
       }
       assert.ok(caught > 0, `no seed among 40 caught resumeAnyLog (${mode}, ${backups} backups)`);
     }
+  }
+});
+
+test('simulator catches a planted bug: a recovered backup keeps what it holds past a new primary\'s base (noBaseCheck), 2 backups, both modes', () => {
+  // Seeds 1..1000 catch it in 38 (rsm; 1..400 in state-transfer: the same 15 seeds), all
+  // divergence; before recovered starts 15 of 1..400 did too, others (34, 45, 69, ...). Seed 5
+  // is one of the new ones: n4 comes back recovered holding entry 41 that n3, going live with
+  // base 40, never had, keeps it, and applies n3's 42 onto it. With one backup no other backup
+  // follows a node that goes live, so the check is never reached.
+  for (const mode of MODES) {
+    const r = simulate({ seed: 5, mode, backups: 2, durableRestarts: true, bugs: { noBaseCheck: true } });
+    assert.ok(!r.ok, `seed 5 should catch noBaseCheck (${mode})`);
+    assert.ok(r.failures.some((f) => f.check === 'divergence'), describeFailure(r));
+    assert.ok(r.stats.recoveredRestarts > 0);
+    assert.ok(simulate({ seed: 5, mode, backups: 2, durableRestarts: true }).ok, 'and passes without it');
   }
 });
 
