@@ -20,7 +20,7 @@ const MODES: readonly ReplicationMode[] = ['rsm', 'state-transfer'];
 
 test('simulator, durable restarts: seeds pass every check in both modes with 1 and 2 backups; kept nodes are both resumed and refused, named ones recovered', () => {
   // Sweeps passed (with recovered starts and power-loss): seeds 1..1000 in each mode with 1 and
-  // with 2 backups, 1..2000 with mode and backups drawn, and 1..250 each with the poison, the
+  // with 2 backups (and 1001..2500 in rsm), 1..2000 with mode and backups drawn, and 1..250 each with the poison, the
   // forger, switchovers (1 and 2 backups) and double crashes forced on. (Before recovered
   // starts: 1..2000 in each mode with 1 and 2 backups, 2001..5000 drawn, 1..300 forced.) For kv
   // the two modes run the same schedule (the entries differ, not their sizes), so each seed here
