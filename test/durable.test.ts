@@ -285,6 +285,40 @@ test('core: a recovered start waits as a backup of the view\'s primary, then ask
   assert.throws(() => step(c, { type: 'start', recovered: { index: 17, view } }, 0), /does not name this replica/);
 });
 
+test('core: a recovered node that loses its test-and-set to one its earlier process sent (a view naming it primary) waits in that view and goes live from it', () => {
+  // Every node crashed while n1's test-and-set to drop its backup was in flight; n1 came back
+  // recovered in the view before it, and the late one landed as n1 asked to go live (lockstep
+  // sim --durable-restarts seed 727). Only n1 writes views naming it primary (but for a
+  // switchover to it), and no process of it learned of that view: nothing was released in it.
+  const view = { epoch: 4, primary: 'n1', backups: ['n2'] };
+  const late = { epoch: 5, primary: 'n1', backups: [] };
+  // Ticks a quarter of the failure timeout apart (a longer gap is a stall, not silence).
+  const q = DEFAULT_TIMING.failureTimeoutMs / 4;
+  const ticks = (r: ReturnType<typeof createReplica>, from: number): ReturnType<typeof step> => [1, 2, 3, 4, 5].flatMap((i) => step(r, { type: 'tick' }, from + i * q));
+  const r = createReplica({ ...DEFAULT_TIMING, id: 'n1', nodes: ['n1', 'n2', 'n3'], durable: true }, 0);
+  step(r, { type: 'start', recovered: { index: 17, view, logTerm: 3 } }, 0);
+  const t = 5 * q;
+  const cas = ticks(r, 0).find((a) => a.type === 'arbiterCas');
+  assert.ok(cas !== undefined && cas.type === 'arbiterCas');
+  step(r, { type: 'arbiterResult', requestId: cas.requestId, ok: false, view: late }, t + 1);
+  assert.equal(r.role, 'backup', 'not halted: it still holds every released entry');
+  assert.deepEqual(r.view, late);
+  const again = ticks(r, t + 1).find((a) => a.type === 'arbiterCas');
+  assert.ok(again !== undefined && again.type === 'arbiterCas', 'asks again, from the late view');
+  assert.deepEqual(again.expected, late);
+  assert.deepEqual(again.next, { epoch: 6, primary: 'n1', backups: [] });
+  step(r, { type: 'arbiterResult', requestId: again.requestId, ok: true, view: again.next }, 2 * t + 3);
+  assert.equal(r.role, 'primary');
+  assert.equal(r.lastIndex, 17, 'live with its disk');
+  // A view naming another primary is another node's: the recovered node halts, as before.
+  const o = createReplica({ ...DEFAULT_TIMING, id: 'n1', nodes: ['n1', 'n2', 'n3'], durable: true }, 0);
+  step(o, { type: 'start', recovered: { index: 17, view, logTerm: 3 } }, 0);
+  const lost = ticks(o, 0).find((a) => a.type === 'arbiterCas');
+  assert.ok(lost !== undefined && lost.type === 'arbiterCas');
+  step(o, { type: 'arbiterResult', requestId: lost.requestId, ok: false, view: { epoch: 5, primary: 'n2', backups: [] } }, t + 1);
+  assert.equal(o.role, 'halted');
+});
+
 test('compaction in slices: entries appended while it runs go on after its index; a crash before it finishes leaves the old snapshot and every entry', (t) => {
   const dir = tempDir(t);
   written(dir, 10);

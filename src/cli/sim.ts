@@ -35,7 +35,9 @@ and that the primary gets a backup again.
   --durable-restarts
                 the nodes are durable and keep a backlog (2 or 64 KiB, drawn per seed): a
                 crashed or halted node often comes back with its disk, every entry it had
-                received, and the primary must resume it only from a prefix of its own log
+                received, and the primary must resume it only from a prefix of its own log;
+                one the arbiter's view names comes back recovered and may go live from its
+                disk, so crashes may take every live copy (sometimes every node at once)
   --bug NAME    plant a known bug: noOutputRule, liveWithoutArbiter, staleReads, earlyBackup,
                 noRecruitFence, haltOnRumour, ackDroppedChunk, switchEarly, noQuarantine (with --poison),
                 releaseOnOneAck, noBaseCheck (with --backups 2), resumeAnyLog (with --durable-restarts)

@@ -505,6 +505,7 @@ function onArbiterResult(r: Replica, out: Action[], requestId: number, ok: boole
         becomeBackup(r, out, view);
       }
       else if (mayFollowNewPrimary(r, view)) followNewPrimary(r, out, view, 'another backup won the test-and-set to go live');
+      else if (namesMeRecovered(r, view)) recoveredIn(r, out, view, 'lost the test-and-set to go live');
       else if (r.role === 'spare') stopFollowing(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
       else halt(r, out, `lost the test-and-set to go live; the view is ${formatView(view)}`);
       return;
@@ -667,6 +668,30 @@ function startRecovered(r: Replica, out: Action[], index: number, view: View, lo
 }
 
 /**
+ * A node recovered from disk (not live since) learns that the arbiter's view moved on to one
+ * naming it primary. Only this node writes such views, or its primary in a switchover to it
+ * (isSwitchToMe, handled before): so a test-and-set its earlier process sent as it died (to go
+ * live, or to add or drop a backup) landed after this process read the view. No process of it
+ * learned it won, so nothing was released in that view, and the disk holds every entry released
+ * before it (see startRecovered). Halting there would leave the view with a primary that never
+ * acts and no backup that may go live (the lockstep sim --durable-restarts seeds 727 and 759,
+ * rsm, one backup): instead it waits in that view as a recovered node, as a restart that had
+ * read it would, and goes live from it after the failure timeout.
+ */
+function namesMeRecovered(r: Replica, view: View): boolean {
+  return r.recoveredFrom !== null && r.role === 'backup' && r.following !== null && view.primary === r.config.id && view.epoch >= r.view.epoch;
+}
+
+function recoveredIn(r: Replica, out: Action[], view: View, why: string): void {
+  const self = r.config.id;
+  r.view = view;
+  r.knownEpoch = Math.max(r.knownEpoch, view.epoch);
+  r.following = { primary: self, epoch: view.epoch, lastHeardMs: r.following!.lastHeardMs, pendingView: null, restore: null };
+  log(out, 'info', 'recovered-view', { view: formatView(view), why, lastIndex: r.lastIndex });
+  setRole(r, out, 'backup', `${why}: recovered from disk, and the arbiter's view ${formatView(view)} names this node primary (a test-and-set of its earlier process): waiting for the failure timeout to go live from it`);
+}
+
+/**
  * Durable mode, at start, a node the view does not name that kept its disk (or one that halted
  * and kept its state): the guest holds entries 1..index of the log of term logTerm. It is a
  * spare like any other, but its joins say what it holds (see "Resuming a spare that kept its
@@ -793,6 +818,8 @@ function onArbiterView(r: Replica, out: Action[], requestId: number, view: View)
     becomeBackup(r, out, view);
   } else if (mayFollowNewPrimary(r, view)) {
     followNewPrimary(r, out, view, c.reason);
+  } else if (namesMeRecovered(r, view)) {
+    recoveredIn(r, out, view, c.reason);
   } else if (r.role === 'spare') {
     stopFollowing(r, out, `${c.reason}; the arbiter holds ${formatView(view)}`);
   } else {

@@ -99,7 +99,11 @@ export interface SimOptions {
    * durable, backlogBytes: 2 or 64 KiB, drawn), and a crashed or halted node often restarts
    * with its disk: the state it had at the crash with every entry it had received applied,
    * started `kept` (entries 1..lastIndex of its log term), so a primary resumes it or refuses
-   * to. Off unless asked (its draws come from a generator of its own), so seeds run as before.
+   * to; or, when the arbiter's view names it (primary or backup) as it restarts after a crash,
+   * started `recovered` with that view, as the node does (it waits as a backup and goes live from
+   * its disk after the failure timeout). A crash may then take every holder of the state if one
+   * of them keeps its disk, and now and then every live node crashes at once (`power-loss`).
+   * Off unless asked (its draws come from a generator of its own), so seeds run as before.
    */
   readonly durableRestarts?: boolean;
 }
@@ -170,6 +174,14 @@ export interface SimStats {
   readonly doubleCrashes: number;
   /** Durable restarts: restarts with the disk (kept), and primaries' resumes of them and refusals. */
   readonly keptRestarts: number;
+  /** Durable restarts: restarts with the disk while the arbiter's view named the node (recovered). */
+  readonly recoveredRestarts: number;
+  /** Recovered nodes that learned the view moved on to one naming them primary (their earlier process's test-and-set). */
+  readonly recoveredViews: number;
+  /** Durable restarts: crashes that left no live holder of the state, only disks (power-loss among them). */
+  readonly diskOnlyCrashes: number;
+  /** Durable restarts: power-loss faults that struck (every live node crashed at once). */
+  readonly powerLosses: number;
   readonly resumes: number;
   readonly resumesRefused: number;
 }
@@ -245,6 +257,7 @@ type SimEvent =
   | { readonly k: 'forge' }
   | { readonly k: 'switchover' }
   | { readonly k: 'double' }
+  | { readonly k: 'powerLoss' }
   | { readonly k: 'heal' };
 
 interface Queued {
@@ -348,6 +361,8 @@ interface Disk {
   readonly digests: ReadonlyMap<number, string>;
   readonly held: readonly Entry[];
   readonly receivedFrom: ReadonlyMap<number, { readonly node: string; readonly inc: number }>;
+  /** It halted (and rejoins kept, whatever the view says), rather than crashed. */
+  readonly halted: boolean;
 }
 
 interface PendingOp {
@@ -505,7 +520,7 @@ class Simulation {
    * and the core's backlogBytes; null when off. A generator of its own.
    */
   private readonly durableRng: Rng;
-  private readonly durable: { readonly keepChance: number; readonly backlogBytes: number } | null;
+  private readonly durable: { readonly keepChance: number; readonly backlogBytes: number; readonly powerLossMeanMs: number | null } | null;
   private faultMeanMs = 300;
   /** slow-snapshot: the stall per KiB of snapshot, when taken and when installed. */
   private readonly snapshotMsPerKiB: number;
@@ -518,7 +533,7 @@ class Simulation {
   private readonly releases: Release[] = [];
   /** Acks replicas sent, by `primary#incarnation|sender` (the forger's are not here). */
   private readonly acksSent = new Map<string, AckSent[]>();
-  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, stalls: 0, partitions: 0, linearizabilityUnknownKeys: 0, switchoversAsked: 0, switchoversDone: 0, maxBackups: 0, doubleCrashes: 0, keptRestarts: 0, resumes: 0, resumesRefused: 0 };
+  private stats = { opsCompleted: 0, opsInvoked: 0, goLives: 0, recruits: 0, crashes: 0, pauses: 0, stalls: 0, partitions: 0, linearizabilityUnknownKeys: 0, switchoversAsked: 0, switchoversDone: 0, maxBackups: 0, doubleCrashes: 0, keptRestarts: 0, recoveredRestarts: 0, recoveredViews: 0, diskOnlyCrashes: 0, powerLosses: 0, resumes: 0, resumesRefused: 0 };
 
   constructor(opts: SimOptions) {
     this.seed = opts.seed;
@@ -573,7 +588,9 @@ class Simulation {
     const keepChance = this.durableRng.pick([0.5, 0.8, 1]);
     // Sometimes a backlog of a few entries only, so that both resumes and refusals happen.
     const backlogBytes = this.durableRng.pick([2 * 1024, 64 * 1024]);
-    this.durable = opts.durableRestarts === true ? { keepChance, backlogBytes } : null;
+    // power-loss: now and then every live node crashes at once (drawn after the rest, so those stay).
+    const powerLossMeanMs = this.durableRng.chance(0.5) ? this.durableRng.pick([500, 1000, 2000]) : null;
+    this.durable = opts.durableRestarts === true ? { keepChance, backlogBytes, powerLossMeanMs } : null;
     for (let i = 0; i < (opts.clients ?? 5); i++) {
       this.clients.push({ id: `c${i}`, process: i, seq: 0, pending: null, target: i % n, token: 0, opsAfterHeal: 0, done: false, counter: 0 });
     }
@@ -587,11 +604,13 @@ class Simulation {
     const sw = this.switchMeanMs !== null ? ` switchover=${this.switchMeanMs}ms` : '';
     const backups = this.backups !== 1 ? ` backups=${this.backups}` : '';
     const double = this.doubleMeanMs !== null ? ` double-crash=${this.doubleMeanMs}ms` : '';
-    const durable = this.durable !== null ? ` durable-restart=${this.durable.keepChance} backlog=${this.durable.backlogBytes}` : '';
+    const power = this.durable?.powerLossMeanMs != null ? ` power-loss=${this.durable.powerLossMeanMs}ms` : '';
+    const durable = this.durable !== null ? ` durable-restart=${this.durable.keepChance} backlog=${this.durable.backlogBytes}${power}` : '';
     this.trace(`seed mode=${this.mode} faults=${this.faultKinds.join(',')} mean=${this.faultMeanMs}${snap}${size}${forge}${loss}${sw}${backups}${double}${durable}`);
     if (this.forgeMeanMs !== null) this.q.push(100 + this.forgeRng.exp(this.forgeMeanMs), { k: 'forge' });
     if (this.switchMeanMs !== null) this.q.push(150 + this.switchRng.exp(this.switchMeanMs), { k: 'switchover' });
     if (this.doubleMeanMs !== null) this.q.push(300 + this.doubleRng.exp(this.doubleMeanMs), { k: 'double' });
+    if (this.durable?.powerLossMeanMs != null) this.q.push(300 + this.durableRng.exp(this.durable.powerLossMeanMs), { k: 'powerLoss' });
     for (const id of this.nodeIds) this.startNode(id, 0, this.rng.int(0, 30));
     for (const c of this.clients) this.wakeClient(c, 50 + this.rng.int(0, 50));
     this.q.push(this.rng.exp(this.faultMeanMs) + 200, { k: 'fault' });
@@ -616,7 +635,7 @@ class Simulation {
       failures: this.failures,
       traceHash: this.hash.hex(),
       traceTail: this.tail.slice(),
-      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : []), ...(this.switchMeanMs !== null ? ['switchover'] : []), ...(this.doubleMeanMs !== null ? ['double-crash'] : []), ...(this.durable !== null ? ['durable-restart'] : [])],
+      faults: [...this.faultKinds, ...(this.snapshotMsPerKiB > 0 ? ['slow-snapshot'] : []), ...(this.forgeMeanMs !== null ? ['forge'] : []), ...(this.chunkLoss > 0 ? ['chunk-loss'] : []), ...(this.switchMeanMs !== null ? ['switchover'] : []), ...(this.doubleMeanMs !== null ? ['double-crash'] : []), ...(this.durable !== null ? ['durable-restart'] : []), ...(this.durable?.powerLossMeanMs != null ? ['power-loss'] : [])],
       backups: this.backups,
       history: this.history,
       stats: { ...this.stats, events: this.events, views: this.views.length, simMs: Math.round(this.now) },
@@ -693,6 +712,11 @@ class Simulation {
         if (this.healed) return;
         this.doubleCrash();
         this.q.push(this.now + this.doubleRng.exp(this.doubleMeanMs ?? 500), { k: 'double' });
+        return;
+      case 'powerLoss':
+        if (this.healed) return;
+        this.powerLoss();
+        this.q.push(this.now + this.durableRng.exp(this.durable?.powerLossMeanMs ?? 1000), { k: 'powerLoss' });
         return;
       case 'heal':
         return this.heal();
@@ -778,9 +802,10 @@ class Simulation {
         const primary = this.nodes.get(d.from);
         const inc = primary?.inc;
         this.later(this.rng.int(0, 30), `crash ${d.from} after view ${m.next.epoch}`, () => {
-          if (primary && primary.alive && primary.inc === inc && this.mayCrash(primary)) {
+          const keeps = primary && primary.alive && primary.inc === inc ? this.mayCrashAll([primary], true) : null;
+          if (primary && keeps !== null) {
             this.stats.crashes++;
-            this.crash(primary, this.rng.int(50, 600));
+            this.crash(primary, this.rng.int(50, 600), keeps);
           }
         });
       }
@@ -792,9 +817,8 @@ class Simulation {
   // Replicas
 
   private startNode(id: string, inc: number, delayMs: number): void {
-    // Durable restarts: often back with what the disk held at the crash.
-    const old = this.nodes.get(id);
-    const disk = this.durable !== null && old?.disk && this.durableRng.chance(this.durable.keepChance) ? old.disk : null;
+    // Durable restarts: often back with what the disk held at the crash (crash() drew whether).
+    const disk = this.nodes.get(id)?.disk ?? null;
     const service: Service = disk?.service ?? new ReplicatedService(this.machine(), this.mode);
     const durable = this.durable === null ? {} : { durable: true, backlogBytes: this.durable.backlogBytes };
     const replica = createReplica({ ...SIM_CORE, id, nodes: this.nodeIds, backups: this.backups, bugs: this.bugs, ...durable }, this.now);
@@ -830,13 +854,19 @@ class Simulation {
       return;
     }
     // The node replays its disk: the entries it held and had not applied go to its guest too.
-    this.trace(`start ${id}#${inc} kept 1..${disk.index} of term ${disk.logTerm} (replays ${disk.held.length} held)`);
-    this.stats.keptRestarts++;
+    // Like the node (recoverDurable), a process restarted while the arbiter's current view names
+    // it starts recovered in that view, any other kept; a halted node rejoins kept (startOver).
+    const v = this.view;
+    const recovered = !disk.halted && v.epoch > 0 && (v.primary === id || isBackupIn(v, id));
+    this.trace(`start ${id}#${inc} ${recovered ? `recovered in ${formatView(v)} at` : 'kept'} 1..${disk.index} of term ${disk.logTerm} (replays ${disk.held.length} held)`);
+    if (recovered) this.stats.recoveredRestarts++;
+    else this.stats.keptRestarts++;
     for (const [index, from] of disk.receivedFrom) node.receivedFrom.set(index, from);
     this.applyEntries(node, disk.held, null);
     node.receivedFrom.clear();
     this.q.push(at, { k: 'tick', node: id, inc });
-    this.stepNode(node, { type: 'start', kept: { index: disk.index, logTerm: disk.logTerm } }, this.now, null);
+    const start: Input = recovered ? { type: 'start', recovered: { index: disk.index, view: v, logTerm: disk.logTerm } } : { type: 'start', kept: { index: disk.index, logTerm: disk.logTerm } };
+    this.stepNode(node, start, this.now, null);
   }
 
   /**
@@ -844,14 +874,14 @@ class Simulation {
    * term, if any: its guest is at the last index it applied (its digests' last), and the
    * entries it held after that are in its core's pending list.
    */
-  private diskOf(node: SimNode): Disk | null {
+  private diskOf(node: SimNode, quiet = false): Omit<Disk, 'halted'> | null {
     const r = node.replica;
     if (this.durable === null || r.lastIndex <= 0 || r.logTerm <= 0 || node.restoring !== null) return null;
     let at = 0;
     for (const index of node.digests.keys()) at = Math.max(at, index);
     const held = r.pending.slice(r.pendingHead).filter((e) => e.index > at);
     if (at + held.length !== r.lastIndex || held.some((e, i) => e.index !== at + 1 + i)) {
-      this.trace(`${node.id} disk not kept: guest at ${at}, core holds ${r.lastIndex} (${held.length} held after it)`);
+      if (!quiet) this.trace(`${node.id} disk not kept: guest at ${at}, core holds ${r.lastIndex} (${held.length} held after it)`);
       return null;
     }
     return { index: r.lastIndex, logTerm: r.logTerm, service: node.service, digests: node.digests, held, receivedFrom: node.receivedFrom };
@@ -859,11 +889,13 @@ class Simulation {
 
   /**
    * Crash `node`; it restarts after `restartInMs` (never, when null) as an empty spare, or with
-   * durable restarts maybe with what its disk holds now.
+   * durable restarts maybe with what its disk holds now (surely, when `keeps` has it: it is the
+   * last holder of the state, see mayCrashAll). `halted`: it halted, and rejoins kept.
    */
-  private crash(node: SimNode, restartInMs: number | null): void {
-    node.disk = restartInMs === null ? null : this.diskOf(node);
-    if (node.disk !== null) {
+  private crash(node: SimNode, restartInMs: number | null, keeps: ReadonlySet<SimNode> = new Set(), halted = false): void {
+    const disk = restartInMs === null ? null : this.diskOf(node);
+    node.disk = disk !== null && (keeps.has(node) || this.durableRng.chance(this.durable!.keepChance)) ? { ...disk, halted } : null;
+    if (disk !== null) {
       // Its guest may come back: a snapshot stream it was taking dies with the process.
       node.producing?.stream.close();
       node.producing = null;
@@ -1106,8 +1138,8 @@ class Simulation {
         this.trace(`${node.id} role ${a.role} ${formatView(a.view)}: ${a.reason}`);
         if (a.role === 'primary' && a.reason.includes('suspecting')) this.stats.goLives++;
         if (a.role === 'halted') {
-          // A halted replica discards its state and rejoins later as a fresh spare.
-          this.crash(node, this.rng.int(50, 200));
+          // A halted replica discards its state and rejoins later as a fresh spare (durable: often kept).
+          this.crash(node, this.rng.int(50, 200), undefined, true);
         } else if (a.role !== 'primary') {
           this.drain(node);
         }
@@ -1117,6 +1149,7 @@ class Simulation {
         if (a.event === 'recruit-handover') this.strikeHandover(node, String(a.fields['recruit']));
         if (a.event === 'recruit-resume') this.stats.resumes++;
         if (a.event === 'resume-refused') this.stats.resumesRefused++;
+        if (a.event === 'recovered-view') this.stats.recoveredViews++;
         return;
       case 'switchover':
         // The trace has the core's log record of it; count the ones that landed.
@@ -1283,27 +1316,35 @@ class Simulation {
   }
 
   /**
-   * Crashing `node` must leave a live holder of the arbiter's current view: with both primary
-   * and backup lost the cluster rightly refuses service forever (a scenario test covers that),
-   * and the liveness check could not be made. The same goes for a node whose test-and-set is
-   * in flight: it may land after the crash and make the dead node the only member.
+   * Crashing `nodes` (restarting later, or never) must leave a holder of each view the arbiter
+   * may hold: its current view, and that of a test-and-set in flight of a crashing node (it may
+   * land after the crash and make the dead node the only member). A holder is a live member
+   * holding the state; with both primary and backup lost the cluster rightly refuses service
+   * forever (a scenario test covers that), and the liveness check could not be made.
+   *
+   * With durable restarts a member that crashes holding the state and restarts with its disk
+   * holds it too: it comes back while the view still names it (no live member is left to change
+   * it), so it starts recovered and goes live from its disk, as a real node after kill -9 of
+   * every node at once. So when no live holder is left the crash may still happen, and the
+   * set returned names the crashing holders whose disk it must keep (the disk goes only when
+   * another copy of the state is left, as the nemesis never crashes the last live holder
+   * without one). Returns null when the crash must not happen, the empty set when any disk may go.
    */
-  private mayCrash(node: SimNode): boolean {
-    return this.mayCrashAll([node]);
-  }
-
-  /** mayCrash for several nodes crashing at once: some node of each view outlives them all. */
-  private mayCrashAll(crashing: readonly SimNode[]): boolean {
-    // A test-and-set in flight may still land after the crash: its view must keep a holder too.
+  private mayCrashAll(crashing: readonly SimNode[], restarting: boolean): ReadonlySet<SimNode> | null {
     const views = [this.view];
     for (const node of crashing) if (node.replica.cas !== null) views.push(node.replica.cas.next);
     const gone = new Set(crashing.map((n) => n.id));
-    return views.every((v) =>
-      [v.primary, ...v.backups].some((id) => {
-        const n = id === null || gone.has(id) ? undefined : this.nodes.get(id);
-        return n !== undefined && this.holdsState(n);
-      }),
-    );
+    const keeps = new Set<SimNode>();
+    for (const v of views) {
+      const members = [v.primary, ...v.backups].filter((id): id is string => id !== null);
+      if (members.some((id) => !gone.has(id) && this.holdsState(this.nodes.get(id)!))) continue;
+      if (this.durable === null || !restarting) return null;
+      const onDisk = crashing.find((n) => members.includes(n.id) && this.holdsState(n) && this.diskOf(n, true) !== null);
+      if (onDisk === undefined) return null;
+      keeps.add(onDisk);
+    }
+    if (keeps.size > 0) this.stats.diskOnlyCrashes++;
+    return keeps;
   }
 
   private block(from: string, to: string): () => void {
@@ -1335,15 +1376,17 @@ class Simulation {
     const other = partner !== null && partner !== node.id && r.chance(0.5) ? partner : r.pick(others);
     const duration = r.pick([r.int(20, 120), r.int(100, 400), r.int(300, 1200)]);
     switch (kind) {
-      case 'crash':
-        if (!this.mayCrash(node)) return;
+      case 'crash': {
+        const keeps = this.mayCrashAll([node], true);
+        if (keeps === null) return;
         this.stats.crashes++;
-        this.crash(node, r.int(50, 600));
+        this.crash(node, r.int(50, 600), keeps);
         return;
+      }
       case 'kill':
         // One node at most stays down per backup kept (one in a one-backup cluster), so the
         // cluster keeps a primary and a spare (with 2 backups, 4 nodes: two may be lost for good).
-        if ([...this.nodes.values()].filter((n) => n.killed).length >= this.backups || !this.mayCrash(node)) return;
+        if ([...this.nodes.values()].filter((n) => n.killed).length >= this.backups || this.mayCrashAll([node], false) === null) return;
         this.stats.crashes++;
         this.crash(node, null);
         return;
@@ -1481,12 +1524,13 @@ class Simulation {
     const [pInc, vInc] = [primary.inc, victim.inc];
     const strike = (): void => {
       if (!primary.alive || primary.inc !== pInc || !victim.alive || victim.inc !== vInc) return;
-      if (!this.mayCrashAll([primary, victim])) return this.trace(`double-crash ${primary.id}+${victim.id} skipped: no holder would be left`);
+      const keeps = this.mayCrashAll([primary, victim], true);
+      if (keeps === null) return this.trace(`double-crash ${primary.id}+${victim.id} skipped: no holder would be left`);
       this.trace(`double-crash ${primary.id}+${victim.id} (acked ${acked(victim)}; ${survivor.id} acked ${acked(survivor)})`);
       this.stats.crashes += 2;
       this.stats.doubleCrashes++;
-      this.crash(primary, r.int(50, 600));
-      this.crash(victim, r.int(50, 600));
+      this.crash(primary, r.int(50, 600), keeps);
+      this.crash(victim, r.int(50, 600), keeps);
     };
     if (!r.chance(0.6)) return strike();
     // Cut the primary's frames to the survivor for a while, and strike during the cut.
@@ -1495,6 +1539,23 @@ class Simulation {
     this.trace(`drop ${primary.id}>${survivor.id} for ${lagMs} (double-crash in ${atMs})`);
     this.later(lagMs, `drop ${primary.id}>${survivor.id}`, this.block(primary.id, survivor.id));
     this.later(atMs, `double-crash ${primary.id}+${victim.id}`, strike);
+  }
+
+  /**
+   * power-loss (durable restarts): every live node crashes at once, as with kill -9 of the whole
+   * cluster, and each restarts after a while, with its disk (surely, for the holders mayCrashAll
+   * names): nothing acknowledged may be lost, and the cluster must serve again once they are back.
+   */
+  private powerLoss(): void {
+    const r = this.durableRng;
+    const live = this.liveNodes();
+    if (live.length === 0) return;
+    const keeps = this.mayCrashAll(live, true);
+    if (keeps === null) return this.trace(`power-loss skipped: no disk would hold the state`);
+    this.trace(`power-loss ${live.map((n) => n.id).join('+')} (disks surely kept: ${[...keeps].map((n) => n.id).join('+') || 'none'})`);
+    this.stats.powerLosses++;
+    this.stats.crashes += live.length;
+    for (const n of live) this.crash(n, r.int(50, 600), keeps);
   }
 
   /**
