@@ -69,6 +69,17 @@ test('simulator, durable restarts: a recovered node whose earlier process\'s tes
   }
 });
 
+test('simulator, durable restarts: a primary switched over to backup keeps its backlog one run of entries up to its last index', () => {
+  // Seed 299 (2 backups) failed with "entry 134 needed but nothing is retained": a primary's
+  // switchover dropped its retained log (134..172) but kept its backlog (78..133); going live
+  // again it resumed a spare from 77 over the gap. Now the retained entries join the backlog, and
+  // a resume or a backup's catch-up checks that every entry it needs is kept (keepsFrom).
+  for (const mode of MODES) {
+    const r = simulate({ seed: 299, mode, backups: 2, durableRestarts: true });
+    assert.ok(r.ok, `${describeFailure(r)}\n  reproduce: lockstep sim --seed 299 --mode ${mode} --backups 2 --durable-restarts`);
+  }
+});
+
 test('simulator, durable restarts off (the default): a seed runs as it did before they existed', () => {
   const a = simulate({ seed: 77, backups: 1 });
   assert.equal(simulate({ seed: 77, backups: 1, durableRestarts: false }).traceHash, a.traceHash);

@@ -716,6 +716,11 @@ function dropPrimaryState(r: Replica, out: Action[], reason: string): void {
   r.heldHead = 0;
   r.freshSeqWanted = 0;
   r.followers.clear();
+  // The retained entries are this node's own (applied): the backlog goes on with them, so that it
+  // stays one run of entries ending at lastIndex (a primary switched over to backup goes on
+  // applying after it; found by lockstep sim --durable-restarts --backups 2 seed 299).
+  for (let i = r.logHead; i < r.log.length; i++) toBacklog(r, r.log[i]!);
+  trimBacklog(r, r.lastIndex + 1);
   r.log = [];
   r.logHead = 0;
   r.retainedBytes = 0;
@@ -1386,7 +1391,7 @@ function onAck(r: Replica, out: Action[], from: NodeId, m: Extract<PeerMessage, 
       // recruited again: drop it.
       const first = firstRetained(r);
       log(out, 'warn', 'backup-behind', { backup: from, ackedIndex: m.ackedIndex, expected: f.ackedIndex, retainedFrom: first });
-      if (m.ackedIndex + 1 < first) {
+      if (!keepsFrom(r, m.ackedIndex + 1)) {
         if (r.cas === null) dropBackups(r, out, [from]);
         else f.inherited = true; // decide at its next ack
         return;
@@ -1527,7 +1532,19 @@ function whyNotResume(r: Replica, index: number, logTerm: number): string | null
   }
   const first = firstRetained(r);
   if (index + 1 < first) return `entries ${index + 1}..${first - 1} are no longer kept (backlogBytes ${r.config.backlogBytes ?? 0})`;
+  if (!keepsFrom(r, index + 1)) return `entries ${index + 1}..${r.lastIndex} are not all kept`;
   return null;
+}
+
+/** Are entries from..lastIndex all in memory (the backlog, then the retained log, with no gap)? */
+function keepsFrom(r: Replica, from: number): boolean {
+  if (from > r.lastIndex) return true;
+  const l0 = r.log[r.logHead]?.index;
+  if (l0 !== undefined && from >= l0) return r.log[r.log.length - 1]!.index === r.lastIndex;
+  const b0 = r.backlog[r.backlogHead]?.index;
+  const b1 = r.backlog[r.backlog.length - 1]?.index;
+  if (b0 === undefined || b1 === undefined || from < b0) return false;
+  return l0 === undefined ? b1 === r.lastIndex : l0 === b1 + 1 && r.log[r.log.length - 1]!.index === r.lastIndex;
 }
 
 function startResume(r: Replica, out: Action[], id: NodeId, index: number, logTerm: number): void {

@@ -360,6 +360,11 @@ interface Disk {
   readonly service: Service;
   readonly digests: ReadonlyMap<number, string>;
   readonly held: readonly Entry[];
+  /**
+   * The disk's last entries the core still had in memory (backlog, retained log, held), ending at
+   * `index`: a recovered start gets them as `tail`, as the node's driver hands over its disk's.
+   */
+  readonly tail: readonly Entry[];
   readonly receivedFrom: ReadonlyMap<number, { readonly node: string; readonly inc: number }>;
   /** It halted (and rejoins kept, whatever the view says), rather than crashed. */
   readonly halted: boolean;
@@ -865,7 +870,7 @@ class Simulation {
     this.applyEntries(node, disk.held, null);
     node.receivedFrom.clear();
     this.q.push(at, { k: 'tick', node: id, inc });
-    const start: Input = recovered ? { type: 'start', recovered: { index: disk.index, view: v, logTerm: disk.logTerm } } : { type: 'start', kept: { index: disk.index, logTerm: disk.logTerm } };
+    const start: Input = recovered ? { type: 'start', recovered: { index: disk.index, view: v, logTerm: disk.logTerm, tail: disk.tail } } : { type: 'start', kept: { index: disk.index, logTerm: disk.logTerm } };
     this.stepNode(node, start, this.now, null);
   }
 
@@ -884,7 +889,7 @@ class Simulation {
       if (!quiet) this.trace(`${node.id} disk not kept: guest at ${at}, core holds ${r.lastIndex} (${held.length} held after it)`);
       return null;
     }
-    return { index: r.lastIndex, logTerm: r.logTerm, service: node.service, digests: node.digests, held, receivedFrom: node.receivedFrom };
+    return { index: r.lastIndex, logTerm: r.logTerm, service: node.service, digests: node.digests, held, tail: diskTail(r), receivedFrom: node.receivedFrom };
   }
 
   /**
@@ -1833,4 +1838,17 @@ function describe(m: PeerMessage): string {
     case 'join':
       return m.index > 0 ? `join holding ${m.index} of term ${m.logTerm}` : 'join';
   }
+}
+
+/** The consecutive entries ending at r.lastIndex that the core holds in memory (see Disk.tail). */
+function diskTail(r: Replica): Entry[] {
+  const byIndex = new Map<number, Entry>();
+  for (const e of r.backlog.slice(r.backlogHead)) byIndex.set(e.index, e);
+  for (const e of r.log.slice(r.logHead)) byIndex.set(e.index, e);
+  for (const e of r.pending.slice(r.pendingHead)) byIndex.set(e.index, e);
+  let from = r.lastIndex + 1;
+  while (byIndex.has(from - 1)) from--;
+  const tail: Entry[] = [];
+  for (let i = from; i <= r.lastIndex; i++) tail.push(byIndex.get(i)!);
+  return tail;
 }
