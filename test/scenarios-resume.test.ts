@@ -83,14 +83,19 @@ test('resume: a state that is not a prefix of the primary\'s log (a deposed prim
   }
 });
 
-test('resume: entries the primary no longer keeps (past backlogBytes) mean a snapshot', () => {
-  const h = pair({ backlogBytes: 200 }); // a few 8-byte entries (64 bytes each counted beside)
+/** n2 dies, is dropped after the failure timeout, n1 takes `writes` more, n2 comes back with its disk. */
+function backAfterTimeout(h: Harness, writes: number): void {
   const kept = disk(h, 'n2');
   h.crash('n2');
   h.settle(300);
-  h.write('n1', 20);
+  h.write('n1', writes);
   h.restart('n2', { kept });
   h.settle(300);
+}
+
+test('resume: entries the primary no longer keeps (past backlogBytes) mean a snapshot', () => {
+  const h = pair({ backlogBytes: 200 }); // a few 8-byte entries (64 bytes each counted beside)
+  backAfterTimeout(h, 20);
   assert.equal(h.role('n2'), 'backup');
   assert.equal(h.events('n1', 'recruit-resume'), 0);
   assert.ok(h.logs.some((l) => l.node === 'n1' && l.event === 'resume-refused' && /no longer kept/.test(String(l.fields.reason))));
@@ -98,12 +103,7 @@ test('resume: entries the primary no longer keeps (past backlogBytes) mean a sna
 
 test('resume: without backlogBytes nothing is kept after every follower acked, so a durable node back after the timeout gets a snapshot', () => {
   const h = pair({ backlogBytes: 0 });
-  const kept = disk(h, 'n2');
-  h.crash('n2');
-  h.settle(300);
-  h.write('n1', 2);
-  h.restart('n2', { kept });
-  h.settle(300);
+  backAfterTimeout(h, 2);
   assert.equal(h.role('n2'), 'backup');
   assert.equal(h.events('n1', 'recruit-resume'), 0);
   assert.equal(h.events('n1', 'resume-refused'), 1);

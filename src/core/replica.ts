@@ -594,8 +594,7 @@ function becomePrimary(r: Replica, out: Action[], view: View, reason: string): v
   setRole(r, out, 'primary', reason);
   if (view.backups.length === 0) {
     // The backlog (applied entries) goes on with what it held unapplied.
-    for (const e of unapplied) toBacklog(r, e);
-    trimBacklog(r, r.lastIndex + 1);
+    keepInBacklog(r, unapplied);
     return;
   }
   for (const e of unapplied) {
@@ -656,10 +655,7 @@ function startRecovered(r: Replica, out: Action[], index: number, view: View, lo
   r.recoveredFrom = logTerm;
   // The disk's last entries go to the backlog: if this node goes live keeping a named backup
   // whose disk holds less (it came back too, from further behind), it sends it what it lacks.
-  if (tail.length > 0 && tail[tail.length - 1]!.index === index) {
-    for (const e of tail) toBacklog(r, e);
-    trimBacklog(r, index + 1);
-  }
+  if (tail.length > 0 && tail[tail.length - 1]!.index === index) keepInBacklog(r, tail);
   r.view = view;
   r.knownEpoch = view.epoch;
   r.following = { primary: view.primary, epoch: view.epoch, lastHeardMs: r.nowMs, pendingView: null, restore: null };
@@ -719,8 +715,7 @@ function dropPrimaryState(r: Replica, out: Action[], reason: string): void {
   // The retained entries are this node's own (applied): the backlog goes on with them, so that it
   // stays one run of entries ending at lastIndex (a primary switched over to backup goes on
   // applying after it; found by lockstep sim --durable-restarts --backups 2 seed 299).
-  for (let i = r.logHead; i < r.log.length; i++) toBacklog(r, r.log[i]!);
-  trimBacklog(r, r.lastIndex + 1);
+  keepInBacklog(r, r.log.slice(r.logHead));
   r.log = [];
   r.logHead = 0;
   r.retainedBytes = 0;
@@ -1246,10 +1241,7 @@ function applyCommitted(r: Replica, out: Action[]): void {
   assert(entries.length === n && entries[0]!.index === r.appliedIndex + 1, 'held entries to apply in range');
   r.pendingHead += n;
   r.appliedIndex = upTo;
-  if (backlogOn(r)) {
-    for (const e of entries) toBacklog(r, e);
-    trimBacklog(r, upTo + 1);
-  }
+  keepInBacklog(r, entries);
   if (r.pendingHead === r.pending.length) {
     r.pending = [];
     r.pendingHead = 0;
@@ -1598,6 +1590,17 @@ function trimBacklog(r: Replica, keepFrom: number): void {
   }
 }
 
+/**
+ * Entries of this replica's own state that nothing else holds for a follower (applied by a
+ * backup, appended by a primary with no follower, or retained ones of a primary stepping down),
+ * up to lastIndex: into the backlog, then trimmed to its budget.
+ */
+function keepInBacklog(r: Replica, entries: readonly Entry[]): void {
+  if (!backlogOn(r) || entries.length === 0) return;
+  for (const e of entries) toBacklog(r, e);
+  trimBacklog(r, r.lastIndex + 1);
+}
+
 function clearBacklog(r: Replica): void {
   r.backlog = [];
   r.backlogHead = 0;
@@ -1779,8 +1782,7 @@ function onAppend(r: Replica, payload: Uint8Array): void {
     r.log.push({ index: r.lastIndex, payload });
     r.retainedBytes += payload.length;
   } else if (backlogOn(r)) {
-    toBacklog(r, { index: r.lastIndex, payload });
-    trimBacklog(r, r.lastIndex + 1);
+    keepInBacklog(r, [{ index: r.lastIndex, payload }]); // allocates only when a backlog is kept
   }
 }
 

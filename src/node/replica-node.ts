@@ -323,8 +323,8 @@ export class ReplicaNode implements FrontHost, AdminHost {
     }
     const named = view.epoch > 0 && (view.primary === this.id || isBackupIn(view, this.id));
     const logTerm = meta?.logTerm ?? 0;
-    const writeMeta = (v: View): void => store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view: v, logTerm: named ? logTerm : 0 });
     const kept = !named && meta !== null && disk.lastIndex > 0 && logTerm > 0 && view.epoch > 0;
+    const writeMeta = (v: View): void => store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view: v, logTerm: named || kept ? logTerm : 0 });
     if ((named || kept) && meta !== null) {
       const started = performance.now();
       if (disk.snapshotPieces.length > 0) {
@@ -337,7 +337,7 @@ export class ReplicaNode implements FrontHost, AdminHost {
         }
       }
       for (let i = 0; i < disk.entries.length; i += 1024) this.front.apply(disk.entries.slice(i, i + 1024));
-      store.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: identity.id, view, logTerm });
+      writeMeta(view);
       this.metaLogTerm = logTerm;
       this.log('info', named ? 'durable-recovered' : 'durable-kept', {
         dataDir: store.dir, snapshotIndex: disk.snapshotIndex, entries: disk.entries.length, lastIndex: disk.lastIndex, logTerm,
@@ -912,10 +912,9 @@ export class ReplicaNode implements FrontHost, AdminHost {
     const store = this.store!;
     const held = st.pending.slice(st.pendingHead);
     const whole = st.appliedIndex + held.length === st.lastIndex;
-    if (store.committing || store.index !== st.lastIndex || st.lastIndex === 0 || st.logTerm === 0 || !whole || this.front.brokenReason?.() != null) return undefined;
-    if (this.restoring !== null) return undefined;
+    if (store.committing || store.index !== st.lastIndex || st.lastIndex === 0 || st.logTerm === 0 || !whole || this.restoring !== null || this.front.brokenReason?.() != null) return undefined;
     if (held.length > 0) this.front.apply(held);
-    this.durably(() => this.store!.writeMeta({ format: 1, cluster: this.config.cluster, node: this.id, arbiterId: this.arbiterIdentity?.id ?? null, view: st.view, logTerm: st.logTerm }));
+    this.durably(() => this.writeDurableMeta(st.view));
     return { index: st.lastIndex, logTerm: st.logTerm };
   }
 
