@@ -25,47 +25,30 @@
 //                                            [--mode rsm] [--strace] [--dist DIR] [--json FILE]
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { loadavg, cpus } from 'node:os';
-import { resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { loadDist, options, reaper } from './lib.mjs';
 
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : def;
-};
+const opt = options();
 const o = {
   rounds: Number(opt('--rounds', '2')),
   n: Number(opt('--n', '20000')),
   conc: opt('--conc', '1,16,64').split(',').map(Number),
   ops: opt('--ops', 'SET,GET').split(','),
   mode: opt('--mode', 'rsm'),
-  strace: args.includes('--strace'),
-  dist: resolve(opt('--dist', fileURLToPath(new URL('../dist', import.meta.url)))),
+  strace: process.argv.includes('--strace'),
+  dist: opt('--dist', undefined),
   json: opt('--json', null),
 };
-const DIST = `${o.dist}/src/testing/process-cluster.js`;
-if (!existsSync(DIST)) {
-  console.error(`${DIST} is missing: build first with \`npx tsc -p .\``);
-  process.exit(2);
-}
 process.env.LOCKSTEP_TIMING = '1'; // inherited by every node process
-const { ProcessCluster } = await import(DIST);
+const { ProcessCluster } = await loadDist(o.dist);
 const log = (...a) => console.error('[breakdown]', ...a);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim()) || 100;
 const HAVE_STRACE = spawnSync('strace', ['-V'], { stdio: 'ignore' }).status === 0;
 if (o.strace && !HAVE_STRACE) log('strace not found (apt-get install strace): no syscall counts');
 
-const clusters = [];
-const children = new Set();
-function cleanup() {
-  for (const ch of children) if (ch.exitCode === null && ch.signalCode === null) ch.kill('SIGKILL');
-  for (const c of clusters) for (const n of c.nodes) if (n.child?.pid && n.child.exitCode === null) try { process.kill(n.child.pid, 'SIGKILL'); } catch { /* gone */ }
-}
-process.on('exit', cleanup);
-for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { cleanup(); process.exit(130); });
+const { clusters, children, cleanup } = reaper();
 
 /** utime+stime of a process, in µs. */
 function cpuUs(pid) {

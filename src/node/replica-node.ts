@@ -594,7 +594,12 @@ export class ReplicaNode implements FrontHost, AdminHost {
     this.scheduleFlush();
   }
 
-  /** At the end of this event-loop turn: send pending frames, then write released outputs. */
+  /**
+   * At the end of this event-loop turn: write the outputs released in it and send pending
+   * frames. In memory mode the replies go first: a frame's write can hand this CPU to the
+   * backup it wakes, and replies already acked need not wait behind that (bench/README.md,
+   * "On a quiet machine": +2% over 180 paired cells). Durable mode: frames, the fsync, then replies.
+   */
   scheduleFlush(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
@@ -602,14 +607,19 @@ export class ReplicaNode implements FrontHost, AdminHost {
       this.flushScheduled = false;
       if (this.stopped) return;
       for (const a of step(this.replicaState, { type: 'flush' }, this.nowMs())) this.act(a);
+      // Commands afterFlush lets in (a client unblocked by flow control) schedule the next
+      // turn's flush, which frames their entries.
+      if (this.store === null) {
+        this.front.afterFlush();
+        this.transport.flush();
+        return;
+      }
       this.transport.flush();
       // Durable mode: the frames are on their way while this node fsyncs its own log; then the
       // acks and the replies that waited for that fsync go out.
-      if (this.store !== null) {
-        this.commitDurable();
-        if (this.stopped) return;
-        this.transport.flush();
-      }
+      this.commitDurable();
+      if (this.stopped) return;
+      this.transport.flush();
       this.front.afterFlush();
     });
   }
