@@ -185,7 +185,9 @@ async function raceProcesses(t: T & { diagnostic(s: string): void }, spec: strin
       c.stdout!.on('data', (d: string) => { out += d; if (out.startsWith('ready\n')) res(); });
       c.on('exit', (code) => rej(new Error(`child n${i} exited ${code} before it was ready`)));
     });
-    const done = new Promise<string>((res, rej) => c.on('exit', (code) => (code === 0 ? res(out) : rej(new Error(`child n${i} exited ${code}`)))));
+    // 'close', not 'exit': a child can exit before its last stdout line has been read here
+    // (seen: the JSON line missing, "Unexpected end of JSON input").
+    const done = new Promise<string>((res, rej) => c.on('close', (code) => (code === 0 ? res(out) : rej(new Error(`child n${i} exited ${code}`)))));
     return { c, ready, done };
   });
   await Promise.all(outputs.map((o) => o.ready));

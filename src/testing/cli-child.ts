@@ -82,7 +82,8 @@ export function runCli(args: readonly string[], timeoutMs = 30_000): Promise<{ c
     child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     const kill = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('exit', (code) => {
+    // 'close', not 'exit': after 'exit' the last of stdout and stderr may still be unread.
+    child.once('close', (code) => {
       clearTimeout(kill);
       resolve({ code, stdout, stderr });
     });
