@@ -1803,30 +1803,42 @@ function tryRelease(r: Replica, out: Action[]): void {
   if (r.heldHead === r.held.length) return;
   // The switchover's test-and-set is pending: the view may already name another primary.
   if (r.switchover?.phase === 'cas') return;
-  const guards = [...r.followers.values()].filter((f) => isGuard(r, f));
   const ignoreRule = r.config.bugs?.noOutputRule === true;
   const oneAck = r.config.bugs?.releaseOnOneAck === true;
-  const ids: number[] = [];
+  // Runs for every held output (once when it is held, again on acks): it allocates only the
+  // list of what it releases.
+  let ids: number[] | null = null;
   while (r.heldHead < r.held.length) {
     const h = r.held[r.heldHead];
     assert(h !== undefined, 'held output in range');
-    const acked = (g: Follower): boolean => g.ackedIndex >= h.index && g.ackedSeq >= h.freshSeq;
-    // PLANTED BUG (releaseOnOneAck): one guard's ack is enough.
-    const enough = oneAck && guards.length > 0 ? guards.some(acked) : guards.every(acked);
-    if (!ignoreRule && !enough) break;
-    ids.push(h.outputId);
+    if (!ignoreRule && !guardsHold(r, h, oneAck)) break;
+    (ids ??= []).push(h.outputId);
     r.releasedIndexMax = Math.max(r.releasedIndexMax, h.index);
     r.heldHead++;
   }
   if (r.heldHead === r.held.length) {
-    r.held = [];
+    r.held.length = 0; // nothing else keeps this array
     r.heldHead = 0;
     r.freshSeqWanted = 0;
   } else if (r.heldHead > 1024 && r.heldHead * 2 > r.held.length) {
     r.held = r.held.slice(r.heldHead);
     r.heldHead = 0;
   }
-  if (ids.length > 0) out.push({ type: 'release', outputIds: ids });
+  if (ids !== null) out.push({ type: 'release', outputIds: ids });
+}
+
+/** Every guard (each backup, a recruit being handed over) acked held output `h`. */
+function guardsHold(r: Replica, h: Held, oneAck: boolean): boolean {
+  let guards = 0;
+  let acked = 0;
+  for (const g of r.followers.values()) {
+    if (!isGuard(r, g)) continue;
+    guards++;
+    if (g.ackedIndex >= h.index && g.ackedSeq >= h.freshSeq) acked++;
+  }
+  // PLANTED BUG (releaseOnOneAck): one guard's ack is enough.
+  if (oneAck && guards > 0) return acked > 0;
+  return acked === guards;
 }
 
 /**
