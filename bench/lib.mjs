@@ -1,7 +1,7 @@
 // What bench/breakdown.mjs and bench/cpu-attr.mjs share: reading `--name value` options,
 // loading a build's ProcessCluster, and killing whatever a run started however it ends.
 
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -35,6 +35,7 @@ export function reaper(also = () => {}) {
   const cleanup = () => {
     for (const ch of children) if (ch.exitCode === null && ch.signalCode === null) ch.kill('SIGKILL');
     for (const c of clusters) for (const n of c.nodes) if (n.child?.pid && n.child.exitCode === null) try { process.kill(n.child.pid, 'SIGKILL'); } catch { /* gone */ }
+    for (const c of clusters) rmSync(c.dir, { recursive: true, force: true }); // c.stop() does not run when the script dies
     also();
   };
   process.on('exit', cleanup);
